@@ -1,0 +1,94 @@
+use crate::action::ActionClass;
+use crate::approval::RequestId;
+use crate::error::Error;
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// What an audit record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// The gate decided allow or deny from policy alone.
+    Decision,
+    /// A new approval request was opened (decision: pending).
+    RequestCreated,
+    /// An identical action arrived while its request was still pending.
+    RequestPending,
+    /// A reviewer approved without completing the quorum.
+    Reviewed,
+    /// Quorum reached.
+    Approved,
+    /// A reviewer denied.
+    Denied,
+    /// A reviewer's decision was refused (self-approval, outsider, agent, …).
+    ReviewRefused,
+    /// A pending request or an unused grant ran out of time.
+    Expired,
+    /// A grant let an action through (decision: allow).
+    GrantUsed,
+}
+
+impl AuditEvent {
+    /// The snake_case name used in exports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditEvent::Decision => "decision",
+            AuditEvent::RequestCreated => "request_created",
+            AuditEvent::RequestPending => "request_pending",
+            AuditEvent::Reviewed => "reviewed",
+            AuditEvent::Approved => "approved",
+            AuditEvent::Denied => "denied",
+            AuditEvent::ReviewRefused => "review_refused",
+            AuditEvent::Expired => "expired",
+            AuditEvent::GrantUsed => "grant_used",
+        }
+    }
+}
+
+/// One audit record: the fields of SPEC §5. The sink assigns the sequence
+/// number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When (UTC).
+    pub time: Timestamp,
+    /// What happened.
+    pub event: AuditEvent,
+    /// The initiator, kind-qualified (`agent:deploy-bot`).
+    pub initiator: String,
+    /// The initiating agent's owner.
+    pub owner: Option<String>,
+    /// Reviewers involved in this event.
+    pub reviewers: Vec<String>,
+    /// The reviewer's comment or refusal reason.
+    pub comment: Option<String>,
+    /// The resource's name.
+    pub resource: String,
+    /// The action class.
+    pub class: ActionClass,
+    /// The operation text.
+    pub operation: String,
+    /// The initiator's stated intent.
+    pub intent: String,
+    /// Policy ids behind the decision.
+    pub policies: Vec<String>,
+    /// `allow`, `deny` or `pending`, where the event is a decision.
+    pub decision: Option<String>,
+    /// The request's resulting state or the action's outcome.
+    pub outcome: Option<String>,
+    /// The client's address.
+    pub source: Option<String>,
+    /// Which surface.
+    pub surface: String,
+    /// The approval request, if any.
+    pub request_id: Option<RequestId>,
+    /// Which gateway wrote it.
+    pub gateway_id: String,
+}
+
+/// Where audit records go. `append` returns only once the record is durable:
+/// the gate forwards nothing before that.
+#[async_trait::async_trait]
+pub trait AuditSink: Send + Sync {
+    /// Appends one record durably and returns its sequence number.
+    async fn append(&self, record: AuditRecord) -> Result<u64, Error>;
+}

@@ -1,0 +1,189 @@
+use crate::action::Action;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// What an approval is bound to: SHA-256 over the principal, the resource,
+/// the action class, the exact operation, the canonical details and the
+/// policy version (SPEC §4).
+///
+/// Only leading and trailing whitespace of the operation is ignored; any
+/// other normalization (comments, inner whitespace) is the surface's to do
+/// before building the [`Action`], and must never touch literals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of `action` under the policy set `policy_version`.
+    pub fn of(action: &Action, policy_version: &str) -> Fingerprint {
+        let mut h = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        };
+        field(b"gavel-fingerprint-v1");
+        field(action.principal.qualified_id().as_bytes());
+        field(action.resource.name.as_bytes());
+        field(action.class.as_str().as_bytes());
+        field(action.operation.trim().as_bytes());
+        let mut details = Vec::new();
+        write_canonical_json(&action.details, &mut details);
+        field(&details);
+        field(policy_version.as_bytes());
+        Fingerprint(h.finalize().into())
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses lower- or upper-case hex.
+    pub fn from_hex(s: &str) -> Option<Fingerprint> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Fingerprint(out))
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for Fingerprint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Fingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Fingerprint::from_hex(&s).ok_or_else(|| serde::de::Error::custom("bad fingerprint hex"))
+    }
+}
+
+/// JSON with object keys sorted by their UTF-8 bytes and no insignificant
+/// whitespace, so that equal values always hash equally whatever map order
+/// serde_json was built with.
+pub(crate) fn write_canonical_json(v: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(Value::String(k.clone()).to_string().as_bytes());
+                out.push(b':');
+                write_canonical_json(&map[k], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical_json(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ActionClass, Human, HumanId, Principal, Resource};
+    use serde_json::json;
+
+    fn action(op: &str, details: serde_json::Value) -> Action {
+        Action {
+            principal: Principal::Agent {
+                id: "bot".into(),
+                owner: HumanId::from("o@x"),
+                groups: vec![],
+            },
+            resource: Resource {
+                name: "db".into(),
+                kind: "postgres".into(),
+                tags: Default::default(),
+            },
+            class: ActionClass::SqlWrite,
+            operation: op.into(),
+            details,
+            intent: "cleanup".into(),
+            surface: "api".into(),
+            source: None,
+        }
+    }
+
+    #[test]
+    fn literals_are_bound() {
+        let a = Fingerprint::of(&action("DELETE FROM t WHERE id = 1", json!({})), "v1");
+        let b = Fingerprint::of(&action("DELETE FROM t WHERE id = 2", json!({})), "v1");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn outer_whitespace_and_intent_do_not_matter() {
+        let a = Fingerprint::of(&action("  DELETE FROM t\n", json!({})), "v1");
+        let mut other = action("DELETE FROM t", json!({}));
+        other.intent = "something else".into();
+        assert_eq!(a, Fingerprint::of(&other, "v1"));
+    }
+
+    #[test]
+    fn inner_whitespace_is_bound() {
+        let a = Fingerprint::of(&action("SELECT 'a  b'", json!({})), "v1");
+        let b = Fingerprint::of(&action("SELECT 'a b'", json!({})), "v1");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn details_key_order_does_not_matter_but_values_do() {
+        let a = Fingerprint::of(&action("x", json!({"a": 1, "b": [1, 2]})), "v1");
+        let b = Fingerprint::of(&action("x", json!({"b": [1, 2], "a": 1})), "v1");
+        let c = Fingerprint::of(&action("x", json!({"b": [2, 1], "a": 1})), "v1");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn principal_resource_class_and_policy_version_are_bound() {
+        let base = action("x", json!({}));
+        let fp = Fingerprint::of(&base, "v1");
+        assert_ne!(fp, Fingerprint::of(&base, "v2"));
+        let mut human = base.clone();
+        human.principal = Principal::Human(Human {
+            id: HumanId::from("bot"),
+            groups: vec![],
+        });
+        assert_ne!(fp, Fingerprint::of(&human, "v1"), "agent:bot and human:bot differ");
+        let mut res = base.clone();
+        res.resource.name = "db2".into();
+        assert_ne!(fp, Fingerprint::of(&res, "v1"));
+        let mut class = base;
+        class.class = ActionClass::SqlDdl;
+        assert_ne!(fp, Fingerprint::of(&class, "v1"));
+    }
+
+    #[test]
+    fn field_boundaries_cannot_be_shifted() {
+        let mut a = action("x", json!({}));
+        a.resource.name = "ab".into();
+        a.operation = "c".into();
+        let mut b = a.clone();
+        b.resource.name = "a".into();
+        b.operation = "bc".into();
+        assert_ne!(Fingerprint::of(&a, "v"), Fingerprint::of(&b, "v"));
+    }
+}

@@ -1,0 +1,530 @@
+use crate::action::Action;
+use crate::approval::{
+    ApprovalRequest, ApprovalRoute, Approver, DecideError, Decision, GrantUse, RequestId,
+    RequestState,
+};
+use crate::audit::{AuditEvent, AuditRecord, AuditSink};
+use crate::error::Error;
+use crate::fingerprint::Fingerprint;
+use crate::principal::Principal;
+use crate::time::{Clock, Timestamp};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// What policy says about an action, before grants are considered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicyVerdict {
+    /// A plain `permit` matched and nothing stricter did.
+    Allow,
+    /// A `forbid` matched, nothing matched (default deny), or evaluation
+    /// failed (fail closed).
+    Deny,
+    /// One or more `permit` policies with `@approval` matched.
+    NeedsApproval {
+        /// Union of their approvers.
+        approvers: Vec<Approver>,
+        /// The largest quorum.
+        quorum: u32,
+        /// The shortest timeout, if any policy set one.
+        timeout: Option<Duration>,
+    },
+}
+
+/// A policy decision and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyDecision {
+    /// The verdict.
+    pub verdict: PolicyVerdict,
+    /// Ids of the policies that produced it (empty for default deny).
+    pub policies: Vec<String>,
+    /// A sentence for humans.
+    pub reason: String,
+    /// Version of the policy set that decided (bound into fingerprints).
+    pub policy_version: Arc<str>,
+}
+
+/// Evaluates policy. Implemented by `gavel-policy` over Cedar.
+pub trait PolicyEngine: Send + Sync {
+    /// Decides `action`. Must never fail open: anything it cannot evaluate
+    /// is [`PolicyVerdict::Deny`].
+    fn evaluate(&self, action: &Action) -> PolicyDecision;
+}
+
+/// Which requests to list.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter {
+    /// Only this state.
+    pub state: Option<RequestState>,
+    /// Only this initiator (kind-qualified id, e.g. `agent:bot`).
+    pub initiator: Option<String>,
+    /// Only this resource.
+    pub resource: Option<String>,
+    /// At most this many, newest first (0 means a default of 100).
+    pub limit: usize,
+}
+
+/// Persistence of approval requests and their reviews (and, through them,
+/// grants). Implemented by `gavel-store`.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// Persists a new request.
+    async fn insert_request(&self, request: &ApprovalRequest) -> Result<(), Error>;
+    /// Loads one request with its reviews.
+    async fn get_request(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, Error>;
+    /// Pending and approved requests with this fingerprint, oldest first.
+    async fn live_requests(&self, fingerprint: &Fingerprint)
+    -> Result<Vec<ApprovalRequest>, Error>;
+    /// Saves `after` only if the stored request still equals `before` in
+    /// state and number of reviews (optimistic concurrency: two gateways or
+    /// two reviewers racing cannot both win). Returns whether it saved.
+    async fn save_transition(
+        &self,
+        before: &ApprovalRequest,
+        after: &ApprovalRequest,
+    ) -> Result<bool, Error>;
+    /// Requests matching `filter`, newest first.
+    async fn list_requests(&self, filter: &RequestFilter) -> Result<Vec<ApprovalRequest>, Error>;
+    /// Pending requests past `expires_at` and approved ones past
+    /// `grant_expires_at`.
+    async fn due_for_expiry(&self, now: Timestamp) -> Result<Vec<ApprovalRequest>, Error>;
+}
+
+/// Told about every new request and every state change: approval channels
+/// (Slack, Teams, webhooks) implement this. Must not block: deliver in the
+/// background.
+pub trait Notifier: Send + Sync {
+    /// A request was created or changed state.
+    fn request_changed(&self, request: &ApprovalRequest);
+}
+
+/// Timing and identity settings of the gate.
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// Request lifetime when no policy sets `@timeout`.
+    pub default_timeout: Duration,
+    /// How long an approval may be used.
+    pub grant_ttl: Duration,
+    /// This gateway's id, written into every audit record.
+    pub gateway_id: String,
+}
+
+/// Proof that the gate allowed an action. Only [`Gate::check`] creates one,
+/// so a surface that forwards only on a `Permit` cannot skip the gate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Permit {
+    policies: Vec<String>,
+    request_id: Option<RequestId>,
+}
+
+impl Permit {
+    /// The policies that allowed it.
+    pub fn policies(&self) -> &[String] {
+        &self.policies
+    }
+    /// The approval request whose grant was spent, if any.
+    pub fn request_id(&self) -> Option<&RequestId> {
+        self.request_id.as_ref()
+    }
+}
+
+/// The gate's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Forward it.
+    Allow(Permit),
+    /// Refuse it.
+    Deny {
+        /// The policies behind the refusal (empty for default deny).
+        policies: Vec<String>,
+        /// Why, for the client.
+        reason: String,
+    },
+    /// Hold it: a human must approve. Retrying the identical action after
+    /// approval passes once.
+    Pending(Box<ApprovalRequest>),
+}
+
+impl Verdict {
+    /// `allow`, `deny` or `pending`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Allow(_) => "allow",
+            Verdict::Deny { .. } => "deny",
+            Verdict::Pending(_) => "pending",
+        }
+    }
+}
+
+/// Shared machinery of the gate and approvals.
+struct Shared {
+    store: Arc<dyn Store>,
+    audit: Arc<dyn AuditSink>,
+    clock: Arc<dyn Clock>,
+    config: GateConfig,
+    notifiers: Vec<Arc<dyn Notifier>>,
+    changes: broadcast::Sender<(RequestId, RequestState)>,
+}
+
+impl Shared {
+    fn record(&self, action: &Action, event: AuditEvent) -> AuditRecord {
+        AuditRecord {
+            time: self.clock.now(),
+            event,
+            initiator: action.principal.qualified_id(),
+            owner: action.principal.owner().map(|o| o.to_string()),
+            reviewers: Vec::new(),
+            comment: None,
+            resource: action.resource.name.clone(),
+            class: action.class,
+            operation: action.operation.clone(),
+            intent: action.intent.clone(),
+            policies: Vec::new(),
+            decision: None,
+            outcome: None,
+            source: action.source.clone(),
+            surface: action.surface.clone(),
+            request_id: None,
+            gateway_id: self.config.gateway_id.clone(),
+        }
+    }
+
+    fn request_record(&self, request: &ApprovalRequest, event: AuditEvent) -> AuditRecord {
+        let mut r = self.record(&request.action, event);
+        r.policies = request.policies.clone();
+        r.request_id = Some(request.id.clone());
+        r.outcome = Some(request.state.as_str().to_owned());
+        r
+    }
+
+    fn announce(&self, request: &ApprovalRequest) {
+        // No receivers is normal (nobody waiting); the result only says so.
+        let _ = self.changes.send((request.id.clone(), request.state));
+        for n in &self.notifiers {
+            n.request_changed(request);
+        }
+    }
+
+    /// Persists `before → after` with its audit record; false if another
+    /// writer changed the request first.
+    async fn commit(
+        &self,
+        before: &ApprovalRequest,
+        after: &ApprovalRequest,
+        record: AuditRecord,
+    ) -> Result<bool, Error> {
+        if !self.store.save_transition(before, after).await? {
+            return Ok(false);
+        }
+        self.audit.append(record).await?;
+        self.announce(after);
+        Ok(true)
+    }
+
+    async fn expire(&self, request: &ApprovalRequest, now: Timestamp) -> Result<bool, Error> {
+        let mut after = request.clone();
+        if !after.expire_if_due(now) {
+            return Ok(false);
+        }
+        let record = self.request_record(&after, AuditEvent::Expired);
+        self.commit(request, &after, record).await
+    }
+}
+
+/// The one decision path (SPEC §1). Cheap to clone.
+#[derive(Clone)]
+pub struct Gate {
+    policy: Arc<dyn PolicyEngine>,
+    approvals: Approvals,
+}
+
+impl Gate {
+    /// Builds a gate over its collaborators.
+    pub fn new(
+        policy: Arc<dyn PolicyEngine>,
+        store: Arc<dyn Store>,
+        audit: Arc<dyn AuditSink>,
+        clock: Arc<dyn Clock>,
+        config: GateConfig,
+        notifiers: Vec<Arc<dyn Notifier>>,
+    ) -> Gate {
+        let (changes, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            store,
+            audit,
+            clock,
+            config,
+            notifiers,
+            changes,
+        });
+        Gate {
+            policy,
+            approvals: Approvals { shared },
+        }
+    }
+
+    /// Where reviewers decide and surfaces wait.
+    pub fn approvals(&self) -> &Approvals {
+        &self.approvals
+    }
+
+    /// The policy engine this gate consults.
+    pub fn policy(&self) -> &Arc<dyn PolicyEngine> {
+        &self.policy
+    }
+
+    /// Decides `action`: policy, then grants, then audit (before any
+    /// forwarding), then an approval request if one is needed. Any internal
+    /// failure is an `Err`, which surfaces must treat as deny.
+    pub async fn check(&self, action: Action) -> Result<Verdict, Error> {
+        let shared = &self.approvals.shared;
+        let decision = self.policy.evaluate(&action);
+        let (approvers, quorum, timeout) = match decision.verdict {
+            PolicyVerdict::Allow => {
+                let mut record = shared.record(&action, AuditEvent::Decision);
+                record.policies = decision.policies.clone();
+                record.decision = Some("allow".into());
+                shared.audit.append(record).await?;
+                return Ok(Verdict::Allow(Permit {
+                    policies: decision.policies,
+                    request_id: None,
+                }));
+            }
+            PolicyVerdict::Deny => {
+                let mut record = shared.record(&action, AuditEvent::Decision);
+                record.policies = decision.policies.clone();
+                record.decision = Some("deny".into());
+                record.comment = Some(decision.reason.clone());
+                shared.audit.append(record).await?;
+                return Ok(Verdict::Deny {
+                    policies: decision.policies,
+                    reason: decision.reason,
+                });
+            }
+            PolicyVerdict::NeedsApproval {
+                approvers,
+                quorum,
+                timeout,
+            } => (approvers, quorum, timeout),
+        };
+
+        let fingerprint = Fingerprint::of(&action, &decision.policy_version);
+        let now = shared.clock.now();
+        for live in shared.store.live_requests(&fingerprint).await? {
+            // A request for another principal can never share the
+            // fingerprint; checked anyway so a store bug cannot leak a grant.
+            if live.action.principal.qualified_id() != action.principal.qualified_id() {
+                continue;
+            }
+            let mut after = live.clone();
+            if after.expire_if_due(now) {
+                let record = shared.request_record(&after, AuditEvent::Expired);
+                shared.commit(&live, &after, record).await?;
+                continue;
+            }
+            match live.state {
+                RequestState::Approved => {
+                    if after.use_grant(now) != GrantUse::Used {
+                        continue;
+                    }
+                    let mut record = shared.request_record(&after, AuditEvent::GrantUsed);
+                    record.decision = Some("allow".into());
+                    record.source = action.source.clone();
+                    record.reviewers = after.reviews.iter().map(|r| r.reviewer.0.clone()).collect();
+                    if shared.commit(&live, &after, record).await? {
+                        return Ok(Verdict::Allow(Permit {
+                            policies: after.policies,
+                            request_id: Some(after.id),
+                        }));
+                    }
+                    // Another connection spent it first: look further.
+                }
+                RequestState::Pending => {
+                    let mut record = shared.request_record(&live, AuditEvent::RequestPending);
+                    record.decision = Some("pending".into());
+                    record.source = action.source.clone();
+                    shared.audit.append(record).await?;
+                    return Ok(Verdict::Pending(Box::new(live)));
+                }
+                _ => {}
+            }
+        }
+
+        let route = ApprovalRoute {
+            approvers,
+            quorum: quorum.max(1),
+            timeout: timeout.unwrap_or(shared.config.default_timeout),
+        };
+        let request = ApprovalRequest::new(
+            action,
+            fingerprint,
+            decision.policies,
+            decision.policy_version.to_string(),
+            route,
+            now,
+        );
+        let mut record = shared.request_record(&request, AuditEvent::RequestCreated);
+        record.decision = Some("pending".into());
+        shared.audit.append(record).await?;
+        shared.store.insert_request(&request).await?;
+        shared.announce(&request);
+        Ok(Verdict::Pending(Box::new(request)))
+    }
+}
+
+/// Why a decision through [`Approvals::decide`] did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideFailure {
+    /// No such request.
+    #[error("no request with id {0}")]
+    NotFound(RequestId),
+    /// The rules refused it; nothing changed.
+    #[error(transparent)]
+    Refused(#[from] DecideError),
+    /// Storage or audit failed.
+    #[error(transparent)]
+    Internal(#[from] Error),
+}
+
+/// Where every channel (REST, CLI, Slack, Teams, web) ends: one function,
+/// one set of rules. Cheap to clone.
+#[derive(Clone)]
+pub struct Approvals {
+    shared: Arc<Shared>,
+}
+
+impl Approvals {
+    /// `reviewer` approves or denies `id` (SPEC §4). Refusals are audited.
+    pub async fn decide(
+        &self,
+        id: &RequestId,
+        reviewer: &Principal,
+        decision: Decision,
+        comment: &str,
+    ) -> Result<ApprovalRequest, DecideFailure> {
+        let shared = &self.shared;
+        // Each lost race means another decision landed; a handful of retries
+        // always converges because every landing moves the request forward.
+        for _ in 0..8 {
+            let before = self.load(id).await?;
+            let now = shared.clock.now();
+            if shared.expire(&before, now).await? {
+                return Err(DecideError::NotPending(RequestState::Expired).into());
+            }
+            let mut after = before.clone();
+            if let Err(refusal) =
+                after.decide(reviewer, decision, comment, now, shared.config.grant_ttl)
+            {
+                let mut record = shared.request_record(&before, AuditEvent::ReviewRefused);
+                record.reviewers = vec![reviewer.qualified_id()];
+                record.comment = Some(refusal.to_string());
+                shared.audit.append(record).await?;
+                return Err(refusal.into());
+            }
+            let event = match after.state {
+                RequestState::Approved => AuditEvent::Approved,
+                RequestState::Denied => AuditEvent::Denied,
+                _ => AuditEvent::Reviewed,
+            };
+            let mut record = shared.request_record(&after, event);
+            record.reviewers = vec![reviewer.id().to_owned()];
+            record.comment = Some(comment.to_owned()).filter(|c| !c.is_empty());
+            record.decision = Some(
+                match decision {
+                    Decision::Approve => "approve",
+                    Decision::Deny => "deny",
+                }
+                .into(),
+            );
+            if shared.commit(&before, &after, record).await? {
+                return Ok(after);
+            }
+        }
+        Err(Error::Store(format!("request {id} is changing too fast to decide; try again")).into())
+    }
+
+    /// Loads a request, expiring it first if its time is up.
+    pub async fn get(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, Error> {
+        let Some(request) = self.shared.store.get_request(id).await? else {
+            return Ok(None);
+        };
+        let mut after = request.clone();
+        if after.expire_if_due(self.shared.clock.now()) {
+            let record = self.shared.request_record(&after, AuditEvent::Expired);
+            if !self.shared.commit(&request, &after, record).await? {
+                return self.shared.store.get_request(id).await;
+            }
+        }
+        Ok(Some(after))
+    }
+
+    async fn load(&self, id: &RequestId) -> Result<ApprovalRequest, DecideFailure> {
+        self.shared
+            .store
+            .get_request(id)
+            .await?
+            .ok_or_else(|| DecideFailure::NotFound(id.clone()))
+    }
+
+    /// Waits until `id` leaves `pending` or `timeout` passes, then returns
+    /// the request as it stands. Wakes the moment a decision lands in this
+    /// process.
+    pub async fn wait(
+        &self,
+        id: &RequestId,
+        timeout: Duration,
+    ) -> Result<Option<ApprovalRequest>, Error> {
+        // Subscribe before reading so a decision between the two is not lost.
+        let mut changes = self.shared.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let Some(request) = self.get(id).await? else {
+                return Ok(None);
+            };
+            if request.state != RequestState::Pending {
+                return Ok(Some(request));
+            }
+            // Also wake at the request's own expiry.
+            let until_expiry = Duration::from_millis(
+                (request.expires_at.0 - self.shared.clock.now().0).max(0) as u64,
+            );
+            let wake = deadline.min(tokio::time::Instant::now() + until_expiry);
+            loop {
+                match tokio::time::timeout_at(wake, changes.recv()).await {
+                    Err(_) if wake >= deadline => return Ok(Some(request)),
+                    Err(_) => break,
+                    Ok(Ok((changed, _))) if changed != *id => continue,
+                    Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(Some(request)),
+                }
+            }
+        }
+    }
+
+    /// Tells local waiters that `id` changed elsewhere (another gateway).
+    pub fn wake(&self, id: RequestId, state: RequestState) {
+        let _ = self.shared.changes.send((id, state));
+    }
+
+    /// Expires every request whose time is up; returns how many.
+    pub async fn expire_due(&self) -> Result<usize, Error> {
+        let now = self.shared.clock.now();
+        let mut n = 0;
+        for request in self.shared.store.due_for_expiry(now).await? {
+            if self.shared.expire(&request, now).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Requests matching `filter`.
+    pub async fn list(&self, filter: &RequestFilter) -> Result<Vec<ApprovalRequest>, Error> {
+        self.shared.store.list_requests(filter).await
+    }
+
+    /// The gate's settings.
+    pub fn config(&self) -> &GateConfig {
+        &self.shared.config
+    }
+}

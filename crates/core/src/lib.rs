@@ -1,0 +1,41 @@
+//! gavel's vocabulary and its one decision path, with no I/O.
+//!
+//! A surface (PostgreSQL proxy, MCP gateway, REST API, …) turns a client
+//! operation into an [`Action`] and asks the [`Gate`]. The gate consults a
+//! [`PolicyEngine`], looks for a single-use grant in the [`Store`], appends an
+//! audit record through the [`AuditSink`] and answers with a [`Verdict`].
+//! Only [`Gate::check`] can mint the [`Permit`] a surface needs to forward an
+//! action, so a path around the gate does not compile.
+//!
+//! Reviewers act through [`Approvals::decide`], which applies the rules of
+//! [`ApprovalRequest::decide`] (never the initiator, never its owner, never an
+//! agent, only the approver set, quorum of distinct humans, one deny ends it).
+//!
+//! Everything that touches the outside world is a trait here and an
+//! implementation elsewhere: the store and audit in `gavel-store`, policy in
+//! `gavel-policy`, the clock in [`SystemClock`].
+#![deny(missing_docs)]
+
+mod action;
+mod approval;
+mod audit;
+mod error;
+mod fingerprint;
+mod gate;
+mod principal;
+mod time;
+
+pub use action::{Action, ActionClass, Resource, UnknownActionClass};
+pub use approval::{
+    ApprovalRequest, ApprovalRoute, Approver, DecideError, Decision, GrantUse, RequestId,
+    RequestState, Review,
+};
+pub use audit::{AuditEvent, AuditRecord, AuditSink};
+pub use error::{Error, ErrorSource};
+pub use fingerprint::Fingerprint;
+pub use gate::{
+    Approvals, Gate, GateConfig, Notifier, Permit, PolicyDecision, PolicyEngine, PolicyVerdict,
+    RequestFilter, Store, Verdict, DecideFailure,
+};
+pub use principal::{Human, HumanId, Principal};
+pub use time::{Clock, SystemClock, Timestamp};

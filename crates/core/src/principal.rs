@@ -1,0 +1,94 @@
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A human's stable id: an email or an identity provider subject.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HumanId(pub String);
+
+impl fmt::Display for HumanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for HumanId {
+    fn from(s: &str) -> Self {
+        HumanId(s.to_owned())
+    }
+}
+
+/// A verified human: who may initiate actions and, when routed to, decide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Human {
+    /// Email or IdP subject.
+    pub id: HumanId,
+    /// Groups the human belongs to (as named in policies and `@approval`).
+    pub groups: Vec<String>,
+}
+
+/// Who is acting: a human, or an agent that some human owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Principal {
+    /// A person.
+    Human(Human),
+    /// An automated actor. Every agent has an owner, who may never approve
+    /// the agent's requests.
+    Agent {
+        /// The agent's name (unique in the store).
+        id: String,
+        /// The human accountable for the agent.
+        owner: HumanId,
+        /// Groups the agent belongs to.
+        groups: Vec<String>,
+    },
+}
+
+impl Principal {
+    /// The principal's id (human id or agent name).
+    pub fn id(&self) -> &str {
+        match self {
+            Principal::Human(h) => &h.id.0,
+            Principal::Agent { id, .. } => id,
+        }
+    }
+
+    /// `"human"` or `"agent"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Principal::Human(_) => "human",
+            Principal::Agent { .. } => "agent",
+        }
+    }
+
+    /// The owning human, for agents.
+    pub fn owner(&self) -> Option<&HumanId> {
+        match self {
+            Principal::Human(_) => None,
+            Principal::Agent { owner, .. } => Some(owner),
+        }
+    }
+
+    /// The principal's groups.
+    pub fn groups(&self) -> &[String] {
+        match self {
+            Principal::Human(h) => &h.groups,
+            Principal::Agent { groups, .. } => groups,
+        }
+    }
+
+    /// `human:alice@example.com` or `agent:deploy-bot`: unambiguous across kinds.
+    pub fn qualified_id(&self) -> String {
+        format!("{}:{}", self.kind(), self.id())
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::Human(h) => write!(f, "{}", h.id),
+            Principal::Agent { id, owner, .. } => write!(f, "agent {id} (owner {owner})"),
+        }
+    }
+}
