@@ -68,8 +68,9 @@ pub struct RequestFilter {
 /// grants). Implemented by `gavel-store`.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
-    /// Persists a new request.
-    async fn insert_request(&self, request: &ApprovalRequest) -> Result<(), Error>;
+    /// Persists a new pending request. Returns false, storing nothing, if a
+    /// pending request with the same fingerprint already exists.
+    async fn insert_request(&self, request: &ApprovalRequest) -> Result<bool, Error>;
     /// Loads one request with its reviews.
     async fn get_request(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, Error>;
     /// Pending and approved requests with this fingerprint, oldest first.
@@ -88,6 +89,8 @@ pub trait Store: Send + Sync {
     /// Pending requests past `expires_at` and approved ones past
     /// `grant_expires_at`.
     async fn due_for_expiry(&self, now: Timestamp) -> Result<Vec<ApprovalRequest>, Error>;
+    /// How many requests are in each state (for metrics).
+    async fn count_by_state(&self) -> Result<Vec<(RequestState, u64)>, Error>;
 }
 
 /// Told about every new request and every state change: approval channels
@@ -309,21 +312,60 @@ impl Gate {
         };
 
         let fingerprint = Fingerprint::of(&action, &decision.policy_version);
+        let route = ApprovalRoute {
+            approvers,
+            quorum: quorum.max(1),
+            timeout: timeout.unwrap_or(shared.config.default_timeout),
+        };
+        // Two rounds suffice: if our insert loses to a concurrent identical
+        // action, the second scan finds the winner's pending request.
+        for _ in 0..3 {
+            if let Some(verdict) = self.use_live_request(&action, &fingerprint).await? {
+                return Ok(verdict);
+            }
+            let request = ApprovalRequest::new(
+                action.clone(),
+                fingerprint,
+                decision.policies.clone(),
+                decision.policy_version.to_string(),
+                route.clone(),
+                shared.clock.now(),
+            );
+            if !shared.store.insert_request(&request).await? {
+                continue;
+            }
+            let mut record = shared.request_record(&request, AuditEvent::RequestCreated);
+            record.decision = Some("pending".into());
+            shared.audit.append(record).await?;
+            shared.announce(&request);
+            return Ok(Verdict::Pending(Box::new(request)));
+        }
+        Err(Error::Store(
+            "could not open or find the approval request; try again".into(),
+        ))
+    }
+
+    /// Spends a live grant for `fingerprint`, or finds the pending request
+    /// the action is already waiting on.
+    async fn use_live_request(
+        &self,
+        action: &Action,
+        fingerprint: &Fingerprint,
+    ) -> Result<Option<Verdict>, Error> {
+        let shared = &self.approvals.shared;
         let now = shared.clock.now();
-        for live in shared.store.live_requests(&fingerprint).await? {
+        for live in shared.store.live_requests(fingerprint).await? {
             // A request for another principal can never share the
             // fingerprint; checked anyway so a store bug cannot leak a grant.
             if live.action.principal.qualified_id() != action.principal.qualified_id() {
                 continue;
             }
-            let mut after = live.clone();
-            if after.expire_if_due(now) {
-                let record = shared.request_record(&after, AuditEvent::Expired);
-                shared.commit(&live, &after, record).await?;
+            if shared.expire(&live, now).await? {
                 continue;
             }
             match live.state {
                 RequestState::Approved => {
+                    let mut after = live.clone();
                     if after.use_grant(now) != GrantUse::Used {
                         continue;
                     }
@@ -332,10 +374,10 @@ impl Gate {
                     record.source = action.source.clone();
                     record.reviewers = after.reviews.iter().map(|r| r.reviewer.0.clone()).collect();
                     if shared.commit(&live, &after, record).await? {
-                        return Ok(Verdict::Allow(Permit {
+                        return Ok(Some(Verdict::Allow(Permit {
                             policies: after.policies,
                             request_id: Some(after.id),
-                        }));
+                        })));
                     }
                     // Another connection spent it first: look further.
                 }
@@ -344,31 +386,12 @@ impl Gate {
                     record.decision = Some("pending".into());
                     record.source = action.source.clone();
                     shared.audit.append(record).await?;
-                    return Ok(Verdict::Pending(Box::new(live)));
+                    return Ok(Some(Verdict::Pending(Box::new(live))));
                 }
                 _ => {}
             }
         }
-
-        let route = ApprovalRoute {
-            approvers,
-            quorum: quorum.max(1),
-            timeout: timeout.unwrap_or(shared.config.default_timeout),
-        };
-        let request = ApprovalRequest::new(
-            action,
-            fingerprint,
-            decision.policies,
-            decision.policy_version.to_string(),
-            route,
-            now,
-        );
-        let mut record = shared.request_record(&request, AuditEvent::RequestCreated);
-        record.decision = Some("pending".into());
-        shared.audit.append(record).await?;
-        shared.store.insert_request(&request).await?;
-        shared.announce(&request);
-        Ok(Verdict::Pending(Box::new(request)))
+        Ok(None)
     }
 }
 

@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 mod action;
+mod agent;
 mod approval;
 mod audit;
 mod error;
@@ -25,6 +26,7 @@ mod gate;
 mod principal;
 mod time;
 
+pub use agent::{AgentRecord, AgentRegistry};
 pub use action::{Action, ActionClass, Resource, UnknownActionClass};
 pub use approval::{
     ApprovalRequest, ApprovalRoute, Approver, DecideError, Decision, GrantUse, RequestId,

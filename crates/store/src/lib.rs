@@ -1,1 +1,48 @@
-//! x
+//! Persistence for gavel: approval requests with their reviews and grants,
+//! agents with hashed tokens, and the audit log.
+//!
+//! [`SqliteStore`] is the embedded default (WAL, `synchronous = FULL`,
+//! embedded migrations). It implements the core ports [`Store`],
+//! [`AgentRegistry`] and [`AuditSink`], so the gate never sees SQL.
+#![deny(missing_docs)]
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use gavel_core::Error;
+
+/// What `[storage] url` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    /// An SQLite database file.
+    Sqlite(std::path::PathBuf),
+}
+
+impl StorageUrl {
+    /// Parses `sqlite://path` (relative paths are relative to the working
+    /// directory) or `sqlite:path`.
+    pub fn parse(url: &str) -> Result<StorageUrl, String> {
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err("sqlite URL has no path (e.g. sqlite://gavel-data/gavel.db)".into());
+            }
+            return Ok(StorageUrl::Sqlite(path.into()));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(
+                "PostgreSQL storage is not available in this build yet; use sqlite://PATH".into(),
+            );
+        }
+        Err(format!(
+            "unsupported storage URL {url:?}: expected sqlite://PATH"
+        ))
+    }
+}
+
+pub(crate) fn db_err(e: impl std::fmt::Display) -> Error {
+    Error::store(e)
+}

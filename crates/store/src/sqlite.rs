@@ -1,0 +1,390 @@
+use crate::db_err;
+use async_trait::async_trait;
+use gavel_core::{
+    Action, AgentRecord, AgentRegistry, ApprovalRequest, ApprovalRoute, AuditRecord, AuditSink,
+    Decision, Error, Fingerprint, HumanId, RequestFilter, RequestId, RequestState, Review, Store,
+    Timestamp,
+};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The parts of a request fixed at creation, kept as one JSON column.
+#[derive(Serialize, Deserialize)]
+struct RequestBody {
+    action: Action,
+    policies: Vec<String>,
+    policy_version: String,
+    route: ApprovalRoute,
+}
+
+/// gavel's embedded store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+const REQUEST_COLUMNS: &str =
+    "id, fingerprint, state, created_at, expires_at, grant_expires_at, updated_at, body";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies
+    /// migrations.
+    pub async fn open(path: &Path) -> Result<SqliteStore, Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| db_err(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: every commit is fsync'd, so an audit record is durable
+            // before the gate lets anything through.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(|e| db_err(format!("cannot open {}: {e}", path.display())))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| db_err(format!("migrating {}: {e}", path.display())))?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Every audit record with its sequence number, in order.
+    pub async fn audit_records(&self) -> Result<Vec<(u64, AuditRecord)>, Error> {
+        let rows = sqlx::query("SELECT seq, record FROM audit_log ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq").map_err(db_err)?;
+                let text: String = row.try_get("record").map_err(db_err)?;
+                let record = serde_json::from_str(&text).map_err(db_err)?;
+                Ok((seq as u64, record))
+            })
+            .collect()
+    }
+
+    async fn reviews(&self, id: &str) -> Result<Vec<Review>, Error> {
+        let rows = sqlx::query(
+            "SELECT reviewer, decision, comment, at FROM reviews WHERE request_id = ? ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                let decision: String = row.try_get("decision").map_err(db_err)?;
+                Ok(Review {
+                    reviewer: HumanId(row.try_get("reviewer").map_err(db_err)?),
+                    decision: if decision == "deny" {
+                        Decision::Deny
+                    } else {
+                        Decision::Approve
+                    },
+                    comment: row.try_get("comment").map_err(db_err)?,
+                    at: Timestamp(row.try_get("at").map_err(db_err)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn hydrate(&self, rows: Vec<SqliteRow>) -> Result<Vec<ApprovalRequest>, Error> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id").map_err(db_err)?;
+            let body: String = row.try_get("body").map_err(db_err)?;
+            let body: RequestBody = serde_json::from_str(&body)
+                .map_err(|e| db_err(format!("request {id}: corrupt body: {e}")))?;
+            let fingerprint: String = row.try_get("fingerprint").map_err(db_err)?;
+            let state: String = row.try_get("state").map_err(db_err)?;
+            out.push(ApprovalRequest {
+                reviews: self.reviews(&id).await?,
+                id: RequestId(id),
+                fingerprint: Fingerprint::from_hex(&fingerprint)
+                    .ok_or_else(|| db_err("corrupt fingerprint"))?,
+                action: body.action,
+                policies: body.policies,
+                policy_version: body.policy_version,
+                route: body.route,
+                state: RequestState::from_str(&state).map_err(db_err)?,
+                created_at: Timestamp(row.try_get("created_at").map_err(db_err)?),
+                expires_at: Timestamp(row.try_get("expires_at").map_err(db_err)?),
+                grant_expires_at: row
+                    .try_get::<Option<i64>, _>("grant_expires_at")
+                    .map_err(db_err)?
+                    .map(Timestamp),
+                updated_at: Timestamp(row.try_get("updated_at").map_err(db_err)?),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_request(&self, r: &ApprovalRequest) -> Result<bool, Error> {
+        let body = serde_json::to_string(&RequestBody {
+            action: r.action.clone(),
+            policies: r.policies.clone(),
+            policy_version: r.policy_version.clone(),
+            route: r.route.clone(),
+        })
+        .map_err(db_err)?;
+        let result = sqlx::query(
+            "INSERT INTO requests (id, fingerprint, state, initiator, resource, class, created_at, \
+             expires_at, grant_expires_at, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.id.0)
+        .bind(r.fingerprint.to_hex())
+        .bind(r.state.as_str())
+        .bind(r.action.principal.qualified_id())
+        .bind(&r.action.resource.name)
+        .bind(r.action.class.as_str())
+        .bind(r.created_at.0)
+        .bind(r.expires_at.0)
+        .bind(r.grant_expires_at.map(|t| t.0))
+        .bind(r.updated_at.0)
+        .bind(body)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    async fn get_request(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?"
+        )))
+        .bind(&id.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(self.hydrate(rows).await?.into_iter().next())
+    }
+
+    async fn live_requests(&self, fp: &Fingerprint) -> Result<Vec<ApprovalRequest>, Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE fingerprint = ? \
+             AND state IN ('pending', 'approved') ORDER BY created_at, id"
+        )))
+        .bind(fp.to_hex())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        self.hydrate(rows).await
+    }
+
+    async fn save_transition(
+        &self,
+        before: &ApprovalRequest,
+        after: &ApprovalRequest,
+    ) -> Result<bool, Error> {
+        if before.id != after.id || after.reviews.len() < before.reviews.len() {
+            return Err(db_err("save_transition: after is not a successor of before"));
+        }
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // The guarded UPDATE comes first so this transaction takes SQLite's
+        // write lock before it reads anything.
+        let updated = sqlx::query(
+            "UPDATE requests SET state = ?, grant_expires_at = ?, updated_at = ? \
+             WHERE id = ? AND state = ? \
+             AND (SELECT count(*) FROM reviews WHERE request_id = ?) = ?",
+        )
+        .bind(after.state.as_str())
+        .bind(after.grant_expires_at.map(|t| t.0))
+        .bind(after.updated_at.0)
+        .bind(&after.id.0)
+        .bind(before.state.as_str())
+        .bind(&after.id.0)
+        .bind(before.reviews.len() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if updated.rows_affected() != 1 {
+            tx.rollback().await.map_err(db_err)?;
+            return Ok(false);
+        }
+        for (seq, review) in after.reviews.iter().enumerate().skip(before.reviews.len()) {
+            sqlx::query(
+                "INSERT INTO reviews (request_id, seq, reviewer, decision, comment, at) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&after.id.0)
+            .bind(seq as i64)
+            .bind(&review.reviewer.0)
+            .bind(match review.decision {
+                Decision::Approve => "approve",
+                Decision::Deny => "deny",
+            })
+            .bind(&review.comment)
+            .bind(review.at.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
+    async fn list_requests(&self, f: &RequestFilter) -> Result<Vec<ApprovalRequest>, Error> {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE 1 = 1"));
+        if let Some(state) = f.state {
+            q.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(initiator) = &f.initiator {
+            q.push(" AND initiator = ").push_bind(initiator.clone());
+        }
+        if let Some(resource) = &f.resource {
+            q.push(" AND resource = ").push_bind(resource.clone());
+        }
+        let limit = if f.limit == 0 { 100 } else { f.limit.min(1000) };
+        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(limit as i64);
+        let rows = q.build().fetch_all(&self.pool).await.map_err(db_err)?;
+        self.hydrate(rows).await
+    }
+
+    async fn due_for_expiry(&self, now: Timestamp) -> Result<Vec<ApprovalRequest>, Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE \
+             (state = 'pending' AND expires_at <= ?) OR \
+             (state = 'approved' AND (grant_expires_at IS NULL OR grant_expires_at <= ?)) \
+             ORDER BY created_at LIMIT 500"
+        )))
+        .bind(now.0)
+        .bind(now.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        self.hydrate(rows).await
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<(RequestState, u64)>, Error> {
+        let rows = sqlx::query("SELECT state, count(*) AS n FROM requests GROUP BY state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let mut counts: Vec<(RequestState, u64)> =
+            RequestState::ALL.iter().map(|s| (*s, 0)).collect();
+        for row in rows {
+            let state: String = row.try_get("state").map_err(db_err)?;
+            let n: i64 = row.try_get("n").map_err(db_err)?;
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| s.as_str() == state) {
+                slot.1 = n as u64;
+            }
+        }
+        Ok(counts)
+    }
+}
+
+#[async_trait]
+impl AgentRegistry for SqliteStore {
+    async fn create_agent(&self, a: &AgentRecord, token_sha256: &str) -> Result<(), Error> {
+        let result = sqlx::query(
+            "INSERT INTO agents (name, owner, groups_json, token_sha256, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&a.name)
+        .bind(&a.owner.0)
+        .bind(serde_json::to_string(&a.groups).map_err(db_err)?)
+        .bind(token_sha256)
+        .bind(a.created_at.0)
+        .bind(a.expires_at.map(|t| t.0))
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::Invalid(
+                format!(
+                    "an agent named {:?} already exists (names are never reused, so audit records stay unambiguous)",
+                    a.name
+                ),
+            )),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT name, owner, groups_json, created_at, expires_at, revoked_at FROM agents ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    async fn revoke_agent(&self, name: &str, now: Timestamp) -> Result<bool, Error> {
+        let r = sqlx::query("UPDATE agents SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
+            .bind(now.0)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn agent_by_token(&self, token_sha256: &str) -> Result<Option<AgentRecord>, Error> {
+        let row = sqlx::query(
+            "SELECT name, owner, groups_json, created_at, expires_at, revoked_at FROM agents \
+             WHERE token_sha256 = ?",
+        )
+        .bind(token_sha256)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+}
+
+fn agent_from_row(row: &SqliteRow) -> Result<AgentRecord, Error> {
+    let groups: String = row.try_get("groups_json").map_err(db_err)?;
+    Ok(AgentRecord {
+        name: row.try_get("name").map_err(db_err)?,
+        owner: HumanId(row.try_get("owner").map_err(db_err)?),
+        groups: serde_json::from_str(&groups).map_err(db_err)?,
+        created_at: Timestamp(row.try_get("created_at").map_err(db_err)?),
+        expires_at: row
+            .try_get::<Option<i64>, _>("expires_at")
+            .map_err(db_err)?
+            .map(Timestamp),
+        revoked_at: row
+            .try_get::<Option<i64>, _>("revoked_at")
+            .map_err(db_err)?
+            .map(Timestamp),
+    })
+}
+
+#[async_trait]
+impl AuditSink for SqliteStore {
+    async fn append(&self, record: AuditRecord) -> Result<u64, Error> {
+        let text = serde_json::to_string(&record).map_err(|e| Error::Audit(e.to_string()))?;
+        let row = sqlx::query("INSERT INTO audit_log (time, record) VALUES (?, ?) RETURNING seq")
+            .bind(record.time.0)
+            .bind(text)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| Error::Audit(e.to_string()))?;
+        let seq: i64 = row.try_get("seq").map_err(|e| Error::Audit(e.to_string()))?;
+        Ok(seq as u64)
+    }
+}
