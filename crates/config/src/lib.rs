@@ -1,1 +1,391 @@
-//! x
+//! gavel's configuration: one TOML file (SPEC §7).
+//!
+//! Every key has a default, so `gavel serve` runs with no file at all.
+//! Unknown keys and bad values fail at start with the file, the key and the
+//! reason. Relative paths are relative to the directory holding the file
+//! (the working directory when there is no file). Secrets are never inline:
+//! human tokens appear only as SHA-256 hashes.
+#![deny(missing_docs)]
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// SQLite database, audit key, checkpoints.
+    pub data_dir: PathBuf,
+    /// The API listener.
+    pub server: ServerConfig,
+    /// Where state lives.
+    pub storage: StorageConfig,
+    /// Who is who.
+    pub identity: IdentityConfig,
+    /// Where policies live.
+    pub policy: PolicyConfig,
+    /// Approval timing.
+    pub approvals: ApprovalsConfig,
+    /// Guarded resources.
+    pub resources: ResourcesConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the API, UI and integrations.
+    pub listen: SocketAddr,
+    /// Base URL used in links sent to reviewers and clients.
+    pub public_url: String,
+    /// This gateway's id in audit records; defaults to the host name.
+    pub gateway_id: Option<String>,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sqlite://PATH`; defaults to `sqlite://{data_dir}/gavel.db`.
+    pub url: Option<String>,
+}
+
+/// `[identity]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// `[[identity.humans]]`: humans with API tokens, for small setups.
+    pub humans: Vec<HumanConfig>,
+}
+
+/// One `[[identity.humans]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HumanConfig {
+    /// Email or IdP subject.
+    pub id: String,
+    /// Groups, as policies and `@approval` name them.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Hex SHA-256 of the human's API token (`gavel token hash`).
+    pub token_sha256: String,
+}
+
+/// `[policy]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Directory of `*.cedar` files, watched for changes.
+    pub dir: PathBuf,
+    /// How often the directory is checked for changes.
+    #[serde(with = "duration")]
+    pub reload_interval: Duration,
+}
+
+/// `[approvals]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// How long a surface holds an action waiting for a decision.
+    #[serde(with = "duration")]
+    pub hold: Duration,
+    /// Default request expiry when no policy sets `@timeout`.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// How long an approval may be used.
+    #[serde(with = "duration")]
+    pub grant_ttl: Duration,
+}
+
+/// `[resources]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourcesConfig {
+    /// `[[resources.api]]`: names agents use with `POST /api/v1/actions`.
+    pub api: Vec<ApiResourceConfig>,
+}
+
+/// One `[[resources.api]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiResourceConfig {
+    /// The resource name.
+    pub name: String,
+    /// Its kind as policies see it (`resource.kind`); default `api`.
+    #[serde(default = "default_api_kind")]
+    pub kind: String,
+    /// Cedar entity tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+fn default_api_kind() -> String {
+    "api".into()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("gavel-data"),
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            identity: IdentityConfig::default(),
+            policy: PolicyConfig::default(),
+            approvals: ApprovalsConfig::default(),
+            resources: ResourcesConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8470)),
+            public_url: "http://127.0.0.1:8470".into(),
+            gateway_id: None,
+        }
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            dir: PathBuf::from("policies"),
+            reload_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            hold: Duration::from_secs(60),
+            timeout: Duration::from_secs(15 * 60),
+            grant_ttl: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write e.g. \"90s\", \"15m\" or \"2h\""
+            ))
+        })
+    }
+}
+
+/// A configuration that cannot be used: where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or `<defaults>`).
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The dotted key, e.g. `approvals.hold` or `identity.humans[1].token_sha256`.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.reason)
+        } else {
+            write!(f, ": key `{}`: {}", self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A loaded configuration with its paths resolved.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The settings, with every relative path made absolute or
+    /// relative to the working directory.
+    pub config: Config,
+    /// Where it came from (`None` for built-in defaults).
+    pub file: Option<PathBuf>,
+}
+
+impl Loaded {
+    /// The SQLite database path or storage URL in effect.
+    pub fn storage_url(&self) -> String {
+        match &self.config.storage.url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.config.data_dir.join("gavel.db").display()),
+        }
+    }
+
+    /// The resource named `name` among the configured ones: its kind and tags.
+    pub fn resource(&self, name: &str) -> Option<&ApiResourceConfig> {
+        self.config.resources.api.iter().find(|r| r.name == name)
+    }
+}
+
+/// Loads `file`, or the defaults when `file` is `None`.
+pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let Some(file) = file else {
+        let config = Config::default();
+        validate(&config, Path::new("<defaults>"))?;
+        return Ok(Loaded { config, file: None });
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        line: None,
+        key: String::new(),
+        reason: format!("cannot read: {e}"),
+    })?;
+    let mut config = parse(&text, file)?;
+    let base = file.parent().unwrap_or(Path::new(""));
+    config.data_dir = base.join(&config.data_dir);
+    config.policy.dir = base.join(&config.policy.dir);
+    if let Some(url) = &config.storage.url {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            config.storage.url = Some(format!("sqlite://{}", base.join(path).display()));
+        }
+    }
+    Ok(Loaded {
+        config,
+        file: Some(file.to_path_buf()),
+    })
+}
+
+/// Parses and validates TOML text that came from `file`.
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let line_of = |span: Option<std::ops::Range<usize>>| {
+        span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        line: line_of(e.span()),
+        key: String::new(),
+        reason: e.message().to_owned(),
+    })?;
+    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigError {
+            file: file.to_path_buf(),
+            line: line_of(inner.span()),
+            key: if key == "." { String::new() } else { key },
+            reason: inner.message().to_owned(),
+        }
+    })?;
+    validate(&config, file)?;
+    Ok(config)
+}
+
+fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
+    let fail = |key: String, reason: String| ConfigError {
+        file: file.to_path_buf(),
+        line: None,
+        key,
+        reason,
+    };
+    if !(c.server.public_url.starts_with("http://") || c.server.public_url.starts_with("https://"))
+    {
+        return Err(fail(
+            "server.public_url".into(),
+            format!("{:?} must start with http:// or https://", c.server.public_url),
+        ));
+    }
+    let mut ids = HashSet::new();
+    for (i, h) in c.identity.humans.iter().enumerate() {
+        if h.id.trim().is_empty() {
+            return Err(fail(format!("identity.humans[{i}].id"), "must not be empty".into()));
+        }
+        if !ids.insert(h.id.as_str()) {
+            return Err(fail(format!("identity.humans[{i}].id"), format!("{:?} is listed twice", h.id)));
+        }
+        if h.token_sha256.len() != 64 || !h.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(fail(
+                format!("identity.humans[{i}].token_sha256"),
+                "must be the 64-hex-digit SHA-256 of the token (run `gavel token hash TOKEN`), never the token itself".into(),
+            ));
+        }
+    }
+    for (key, d) in [
+        ("approvals.hold", c.approvals.hold),
+        ("approvals.timeout", c.approvals.timeout),
+        ("approvals.grant_ttl", c.approvals.grant_ttl),
+        ("policy.reload_interval", c.policy.reload_interval),
+    ] {
+        if d.is_zero() {
+            return Err(fail(key.into(), "must be longer than zero".into()));
+        }
+    }
+    let mut names = HashSet::new();
+    for (i, r) in c.resources.api.iter().enumerate() {
+        if r.name.trim().is_empty() {
+            return Err(fail(format!("resources.api[{i}].name"), "must not be empty".into()));
+        }
+        if !names.insert(r.name.as_str()) {
+            return Err(fail(format!("resources.api[{i}].name"), format!("{:?} is configured twice", r.name)));
+        }
+    }
+    if let Some(url) = &c.storage.url {
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(fail("storage.url".into(), format!("{url:?}: expected sqlite://PATH")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(text, Path::new("gavel.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let l = load(None).unwrap();
+        assert_eq!(l.config.server.listen.to_string(), "127.0.0.1:8470");
+        assert_eq!(l.storage_url(), "sqlite://gavel-data/gavel.db");
+        assert_eq!(l.config.approvals.hold, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn errors_name_file_line_key_and_reason() {
+        let e = err("[approvals]\nhold = \"soon\"\n");
+        assert!(e.starts_with("gavel.toml:2: key `approvals.hold`: invalid duration \"soon\""), "{e}");
+        let e = err("[server]\nlisten = \"nowhere\"\n");
+        assert!(e.contains("key `server.listen`"), "{e}");
+        let e = err("[serverr]\n");
+        assert!(e.contains("unknown field `serverr`"), "{e}");
+        let e = err("[[identity.humans]]\nid = \"a@x\"\ntoken_sha256 = \"hunter2\"\n");
+        assert!(e.contains("key `identity.humans[0].token_sha256`"), "{e}");
+        assert!(!e.contains("hunter2"), "the rejected value may be a secret: {e}");
+        let e = err("[approvals]\ngrant_ttl = \"0s\"\n");
+        assert!(e.contains("approvals.grant_ttl"), "{e}");
+        let e = err("data_dir = [\n");
+        assert!(e.starts_with("gavel.toml:"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("g.toml");
+        std::fs::write(&file, "data_dir = \"state\"\n[policy]\ndir = \"pol\"\n").unwrap();
+        let l = load(Some(&file)).unwrap();
+        assert_eq!(l.config.policy.dir, dir.path().join("pol"));
+        assert_eq!(l.storage_url(), format!("sqlite://{}", dir.path().join("state/gavel.db").display()));
+    }
+}

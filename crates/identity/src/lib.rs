@@ -1,1 +1,180 @@
-//! x
+//! Who is calling: turns a presented token into a [`Principal`].
+//!
+//! [`Authenticator`] is the one place every surface asks. Today it knows
+//! human API tokens from `[[identity.humans]]` (stored as SHA-256 hashes in
+//! the config) and agent tokens from the store (hashed, revocable, with an
+//! optional expiry). Tokens are never logged and never stored in plaintext.
+#![deny(missing_docs)]
+
+use gavel_config::HumanConfig;
+use gavel_core::{AgentRegistry, Clock, Error, Human, HumanId, Principal};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Prefix of tokens gavel issues to agents, so leaked ones are easy to
+/// find with secret scanners.
+pub const AGENT_TOKEN_PREFIX: &str = "gvl_agent_";
+
+/// The hex SHA-256 of a token: what gavel stores instead of the token.
+pub fn token_sha256(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A fresh agent token: the prefix and 256 random bits.
+pub fn generate_agent_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{AGENT_TOKEN_PREFIX}{}", hex::encode(bytes))
+}
+
+/// Why a token was refused. Messages never contain the token.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Nothing was presented.
+    #[error("no credentials: send `Authorization: Bearer <token>`")]
+    Missing,
+    /// The token matches no human or agent.
+    #[error("invalid token")]
+    Invalid,
+    /// The agent's token was revoked.
+    #[error("agent {0} has been revoked")]
+    Revoked(String),
+    /// The agent's token has expired.
+    #[error("the token of agent {0} has expired")]
+    Expired(String),
+    /// The store could not be asked.
+    #[error("cannot check credentials: {0}")]
+    Internal(#[from] Error),
+}
+
+/// Resolves tokens to principals.
+pub struct Authenticator {
+    humans_by_hash: HashMap<String, Human>,
+    agents: Arc<dyn AgentRegistry>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Authenticator {
+    /// Humans from the config; agents from the registry.
+    pub fn new(
+        humans: &[HumanConfig],
+        agents: Arc<dyn AgentRegistry>,
+        clock: Arc<dyn Clock>,
+    ) -> Authenticator {
+        let humans_by_hash = humans
+            .iter()
+            .map(|h| {
+                (
+                    h.token_sha256.to_ascii_lowercase(),
+                    Human {
+                        id: HumanId(h.id.clone()),
+                        groups: h.groups.clone(),
+                    },
+                )
+            })
+            .collect();
+        Authenticator {
+            humans_by_hash,
+            agents,
+            clock,
+        }
+    }
+
+    /// The principal `token` authenticates, if any.
+    ///
+    /// Lookups are by the token's SHA-256, so comparison time depends on the
+    /// hash of what was presented, not on any stored secret.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let hash = token_sha256(token);
+        if let Some(human) = self.humans_by_hash.get(&hash) {
+            return Ok(Principal::Human(human.clone()));
+        }
+        let Some(agent) = self.agents.agent_by_token(&hash).await? else {
+            return Err(AuthError::Invalid);
+        };
+        if agent.revoked_at.is_some() {
+            return Err(AuthError::Revoked(agent.name));
+        }
+        if !agent.is_active(self.clock.now()) {
+            return Err(AuthError::Expired(agent.name));
+        }
+        Ok(agent.principal())
+    }
+
+    /// The human configured with `id`, for channels that map identities.
+    pub fn human(&self, id: &str) -> Option<&Human> {
+        self.humans_by_hash.values().find(|h| h.id.0 == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gavel_core::{AgentRecord, SystemClock, Timestamp};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Agents(Mutex<Vec<(AgentRecord, String)>>);
+
+    #[async_trait::async_trait]
+    impl AgentRegistry for Agents {
+        async fn create_agent(&self, a: &AgentRecord, h: &str) -> Result<(), Error> {
+            self.0.lock().unwrap().push((a.clone(), h.to_owned()));
+            Ok(())
+        }
+        async fn list_agents(&self) -> Result<Vec<AgentRecord>, Error> {
+            Ok(self.0.lock().unwrap().iter().map(|(a, _)| a.clone()).collect())
+        }
+        async fn revoke_agent(&self, _: &str, _: Timestamp) -> Result<bool, Error> {
+            Ok(false)
+        }
+        async fn agent_by_token(&self, h: &str) -> Result<Option<AgentRecord>, Error> {
+            Ok(self.0.lock().unwrap().iter().find(|(_, x)| x == h).map(|(a, _)| a.clone()))
+        }
+    }
+
+    #[tokio::test]
+    async fn humans_agents_and_refusals() {
+        let agents = Arc::new(Agents::default());
+        let good = generate_agent_token();
+        assert!(good.starts_with(AGENT_TOKEN_PREFIX) && good.len() == AGENT_TOKEN_PREFIX.len() + 64);
+        let record = |name: &str, revoked: Option<Timestamp>, expires: Option<Timestamp>| AgentRecord {
+            name: name.into(),
+            owner: "o@x".into(),
+            groups: vec![],
+            created_at: Timestamp(0),
+            expires_at: expires,
+            revoked_at: revoked,
+        };
+        agents.create_agent(&record("bot", None, None), &token_sha256(&good)).await.unwrap();
+        agents.create_agent(&record("gone", Some(Timestamp(1)), None), &token_sha256("revoked")).await.unwrap();
+        agents.create_agent(&record("old", None, Some(Timestamp(1))), &token_sha256("expired")).await.unwrap();
+        let auth = Authenticator::new(
+            &[HumanConfig {
+                id: "alice@x".into(),
+                groups: vec!["dba".into()],
+                token_sha256: token_sha256("alice-token").to_uppercase(),
+            }],
+            agents,
+            Arc::new(SystemClock),
+        );
+        match auth.authenticate("alice-token").await.unwrap() {
+            Principal::Human(h) => assert_eq!(h.groups, vec!["dba".to_string()]),
+            p => panic!("{p:?}"),
+        }
+        assert_eq!(auth.authenticate(&good).await.unwrap().id(), "bot");
+        assert!(matches!(auth.authenticate("").await, Err(AuthError::Missing)));
+        assert!(matches!(auth.authenticate("nope").await, Err(AuthError::Invalid)));
+        assert!(matches!(auth.authenticate("revoked").await, Err(AuthError::Revoked(_))));
+        assert!(matches!(auth.authenticate("expired").await, Err(AuthError::Expired(_))));
+        // The token itself never shows up in an error.
+        let e = auth.authenticate("secret-value").await.unwrap_err().to_string();
+        assert!(!e.contains("secret-value"));
+    }
+}
