@@ -1,1 +1,101 @@
-fn main(){}
+//! `gavel`: the gateway and the tools around it (SPEC §7).
+
+mod admin;
+mod client;
+mod flags;
+
+use clap::Parser;
+use flags::{AgentCommand, Cli, Command, PolicyCommand, TokenCommand};
+use std::process::ExitCode;
+
+/// Exit codes, so scripts can tell failure kinds apart.
+pub mod exit {
+    /// Something went wrong (network, storage, server error).
+    pub const FAILURE: u8 = 1;
+    /// Bad usage or configuration (clap also uses 2).
+    pub const USAGE: u8 = 2;
+    /// The server refused: unauthenticated, forbidden, or not pending.
+    pub const REFUSED: u8 = 3;
+    /// No such request or agent.
+    pub const NOT_FOUND: u8 = 4;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gavel: cannot start the runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gavel: {e:#}");
+            ExitCode::from(e.downcast_ref::<Fail>().map_or(exit::FAILURE, |f| f.code))
+        }
+    }
+}
+
+/// An error with a chosen exit code.
+#[derive(Debug)]
+pub struct Fail {
+    code: u8,
+    message: String,
+}
+
+impl Fail {
+    fn new(code: u8, message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Fail {
+            code,
+            message: message.into(),
+        })
+    }
+}
+
+impl std::fmt::Display for Fail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Fail {}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = cli.config.as_deref();
+    match cli.command {
+        Command::Serve => admin::serve(config).await,
+        Command::Requests(args) => client::requests(&cli.server, args).await,
+        Command::Show { id, json } => client::show(&cli.server, &id, json).await,
+        Command::Approve { id, comment } => client::approve(&cli.server, &id, comment).await,
+        Command::Deny { id, reason } => client::deny(&cli.server, &id, reason).await,
+        Command::Wait { id, timeout } => client::wait(&cli.server, &id, &timeout).await,
+        Command::Whoami => client::whoami(&cli.server).await,
+        Command::Agent(AgentCommand::Create {
+            name,
+            owner,
+            group,
+            expires,
+        }) => admin::agent_create(config, &name, &owner, group, expires).await,
+        Command::Agent(AgentCommand::List { json }) => admin::agent_list(config, json).await,
+        Command::Agent(AgentCommand::Revoke { name }) => admin::agent_revoke(config, &name).await,
+        Command::Token(TokenCommand::Hash { token }) => {
+            println!("{}", gavel_identity::token_sha256(&token));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::Generate) => {
+            let token = gavel_identity::generate_agent_token().replacen("gvl_agent_", "gvl_human_", 1);
+            eprintln!("token_sha256 = \"{}\"   # put this in [[identity.humans]]", gavel_identity::token_sha256(&token));
+            eprintln!("the token (shown once; give it to the human, store it nowhere else):");
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Validate { dir }) => admin::policy_validate(config, dir),
+        Command::Policy(PolicyCommand::Explain(args)) => admin::policy_explain(config, args).await,
+        Command::Policy(PolicyCommand::Schema) => {
+            print!("{}", gavel_policy::SCHEMA_TEXT);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -280,6 +280,18 @@ impl Gate {
     /// forwarding), then an approval request if one is needed. Any internal
     /// failure is an `Err`, which surfaces must treat as deny.
     pub async fn check(&self, action: Action) -> Result<Verdict, Error> {
+        let started = std::time::Instant::now();
+        let result = self.decide(action).await;
+        let outcome = match &result {
+            Ok(v) => v.as_str(),
+            Err(_) => "error",
+        };
+        metrics::histogram!("gavel_gate_check_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("gavel_decisions_total", "verdict" => outcome).increment(1);
+        result
+    }
+
+    async fn decide(&self, action: Action) -> Result<Verdict, Error> {
         let shared = &self.approvals.shared;
         let decision = self.policy.evaluate(&action);
         let (approvers, quorum, timeout) = match decision.verdict {

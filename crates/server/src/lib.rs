@@ -1,1 +1,196 @@
-//! x
+//! The gateway process: builds the gate from the configuration, serves the
+//! REST API (SPEC §7) and runs the background work (expiry sweeper, policy
+//! hot reload).
+//!
+//! [`Gateway::build`] wires the pieces; [`Gateway::serve`] runs until the
+//! shutdown future resolves. Surfaces added later receive the same
+//! [`gavel_core::Gate`] from [`Gateway::gate`].
+#![deny(missing_docs)]
+
+mod api;
+mod error;
+mod openapi;
+mod views;
+
+pub use error::ApiError;
+pub use openapi::openapi_json;
+
+use anyhow::Context as _;
+use gavel_config::Loaded;
+use gavel_core::{Gate, GateConfig, Store, SystemClock};
+use gavel_identity::Authenticator;
+use gavel_policy::{CedarEngine, Reload};
+use gavel_store::{SqliteStore, StorageUrl};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Everything a running gateway holds.
+#[derive(Clone)]
+pub struct Gateway {
+    pub(crate) gate: Gate,
+    pub(crate) auth: Arc<Authenticator>,
+    pub(crate) policy: Arc<CedarEngine>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: Arc<Loaded>,
+    pub(crate) metrics: PrometheusHandle,
+}
+
+/// Opens the configured store (SQLite only in this build).
+pub async fn open_store(loaded: &Loaded) -> anyhow::Result<SqliteStore> {
+    let url = loaded.storage_url();
+    let file = loaded
+        .file
+        .as_deref()
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| "<defaults>".into());
+    let StorageUrl::Sqlite(path) = StorageUrl::parse(&url)
+        .map_err(|reason| anyhow::anyhow!("{file}: key `storage.url`: {reason}"))?;
+    SqliteStore::open(&path)
+        .await
+        .with_context(|| format!("opening storage {}", path.display()))
+}
+
+fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("gavel_gate_check_seconds".into()),
+            &[
+                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5,
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ],
+        )?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn gateway_id(loaded: &Loaded) -> String {
+    if let Some(id) = &loaded.config.server.gateway_id {
+        return id.clone();
+    }
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "gavel".into())
+}
+
+impl Gateway {
+    /// Opens storage, loads policies and builds the gate. Fails (naming
+    /// file, line and reason) on a broken policy set.
+    pub async fn build(loaded: Loaded) -> anyhow::Result<Gateway> {
+        let store = Arc::new(open_store(&loaded).await?);
+        let policy = Arc::new(
+            CedarEngine::load(&loaded.config.policy.dir)
+                .map_err(|e| anyhow::anyhow!("policies are invalid:\n{e}"))?,
+        );
+        let clock = Arc::new(SystemClock);
+        let gate = Gate::new(
+            policy.clone(),
+            store.clone(),
+            store.clone(),
+            clock.clone(),
+            GateConfig {
+                default_timeout: loaded.config.approvals.timeout,
+                grant_ttl: loaded.config.approvals.grant_ttl,
+                gateway_id: gateway_id(&loaded),
+            },
+            Vec::new(),
+        );
+        let auth = Arc::new(Authenticator::new(
+            &loaded.config.identity.humans,
+            store.clone(),
+            clock,
+        ));
+        Ok(Gateway {
+            gate,
+            auth,
+            policy,
+            store,
+            config: Arc::new(loaded),
+            metrics: metrics_handle()?,
+        })
+    }
+
+    /// The gate every surface asks.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Binds the API listener, starts background work and serves until
+    /// `shutdown` resolves, then drains open requests.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let listen = self.config.config.server.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let bound = listener.local_addr()?;
+        let bundle = self.policy.bundle();
+        tracing::info!(
+            listen = %bound,
+            storage = %self.config.storage_url(),
+            policies = bundle.policies.len(),
+            policy_version = %bundle.version,
+            policy_dir = %self.config.config.policy.dir.display(),
+            gateway_id = %self.gate.approvals().config().gateway_id,
+            "gavel is serving"
+        );
+        let sweeper = tokio::spawn(sweep(self.clone()));
+        let reloader = tokio::spawn(reload(self.clone()));
+        let app = api::router(self).into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving the API");
+        sweeper.abort();
+        reloader.abort();
+        tracing::info!("gavel stopped");
+        result
+    }
+}
+
+/// Expires due requests and unused grants, so waiters and channels hear
+/// about it even when nobody asks.
+async fn sweep(gw: Gateway) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match gw.gate.approvals().expire_due().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "expired requests"),
+            Err(e) => tracing::error!(error = %e, "expiry sweep failed"),
+        }
+    }
+}
+
+/// Hot-reloads policies; a broken set keeps the last good one live.
+async fn reload(gw: Gateway) {
+    let mut tick = tokio::time::interval(gw.config.config.policy.reload_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let policy = gw.policy.clone();
+        let outcome = tokio::task::spawn_blocking(move || policy.reload_if_changed()).await;
+        match outcome {
+            Ok(Reload::Unchanged) => {}
+            Ok(Reload::Reloaded { version }) => {
+                metrics::gauge!("gavel_policy_reload_failed").set(0.0);
+                tracing::info!(%version, "policies reloaded")
+            }
+            Ok(Reload::Failed(errors)) => {
+                metrics::gauge!("gavel_policy_reload_failed").set(1.0);
+                tracing::error!(errors = %errors, "policy reload failed; keeping the last good policy set")
+            }
+            Err(e) => tracing::error!(error = %e, "policy reload task failed"),
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Commands that work on the configuration and store directly.
+
+use crate::flags::ExplainArgs;
+use crate::{Fail, exit};
+use gavel_core::{Action, AgentRecord, AgentRegistry, Clock, Human, HumanId, Principal, Resource, SystemClock};
+use gavel_server::{Gateway, open_store};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+fn load_config(file: Option<&Path>) -> anyhow::Result<gavel_config::Loaded> {
+    gavel_config::load(file).map_err(|e| Fail::new(exit::USAGE, format!("invalid configuration: {e}")))
+}
+
+pub async fn serve(file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let loaded = load_config(file)?;
+    let gateway = Gateway::build(loaded).await.map_err(|e| Fail::new(exit::USAGE, format!("{e:#}")))?;
+    gateway.serve(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+pub async fn agent_create(
+    file: Option<&Path>,
+    name: &str,
+    owner: &str,
+    groups: Vec<String>,
+    expires: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let valid_name = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !valid_name {
+        return Err(Fail::new(exit::USAGE, format!("agent name {name:?}: use 1-128 letters, digits, '-', '_' or '.'")));
+    }
+    if owner.trim().is_empty() {
+        return Err(Fail::new(exit::USAGE, "--owner must name the accountable human"));
+    }
+    let now = SystemClock.now();
+    let expires_at = match expires {
+        None => None,
+        Some(e) => Some(now.plus(humantime::parse_duration(&e).map_err(|err| Fail::new(exit::USAGE, format!("--expires {e:?}: {err}")))?)),
+    };
+    let loaded = load_config(file)?;
+    let store = open_store(&loaded).await?;
+    let token = gavel_identity::generate_agent_token();
+    let record = AgentRecord {
+        name: name.to_owned(),
+        owner: HumanId(owner.trim().to_owned()),
+        groups,
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+    };
+    store
+        .create_agent(&record, &gavel_identity::token_sha256(&token))
+        .await
+        .map_err(|e| match e {
+            gavel_core::Error::Invalid(m) => Fail::new(exit::USAGE, m),
+            other => anyhow::Error::new(other),
+        })?;
+    eprintln!("created agent {name} (owner {owner}); its token is shown once, on the next line:");
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn agent_list(file: Option<&Path>, as_json: bool) -> anyhow::Result<ExitCode> {
+    let loaded = load_config(file)?;
+    let store = open_store(&loaded).await?;
+    let agents = store.list_agents().await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&agents)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = SystemClock.now();
+    println!("{:<24}  {:<28}  {:<8}  GROUPS", "NAME", "OWNER", "STATUS");
+    for a in agents {
+        let status = if a.revoked_at.is_some() {
+            "revoked"
+        } else if !a.is_active(now) {
+            "expired"
+        } else {
+            "active"
+        };
+        println!("{:<24}  {:<28}  {:<8}  {}", a.name, a.owner, status, a.groups.join(","));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn agent_revoke(file: Option<&Path>, name: &str) -> anyhow::Result<ExitCode> {
+    let loaded = load_config(file)?;
+    let store = open_store(&loaded).await?;
+    if store.revoke_agent(name, SystemClock.now()).await? {
+        println!("revoked agent {name}; its token no longer authenticates");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Fail::new(exit::NOT_FOUND, format!("no active agent named {name:?}")))
+    }
+}
+
+pub fn policy_validate(file: Option<&Path>, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let dir = match dir {
+        Some(d) => d,
+        None => load_config(file)?.config.policy.dir,
+    };
+    match gavel_policy::load_dir(&dir) {
+        Ok(bundle) => {
+            println!(
+                "{}: {} policies in {} files are valid (version {})",
+                dir.display(),
+                bundle.policies.len(),
+                bundle.files,
+                bundle.version
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for p in &errors.0 {
+                eprintln!("error: {p}");
+            }
+            eprintln!("{} error(s); the policy set was rejected", errors.0.len());
+            Ok(ExitCode::from(exit::FAILURE))
+        }
+    }
+}
+
+pub async fn policy_explain(file: Option<&Path>, a: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let loaded = load_config(file)?;
+    let bundle = gavel_policy::load_dir(&loaded.config.policy.dir)
+        .map_err(|e| Fail::new(exit::FAILURE, format!("policies are invalid:\n{e}")))?;
+    let class = a.action.parse().map_err(|e: gavel_core::UnknownActionClass| Fail::new(exit::USAGE, e.to_string()))?;
+    let principal = explain_principal(&loaded, &a).await?;
+    let mut resource = match loaded.resource(&a.resource) {
+        Some(r) => Resource { name: r.name.clone(), kind: r.kind.clone(), tags: r.tags.clone() },
+        None => Resource { name: a.resource.clone(), kind: "api".into(), tags: Default::default() },
+    };
+    if let Some(kind) = &a.kind {
+        resource.kind = kind.clone();
+    }
+    if !a.tag.is_empty() {
+        resource.tags = a
+            .tag
+            .iter()
+            .map(|t| {
+                t.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .ok_or_else(|| Fail::new(exit::USAGE, format!("--tag {t:?}: expected KEY=VALUE")))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    let mut context: serde_json::Value = serde_json::from_str(&a.context)
+        .map_err(|e| Fail::new(exit::USAGE, format!("--context is not JSON: {e}")))?;
+    let Some(map) = context.as_object_mut() else {
+        return Err(Fail::new(exit::USAGE, "--context must be a JSON object"));
+    };
+    let take = |map: &mut serde_json::Map<String, serde_json::Value>, key: &str| {
+        map.remove(key).and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    };
+    let operation = take(map, "operation");
+    let intent = take(map, "intent");
+    let action = Action {
+        principal,
+        resource,
+        class,
+        operation,
+        details: context,
+        intent,
+        surface: "explain".into(),
+        source: None,
+    };
+    if let Err(e) = gavel_policy::context_pairs(&action) {
+        return Err(Fail::new(exit::USAGE, format!("--context: {e}")));
+    }
+    let x = gavel_policy::explain(&bundle, &action);
+    let verdict = match &x.decision.verdict {
+        gavel_core::PolicyVerdict::Allow => "ALLOW".to_owned(),
+        gavel_core::PolicyVerdict::Deny => "DENY".to_owned(),
+        gavel_core::PolicyVerdict::NeedsApproval { approvers, quorum, timeout } => format!(
+            "NEEDS APPROVAL by {} (quorum {quorum}, timeout {})",
+            approvers.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+            timeout.map(|t| humantime::format_duration(t).to_string()).unwrap_or_else(|| format!("{} (config default)", humantime::format_duration(loaded.config.approvals.timeout)))
+        ),
+    };
+    println!("decision: {verdict}");
+    println!("reason:   {}", x.decision.reason);
+    for p in &x.policies {
+        println!("  policy {} ({:?}) at {}:{}", p.id, p.effect, p.file.display(), p.line);
+    }
+    println!(
+        "principal {} · action {} · resource {} · policy version {} · {} of {} policies evaluated",
+        action.principal.qualified_id(),
+        action.class,
+        action.resource.name,
+        x.decision.policy_version,
+        x.evaluated,
+        x.loaded
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn explain_principal(loaded: &gavel_config::Loaded, a: &ExplainArgs) -> anyhow::Result<Principal> {
+    let (kind, id) = a
+        .principal
+        .split_once(':')
+        .ok_or_else(|| Fail::new(exit::USAGE, "--principal must be agent:NAME or human:ID"))?;
+    match kind {
+        "human" | "user" => {
+            let configured = loaded.config.identity.humans.iter().find(|h| h.id == id);
+            let groups = if a.group.is_empty() {
+                configured.map(|h| h.groups.clone()).unwrap_or_default()
+            } else {
+                a.group.clone()
+            };
+            Ok(Principal::Human(Human { id: HumanId(id.to_owned()), groups }))
+        }
+        "agent" => {
+            let stored = match open_store(loaded).await {
+                Ok(store) => store.list_agents().await?.into_iter().find(|x| x.name == id),
+                Err(_) => None,
+            };
+            let owner = a
+                .owner
+                .clone()
+                .or_else(|| stored.as_ref().map(|s| s.owner.0.clone()))
+                .ok_or_else(|| Fail::new(exit::USAGE, format!("agent {id:?} is not in the store; give --owner")))?;
+            let groups = if a.group.is_empty() {
+                stored.map(|s| s.groups).unwrap_or_default()
+            } else {
+                a.group.clone()
+            };
+            Ok(Principal::Agent { id: id.to_owned(), owner: HumanId(owner), groups })
+        }
+        other => Err(Fail::new(exit::USAGE, format!("--principal kind {other:?}: expected agent or human"))),
+    }
+}

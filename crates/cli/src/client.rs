@@ -1,0 +1,198 @@
+//! Commands that talk to a running gateway over its REST API.
+
+use crate::flags::RequestsArgs;
+use crate::{Fail, exit};
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn token() -> anyhow::Result<String> {
+    std::env::var("GAVEL_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| Fail::new(exit::USAGE, "set GAVEL_TOKEN to your gavel API token"))
+}
+
+async fn call(
+    method: reqwest::Method,
+    server: &str,
+    path: &str,
+    body: Option<Value>,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", server.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(timeout + Duration::from_secs(10))
+        .build()?;
+    let mut req = client.request(method, &url).bearer_auth(token()?);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach gavel at {server} (set --server or GAVEL_SERVER)"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if status.is_success() {
+        return Ok(value);
+    }
+    let message = value["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| value.to_string());
+    let code = match status.as_u16() {
+        401 | 403 | 409 => exit::REFUSED,
+        404 => exit::NOT_FOUND,
+        400 => exit::USAGE,
+        _ => exit::FAILURE,
+    };
+    Err(Fail::new(code, format!("{} ({status})", message)))
+}
+
+const QUICK: Duration = Duration::from_secs(30);
+
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or("")
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= max {
+        one_line
+    } else {
+        format!("{}…", one_line.chars().take(max - 1).collect::<String>())
+    }
+}
+
+fn initiator(v: &Value) -> String {
+    let p = &v["initiator"];
+    format!("{}:{}", s(p, "type"), s(p, "id"))
+}
+
+pub async fn requests(server: &str, a: RequestsArgs) -> anyhow::Result<ExitCode> {
+    let mut query = vec![format!("limit={}", a.limit)];
+    for (k, v) in [("state", &a.state), ("resource", &a.resource), ("initiator", &a.initiator)] {
+        if let Some(v) = v {
+            query.push(format!("{k}={}", urlencode(v)));
+        }
+    }
+    let v = call(reqwest::Method::GET, server, &format!("/api/v1/requests?{}", query.join("&")), None, QUICK).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = v["requests"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        eprintln!("no requests");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<36}  {:<8}  {:<24}  {:<16}  {:<11}  OPERATION", "ID", "STATE", "INITIATOR", "RESOURCE", "ACTION");
+    for r in list {
+        println!(
+            "{:<36}  {:<8}  {:<24}  {:<16}  {:<11}  {}",
+            s(&r, "id"),
+            s(&r, "state"),
+            truncate(&initiator(&r), 24),
+            truncate(s(&r["resource"], "name"), 16),
+            s(&r, "action"),
+            truncate(s(&r, "operation"), 60)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' | b'@' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn print_request(r: &Value) {
+    println!("request    {}", s(r, "id"));
+    println!("state      {}", s(r, "state"));
+    let p = &r["initiator"];
+    match p["owner"].as_str() {
+        Some(owner) => println!("initiator  {} (agent, owner {owner})", s(p, "id")),
+        None => println!("initiator  {} ({})", s(p, "id"), s(p, "type")),
+    }
+    println!("resource   {} ({})", s(&r["resource"], "name"), s(&r["resource"], "kind"));
+    println!("action     {}", s(r, "action"));
+    println!("operation  {}", s(r, "operation"));
+    if !s(r, "intent").is_empty() {
+        println!("intent     {}", s(r, "intent"));
+    }
+    if r["details"].as_object().is_some_and(|d| !d.is_empty()) {
+        println!("details    {}", r["details"]);
+    }
+    let approvers: Vec<&str> = r["approvers"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    println!("approvers  {} ({} of {} approvals)", approvers.join(", "), r["approvals"], r["quorum"]);
+    let policies: Vec<&str> = r["policies"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    println!("policies   {}", policies.join(", "));
+    println!("created    {}", s(r, "created_at"));
+    println!("expires    {}", s(r, "expires_at"));
+    if let Some(g) = r["grant_expires_at"].as_str() {
+        println!("grant til  {g}");
+    }
+    for review in r["reviews"].as_array().into_iter().flatten() {
+        println!("review     {} {} at {}{}", s(review, "reviewer"), s(review, "decision"), s(review, "at"),
+            if s(review, "comment").is_empty() { String::new() } else { format!(": {}", s(review, "comment")) });
+    }
+    println!("url        {}", s(r, "url"));
+    for (title, key) in [("initiator's recent requests", "initiator_recent"), ("recent requests on this resource", "resource_recent")] {
+        let items = r["history"][key].as_array().cloned().unwrap_or_default();
+        if !items.is_empty() {
+            println!("{title}:");
+            for h in items {
+                println!("  {}  {:<8}  {:<11}  {}", s(&h, "created_at"), s(&h, "state"), s(&h, "action"), truncate(s(&h, "operation"), 60));
+            }
+        }
+    }
+}
+
+pub async fn show(server: &str, id: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    let v = call(reqwest::Method::GET, server, &format!("/api/v1/requests/{}", urlencode(id)), None, QUICK).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_request(&v);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn approve(server: &str, id: &str, comment: String) -> anyhow::Result<ExitCode> {
+    let v = call(reqwest::Method::POST, server, &format!("/api/v1/requests/{}/approve", urlencode(id)), Some(json!({"comment": comment})), QUICK).await?;
+    println!("approved request {} ({} of {} approvals); it is now {}", s(&v, "id"), v["approvals"], v["quorum"], s(&v, "state"));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn deny(server: &str, id: &str, reason: String) -> anyhow::Result<ExitCode> {
+    let v = call(reqwest::Method::POST, server, &format!("/api/v1/requests/{}/deny", urlencode(id)), Some(json!({"reason": reason})), QUICK).await?;
+    println!("denied request {}; it is now {}", s(&v, "id"), s(&v, "state"));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn wait(server: &str, id: &str, timeout: &str) -> anyhow::Result<ExitCode> {
+    let d = humantime::parse_duration(timeout).map_err(|e| Fail::new(exit::USAGE, format!("--timeout {timeout:?}: {e}")))?;
+    let v = call(reqwest::Method::GET, server, &format!("/api/v1/requests/{}/wait?timeout={timeout}", urlencode(id)), None, d).await?;
+    print_request(&v);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn whoami(server: &str) -> anyhow::Result<ExitCode> {
+    let v = call(reqwest::Method::GET, server, "/api/v1/whoami", None, QUICK).await?;
+    let p = &v["principal"];
+    let groups: Vec<&str> = p["groups"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    match p["owner"].as_str() {
+        Some(o) => println!("agent {} (owner {o}; groups: {})", s(p, "id"), groups.join(", ")),
+        None => println!("human {} (groups: {})", s(p, "id"), groups.join(", ")),
+    }
+    Ok(ExitCode::SUCCESS)
+}

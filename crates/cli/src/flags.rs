@@ -1,0 +1,199 @@
+//! Command-line flags: parsing only, no I/O.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// gavel puts a human checkpoint on the privileged actions of AI agents.
+///
+/// Agents reach databases, tools and APIs through gavel. Every action is
+/// identified, classified and checked against Cedar policy: harmless ones
+/// pass, forbidden ones are refused, privileged ones wait for a human to
+/// approve them here, in the REST API, or in chat.
+///
+/// Start:   gavel serve                      (SQLite in ./gavel-data, API on 127.0.0.1:8470)
+/// Review:  GAVEL_TOKEN=… gavel requests     then  gavel approve ID  /  gavel deny ID --reason …
+/// Agents:  gavel agent create NAME --owner you@example.com   (prints the token once)
+#[derive(Debug, Parser)]
+#[command(name = "gavel", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    /// The configuration file (default: built-in defaults).
+    #[arg(long, short = 'c', global = true, env = "GAVEL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// A running gateway, for requests/show/approve/deny/wait/whoami. The
+    /// token comes from GAVEL_TOKEN.
+    #[arg(long, global = true, env = "GAVEL_SERVER", default_value = "http://127.0.0.1:8470")]
+    pub server: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (API on [server] listen, default 127.0.0.1:8470).
+    Serve,
+    /// List approval requests (newest first).
+    Requests(RequestsArgs),
+    /// Show one request with everything a reviewer needs.
+    Show {
+        /// The request id.
+        id: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request (you must be in its approver set, and neither its
+    /// initiator nor the initiating agent's owner).
+    Approve {
+        /// The request id.
+        id: String,
+        /// A comment recorded with your approval.
+        #[arg(long, short = 'm', default_value = "")]
+        comment: String,
+    },
+    /// Deny a request; one denial ends it.
+    Deny {
+        /// The request id.
+        id: String,
+        /// Why; the initiator sees it and the audit log keeps it.
+        #[arg(long, short = 'r')]
+        reason: String,
+    },
+    /// Wait until a request is decided (or the timeout passes) and print it.
+    Wait {
+        /// The request id.
+        id: String,
+        /// How long to wait, e.g. 30s or 5m.
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+    },
+    /// Show who GAVEL_TOKEN authenticates as.
+    Whoami,
+    /// Manage agents in the store (works while `serve` runs).
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Token helpers for `[[identity.humans]]`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Check and explain Cedar policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RequestsArgs {
+    /// Only this state: pending, approved, executed, failed, denied, expired.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only this resource.
+    #[arg(long)]
+    pub resource: Option<String>,
+    /// Only this initiator (agent:NAME or human:ID).
+    #[arg(long)]
+    pub initiator: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Register an agent and print its token once, alone on the last line.
+    Create {
+        /// A unique name (never reused, so audit records stay unambiguous).
+        name: String,
+        /// The accountable human (email or IdP subject); never an approver
+        /// of this agent's requests.
+        #[arg(long)]
+        owner: String,
+        /// A group (repeatable), for policies and routing.
+        #[arg(long)]
+        group: Vec<String>,
+        /// Token lifetime, e.g. 30d (default: until revoked).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List agents.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an agent's token at once.
+    Revoke {
+        /// The agent's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print the token_sha256 of TOKEN for [[identity.humans]].
+    Hash {
+        /// The token.
+        token: String,
+    },
+    /// Make a new random human token and print its hash (stderr) and the
+    /// token (stdout).
+    Generate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate the policy directory against gavel's schema; errors name
+    /// file, line and column.
+    Validate {
+        /// The directory (default: [policy] dir of the config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Decide one hypothetical action and explain why.
+    Explain(ExplainArgs),
+    /// Print the Cedar schema policies are validated against.
+    Schema,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// `agent:NAME` (owner and groups from the store, or --owner/--group)
+    /// or `human:ID` (groups from the config, or --group).
+    #[arg(long)]
+    pub principal: String,
+    /// The action class, e.g. sql.ddl.
+    #[arg(long)]
+    pub action: String,
+    /// The resource name (kind and tags from the config, or --kind/--tag).
+    #[arg(long)]
+    pub resource: String,
+    /// The context as JSON: `operation`, `intent`, and the class's fields
+    /// (`tables`, `tool`, `method`, `path`, `command`).
+    #[arg(long, default_value = "{}")]
+    pub context: String,
+    /// Owner of an agent not in the store.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Groups of the principal (replaces what the store or config says).
+    #[arg(long)]
+    pub group: Vec<String>,
+    /// Resource kind (default from config, else `api`).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Resource tag KEY=VALUE (repeatable; replaces configured tags).
+    #[arg(long)]
+    pub tag: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,458 @@
+//! REST handlers (SPEC §7). Authentication happens once, in [`Caller`].
+
+use crate::error::ApiError;
+use crate::views::*;
+use crate::Gateway;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gavel_core::{
+    Action, ActionClass, ApprovalRequest, DecideFailure, Decision, Principal, RequestFilter,
+    RequestId, RequestState, Resource, Verdict,
+};
+use gavel_identity::AuthError;
+use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+pub(crate) fn router(gw: Gateway) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/actions", post(post_action))
+        .route("/api/v1/requests", get(list_requests))
+        .route("/api/v1/requests/{id}", get(get_request))
+        .route("/api/v1/requests/{id}/approve", post(approve))
+        .route("/api/v1/requests/{id}/deny", post(deny))
+        .route("/api/v1/requests/{id}/wait", get(wait))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/openapi.json") })
+        .with_state(gw)
+}
+
+/// The authenticated principal of a request.
+pub(crate) struct Caller(pub Principal);
+
+impl FromRequestParts<Gateway> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized(AuthError::Missing.to_string()))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| {
+                ApiError::unauthorized("malformed Authorization header: expected `Bearer <token>`")
+            })?;
+        match gw.auth.authenticate(token).await {
+            Ok(p) => Ok(Caller(p)),
+            Err(AuthError::Internal(e)) => Err(ApiError::internal(e)),
+            Err(e) => Err(ApiError::unauthorized(e.to_string())),
+        }
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn parse_duration(name: &str, value: Option<&str>, default: Duration) -> Result<Duration, ApiError> {
+    let Some(v) = value else { return Ok(default) };
+    let d = humantime::parse_duration(v)
+        .map_err(|e| ApiError::bad_request(format!("{name}={v:?} is not a duration ({e}); write e.g. 30s")))?;
+    Ok(d.min(MAX_WAIT))
+}
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        policy: None,
+        storage_error: None,
+    })
+}
+
+/// Ready when storage answers. A policy reload failure is reported as
+/// `degraded` with the error (the last good set keeps serving, so the
+/// gateway stays in rotation), and in the `gavel_policy_reload_failed`
+/// metric.
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, body = Health, description = "ready or degraded"),
+    (status = 503, body = Health, description = "storage unavailable")))]
+pub(crate) async fn readyz(State(gw): State<Gateway>) -> Response {
+    let bundle = gw.policy.bundle();
+    let reload_error = gw.policy.last_error().map(|e| e.to_string());
+    let policy = PolicyHealth {
+        version: bundle.version.to_string(),
+        policies: bundle.policies.len(),
+        reload_error: reload_error.clone(),
+    };
+    match gw.store.count_by_state().await {
+        Ok(_) => Json(Health {
+            status: if reload_error.is_some() { "degraded" } else { "ready" },
+            policy: Some(policy),
+            storage_error: None,
+        })
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "readiness: storage check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(Health {
+                    status: "unavailable",
+                    policy: Some(policy),
+                    storage_error: Some("storage does not answer; see the gateway log".into()),
+                }),
+            )
+                .into_response()
+        }
+    }
+}
+
+pub(crate) async fn metrics(State(gw): State<Gateway>) -> Response {
+    match gw.store.count_by_state().await {
+        Ok(counts) => {
+            for (state, n) in counts {
+                metrics::gauge!("gavel_requests", "state" => state.as_str()).set(n as f64);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "metrics: cannot count requests"),
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        gw.metrics.render(),
+    )
+        .into_response()
+}
+
+pub(crate) async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::openapi_json(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/whoami", security(("bearer" = [])),
+    responses((status = 200, body = WhoAmI), (status = 401, body = crate::error::ErrorBody)))]
+pub(crate) async fn whoami(Caller(p): Caller) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        principal: (&p).into(),
+    })
+}
+
+/// Generic action check for agents that act themselves and ask first.
+#[utoipa::path(post, path = "/api/v1/actions", security(("bearer" = [])),
+    params(WaitQuery), request_body = ActionRequest,
+    responses((status = 200, body = ActionVerdict), (status = 400, body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody)))]
+pub(crate) async fn post_action(
+    State(gw): State<Gateway>,
+    Caller(principal): Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<WaitQuery>,
+    body: Bytes,
+) -> Result<Json<ActionVerdict>, ApiError> {
+    let body: ActionRequest = parse_json(&body)?;
+    let wait = parse_duration("wait", q.wait.as_deref(), Duration::ZERO)?;
+    let class: ActionClass = body.action.parse().map_err(|e: gavel_core::UnknownActionClass| ApiError::bad_request(e.to_string()))?;
+    if body.resource.trim().is_empty() {
+        return Err(ApiError::bad_request("resource must not be empty"));
+    }
+    if body.operation.trim().is_empty() {
+        return Err(ApiError::bad_request("operation must not be empty"));
+    }
+    let details = match body.details {
+        None | Some(serde_json::Value::Null) => serde_json::json!({}),
+        Some(d @ serde_json::Value::Object(_)) => d,
+        Some(_) => return Err(ApiError::bad_request("details must be a JSON object")),
+    };
+    let resource = match gw.config.resource(&body.resource) {
+        Some(r) => Resource {
+            name: r.name.clone(),
+            kind: r.kind.clone(),
+            tags: r.tags.clone(),
+        },
+        None => Resource {
+            name: body.resource.clone(),
+            kind: "api".into(),
+            tags: Default::default(),
+        },
+    };
+    let action = Action {
+        principal,
+        resource,
+        class,
+        operation: body.operation,
+        details,
+        intent: body.intent,
+        surface: "api".into(),
+        source: Some(peer.ip().to_string()),
+    };
+    // Malformed details would only ever deny; say why instead.
+    gavel_policy::context_pairs(&action).map_err(ApiError::bad_request)?;
+
+    let verdict = gw.gate.check(action.clone()).await?;
+    let Verdict::Pending(request) = &verdict else {
+        return Ok(Json(verdict_view(&gw, verdict)));
+    };
+    if wait.is_zero() {
+        return Ok(Json(verdict_view(&gw, verdict)));
+    }
+    let decided = gw
+        .gate
+        .approvals()
+        .wait(&request.id, wait)
+        .await?
+        .ok_or_else(|| ApiError::internal("request vanished while waiting"))?;
+    match decided.state {
+        // Approved: the identical action now spends the grant.
+        RequestState::Approved => Ok(Json(verdict_view(&gw, gw.gate.check(action).await?))),
+        RequestState::Denied | RequestState::Expired => Ok(Json(ActionVerdict {
+            verdict: "deny",
+            request_id: Some(decided.id.0.clone()),
+            reason: closing_reason(&decided),
+            policies: decided.policies.clone(),
+            url: Some(request_url(&gw.config.config.server.public_url, &decided.id.0)),
+        })),
+        _ => Ok(Json(verdict_view(&gw, Verdict::Pending(Box::new(decided))))),
+    }
+}
+
+fn closing_reason(r: &ApprovalRequest) -> String {
+    match r.state {
+        RequestState::Denied => {
+            let by = r.reviews.iter().find(|v| v.decision == Decision::Deny);
+            match by {
+                Some(v) if !v.comment.is_empty() => {
+                    format!("request {} was denied by {}: {}", r.id, v.reviewer, v.comment)
+                }
+                Some(v) => format!("request {} was denied by {}", r.id, v.reviewer),
+                None => format!("request {} was denied", r.id),
+            }
+        }
+        RequestState::Expired => format!("request {} expired without a decision", r.id),
+        s => format!("request {} is {s}", r.id),
+    }
+}
+
+fn verdict_view(gw: &Gateway, v: Verdict) -> ActionVerdict {
+    let public_url = &gw.config.config.server.public_url;
+    match v {
+        Verdict::Allow(permit) => ActionVerdict {
+            verdict: "allow",
+            request_id: permit.request_id().map(|id| id.0.clone()),
+            reason: match permit.request_id() {
+                Some(id) => format!("approved in request {id}; this approval is now used"),
+                None => format!("permitted by policy {}", permit.policies().join(", ")),
+            },
+            policies: permit.policies().to_vec(),
+            url: None,
+        },
+        Verdict::Deny { policies, reason } => ActionVerdict {
+            verdict: "deny",
+            request_id: None,
+            reason,
+            policies,
+            url: None,
+        },
+        Verdict::Pending(r) => {
+            let url = request_url(public_url, &r.id.0);
+            ActionVerdict {
+                verdict: "pending",
+                request_id: Some(r.id.0.clone()),
+                reason: format!(
+                    "needs approval by {} ({} of them) under policy {}; request {} at {url}; retry the identical action after approval",
+                    r.route.approvers.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+                    r.route.quorum,
+                    r.policies.join(", "),
+                    r.id
+                ),
+                policies: r.policies.clone(),
+                url: Some(url),
+            }
+        }
+    }
+}
+
+/// Agents see only their own requests; humans see all (they review them).
+fn may_see(p: &Principal, r: &ApprovalRequest) -> bool {
+    match p {
+        Principal::Human(_) => true,
+        Principal::Agent { .. } => r.action.principal.qualified_id() == p.qualified_id(),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/requests", security(("bearer" = [])), params(ListQuery),
+    responses((status = 200, body = RequestList), (status = 400, body = crate::error::ErrorBody)))]
+pub(crate) async fn list_requests(
+    State(gw): State<Gateway>,
+    Caller(p): Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<RequestList>, ApiError> {
+    let state = q
+        .state
+        .as_deref()
+        .map(str::parse::<RequestState>)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let mut initiator = q.initiator;
+    if let Principal::Agent { .. } = p {
+        let own = p.qualified_id();
+        if initiator.as_ref().is_some_and(|i| *i != own) {
+            return Err(ApiError::forbidden("agents may list only their own requests"));
+        }
+        initiator = Some(own);
+    }
+    let requests = gw
+        .gate
+        .approvals()
+        .list(&RequestFilter {
+            state,
+            initiator,
+            resource: q.resource,
+            limit: q.limit.unwrap_or(100),
+        })
+        .await?;
+    let public_url = &gw.config.config.server.public_url;
+    Ok(Json(RequestList {
+        requests: requests.iter().map(|r| RequestView::new(r, public_url)).collect(),
+    }))
+}
+
+async fn load_visible(gw: &Gateway, p: &Principal, id: &str) -> Result<ApprovalRequest, ApiError> {
+    let id = RequestId(id.to_owned());
+    match gw.gate.approvals().get(&id).await? {
+        Some(r) if may_see(p, &r) => Ok(r),
+        _ => Err(ApiError::not_found(format!("no request with id {id}"))),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/requests/{id}", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Request id")),
+    responses((status = 200, body = RequestView), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn get_request(
+    State(gw): State<Gateway>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
+    let r = load_visible(&gw, &p, &id).await?;
+    let approvals = gw.gate.approvals();
+    let recent = |initiator: Option<String>, resource: Option<String>| RequestFilter {
+        state: None,
+        initiator,
+        resource,
+        limit: 11,
+    };
+    let by_initiator = approvals
+        .list(&recent(Some(r.action.principal.qualified_id()), None))
+        .await?;
+    let on_resource = approvals
+        .list(&recent(None, Some(r.action.resource.name.clone())))
+        .await?;
+    let others = |items: Vec<ApprovalRequest>| -> Vec<HistoryItem> {
+        items.iter().filter(|x| x.id != r.id).take(10).map(HistoryItem::from).collect()
+    };
+    let mut view = RequestView::new(&r, &gw.config.config.server.public_url);
+    view.history = Some(History {
+        initiator_recent: others(by_initiator),
+        resource_recent: others(on_resource),
+    });
+    Ok(Json(view))
+}
+
+async fn decide(
+    gw: &Gateway,
+    reviewer: &Principal,
+    id: &str,
+    decision: Decision,
+    comment: &str,
+) -> Result<Json<RequestView>, ApiError> {
+    let id = RequestId(id.to_owned());
+    match gw.gate.approvals().decide(&id, reviewer, decision, comment).await {
+        Ok(r) => Ok(Json(RequestView::new(&r, &gw.config.config.server.public_url))),
+        Err(DecideFailure::NotFound(id)) => Err(ApiError::not_found(format!("no request with id {id}"))),
+        Err(DecideFailure::Refused(e)) if e.is_forbidden() => Err(ApiError::forbidden(e.to_string())),
+        Err(DecideFailure::Refused(e)) => Err(ApiError::conflict(e.to_string())),
+        Err(DecideFailure::Internal(e)) => Err(e.into()),
+    }
+}
+
+fn decision_body(body: &Bytes) -> Result<DecisionBody, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DecisionBody::default());
+    }
+    parse_json(body)
+}
+
+#[utoipa::path(post, path = "/api/v1/requests/{id}/approve", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Request id")), request_body = DecisionBody,
+    responses((status = 200, body = RequestView), (status = 403, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub(crate) async fn approve(
+    State(gw): State<Gateway>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<RequestView>, ApiError> {
+    let b = decision_body(&body)?;
+    let comment = b.comment.or(b.reason).unwrap_or_default();
+    decide(&gw, &p, &id, Decision::Approve, &comment).await
+}
+
+#[utoipa::path(post, path = "/api/v1/requests/{id}/deny", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Request id")), request_body = DecisionBody,
+    responses((status = 200, body = RequestView), (status = 400, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
+              (status = 409, body = crate::error::ErrorBody)))]
+pub(crate) async fn deny(
+    State(gw): State<Gateway>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<RequestView>, ApiError> {
+    let b = decision_body(&body)?;
+    let reason = b.reason.or(b.comment).unwrap_or_default();
+    if reason.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "a denial needs a reason: send {\"reason\": \"…\"}; the initiator sees it",
+        ));
+    }
+    decide(&gw, &p, &id, Decision::Deny, &reason).await
+}
+
+#[utoipa::path(get, path = "/api/v1/requests/{id}/wait", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Request id"), TimeoutQuery),
+    responses((status = 200, body = RequestView, description = "the request once decided, or as it stands at the timeout"),
+              (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn wait(
+    State(gw): State<Gateway>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    Query(q): Query<TimeoutQuery>,
+) -> Result<Json<RequestView>, ApiError> {
+    let timeout = parse_duration("timeout", q.timeout.as_deref(), Duration::from_secs(30))?;
+    let r = load_visible(&gw, &p, &id).await?;
+    let r = gw
+        .gate
+        .approvals()
+        .wait(&r.id, timeout)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no request with id {id}")))?;
+    Ok(Json(RequestView::new(&r, &gw.config.config.server.public_url)))
+}
