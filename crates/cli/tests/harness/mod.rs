@@ -1,0 +1,264 @@
+//! Runs the real `gavel` binary against a temporary data directory.
+
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gavel");
+
+pub const ALICE: &str = "alice-token-0001";
+pub const BOB: &str = "bob-token-0002";
+pub const CAROL: &str = "carol-token-0003";
+pub const OWNER: &str = "owner-token-0004";
+
+pub const POLICIES: &str = r#"
+@id("reads") permit(principal, action == Action::"sql.read", resource);
+@id("no-unknown-sql") forbid(principal, action == Action::"sql.unknown", resource);
+@id("ddl-needs-dba")
+@approval("group:dba")
+@timeout("2m")
+permit(principal, action == Action::"sql.ddl", resource);
+@id("dcl-needs-two-dbas")
+@approval("group:dba")
+@quorum("2")
+permit(principal, action == Action::"sql.dcl", resource);
+@id("admin-expires-fast")
+@approval("group:dba")
+@timeout("2s")
+permit(principal, action == Action::"sql.admin", resource);
+@id("prod-writes-need-security")
+@approval("group:security")
+permit(principal, action == Action::"sql.write", resource)
+when { resource.hasTag("env") && resource.getTag("env") == "prod" };
+"#;
+
+pub fn sha(token: &str) -> String {
+    let out = Command::new(BIN).args(["token", "hash", token]).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Gavel {
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    child: Option<Child>,
+    pub http: reqwest::Client,
+    pub agent_token: String,
+}
+
+impl Gavel {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gavel.toml")
+    }
+
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    /// A fresh gateway with four humans (alice and bob in dba, carol in dev,
+    /// owner@x in dba: the owner of agent `bot`) and the agent `bot`.
+    pub async fn start() -> Gavel {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = format!(
+            r#"
+data_dir = "state"
+
+[server]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+gateway_id = "gw-test"
+
+[policy]
+dir = "policies"
+reload_interval = "200ms"
+
+[approvals]
+timeout = "15m"
+grant_ttl = "10m"
+
+[[identity.humans]]
+id = "alice@x"
+groups = ["dba"]
+token_sha256 = "{alice}"
+
+[[identity.humans]]
+id = "bob@x"
+groups = ["dba", "security"]
+token_sha256 = "{bob}"
+
+[[identity.humans]]
+id = "carol@x"
+groups = ["dev"]
+token_sha256 = "{carol}"
+
+[[identity.humans]]
+id = "owner@x"
+groups = ["dba"]
+token_sha256 = "{owner}"
+
+[[resources.api]]
+name = "prod-db"
+kind = "postgres"
+tags = {{ env = "prod" }}
+"#,
+            alice = sha(ALICE),
+            bob = sha(BOB),
+            carol = sha(CAROL),
+            owner = sha(OWNER),
+        );
+        std::fs::write(dir.path().join("gavel.toml"), config).unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("policies/main.cedar"), POLICIES).unwrap();
+        let mut g = Gavel {
+            dir,
+            base: format!("http://127.0.0.1:{port}"),
+            child: None,
+            http: reqwest::Client::new(),
+            agent_token: String::new(),
+        };
+        g.agent_token = g.create_agent("bot", "owner@x", &[]);
+        g.launch().await;
+        g
+    }
+
+    /// Runs `gavel agent create` and returns the token from its last line.
+    pub fn create_agent(&self, name: &str, owner: &str, groups: &[&str]) -> String {
+        let mut args = vec!["agent", "create", name, "--owner", owner];
+        for g in groups {
+            args.extend(["--group", g]);
+        }
+        let out = self.cli(&args, None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        stdout.lines().last().unwrap().trim().to_owned()
+    }
+
+    pub fn cli(&self, args: &[&str], token: Option<&str>) -> std::process::Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("GAVEL_CONFIG", self.config_path())
+            .env("GAVEL_SERVER", &self.base)
+            .env_remove("GAVEL_TOKEN")
+            .stdin(Stdio::null());
+        if let Some(t) = token {
+            cmd.env("GAVEL_TOKEN", t);
+        }
+        cmd.output().unwrap()
+    }
+
+    pub async fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("gavel exited with {status}: {}", self.log());
+            }
+            assert!(Instant::now() < deadline, "gavel did not start: {}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no graceful shutdown, nothing flushed on the way out.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, Some(token), None).await
+    }
+
+    /// `POST /api/v1/actions` as `token`.
+    pub async fn act(&self, token: &str, action: &str, resource: &str, operation: &str) -> Value {
+        let (status, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/actions",
+                Some(token),
+                Some(json!({"resource": resource, "action": action, "operation": operation, "intent": "test"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    pub async fn approve(&self, token: &str, id: &str) -> (u16, Value) {
+        self.call(reqwest::Method::POST, &format!("/api/v1/requests/{id}/approve"), Some(token), Some(json!({"comment": "ok"}))).await
+    }
+
+    pub async fn deny(&self, token: &str, id: &str, reason: &str) -> (u16, Value) {
+        self.call(reqwest::Method::POST, &format!("/api/v1/requests/{id}/deny"), Some(token), Some(json!({"reason": reason}))).await
+    }
+
+    pub fn write_policy(&self, name: &str, text: &str) {
+        let path: &Path = &self.policy_dir().join(name);
+        // Write then rename, as editors and config managers do.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+}
+
+impl Drop for Gavel {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn verdict(v: &Value) -> &str {
+    v["verdict"].as_str().unwrap_or("?")
+}
+
+pub fn request_id(v: &Value) -> String {
+    v["request_id"].as_str().unwrap_or_else(|| panic!("no request_id in {v}")).to_owned()
+}
