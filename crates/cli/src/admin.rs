@@ -2,13 +2,16 @@
 
 use crate::flags::ExplainArgs;
 use crate::{Fail, exit};
-use gavel_core::{Action, AgentRecord, AgentRegistry, Clock, Human, HumanId, Principal, Resource, SystemClock};
+use gavel_core::{
+    Action, AgentRecord, AgentRegistry, Clock, Human, HumanId, Principal, Resource, SystemClock,
+};
 use gavel_server::{Gateway, open_store};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 fn load_config(file: Option<&Path>) -> anyhow::Result<gavel_config::Loaded> {
-    gavel_config::load(file).map_err(|e| Fail::new(exit::USAGE, format!("invalid configuration: {e}")))
+    gavel_config::load(file)
+        .map_err(|e| Fail::with(exit::USAGE, format!("invalid configuration: {e}")))
 }
 
 pub async fn serve(file: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -20,7 +23,9 @@ pub async fn serve(file: Option<&Path>) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     let loaded = load_config(file)?;
-    let gateway = Gateway::build(loaded).await.map_err(|e| Fail::new(exit::USAGE, format!("{e:#}")))?;
+    let gateway = Gateway::build(loaded)
+        .await
+        .map_err(|e| Fail::with(exit::USAGE, format!("{e:#}")))?;
     gateway.serve(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -56,17 +61,30 @@ pub async fn agent_create(
 ) -> anyhow::Result<ExitCode> {
     let valid_name = !name.is_empty()
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !valid_name {
-        return Err(Fail::new(exit::USAGE, format!("agent name {name:?}: use 1-128 letters, digits, '-', '_' or '.'")));
+        return Err(Fail::with(
+            exit::USAGE,
+            format!("agent name {name:?}: use 1-128 letters, digits, '-', '_' or '.'"),
+        ));
     }
     if owner.trim().is_empty() {
-        return Err(Fail::new(exit::USAGE, "--owner must name the accountable human"));
+        return Err(Fail::with(
+            exit::USAGE,
+            "--owner must name the accountable human",
+        ));
     }
     let now = SystemClock.now();
     let expires_at = match expires {
         None => None,
-        Some(e) => Some(now.plus(humantime::parse_duration(&e).map_err(|err| Fail::new(exit::USAGE, format!("--expires {e:?}: {err}")))?)),
+        Some(e) => Some(
+            now.plus(
+                humantime::parse_duration(&e)
+                    .map_err(|err| Fail::with(exit::USAGE, format!("--expires {e:?}: {err}")))?,
+            ),
+        ),
     };
     let loaded = load_config(file)?;
     let store = open_store(&loaded).await?;
@@ -83,7 +101,7 @@ pub async fn agent_create(
         .create_agent(&record, &gavel_identity::token_sha256(&token))
         .await
         .map_err(|e| match e {
-            gavel_core::Error::Invalid(m) => Fail::new(exit::USAGE, m),
+            gavel_core::Error::Invalid(m) => Fail::with(exit::USAGE, m),
             other => anyhow::Error::new(other),
         })?;
     eprintln!("created agent {name} (owner {owner}); its token is shown once, on the next line:");
@@ -109,7 +127,13 @@ pub async fn agent_list(file: Option<&Path>, as_json: bool) -> anyhow::Result<Ex
         } else {
             "active"
         };
-        println!("{:<24}  {:<28}  {:<8}  {}", a.name, a.owner, status, a.groups.join(","));
+        println!(
+            "{:<24}  {:<28}  {:<8}  {}",
+            a.name,
+            a.owner,
+            status,
+            a.groups.join(",")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -121,7 +145,10 @@ pub async fn agent_revoke(file: Option<&Path>, name: &str) -> anyhow::Result<Exi
         println!("revoked agent {name}; its token no longer authenticates");
         Ok(ExitCode::SUCCESS)
     } else {
-        Err(Fail::new(exit::NOT_FOUND, format!("no active agent named {name:?}")))
+        Err(Fail::with(
+            exit::NOT_FOUND,
+            format!("no active agent named {name:?}"),
+        ))
     }
 }
 
@@ -154,12 +181,23 @@ pub fn policy_validate(file: Option<&Path>, dir: Option<PathBuf>) -> anyhow::Res
 pub async fn policy_explain(file: Option<&Path>, a: ExplainArgs) -> anyhow::Result<ExitCode> {
     let loaded = load_config(file)?;
     let bundle = gavel_policy::load_dir(&loaded.config.policy.dir)
-        .map_err(|e| Fail::new(exit::FAILURE, format!("policies are invalid:\n{e}")))?;
-    let class = a.action.parse().map_err(|e: gavel_core::UnknownActionClass| Fail::new(exit::USAGE, e.to_string()))?;
+        .map_err(|e| Fail::with(exit::FAILURE, format!("policies are invalid:\n{e}")))?;
+    let class = a
+        .action
+        .parse()
+        .map_err(|e: gavel_core::UnknownActionClass| Fail::with(exit::USAGE, e.to_string()))?;
     let principal = explain_principal(&loaded, &a).await?;
     let mut resource = match loaded.resource(&a.resource) {
-        Some(r) => Resource { name: r.name.clone(), kind: r.kind.clone(), tags: r.tags.clone() },
-        None => Resource { name: a.resource.clone(), kind: "api".into(), tags: Default::default() },
+        Some(r) => Resource {
+            name: r.name.clone(),
+            kind: r.kind.clone(),
+            tags: r.tags.clone(),
+        },
+        None => Resource {
+            name: a.resource.clone(),
+            kind: "api".into(),
+            tags: Default::default(),
+        },
     };
     if let Some(kind) = &a.kind {
         resource.kind = kind.clone();
@@ -171,17 +209,21 @@ pub async fn policy_explain(file: Option<&Path>, a: ExplainArgs) -> anyhow::Resu
             .map(|t| {
                 t.split_once('=')
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .ok_or_else(|| Fail::new(exit::USAGE, format!("--tag {t:?}: expected KEY=VALUE")))
+                    .ok_or_else(|| {
+                        Fail::with(exit::USAGE, format!("--tag {t:?}: expected KEY=VALUE"))
+                    })
             })
             .collect::<Result<_, _>>()?;
     }
     let mut context: serde_json::Value = serde_json::from_str(&a.context)
-        .map_err(|e| Fail::new(exit::USAGE, format!("--context is not JSON: {e}")))?;
+        .map_err(|e| Fail::with(exit::USAGE, format!("--context is not JSON: {e}")))?;
     let Some(map) = context.as_object_mut() else {
-        return Err(Fail::new(exit::USAGE, "--context must be a JSON object"));
+        return Err(Fail::with(exit::USAGE, "--context must be a JSON object"));
     };
     let take = |map: &mut serde_json::Map<String, serde_json::Value>, key: &str| {
-        map.remove(key).and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+        map.remove(key)
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
     };
     let operation = take(map, "operation");
     let intent = take(map, "intent");
@@ -196,22 +238,41 @@ pub async fn policy_explain(file: Option<&Path>, a: ExplainArgs) -> anyhow::Resu
         source: None,
     };
     if let Err(e) = gavel_policy::context_pairs(&action) {
-        return Err(Fail::new(exit::USAGE, format!("--context: {e}")));
+        return Err(Fail::with(exit::USAGE, format!("--context: {e}")));
     }
     let x = gavel_policy::explain(&bundle, &action);
     let verdict = match &x.decision.verdict {
         gavel_core::PolicyVerdict::Allow => "ALLOW".to_owned(),
         gavel_core::PolicyVerdict::Deny => "DENY".to_owned(),
-        gavel_core::PolicyVerdict::NeedsApproval { approvers, quorum, timeout } => format!(
+        gavel_core::PolicyVerdict::NeedsApproval {
+            approvers,
+            quorum,
+            timeout,
+        } => format!(
             "NEEDS APPROVAL by {} (quorum {quorum}, timeout {})",
-            approvers.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
-            timeout.map(|t| humantime::format_duration(t).to_string()).unwrap_or_else(|| format!("{} (config default)", humantime::format_duration(loaded.config.approvals.timeout)))
+            approvers
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            timeout
+                .map(|t| humantime::format_duration(t).to_string())
+                .unwrap_or_else(|| format!(
+                    "{} (config default)",
+                    humantime::format_duration(loaded.config.approvals.timeout)
+                ))
         ),
     };
     println!("decision: {verdict}");
     println!("reason:   {}", x.decision.reason);
     for p in &x.policies {
-        println!("  policy {} ({:?}) at {}:{}", p.id, p.effect, p.file.display(), p.line);
+        println!(
+            "  policy {} ({:?}) at {}:{}",
+            p.id,
+            p.effect,
+            p.file.display(),
+            p.line
+        );
     }
     println!(
         "principal {} · action {} · resource {} · policy version {} · {} of {} policies evaluated",
@@ -225,11 +286,14 @@ pub async fn policy_explain(file: Option<&Path>, a: ExplainArgs) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-async fn explain_principal(loaded: &gavel_config::Loaded, a: &ExplainArgs) -> anyhow::Result<Principal> {
+async fn explain_principal(
+    loaded: &gavel_config::Loaded,
+    a: &ExplainArgs,
+) -> anyhow::Result<Principal> {
     let (kind, id) = a
         .principal
         .split_once(':')
-        .ok_or_else(|| Fail::new(exit::USAGE, "--principal must be agent:NAME or human:ID"))?;
+        .ok_or_else(|| Fail::with(exit::USAGE, "--principal must be agent:NAME or human:ID"))?;
     match kind {
         "human" | "user" => {
             let configured = loaded.config.identity.humans.iter().find(|h| h.id == id);
@@ -238,25 +302,44 @@ async fn explain_principal(loaded: &gavel_config::Loaded, a: &ExplainArgs) -> an
             } else {
                 a.group.clone()
             };
-            Ok(Principal::Human(Human { id: HumanId(id.to_owned()), groups }))
+            Ok(Principal::Human(Human {
+                id: HumanId(id.to_owned()),
+                groups,
+            }))
         }
         "agent" => {
             let stored = match open_store(loaded).await {
-                Ok(store) => store.list_agents().await?.into_iter().find(|x| x.name == id),
+                Ok(store) => store
+                    .list_agents()
+                    .await?
+                    .into_iter()
+                    .find(|x| x.name == id),
                 Err(_) => None,
             };
             let owner = a
                 .owner
                 .clone()
                 .or_else(|| stored.as_ref().map(|s| s.owner.0.clone()))
-                .ok_or_else(|| Fail::new(exit::USAGE, format!("agent {id:?} is not in the store; give --owner")))?;
+                .ok_or_else(|| {
+                    Fail::with(
+                        exit::USAGE,
+                        format!("agent {id:?} is not in the store; give --owner"),
+                    )
+                })?;
             let groups = if a.group.is_empty() {
                 stored.map(|s| s.groups).unwrap_or_default()
             } else {
                 a.group.clone()
             };
-            Ok(Principal::Agent { id: id.to_owned(), owner: HumanId(owner), groups })
+            Ok(Principal::Agent {
+                id: id.to_owned(),
+                owner: HumanId(owner),
+                groups,
+            })
         }
-        other => Err(Fail::new(exit::USAGE, format!("--principal kind {other:?}: expected agent or human"))),
+        other => Err(Fail::with(
+            exit::USAGE,
+            format!("--principal kind {other:?}: expected agent or human"),
+        )),
     }
 }

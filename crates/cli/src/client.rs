@@ -11,7 +11,7 @@ fn token() -> anyhow::Result<String> {
     std::env::var("GAVEL_TOKEN")
         .ok()
         .filter(|t| !t.trim().is_empty())
-        .ok_or_else(|| Fail::new(exit::USAGE, "set GAVEL_TOKEN to your gavel API token"))
+        .ok_or_else(|| Fail::with(exit::USAGE, "set GAVEL_TOKEN to your gavel API token"))
 }
 
 async fn call(
@@ -29,10 +29,9 @@ async fn call(
     if let Some(b) = body {
         req = req.json(&b);
     }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach gavel at {server} (set --server or GAVEL_SERVER)"))?;
+    let resp = req.send().await.with_context(|| {
+        format!("cannot reach gavel at {server} (set --server or GAVEL_SERVER)")
+    })?;
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -49,7 +48,7 @@ async fn call(
         400 => exit::USAGE,
         _ => exit::FAILURE,
     };
-    Err(Fail::new(code, format!("{} ({status})", message)))
+    Err(Fail::with(code, format!("{} ({status})", message)))
 }
 
 const QUICK: Duration = Duration::from_secs(30);
@@ -74,12 +73,23 @@ fn initiator(v: &Value) -> String {
 
 pub async fn requests(server: &str, a: RequestsArgs) -> anyhow::Result<ExitCode> {
     let mut query = vec![format!("limit={}", a.limit)];
-    for (k, v) in [("state", &a.state), ("resource", &a.resource), ("initiator", &a.initiator)] {
+    for (k, v) in [
+        ("state", &a.state),
+        ("resource", &a.resource),
+        ("initiator", &a.initiator),
+    ] {
         if let Some(v) = v {
             query.push(format!("{k}={}", urlencode(v)));
         }
     }
-    let v = call(reqwest::Method::GET, server, &format!("/api/v1/requests?{}", query.join("&")), None, QUICK).await?;
+    let v = call(
+        reqwest::Method::GET,
+        server,
+        &format!("/api/v1/requests?{}", query.join("&")),
+        None,
+        QUICK,
+    )
+    .await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
@@ -89,7 +99,10 @@ pub async fn requests(server: &str, a: RequestsArgs) -> anyhow::Result<ExitCode>
         eprintln!("no requests");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<36}  {:<8}  {:<24}  {:<16}  {:<11}  OPERATION", "ID", "STATE", "INITIATOR", "RESOURCE", "ACTION");
+    println!(
+        "{:<36}  {:<8}  {:<24}  {:<16}  {:<11}  OPERATION",
+        "ID", "STATE", "INITIATOR", "RESOURCE", "ACTION"
+    );
     for r in list {
         println!(
             "{:<36}  {:<8}  {:<24}  {:<16}  {:<11}  {}",
@@ -123,7 +136,11 @@ fn print_request(r: &Value) {
         Some(owner) => println!("initiator  {} (agent, owner {owner})", s(p, "id")),
         None => println!("initiator  {} ({})", s(p, "id"), s(p, "type")),
     }
-    println!("resource   {} ({})", s(&r["resource"], "name"), s(&r["resource"], "kind"));
+    println!(
+        "resource   {} ({})",
+        s(&r["resource"], "name"),
+        s(&r["resource"], "kind")
+    );
     println!("action     {}", s(r, "action"));
     println!("operation  {}", s(r, "operation"));
     if !s(r, "intent").is_empty() {
@@ -132,9 +149,20 @@ fn print_request(r: &Value) {
     if r["details"].as_object().is_some_and(|d| !d.is_empty()) {
         println!("details    {}", r["details"]);
     }
-    let approvers: Vec<&str> = r["approvers"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-    println!("approvers  {} ({} of {} approvals)", approvers.join(", "), r["approvals"], r["quorum"]);
-    let policies: Vec<&str> = r["policies"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let approvers: Vec<&str> = r["approvers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    println!(
+        "approvers  {} ({} of {} approvals)",
+        approvers.join(", "),
+        r["approvals"],
+        r["quorum"]
+    );
+    let policies: Vec<&str> = r["policies"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     println!("policies   {}", policies.join(", "));
     println!("created    {}", s(r, "created_at"));
     println!("expires    {}", s(r, "expires_at"));
@@ -142,23 +170,48 @@ fn print_request(r: &Value) {
         println!("grant til  {g}");
     }
     for review in r["reviews"].as_array().into_iter().flatten() {
-        println!("review     {} {} at {}{}", s(review, "reviewer"), s(review, "decision"), s(review, "at"),
-            if s(review, "comment").is_empty() { String::new() } else { format!(": {}", s(review, "comment")) });
+        println!(
+            "review     {} {} at {}{}",
+            s(review, "reviewer"),
+            s(review, "decision"),
+            s(review, "at"),
+            if s(review, "comment").is_empty() {
+                String::new()
+            } else {
+                format!(": {}", s(review, "comment"))
+            }
+        );
     }
     println!("url        {}", s(r, "url"));
-    for (title, key) in [("initiator's recent requests", "initiator_recent"), ("recent requests on this resource", "resource_recent")] {
+    for (title, key) in [
+        ("initiator's recent requests", "initiator_recent"),
+        ("recent requests on this resource", "resource_recent"),
+    ] {
         let items = r["history"][key].as_array().cloned().unwrap_or_default();
         if !items.is_empty() {
             println!("{title}:");
             for h in items {
-                println!("  {}  {:<8}  {:<11}  {}", s(&h, "created_at"), s(&h, "state"), s(&h, "action"), truncate(s(&h, "operation"), 60));
+                println!(
+                    "  {}  {:<8}  {:<11}  {}",
+                    s(&h, "created_at"),
+                    s(&h, "state"),
+                    s(&h, "action"),
+                    truncate(s(&h, "operation"), 60)
+                );
             }
         }
     }
 }
 
 pub async fn show(server: &str, id: &str, as_json: bool) -> anyhow::Result<ExitCode> {
-    let v = call(reqwest::Method::GET, server, &format!("/api/v1/requests/{}", urlencode(id)), None, QUICK).await?;
+    let v = call(
+        reqwest::Method::GET,
+        server,
+        &format!("/api/v1/requests/{}", urlencode(id)),
+        None,
+        QUICK,
+    )
+    .await?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -168,20 +221,52 @@ pub async fn show(server: &str, id: &str, as_json: bool) -> anyhow::Result<ExitC
 }
 
 pub async fn approve(server: &str, id: &str, comment: String) -> anyhow::Result<ExitCode> {
-    let v = call(reqwest::Method::POST, server, &format!("/api/v1/requests/{}/approve", urlencode(id)), Some(json!({"comment": comment})), QUICK).await?;
-    println!("approved request {} ({} of {} approvals); it is now {}", s(&v, "id"), v["approvals"], v["quorum"], s(&v, "state"));
+    let v = call(
+        reqwest::Method::POST,
+        server,
+        &format!("/api/v1/requests/{}/approve", urlencode(id)),
+        Some(json!({"comment": comment})),
+        QUICK,
+    )
+    .await?;
+    println!(
+        "approved request {} ({} of {} approvals); it is now {}",
+        s(&v, "id"),
+        v["approvals"],
+        v["quorum"],
+        s(&v, "state")
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn deny(server: &str, id: &str, reason: String) -> anyhow::Result<ExitCode> {
-    let v = call(reqwest::Method::POST, server, &format!("/api/v1/requests/{}/deny", urlencode(id)), Some(json!({"reason": reason})), QUICK).await?;
-    println!("denied request {}; it is now {}", s(&v, "id"), s(&v, "state"));
+    let v = call(
+        reqwest::Method::POST,
+        server,
+        &format!("/api/v1/requests/{}/deny", urlencode(id)),
+        Some(json!({"reason": reason})),
+        QUICK,
+    )
+    .await?;
+    println!(
+        "denied request {}; it is now {}",
+        s(&v, "id"),
+        s(&v, "state")
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn wait(server: &str, id: &str, timeout: &str) -> anyhow::Result<ExitCode> {
-    let d = humantime::parse_duration(timeout).map_err(|e| Fail::new(exit::USAGE, format!("--timeout {timeout:?}: {e}")))?;
-    let v = call(reqwest::Method::GET, server, &format!("/api/v1/requests/{}/wait?timeout={timeout}", urlencode(id)), None, d).await?;
+    let d = humantime::parse_duration(timeout)
+        .map_err(|e| Fail::with(exit::USAGE, format!("--timeout {timeout:?}: {e}")))?;
+    let v = call(
+        reqwest::Method::GET,
+        server,
+        &format!("/api/v1/requests/{}/wait?timeout={timeout}", urlencode(id)),
+        None,
+        d,
+    )
+    .await?;
     print_request(&v);
     Ok(ExitCode::SUCCESS)
 }
@@ -189,9 +274,16 @@ pub async fn wait(server: &str, id: &str, timeout: &str) -> anyhow::Result<ExitC
 pub async fn whoami(server: &str) -> anyhow::Result<ExitCode> {
     let v = call(reqwest::Method::GET, server, "/api/v1/whoami", None, QUICK).await?;
     let p = &v["principal"];
-    let groups: Vec<&str> = p["groups"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let groups: Vec<&str> = p["groups"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     match p["owner"].as_str() {
-        Some(o) => println!("agent {} (owner {o}; groups: {})", s(p, "id"), groups.join(", ")),
+        Some(o) => println!(
+            "agent {} (owner {o}; groups: {})",
+            s(p, "id"),
+            groups.join(", ")
+        ),
         None => println!("human {} (groups: {})", s(p, "id"), groups.join(", ")),
     }
     Ok(ExitCode::SUCCESS)

@@ -17,12 +17,23 @@ use std::path::PathBuf;
 #[command(name = "gavel", version, about, long_about, max_term_width = 100)]
 pub struct Cli {
     /// The configuration file (default: built-in defaults).
-    #[arg(long, short = 'c', global = true, env = "GAVEL_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "GAVEL_CONFIG",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
 
     /// A running gateway, for requests/show/approve/deny/wait/whoami. The
     /// token comes from GAVEL_TOKEN.
-    #[arg(long, global = true, env = "GAVEL_SERVER", default_value = "http://127.0.0.1:8470")]
+    #[arg(
+        long,
+        global = true,
+        env = "GAVEL_SERVER",
+        default_value = "http://127.0.0.1:8470"
+    )]
     pub server: String,
 
     #[command(subcommand)]

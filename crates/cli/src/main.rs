@@ -22,7 +22,10 @@ pub mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gavel: cannot start the runtime: {e}");
@@ -46,7 +49,7 @@ pub struct Fail {
 }
 
 impl Fail {
-    fn new(code: u8, message: impl Into<String>) -> anyhow::Error {
+    fn with(code: u8, message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Fail {
             code,
             message: message.into(),
@@ -85,8 +88,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::Generate) => {
-            let token = gavel_identity::generate_agent_token().replacen("gvl_agent_", "gvl_human_", 1);
-            eprintln!("token_sha256 = \"{}\"   # put this in [[identity.humans]]", gavel_identity::token_sha256(&token));
+            let token =
+                gavel_identity::generate_agent_token().replacen("gvl_agent_", "gvl_human_", 1);
+            eprintln!(
+                "token_sha256 = \"{}\"   # put this in [[identity.humans]]",
+                gavel_identity::token_sha256(&token)
+            );
             eprintln!("the token (shown once; give it to the human, store it nowhere else):");
             println!("{token}");
             Ok(ExitCode::SUCCESS)

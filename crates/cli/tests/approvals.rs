@@ -15,26 +15,57 @@ async fn privileged_action_waits_for_an_eligible_human_and_its_grant_is_single_u
     let read = g.act(&agent, "sql.read", "prod-db", "SELECT 1").await;
     assert_eq!(verdict(&read), "allow", "{read}");
 
-    let v = g.act(&agent, "sql.ddl", "prod-db", "DROP TABLE customers").await;
+    let v = g
+        .act(&agent, "sql.ddl", "prod-db", "DROP TABLE customers")
+        .await;
     assert_eq!(verdict(&v), "pending", "{v}");
     let id = request_id(&v);
-    assert!(v["url"].as_str().unwrap().ends_with(&format!("/requests/{id}")), "{v}");
+    assert!(
+        v["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/requests/{id}")),
+        "{v}"
+    );
     assert!(v["reason"].as_str().unwrap().contains("group:dba"), "{v}");
 
     // The agent itself, its owner (even though in the dba group) and a
     // human outside the approver set are all refused with 403.
     let (s, e) = g.approve(&agent, &id).await;
-    assert_eq!((s, e["error"]["code"].as_str()), (403, Some("forbidden")), "{e}");
-    assert!(e["error"]["message"].as_str().unwrap().contains("only humans"), "{e}");
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only humans"),
+        "{e}"
+    );
     let (s, e) = g.approve(OWNER, &id).await;
     assert_eq!(s, 403, "{e}");
-    assert!(e["error"]["message"].as_str().unwrap().contains("owner"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("owner"),
+        "{e}"
+    );
     let (s, e) = g.approve(CAROL, &id).await;
     assert_eq!(s, 403, "{e}");
-    assert!(e["error"]["message"].as_str().unwrap().contains("approver set"), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("approver set"),
+        "{e}"
+    );
     let (_, r) = g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
     assert_eq!(r["state"], "pending");
-    assert_eq!(r["reviews"].as_array().unwrap().len(), 0, "refusals change nothing: {r}");
+    assert_eq!(
+        r["reviews"].as_array().unwrap().len(),
+        0,
+        "refusals change nothing: {r}"
+    );
 
     // A waiter blocked on the request returns the moment alice approves.
     let waiter = {
@@ -43,7 +74,15 @@ async fn privileged_action_waits_for_an_eligible_human_and_its_grant_is_single_u
         let agent = agent.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let v: serde_json::Value = http.get(url).bearer_auth(agent).send().await.unwrap().json().await.unwrap();
+            let v: serde_json::Value = http
+                .get(url)
+                .bearer_auth(agent)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             (v, started.elapsed())
         })
     };
@@ -54,25 +93,34 @@ async fn privileged_action_waits_for_an_eligible_human_and_its_grant_is_single_u
     assert_eq!(r["state"], "approved");
     let (woke, waited) = waiter.await.unwrap();
     assert_eq!(woke["state"], "approved", "{woke}");
-    assert!(waited < Duration::from_secs(60), "the waiter hit its timeout instead of waking");
+    assert!(
+        waited < Duration::from_secs(60),
+        "the waiter hit its timeout instead of waking"
+    );
 
     // A second decision on a decided request is a conflict.
     let (s, _) = g.approve(BOB, &id).await;
     assert_eq!(s, 409);
 
     // Another literal is another action: the grant does not cover it.
-    let other = g.act(&agent, "sql.ddl", "prod-db", "DROP TABLE customers2").await;
+    let other = g
+        .act(&agent, "sql.ddl", "prod-db", "DROP TABLE customers2")
+        .await;
     assert_eq!(verdict(&other), "pending");
     assert_ne!(request_id(&other), id);
 
     // The identical retry passes once…
-    let once = g.act(&agent, "sql.ddl", "prod-db", "DROP TABLE customers").await;
+    let once = g
+        .act(&agent, "sql.ddl", "prod-db", "DROP TABLE customers")
+        .await;
     assert_eq!(verdict(&once), "allow", "{once}");
     assert_eq!(request_id(&once), id);
     let (_, r) = g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
     assert_eq!(r["state"], "executed");
     // …and the next identical retry is pending again, on a new request.
-    let again = g.act(&agent, "sql.ddl", "prod-db", "DROP TABLE customers").await;
+    let again = g
+        .act(&agent, "sql.ddl", "prod-db", "DROP TABLE customers")
+        .await;
     assert_eq!(verdict(&again), "pending", "{again}");
     assert_ne!(request_id(&again), id);
 
@@ -80,14 +128,22 @@ async fn privileged_action_waits_for_an_eligible_human_and_its_grant_is_single_u
     let own = g.act(ALICE, "sql.ddl", "prod-db", "DROP TABLE mine").await;
     let (s, e) = g.approve(ALICE, &request_id(&own)).await;
     assert_eq!(s, 403, "{e}");
-    assert!(e["error"]["message"].as_str().unwrap().contains("initiator"), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("initiator"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
 async fn one_deny_beats_earlier_approvals_and_reaches_the_waiting_agent() {
     let g = Gavel::start().await;
     let agent = g.agent_token.clone();
-    let v = g.act(&agent, "sql.dcl", "prod-db", "GRANT ALL ON t TO mallory").await;
+    let v = g
+        .act(&agent, "sql.dcl", "prod-db", "GRANT ALL ON t TO mallory")
+        .await;
     let id = request_id(&v);
 
     let waiting = {
@@ -108,7 +164,11 @@ async fn one_deny_beats_earlier_approvals_and_reaches_the_waiting_agent() {
     };
     let (s, r) = g.approve(ALICE, &id).await;
     assert_eq!(s, 200);
-    assert_eq!((r["state"].as_str(), r["approvals"].as_u64()), (Some("pending"), Some(1)), "{r}");
+    assert_eq!(
+        (r["state"].as_str(), r["approvals"].as_u64()),
+        (Some("pending"), Some(1)),
+        "{r}"
+    );
     // The same human approving twice counts once.
     let (s, _) = g.approve(ALICE, &id).await;
     assert_eq!(s, 403);
@@ -117,23 +177,55 @@ async fn one_deny_beats_earlier_approvals_and_reaches_the_waiting_agent() {
     assert_eq!(r["state"], "denied");
     let answer = waiting.await.unwrap();
     assert_eq!(verdict(&answer), "deny", "{answer}");
-    assert!(answer["reason"].as_str().unwrap().contains("nobody gets ALL"), "{answer}");
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("nobody gets ALL"),
+        "{answer}"
+    );
     // Nothing revives it: once decided, every decision is a conflict.
     let (s, _) = g.approve(OWNER, &id).await;
     assert_eq!(s, 409);
-    let (s, e) = g.call(Method::POST, &format!("/api/v1/requests/{id}/approve"), Some(CAROL), None).await;
-    assert_eq!(s, 409, "decided requests answer 409 before reviewer checks: {e}");
+    let (s, e) = g
+        .call(
+            Method::POST,
+            &format!("/api/v1/requests/{id}/approve"),
+            Some(CAROL),
+            None,
+        )
+        .await;
+    assert_eq!(
+        s, 409,
+        "decided requests answer 409 before reviewer checks: {e}"
+    );
     // A deny needs a reason.
-    let fresh = request_id(&g.act(&agent, "sql.dcl", "prod-db", "REVOKE ALL ON t FROM bob").await);
-    let (s, e) = g.call(Method::POST, &format!("/api/v1/requests/{fresh}/deny"), Some(BOB), Some(json!({}))).await;
-    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("bad_request")), "{e}");
+    let fresh = request_id(
+        &g.act(&agent, "sql.dcl", "prod-db", "REVOKE ALL ON t FROM bob")
+            .await,
+    );
+    let (s, e) = g
+        .call(
+            Method::POST,
+            &format!("/api/v1/requests/{fresh}/deny"),
+            Some(BOB),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{e}"
+    );
 }
 
 #[tokio::test]
 async fn long_polled_action_is_allowed_once_approved() {
     let g = Gavel::start().await;
     let agent = g.agent_token.clone();
-    let first = g.act(&agent, "sql.ddl", "db", "CREATE INDEX i ON t (c)").await;
+    let first = g
+        .act(&agent, "sql.ddl", "db", "CREATE INDEX i ON t (c)")
+        .await;
     let id = request_id(&first);
     let waiting = {
         let http = g.http.clone();
@@ -156,22 +248,43 @@ async fn long_polled_action_is_allowed_once_approved() {
     let answer = waiting.await.unwrap();
     assert_eq!(verdict(&answer), "allow", "{answer}");
     assert_eq!(request_id(&answer), id);
-    let next = g.act(&agent, "sql.ddl", "db", "CREATE INDEX i ON t (c)").await;
-    assert_eq!(verdict(&next), "pending", "the long-poll spent the grant: {next}");
+    let next = g
+        .act(&agent, "sql.ddl", "db", "CREATE INDEX i ON t (c)")
+        .await;
+    assert_eq!(
+        verdict(&next),
+        "pending",
+        "the long-poll spent the grant: {next}"
+    );
 }
 
 #[tokio::test]
 async fn unanswered_request_expires() {
     let g = Gavel::start().await;
-    let v = g.act(&g.agent_token, "sql.admin", "db", "ALTER SYSTEM SET fsync = off").await;
+    let v = g
+        .act(
+            &g.agent_token,
+            "sql.admin",
+            "db",
+            "ALTER SYSTEM SET fsync = off",
+        )
+        .await;
     let id = request_id(&v);
-    let (s, r) = g.get(&format!("/api/v1/requests/{id}/wait?timeout=20s"), ALICE).await;
+    let (s, r) = g
+        .get(&format!("/api/v1/requests/{id}/wait?timeout=20s"), ALICE)
+        .await;
     assert_eq!(s, 200);
     assert_eq!(r["state"], "expired", "{r}");
     let (s, e) = g.approve(ALICE, &id).await;
     assert_eq!(s, 409, "{e}");
     let (_, list) = g.get("/api/v1/requests?state=expired", ALICE).await;
-    assert!(list["requests"].as_array().unwrap().iter().any(|r| r["id"] == id.as_str()));
+    assert!(
+        list["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str())
+    );
 }
 
 #[tokio::test]
@@ -179,10 +292,16 @@ async fn restart_keeps_pending_requests_their_timers_and_grants() {
     let mut g = Gavel::start().await;
     let agent = g.agent_token.clone();
     let pending = request_id(&g.act(&agent, "sql.ddl", "db", "DROP TABLE a").await);
-    let timed = request_id(&g.act(&agent, "sql.admin", "db", "ALTER SYSTEM SET x = 1").await);
+    let timed = request_id(
+        &g.act(&agent, "sql.admin", "db", "ALTER SYSTEM SET x = 1")
+            .await,
+    );
     let granted = request_id(&g.act(&agent, "sql.ddl", "db", "DROP TABLE b").await);
     assert_eq!(g.approve(ALICE, &granted).await.0, 200);
-    let partial = request_id(&g.act(&agent, "sql.dcl", "db", "GRANT SELECT ON t TO x").await);
+    let partial = request_id(
+        &g.act(&agent, "sql.dcl", "db", "GRANT SELECT ON t TO x")
+            .await,
+    );
     assert_eq!(g.approve(ALICE, &partial).await.0, 200);
 
     g.kill();
@@ -198,32 +317,63 @@ async fn restart_keeps_pending_requests_their_timers_and_grants() {
     assert_eq!(g.approve(BOB, &pending).await.1["state"], "approved");
     // The grant made before the restart is still good, once.
     let v = g.act(&agent, "sql.ddl", "db", "DROP TABLE b").await;
-    assert_eq!((verdict(&v), request_id(&v)), ("allow", granted.clone()), "{v}");
+    assert_eq!(
+        (verdict(&v), request_id(&v)),
+        ("allow", granted.clone()),
+        "{v}"
+    );
     // The partial quorum survived: one more approval completes it.
     let (_, q) = g.approve(BOB, &partial).await;
-    assert_eq!((q["state"].as_str(), q["approvals"].as_u64()), (Some("approved"), Some(2)), "{q}");
+    assert_eq!(
+        (q["state"].as_str(), q["approvals"].as_u64()),
+        (Some("approved"), Some(2)),
+        "{q}"
+    );
 }
 
 #[tokio::test]
 async fn agents_see_only_their_own_requests() {
     let g = Gavel::start().await;
     let other = g.create_agent("other-bot", "carol@x", &["agents"]);
-    let mine = request_id(&g.act(&g.agent_token, "sql.ddl", "db", "DROP TABLE mine").await);
+    let mine = request_id(
+        &g.act(&g.agent_token, "sql.ddl", "db", "DROP TABLE mine")
+            .await,
+    );
     let theirs = request_id(&g.act(&other, "sql.ddl", "db", "DROP TABLE theirs").await);
-    let (s, _) = g.get(&format!("/api/v1/requests/{theirs}"), &g.agent_token).await;
+    let (s, _) = g
+        .get(&format!("/api/v1/requests/{theirs}"), &g.agent_token)
+        .await;
     assert_eq!(s, 404);
     let (_, list) = g.get("/api/v1/requests", &g.agent_token).await;
-    let ids: Vec<&str> = list["requests"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = list["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec![mine.as_str()]);
-    let (s, _) = g.get("/api/v1/requests?initiator=agent:other-bot", &g.agent_token).await;
+    let (s, _) = g
+        .get("/api/v1/requests?initiator=agent:other-bot", &g.agent_token)
+        .await;
     assert_eq!(s, 403);
     let (_, all) = g.get("/api/v1/requests", CAROL).await;
     assert_eq!(all["requests"].as_array().unwrap().len(), 2);
     // Reviewers get the initiator's history with the request.
-    let second = request_id(&g.act(&g.agent_token, "sql.ddl", "db", "DROP TABLE mine2").await);
+    let second = request_id(
+        &g.act(&g.agent_token, "sql.ddl", "db", "DROP TABLE mine2")
+            .await,
+    );
     let (_, r) = g.get(&format!("/api/v1/requests/{second}"), ALICE).await;
-    assert_eq!(r["history"]["initiator_recent"][0]["id"], mine.as_str(), "{r}");
-    assert_eq!(r["history"]["resource_recent"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(
+        r["history"]["initiator_recent"][0]["id"],
+        mine.as_str(),
+        "{r}"
+    );
+    assert_eq!(
+        r["history"]["resource_recent"].as_array().unwrap().len(),
+        2,
+        "{r}"
+    );
 }
 
 #[tokio::test]
@@ -235,5 +385,8 @@ async fn revoked_agents_are_refused_at_once() {
     assert!(out.status.success());
     let (s, e) = g.get("/api/v1/whoami", &g.agent_token).await;
     assert_eq!(s, 401);
-    assert!(e["error"]["message"].as_str().unwrap().contains("revoked"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("revoked"),
+        "{e}"
+    );
 }

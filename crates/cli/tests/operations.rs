@@ -19,36 +19,71 @@ fn stderr(o: &std::process::Output) -> String {
 #[tokio::test]
 async fn reviewers_work_from_the_cli() {
     let g = Gavel::start().await;
-    let id = request_id(&g.act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE t").await);
+    let id = request_id(
+        &g.act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE t")
+            .await,
+    );
 
     let out = g.cli(&["requests", "--state", "pending"], Some(ALICE));
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains(&id) && stdout(&out).contains("DROP TABLE t"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&id) && stdout(&out).contains("DROP TABLE t"),
+        "{}",
+        stdout(&out)
+    );
 
     let out = g.cli(&["show", &id], Some(ALICE));
     assert!(out.status.success());
     let text = stdout(&out);
-    for needle in ["owner owner@x", "prod-db", "sql.ddl", "intent     test", "group:dba", "ddl-needs-dba"] {
+    for needle in [
+        "owner owner@x",
+        "prod-db",
+        "sql.ddl",
+        "intent     test",
+        "group:dba",
+        "ddl-needs-dba",
+    ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
 
     // Refusals exit 3 and say why.
     let out = g.cli(&["approve", &id], Some(OWNER));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("owner of the initiating agent"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("owner of the initiating agent"),
+        "{}",
+        stderr(&out)
+    );
     let out = g.cli(&["approve", &id], Some("wrong-token"));
     assert_eq!(out.status.code(), Some(3));
     let out = g.cli(&["approve", &id], None);
-    assert_eq!(out.status.code(), Some(2), "no GAVEL_TOKEN is a usage error");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no GAVEL_TOKEN is a usage error"
+    );
     let out = g.cli(&["show", "no-such-id"], Some(ALICE));
     assert_eq!(out.status.code(), Some(4));
 
-    let out = g.cli(&["approve", &id, "--comment", "reviewed the migration"], Some(ALICE));
+    let out = g.cli(
+        &["approve", &id, "--comment", "reviewed the migration"],
+        Some(ALICE),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("it is now approved"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("it is now approved"),
+        "{}",
+        stdout(&out)
+    );
 
-    let other = request_id(&g.act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE u").await);
-    let out = g.cli(&["deny", &other, "--reason", "not during the freeze"], Some(BOB));
+    let other = request_id(
+        &g.act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE u")
+            .await,
+    );
+    let out = g.cli(
+        &["deny", &other, "--reason", "not during the freeze"],
+        Some(BOB),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let out = g.cli(&["show", &other, "--json"], Some(ALICE));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -56,12 +91,25 @@ async fn reviewers_work_from_the_cli() {
     assert_eq!(v["reviews"][0]["comment"], "not during the freeze");
 
     let out = g.cli(&["whoami"], Some(&g.agent_token));
-    assert!(stdout(&out).contains("agent bot (owner owner@x"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("agent bot (owner owner@x"),
+        "{}",
+        stdout(&out)
+    );
 
     let out = g.cli(&["agent", "list"], None);
-    assert!(stdout(&out).contains("bot") && stdout(&out).contains("active"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("bot") && stdout(&out).contains("active"),
+        "{}",
+        stdout(&out)
+    );
     let out = g.cli(&["agent", "create", "bot", "--owner", "x@x"], None);
-    assert_eq!(out.status.code(), Some(2), "names are never reused: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "names are never reused: {}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -88,21 +136,45 @@ fn bad_configuration_fails_at_start_naming_file_key_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, "[approvals]\nhold = \"a while\"\n").unwrap();
-    let out = Command::new(BIN).arg("serve").arg("--config").arg(&file).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("bad.toml:2") && err.contains("approvals.hold") && err.contains("invalid duration"), "{err}");
+    assert!(
+        err.contains("bad.toml:2")
+            && err.contains("approvals.hold")
+            && err.contains("invalid duration"),
+        "{err}"
+    );
 
     std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap();
-    let out = Command::new(BIN).arg("serve").arg("--config").arg(&file).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("unknown field `lisen`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown field `lisen`"),
+        "{}",
+        stderr(&out)
+    );
 
     // A broken policy set refuses to start, naming file and line.
     std::fs::write(&file, "data_dir = \"d\"\n[policy]\ndir = \"p\"\n").unwrap();
     std::fs::create_dir(dir.path().join("p")).unwrap();
     std::fs::write(dir.path().join("p/x.cedar"), "permit(principal, action, resource);\nforbid(principal, action == Action::\"sql.read\", resource) when { context.nope };\n").unwrap();
-    let out = Command::new(BIN).arg("serve").arg("--config").arg(&file).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("x.cedar:2:"), "{}", stderr(&out));
 }
@@ -114,26 +186,88 @@ fn policy_validate_and_explain() {
     std::fs::create_dir(&pdir).unwrap();
     std::fs::write(pdir.join("main.cedar"), POLICIES).unwrap();
     let config = dir.path().join("g.toml");
-    std::fs::write(&config, "[[resources.api]]\nname = \"prod-db\"\ntags = { env = \"prod\" }\n").unwrap();
-    let run = |args: &[&str]| Command::new(BIN).args(args).arg("--config").arg(&config).output().unwrap();
+    std::fs::write(
+        &config,
+        "[[resources.api]]\nname = \"prod-db\"\ntags = { env = \"prod\" }\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
 
     let out = run(&["policy", "validate"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("6 policies in 1 files are valid"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("6 policies in 1 files are valid"),
+        "{}",
+        stdout(&out)
+    );
 
-    let out = run(&["policy", "explain", "--principal", "agent:bot", "--owner", "o@x", "--action", "sql.write", "--resource", "prod-db", "--context", r#"{"operation": "DELETE FROM t", "tables": ["t"]}"#]);
+    let out = run(&[
+        "policy",
+        "explain",
+        "--principal",
+        "agent:bot",
+        "--owner",
+        "o@x",
+        "--action",
+        "sql.write",
+        "--resource",
+        "prod-db",
+        "--context",
+        r#"{"operation": "DELETE FROM t", "tables": ["t"]}"#,
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("NEEDS APPROVAL by group:security (quorum 1"), "{text}");
-    assert!(text.contains("prod-writes-need-security") && text.contains("main.cedar:"), "{text}");
+    assert!(
+        text.contains("NEEDS APPROVAL by group:security (quorum 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("prod-writes-need-security") && text.contains("main.cedar:"),
+        "{text}"
+    );
 
-    let out = run(&["policy", "explain", "--principal", "human:h@x", "--action", "sql.unknown", "--resource", "db"]);
-    assert!(stdout(&out).contains("decision: DENY") && stdout(&out).contains("no-unknown-sql"), "{}", stdout(&out));
+    let out = run(&[
+        "policy",
+        "explain",
+        "--principal",
+        "human:h@x",
+        "--action",
+        "sql.unknown",
+        "--resource",
+        "db",
+    ]);
+    assert!(
+        stdout(&out).contains("decision: DENY") && stdout(&out).contains("no-unknown-sql"),
+        "{}",
+        stdout(&out)
+    );
 
-    let out = run(&["policy", "explain", "--principal", "agent:bot", "--owner", "o@x", "--action", "sql.write", "--resource", "dev-db"]);
+    let out = run(&[
+        "policy",
+        "explain",
+        "--principal",
+        "agent:bot",
+        "--owner",
+        "o@x",
+        "--action",
+        "sql.write",
+        "--resource",
+        "dev-db",
+    ]);
     assert!(stdout(&out).contains("default deny"), "{}", stdout(&out));
 
-    std::fs::write(pdir.join("broken.cedar"), "permit(principal, action == Action::\"sql.nope\", resource);\n").unwrap();
+    std::fs::write(
+        pdir.join("broken.cedar"),
+        "permit(principal, action == Action::\"sql.nope\", resource);\n",
+    )
+    .unwrap();
     let out = run(&["policy", "validate"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("broken.cedar:1:"), "{}", stderr(&out));
@@ -143,7 +277,10 @@ fn policy_validate_and_explain() {
 async fn policies_hot_reload_and_a_broken_file_keeps_the_last_good_set() {
     let g = Gavel::start().await;
     let agent = g.agent_token.clone();
-    assert_eq!(verdict(&g.act(&agent, "sql.read", "db", "SELECT 1").await), "allow");
+    assert_eq!(
+        verdict(&g.act(&agent, "sql.read", "db", "SELECT 1").await),
+        "allow"
+    );
 
     g.write_policy("freeze.cedar", "@id(\"read-freeze\") forbid(principal, action == Action::\"sql.read\", resource == Resource::\"db\");\n");
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -153,11 +290,17 @@ async fn policies_hot_reload_and_a_broken_file_keeps_the_last_good_set() {
             assert_eq!(v["policies"], json!(["read-freeze"]), "{v}");
             break;
         }
-        assert!(Instant::now() < deadline, "the new policy never took effect");
+        assert!(
+            Instant::now() < deadline,
+            "the new policy never took effect"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    g.write_policy("freeze.cedar", "forbid(principal, action == Action::\"sql.read\" resource);\n");
+    g.write_policy(
+        "freeze.cedar",
+        "forbid(principal, action == Action::\"sql.read\" resource);\n",
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (s, r) = g.call(Method::GET, "/readyz", None, None).await;
@@ -167,17 +310,26 @@ async fn policies_hot_reload_and_a_broken_file_keeps_the_last_good_set() {
             assert!(err.contains("freeze.cedar:1:"), "{err}");
             break;
         }
-        assert!(Instant::now() < deadline, "readyz never showed the reload error: {r}");
+        assert!(
+            Instant::now() < deadline,
+            "readyz never showed the reload error: {r}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The last good set (with the freeze) is still in force.
-    assert_eq!(verdict(&g.act(&agent, "sql.read", "db", "SELECT 1").await), "deny");
+    assert_eq!(
+        verdict(&g.act(&agent, "sql.read", "db", "SELECT 1").await),
+        "deny"
+    );
     assert!(g.log().contains("policy reload failed"), "{}", g.log());
 
     std::fs::remove_file(g.policy_dir().join("freeze.cedar")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while verdict(&g.act(&agent, "sql.read", "db", "SELECT 1").await) != "allow" {
-        assert!(Instant::now() < deadline, "removing the file never took effect");
+        assert!(
+            Instant::now() < deadline,
+            "removing the file never took effect"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (_, r) = g.call(Method::GET, "/readyz", None, None).await;
@@ -189,17 +341,61 @@ async fn bad_input_gets_clear_json_errors() {
     let g = Gavel::start().await;
     let agent = g.agent_token.clone();
     let cases = [
-        (Some(agent.as_str()), r#"{"resource": "db", "action": "sql.read""#, 400, "invalid JSON"),
-        (Some(agent.as_str()), r#"{"resource": "db", "action": "sql.everything", "operation": "x"}"#, 400, "unknown action class"),
-        (Some(agent.as_str()), r#"{"resource": "db", "action": "sql.read", "operation": "x", "extra": 1}"#, 400, "unknown field"),
-        (Some(agent.as_str()), r#"{"resource": "db", "action": "sql.read", "operation": ""}"#, 400, "operation"),
-        (Some(agent.as_str()), r#"{"resource": "db", "action": "sql.read", "operation": "x", "details": {"tables": "t"}}"#, 400, "tables"),
-        (Some(agent.as_str()), r#"{"resource": "db", "action": "http.read", "operation": "GET"}"#, 400, "details.method"),
-        (Some("not-a-token"), r#"{"resource": "db", "action": "sql.read", "operation": "x"}"#, 401, "invalid token"),
-        (None, r#"{"resource": "db", "action": "sql.read", "operation": "x"}"#, 401, "Bearer"),
+        (
+            Some(agent.as_str()),
+            r#"{"resource": "db", "action": "sql.read""#,
+            400,
+            "invalid JSON",
+        ),
+        (
+            Some(agent.as_str()),
+            r#"{"resource": "db", "action": "sql.everything", "operation": "x"}"#,
+            400,
+            "unknown action class",
+        ),
+        (
+            Some(agent.as_str()),
+            r#"{"resource": "db", "action": "sql.read", "operation": "x", "extra": 1}"#,
+            400,
+            "unknown field",
+        ),
+        (
+            Some(agent.as_str()),
+            r#"{"resource": "db", "action": "sql.read", "operation": ""}"#,
+            400,
+            "operation",
+        ),
+        (
+            Some(agent.as_str()),
+            r#"{"resource": "db", "action": "sql.read", "operation": "x", "details": {"tables": "t"}}"#,
+            400,
+            "tables",
+        ),
+        (
+            Some(agent.as_str()),
+            r#"{"resource": "db", "action": "http.read", "operation": "GET"}"#,
+            400,
+            "details.method",
+        ),
+        (
+            Some("not-a-token"),
+            r#"{"resource": "db", "action": "sql.read", "operation": "x"}"#,
+            401,
+            "invalid token",
+        ),
+        (
+            None,
+            r#"{"resource": "db", "action": "sql.read", "operation": "x"}"#,
+            401,
+            "Bearer",
+        ),
     ];
     for (token, body, status, needle) in cases {
-        let mut req = g.http.post(format!("{}/api/v1/actions", g.base)).body(body).header("content-type", "application/json");
+        let mut req = g
+            .http
+            .post(format!("{}/api/v1/actions", g.base))
+            .body(body)
+            .header("content-type", "application/json");
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -225,7 +421,15 @@ async fn metrics_and_openapi() {
     g.act(&g.agent_token, "sql.read", "db", "SELECT 1").await;
     g.act(&g.agent_token, "sql.unknown", "db", "???").await;
     g.act(&g.agent_token, "sql.ddl", "db", "DROP TABLE t").await;
-    let text = g.http.get(format!("{}/metrics", g.base)).send().await.unwrap().text().await.unwrap();
+    let text = g
+        .http
+        .get(format!("{}/metrics", g.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for needle in [
         "gavel_decisions_total{verdict=\"allow\"} 1",
         "gavel_decisions_total{verdict=\"deny\"} 1",
@@ -236,10 +440,20 @@ async fn metrics_and_openapi() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
-    let (s, doc) = g.call(Method::GET, "/api/v1/openapi.json", None, None).await;
+    let (s, doc) = g
+        .call(Method::GET, "/api/v1/openapi.json", None, None)
+        .await;
     assert_eq!(s, 200);
-    for path in ["/api/v1/actions", "/api/v1/requests", "/api/v1/requests/{id}", "/api/v1/requests/{id}/approve",
-                 "/api/v1/requests/{id}/deny", "/api/v1/requests/{id}/wait", "/healthz", "/readyz"] {
+    for path in [
+        "/api/v1/actions",
+        "/api/v1/requests",
+        "/api/v1/requests/{id}",
+        "/api/v1/requests/{id}/approve",
+        "/api/v1/requests/{id}/deny",
+        "/api/v1/requests/{id}/wait",
+        "/healthz",
+        "/readyz",
+    ] {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
     }
     assert!(doc["components"]["schemas"]["ActionVerdict"].is_object());
@@ -250,19 +464,46 @@ async fn metrics_and_openapi() {
 async fn curl_drives_check_approve_and_retry() {
     let g = Gavel::start().await;
     let curl = |args: &[&str]| -> serde_json::Value {
-        let out = Command::new("curl").args(["-sS", "--fail-with-body"]).args(args).output().expect("curl is installed");
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)))
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body"])
+            .args(args)
+            .output()
+            .expect("curl is installed");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)))
     };
     let body = r#"{"resource":"prod-db","action":"sql.ddl","operation":"ALTER TABLE t ADD COLUMN c int","intent":"add column for feature X"}"#;
     let agent_auth = format!("Authorization: Bearer {}", g.agent_token);
     let url = format!("{}/api/v1/actions", g.base);
-    let v = curl(&["-H", &agent_auth, "-H", "content-type: application/json", "-d", body, &url]);
+    let v = curl(&[
+        "-H",
+        &agent_auth,
+        "-H",
+        "content-type: application/json",
+        "-d",
+        body,
+        &url,
+    ]);
     assert_eq!(verdict(&v), "pending", "{v}");
     let id = request_id(&v);
     let approve_url = format!("{}/api/v1/requests/{id}/approve", g.base);
-    let r = curl(&["-X", "POST", "-H", &format!("Authorization: Bearer {ALICE}"), &approve_url]);
+    let r = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {ALICE}"),
+        &approve_url,
+    ]);
     assert_eq!(r["state"], "approved");
     assert_eq!(r["intent"], "add column for feature X");
-    let v = curl(&["-H", &agent_auth, "-H", "content-type: application/json", "-d", body, &url]);
+    let v = curl(&[
+        "-H",
+        &agent_auth,
+        "-H",
+        "content-type: application/json",
+        "-d",
+        body,
+        &url,
+    ]);
     assert_eq!(verdict(&v), "allow", "{v}");
 }

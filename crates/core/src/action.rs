@@ -80,7 +80,9 @@ impl fmt::Display for ActionClass {
 
 /// A string that names no action class.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown action class {0:?} (expected one of sql.read, sql.write, sql.ddl, sql.dcl, sql.export, sql.admin, sql.unknown, mcp.call, mcp.read, http.read, http.write, exec.run)")]
+#[error(
+    "unknown action class {0:?} (expected one of sql.read, sql.write, sql.ddl, sql.dcl, sql.export, sql.admin, sql.unknown, mcp.call, mcp.read, http.read, http.write, exec.run)"
+)]
 pub struct UnknownActionClass(pub String);
 
 impl FromStr for ActionClass {

@@ -167,7 +167,11 @@ mod tests {
             id: HumanId::from("bot"),
             groups: vec![],
         });
-        assert_ne!(fp, Fingerprint::of(&human, "v1"), "agent:bot and human:bot differ");
+        assert_ne!(
+            fp,
+            Fingerprint::of(&human, "v1"),
+            "agent:bot and human:bot differ"
+        );
         let mut res = base.clone();
         res.resource.name = "db2".into();
         assert_ne!(fp, Fingerprint::of(&res, "v1"));

@@ -475,7 +475,10 @@ impl Approvals {
                 return Ok(after);
             }
         }
-        Err(Error::Store(format!("request {id} is changing too fast to decide; try again")).into())
+        Err(Error::Store(format!(
+            "request {id} is changing too fast to decide; try again"
+        ))
+        .into())
     }
 
     /// Loads a request, expiring it first if its time is up.

@@ -26,8 +26,8 @@ mod gate;
 mod principal;
 mod time;
 
-pub use agent::{AgentRecord, AgentRegistry};
 pub use action::{Action, ActionClass, Resource, UnknownActionClass};
+pub use agent::{AgentRecord, AgentRegistry};
 pub use approval::{
     ApprovalRequest, ApprovalRoute, Approver, DecideError, Decision, GrantUse, RequestId,
     RequestState, Review,
@@ -36,8 +36,8 @@ pub use audit::{AuditEvent, AuditRecord, AuditSink};
 pub use error::{Error, ErrorSource};
 pub use fingerprint::Fingerprint;
 pub use gate::{
-    Approvals, Gate, GateConfig, Notifier, Permit, PolicyDecision, PolicyEngine, PolicyVerdict,
-    RequestFilter, Store, Verdict, DecideFailure,
+    Approvals, DecideFailure, Gate, GateConfig, Notifier, Permit, PolicyDecision, PolicyEngine,
+    PolicyVerdict, RequestFilter, Store, Verdict,
 };
 pub use principal::{Human, HumanId, Principal};
 pub use time::{Clock, SystemClock, Timestamp};

@@ -164,14 +164,32 @@ fn deny_after_partial_approval_ends_the_request() {
     let people = cast();
     let mut r = request(2);
     let now = Timestamp(1);
-    r.decide(&people[4], Decision::Approve, "", now, Duration::from_secs(1))
-        .unwrap();
+    r.decide(
+        &people[4],
+        Decision::Approve,
+        "",
+        now,
+        Duration::from_secs(1),
+    )
+    .unwrap();
     assert_eq!(r.state, RequestState::Pending);
-    r.decide(&people[5], Decision::Deny, "no", now, Duration::from_secs(1))
-        .unwrap();
+    r.decide(
+        &people[5],
+        Decision::Deny,
+        "no",
+        now,
+        Duration::from_secs(1),
+    )
+    .unwrap();
     assert_eq!(r.state, RequestState::Denied);
     assert_eq!(
-        r.decide(&people[6], Decision::Approve, "", now, Duration::from_secs(1)),
+        r.decide(
+            &people[6],
+            Decision::Approve,
+            "",
+            now,
+            Duration::from_secs(1)
+        ),
         Err(DecideError::NotPending(RequestState::Denied))
     );
 }
@@ -213,8 +231,14 @@ fn each_kind_of_ineligible_reviewer_gets_its_own_refusal() {
 fn grant_expires_unused_and_is_single_use() {
     let people = cast();
     let mut r = request(1);
-    r.decide(&people[7], Decision::Approve, "", Timestamp(10), Duration::from_secs(5))
-        .unwrap();
+    r.decide(
+        &people[7],
+        Decision::Approve,
+        "",
+        Timestamp(10),
+        Duration::from_secs(5),
+    )
+    .unwrap();
     assert_eq!(r.state, RequestState::Approved);
     let mut late = r.clone();
     assert_eq!(late.use_grant(Timestamp(5_010)), GrantUse::Unavailable);

@@ -129,13 +129,25 @@ mod tests {
             Ok(())
         }
         async fn list_agents(&self) -> Result<Vec<AgentRecord>, Error> {
-            Ok(self.0.lock().unwrap().iter().map(|(a, _)| a.clone()).collect())
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(a, _)| a.clone())
+                .collect())
         }
         async fn revoke_agent(&self, _: &str, _: Timestamp) -> Result<bool, Error> {
             Ok(false)
         }
         async fn agent_by_token(&self, h: &str) -> Result<Option<AgentRecord>, Error> {
-            Ok(self.0.lock().unwrap().iter().find(|(_, x)| x == h).map(|(a, _)| a.clone()))
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, x)| x == h)
+                .map(|(a, _)| a.clone()))
         }
     }
 
@@ -143,18 +155,36 @@ mod tests {
     async fn humans_agents_and_refusals() {
         let agents = Arc::new(Agents::default());
         let good = generate_agent_token();
-        assert!(good.starts_with(AGENT_TOKEN_PREFIX) && good.len() == AGENT_TOKEN_PREFIX.len() + 64);
-        let record = |name: &str, revoked: Option<Timestamp>, expires: Option<Timestamp>| AgentRecord {
-            name: name.into(),
-            owner: "o@x".into(),
-            groups: vec![],
-            created_at: Timestamp(0),
-            expires_at: expires,
-            revoked_at: revoked,
-        };
-        agents.create_agent(&record("bot", None, None), &token_sha256(&good)).await.unwrap();
-        agents.create_agent(&record("gone", Some(Timestamp(1)), None), &token_sha256("revoked")).await.unwrap();
-        agents.create_agent(&record("old", None, Some(Timestamp(1))), &token_sha256("expired")).await.unwrap();
+        assert!(
+            good.starts_with(AGENT_TOKEN_PREFIX) && good.len() == AGENT_TOKEN_PREFIX.len() + 64
+        );
+        let record =
+            |name: &str, revoked: Option<Timestamp>, expires: Option<Timestamp>| AgentRecord {
+                name: name.into(),
+                owner: "o@x".into(),
+                groups: vec![],
+                created_at: Timestamp(0),
+                expires_at: expires,
+                revoked_at: revoked,
+            };
+        agents
+            .create_agent(&record("bot", None, None), &token_sha256(&good))
+            .await
+            .unwrap();
+        agents
+            .create_agent(
+                &record("gone", Some(Timestamp(1)), None),
+                &token_sha256("revoked"),
+            )
+            .await
+            .unwrap();
+        agents
+            .create_agent(
+                &record("old", None, Some(Timestamp(1))),
+                &token_sha256("expired"),
+            )
+            .await
+            .unwrap();
         let auth = Authenticator::new(
             &[HumanConfig {
                 id: "alice@x".into(),
@@ -169,12 +199,28 @@ mod tests {
             p => panic!("{p:?}"),
         }
         assert_eq!(auth.authenticate(&good).await.unwrap().id(), "bot");
-        assert!(matches!(auth.authenticate("").await, Err(AuthError::Missing)));
-        assert!(matches!(auth.authenticate("nope").await, Err(AuthError::Invalid)));
-        assert!(matches!(auth.authenticate("revoked").await, Err(AuthError::Revoked(_))));
-        assert!(matches!(auth.authenticate("expired").await, Err(AuthError::Expired(_))));
+        assert!(matches!(
+            auth.authenticate("").await,
+            Err(AuthError::Missing)
+        ));
+        assert!(matches!(
+            auth.authenticate("nope").await,
+            Err(AuthError::Invalid)
+        ));
+        assert!(matches!(
+            auth.authenticate("revoked").await,
+            Err(AuthError::Revoked(_))
+        ));
+        assert!(matches!(
+            auth.authenticate("expired").await,
+            Err(AuthError::Expired(_))
+        ));
         // The token itself never shows up in an error.
-        let e = auth.authenticate("secret-value").await.unwrap_err().to_string();
+        let e = auth
+            .authenticate("secret-value")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("secret-value"));
     }
 }

@@ -25,7 +25,9 @@ use cedar_policy::{
     Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request,
     RestrictedExpression,
 };
-use gavel_core::{Action, ActionClass, Approver, PolicyDecision, PolicyEngine, PolicyVerdict, Principal};
+use gavel_core::{
+    Action, ActionClass, Approver, PolicyDecision, PolicyEngine, PolicyVerdict, Principal,
+};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -34,9 +36,8 @@ use std::time::{Duration, SystemTime};
 fn uid(type_name: &str, id: &str) -> EntityUid {
     static TYPES: std::sync::OnceLock<[EntityTypeName; 5]> = std::sync::OnceLock::new();
     let types = TYPES.get_or_init(|| {
-        ["User", "Agent", "Group", "Resource", "Action"].map(|t| {
-            EntityTypeName::from_str(t).unwrap_or_else(|e| panic!("entity type {t}: {e}"))
-        })
+        ["User", "Agent", "Group", "Resource", "Action"]
+            .map(|t| EntityTypeName::from_str(t).unwrap_or_else(|e| panic!("entity type {t}: {e}")))
     });
     let t = match type_name {
         "User" => &types[0],
@@ -74,9 +75,9 @@ pub fn context_pairs(action: &Action) -> Result<Vec<(String, RestrictedExpressio
                 "details.{key} must be a string for {}, got {other}",
                 action.class
             )),
-            None => default.map(string).ok_or_else(|| {
-                format!("details.{key} is required for {}", action.class)
-            }),
+            None => default
+                .map(string)
+                .ok_or_else(|| format!("details.{key} is required for {}", action.class)),
         }
     };
     let mut pairs = vec![
@@ -170,7 +171,11 @@ fn cedar_request(action: &Action) -> Result<(Request, Entities), String> {
 
 /// Decides `action` against `bundle` (SPEC §3 decision order).
 pub fn decide(bundle: &PolicyBundle, action: &Action) -> PolicyDecision {
-    decide_over(bundle, action, bundle.slice(action.class, &action.resource.name))
+    decide_over(
+        bundle,
+        action,
+        bundle.slice(action.class, &action.resource.name),
+    )
 }
 
 /// As [`decide`], evaluating every policy instead of the indexed slice.
@@ -218,12 +223,17 @@ fn decide_over(
         let ids = diagnostics
             .errors()
             .map(|e| match e {
-                cedar_policy::AuthorizationError::PolicyEvaluationError(p) => p.policy_id().to_string(),
+                cedar_policy::AuthorizationError::PolicyEvaluationError(p) => {
+                    p.policy_id().to_string()
+                }
             })
             .collect();
         return deny(
             ids,
-            format!("policy evaluation failed, denying (fail closed): {}", errors.join("; ")),
+            format!(
+                "policy evaluation failed, denying (fail closed): {}",
+                errors.join("; ")
+            ),
         );
     }
     let mut matched: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();

@@ -388,9 +388,7 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicyBundle, Polic
     }
     let validation = Validator::new(schema().clone()).validate(&whole, ValidationMode::Strict);
     for e in validation.validation_errors() {
-        let Some((_, info, source_index)) = loaded
-            .iter()
-            .find(|(p, _, _)| p.id() == e.policy_id())
+        let Some((_, info, source_index)) = loaded.iter().find(|(p, _, _)| p.id() == e.policy_id())
         else {
             continue;
         };
@@ -430,12 +428,17 @@ fn approval_spec(policy: &Policy) -> Result<Option<ApprovalSpec>, String> {
     let timeout = policy.annotation("timeout");
     let Some(approval) = approval else {
         if quorum.is_some() || timeout.is_some() {
-            return Err("@quorum and @timeout need an @approval annotation on the same policy".into());
+            return Err(
+                "@quorum and @timeout need an @approval annotation on the same policy".into(),
+            );
         }
         return Ok(None);
     };
     if policy.effect() == Effect::Forbid {
-        return Err("@approval on a forbid policy has no meaning: forbid always denies; put it on a permit".into());
+        return Err(
+            "@approval on a forbid policy has no meaning: forbid always denies; put it on a permit"
+                .into(),
+        );
     }
     let approvers = approval
         .split(',')
@@ -444,13 +447,19 @@ fn approval_spec(policy: &Policy) -> Result<Option<ApprovalSpec>, String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("@approval: {e}"))?;
     if approvers.is_empty() {
-        return Err("@approval names nobody: list users or groups, e.g. @approval(\"group:dba\")".into());
+        return Err(
+            "@approval names nobody: list users or groups, e.g. @approval(\"group:dba\")".into(),
+        );
     }
     let quorum = match quorum {
         None => 1,
         Some(q) => match q.trim().parse::<u32>() {
             Ok(n) if n >= 1 => n,
-            _ => return Err(format!("@quorum({q:?}) must be a whole number of at least 1")),
+            _ => {
+                return Err(format!(
+                    "@quorum({q:?}) must be a whole number of at least 1"
+                ));
+            }
         },
     };
     let timeout = match timeout {
@@ -509,20 +518,39 @@ mod tests {
 
     #[test]
     fn parse_errors_name_the_line() {
-        let err = load("permit(principal, action, resource);\npermit(principal action, resource);\n")
-            .unwrap_err();
+        let err =
+            load("permit(principal, action, resource);\npermit(principal action, resource);\n")
+                .unwrap_err();
         assert_eq!(err.0[0].line, 2, "{err}");
     }
 
     #[test]
     fn bad_annotations_are_rejected() {
         for (text, needle) in [
-            ("@approval(\"group:dba\")\nforbid(principal, action, resource);", "forbid"),
-            ("@approval(\"group:dba\")\n@quorum(\"0\")\npermit(principal, action, resource);", "@quorum"),
-            ("@approval(\"group:dba\")\n@timeout(\"soon\")\npermit(principal, action, resource);", "@timeout"),
-            ("@quorum(\"2\")\npermit(principal, action, resource);", "@approval"),
-            ("@approval(\" , \")\npermit(principal, action, resource);", "nobody"),
-            ("@id(\"x\")\npermit(principal, action, resource);\n@id(\"x\")\npermit(principal, action, resource);", "duplicate"),
+            (
+                "@approval(\"group:dba\")\nforbid(principal, action, resource);",
+                "forbid",
+            ),
+            (
+                "@approval(\"group:dba\")\n@quorum(\"0\")\npermit(principal, action, resource);",
+                "@quorum",
+            ),
+            (
+                "@approval(\"group:dba\")\n@timeout(\"soon\")\npermit(principal, action, resource);",
+                "@timeout",
+            ),
+            (
+                "@quorum(\"2\")\npermit(principal, action, resource);",
+                "@approval",
+            ),
+            (
+                "@approval(\" , \")\npermit(principal, action, resource);",
+                "nobody",
+            ),
+            (
+                "@id(\"x\")\npermit(principal, action, resource);\n@id(\"x\")\npermit(principal, action, resource);",
+                "duplicate",
+            ),
         ] {
             let err = load(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");

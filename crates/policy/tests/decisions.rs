@@ -62,7 +62,14 @@ fn agent(owner: &str, groups: &[&str]) -> Principal {
     }
 }
 
-fn action(p: Principal, class: &str, resource: &str, env: &str, op: &str, details: serde_json::Value) -> Action {
+fn action(
+    p: Principal,
+    class: &str,
+    resource: &str,
+    env: &str,
+    op: &str,
+    details: serde_json::Value,
+) -> Action {
     Action {
         principal: p,
         resource: Resource {
@@ -87,12 +94,20 @@ fn summary(d: &PolicyDecision) -> String {
     match &d.verdict {
         PolicyVerdict::Allow => format!("allow {}", d.policies.join(",")),
         PolicyVerdict::Deny => format!("deny {}", d.policies.join(",")),
-        PolicyVerdict::NeedsApproval { approvers, quorum, timeout } => format!(
+        PolicyVerdict::NeedsApproval {
+            approvers,
+            quorum,
+            timeout,
+        } => format!(
             "approval {} by {} quorum {} timeout {}",
             d.policies.join(","),
-            approvers.iter().map(|a| a.to_string()).collect::<Vec<_>>().join("+"),
+            approvers
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join("+"),
             quorum,
-            timeout.map(|t| humantime_secs(t)).unwrap_or_default()
+            timeout.map(humantime_secs).unwrap_or_default()
         ),
     }
 }
@@ -106,43 +121,224 @@ fn decision_table() {
     let bundle = load_sources(&[(PathBuf::from("t.cedar"), POLICIES.into())]).unwrap();
     use serde_json::json as j;
     let cases: Vec<(Action, &str)> = vec![
-        (action(agent("a@x", &[]), "sql.read", "prod-db", "prod", "SELECT 1", j!({})), "allow reads-allowed"),
-        (action(agent("a@x", &[]), "sql.unknown", "prod-db", "prod", "???", j!({})), "deny no-unknown-sql"),
-        (action(agent("a@x", &[]), "sql.ddl", "prod-db", "prod", "DROP TABLE t", j!({})),
-            "approval prod-ddl-needs-two-dbas by group:dba quorum 2 timeout 1800s"),
+        (
+            action(
+                agent("a@x", &[]),
+                "sql.read",
+                "prod-db",
+                "prod",
+                "SELECT 1",
+                j!({}),
+            ),
+            "allow reads-allowed",
+        ),
+        (
+            action(
+                agent("a@x", &[]),
+                "sql.unknown",
+                "prod-db",
+                "prod",
+                "???",
+                j!({}),
+            ),
+            "deny no-unknown-sql",
+        ),
+        (
+            action(
+                agent("a@x", &[]),
+                "sql.ddl",
+                "prod-db",
+                "prod",
+                "DROP TABLE t",
+                j!({}),
+            ),
+            "approval prod-ddl-needs-two-dbas by group:dba quorum 2 timeout 1800s",
+        ),
         // An approval rule wins over a plain permit that also matches.
-        (action(agent("a@x", &["dev"]), "sql.ddl", "db", "prod", "DROP TABLE t", j!({})),
-            "approval prod-ddl-needs-two-dbas by group:dba quorum 2 timeout 1800s"),
-        (action(agent("a@x", &["dev"]), "sql.ddl", "db", "dev", "DROP TABLE t", j!({})), "allow dev-ddl-free"),
-        (action(agent("a@x", &[]), "sql.ddl", "db", "dev", "DROP TABLE t", j!({})), "deny "),
-        (action(agent("a@x", &[]), "sql.ddl", "db", "", "DROP TABLE t", j!({})), "deny "),
+        (
+            action(
+                agent("a@x", &["dev"]),
+                "sql.ddl",
+                "db",
+                "prod",
+                "DROP TABLE t",
+                j!({}),
+            ),
+            "approval prod-ddl-needs-two-dbas by group:dba quorum 2 timeout 1800s",
+        ),
+        (
+            action(
+                agent("a@x", &["dev"]),
+                "sql.ddl",
+                "db",
+                "dev",
+                "DROP TABLE t",
+                j!({}),
+            ),
+            "allow dev-ddl-free",
+        ),
+        (
+            action(
+                agent("a@x", &[]),
+                "sql.ddl",
+                "db",
+                "dev",
+                "DROP TABLE t",
+                j!({}),
+            ),
+            "deny ",
+        ),
+        (
+            action(
+                agent("a@x", &[]),
+                "sql.ddl",
+                "db",
+                "",
+                "DROP TABLE t",
+                j!({}),
+            ),
+            "deny ",
+        ),
         // Approver sets unite, quorum is the largest, timeout the shortest.
-        (action(agent("a@x", &[]), "sql.write", "prod-db", "prod", "DELETE FROM t", j!({"tables": ["t"]})),
-            "approval writes-also-security,writes-by-owner-approval by group:security+user:lead@x quorum 1 timeout 300s"),
+        (
+            action(
+                agent("a@x", &[]),
+                "sql.write",
+                "prod-db",
+                "prod",
+                "DELETE FROM t",
+                j!({"tables": ["t"]}),
+            ),
+            "approval writes-also-security,writes-by-owner-approval by group:security+user:lead@x quorum 1 timeout 300s",
+        ),
         // A forbid beats approval rules.
-        (action(agent("a@x", &[]), "sql.write", "prod-db", "prod", "DELETE FROM audit_log", j!({"tables": ["audit_log"]})),
-            "deny no-writes-to-audit-table"),
-        (action(agent("a@x", &[]), "exec.run", "host", "", "ls -la", j!({})), "allow exec-ls"),
-        (action(agent("bob@x", &[]), "exec.run", "host", "", "ls -la", j!({})), "deny agents-of-bob-no-exec"),
-        (action(agent("a@x", &[]), "exec.run", "host", "", "rm -rf /", j!({})), "deny "),
-        (action(agent("a@x", &[]), "mcp.call", "tools", "", "everything__echo", j!({})), "allow mcp-echo"),
-        (action(agent("a@x", &[]), "mcp.call", "tools", "", "x", j!({"tool": "srv_echo"})), "allow mcp-echo"),
-        (action(agent("a@x", &[]), "http.read", "api", "", "GET /status/db", j!({})), "allow http-get"),
-        (action(agent("a@x", &[]), "http.read", "api", "", "GET /admin", j!({})), "deny "),
+        (
+            action(
+                agent("a@x", &[]),
+                "sql.write",
+                "prod-db",
+                "prod",
+                "DELETE FROM audit_log",
+                j!({"tables": ["audit_log"]}),
+            ),
+            "deny no-writes-to-audit-table",
+        ),
+        (
+            action(agent("a@x", &[]), "exec.run", "host", "", "ls -la", j!({})),
+            "allow exec-ls",
+        ),
+        (
+            action(
+                agent("bob@x", &[]),
+                "exec.run",
+                "host",
+                "",
+                "ls -la",
+                j!({}),
+            ),
+            "deny agents-of-bob-no-exec",
+        ),
+        (
+            action(
+                agent("a@x", &[]),
+                "exec.run",
+                "host",
+                "",
+                "rm -rf /",
+                j!({}),
+            ),
+            "deny ",
+        ),
+        (
+            action(
+                agent("a@x", &[]),
+                "mcp.call",
+                "tools",
+                "",
+                "everything__echo",
+                j!({}),
+            ),
+            "allow mcp-echo",
+        ),
+        (
+            action(
+                agent("a@x", &[]),
+                "mcp.call",
+                "tools",
+                "",
+                "x",
+                j!({"tool": "srv_echo"}),
+            ),
+            "allow mcp-echo",
+        ),
+        (
+            action(
+                agent("a@x", &[]),
+                "http.read",
+                "api",
+                "",
+                "GET /status/db",
+                j!({}),
+            ),
+            "allow http-get",
+        ),
+        (
+            action(
+                agent("a@x", &[]),
+                "http.read",
+                "api",
+                "",
+                "GET /admin",
+                j!({}),
+            ),
+            "deny ",
+        ),
         // Details of the wrong type fail closed.
-        (action(agent("a@x", &[]), "sql.read", "prod-db", "prod", "SELECT 1", j!({"tables": "t"})), "deny "),
-        (action(agent("a@x", &[]), "http.read", "api", "", "GET", j!({})), "deny "),
+        (
+            action(
+                agent("a@x", &[]),
+                "sql.read",
+                "prod-db",
+                "prod",
+                "SELECT 1",
+                j!({"tables": "t"}),
+            ),
+            "deny ",
+        ),
+        (
+            action(agent("a@x", &[]), "http.read", "api", "", "GET", j!({})),
+            "deny ",
+        ),
         // Humans are principals too.
-        (action(Principal::Human(Human { id: "h@x".into(), groups: vec!["dev".into()] }), "sql.ddl", "db", "dev", "CREATE TABLE t()", j!({})),
-            "allow dev-ddl-free"),
+        (
+            action(
+                Principal::Human(Human {
+                    id: "h@x".into(),
+                    groups: vec!["dev".into()],
+                }),
+                "sql.ddl",
+                "db",
+                "dev",
+                "CREATE TABLE t()",
+                j!({}),
+            ),
+            "allow dev-ddl-free",
+        ),
     ];
     let mut failures = Vec::new();
     for (a, expected) in &cases {
         let got = summary(&decide(&bundle, a));
         if got != *expected {
-            failures.push(format!("{} {} {:?}: expected {expected:?}, got {got:?}", a.class, a.resource.name, a.operation));
+            failures.push(format!(
+                "{} {} {:?}: expected {expected:?}, got {got:?}",
+                a.class, a.resource.name, a.operation
+            ));
         }
-        assert_eq!(summary(&decide_unindexed(&bundle, a)), got, "index changed the answer for {a:?}");
+        assert_eq!(
+            summary(&decide_unindexed(&bundle, a)),
+            got,
+            "index changed the answer for {a:?}"
+        );
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
@@ -150,7 +346,17 @@ fn decision_table() {
 #[test]
 fn default_deny_names_no_policy_and_explains() {
     let bundle = load_sources(&[]).unwrap();
-    let d = decide(&bundle, &action(agent("a@x", &[]), "sql.read", "db", "", "SELECT 1", serde_json::json!({})));
+    let d = decide(
+        &bundle,
+        &action(
+            agent("a@x", &[]),
+            "sql.read",
+            "db",
+            "",
+            "SELECT 1",
+            serde_json::json!({}),
+        ),
+    );
     assert_eq!(d.verdict, PolicyVerdict::Deny);
     assert!(d.policies.is_empty());
     assert!(d.reason.contains("default deny"), "{}", d.reason);
@@ -167,7 +373,17 @@ fn evaluation_errors_fail_closed() {
 "#
     .to_owned();
     let bundle = load_sources(&[(PathBuf::from("e.cedar"), text)]).unwrap();
-    let d = decide(&bundle, &action(agent("a@x", &[]), "sql.read", "db", "", "SELECT 1", serde_json::json!({})));
+    let d = decide(
+        &bundle,
+        &action(
+            agent("a@x", &[]),
+            "sql.read",
+            "db",
+            "",
+            "SELECT 1",
+            serde_json::json!({}),
+        ),
+    );
     assert_eq!(d.verdict, PolicyVerdict::Deny, "{d:?}");
     assert_eq!(d.policies, vec!["overflow-forbid".to_string()]);
     assert!(d.reason.contains("fail closed"), "{}", d.reason);
@@ -191,7 +407,14 @@ fn index_gives_the_same_answer_as_the_whole_set() {
     for class in ActionClass::ALL {
         for r in 0..9 {
             for g in 0..4 {
-                let mut a = action(agent("a@x", &[&format!("g{g}")]), class.as_str(), &format!("r{r}"), "", "GET /x", serde_json::json!({}));
+                let mut a = action(
+                    agent("a@x", &[&format!("g{g}")]),
+                    class.as_str(),
+                    &format!("r{r}"),
+                    "",
+                    "GET /x",
+                    serde_json::json!({}),
+                );
                 a.class = class;
                 let indexed = decide(&bundle, &a);
                 let whole = decide_unindexed(&bundle, &a);

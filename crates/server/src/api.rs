@@ -1,8 +1,8 @@
 //! REST handlers (SPEC §7). Authentication happens once, in [`Caller`].
 
+use crate::Gateway;
 use crate::error::ApiError;
 use crate::views::*;
-use crate::Gateway;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -68,13 +68,21 @@ impl FromRequestParts<Gateway> for Caller {
 }
 
 fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-fn parse_duration(name: &str, value: Option<&str>, default: Duration) -> Result<Duration, ApiError> {
+fn parse_duration(
+    name: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ApiError> {
     let Some(v) = value else { return Ok(default) };
-    let d = humantime::parse_duration(v)
-        .map_err(|e| ApiError::bad_request(format!("{name}={v:?} is not a duration ({e}); write e.g. 30s")))?;
+    let d = humantime::parse_duration(v).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{name}={v:?} is not a duration ({e}); write e.g. 30s"
+        ))
+    })?;
     Ok(d.min(MAX_WAIT))
 }
 
@@ -104,7 +112,11 @@ pub(crate) async fn readyz(State(gw): State<Gateway>) -> Response {
     };
     match gw.store.count_by_state().await {
         Ok(_) => Json(Health {
-            status: if reload_error.is_some() { "degraded" } else { "ready" },
+            status: if reload_error.is_some() {
+                "degraded"
+            } else {
+                "ready"
+            },
             policy: Some(policy),
             storage_error: None,
         })
@@ -170,7 +182,10 @@ pub(crate) async fn post_action(
 ) -> Result<Json<ActionVerdict>, ApiError> {
     let body: ActionRequest = parse_json(&body)?;
     let wait = parse_duration("wait", q.wait.as_deref(), Duration::ZERO)?;
-    let class: ActionClass = body.action.parse().map_err(|e: gavel_core::UnknownActionClass| ApiError::bad_request(e.to_string()))?;
+    let class: ActionClass = body
+        .action
+        .parse()
+        .map_err(|e: gavel_core::UnknownActionClass| ApiError::bad_request(e.to_string()))?;
     if body.resource.trim().is_empty() {
         return Err(ApiError::bad_request("resource must not be empty"));
     }
@@ -228,7 +243,10 @@ pub(crate) async fn post_action(
             request_id: Some(decided.id.0.clone()),
             reason: closing_reason(&decided),
             policies: decided.policies.clone(),
-            url: Some(request_url(&gw.config.config.server.public_url, &decided.id.0)),
+            url: Some(request_url(
+                &gw.config.config.server.public_url,
+                &decided.id.0,
+            )),
         })),
         _ => Ok(Json(verdict_view(&gw, Verdict::Pending(Box::new(decided))))),
     }
@@ -240,7 +258,10 @@ fn closing_reason(r: &ApprovalRequest) -> String {
             let by = r.reviews.iter().find(|v| v.decision == Decision::Deny);
             match by {
                 Some(v) if !v.comment.is_empty() => {
-                    format!("request {} was denied by {}: {}", r.id, v.reviewer, v.comment)
+                    format!(
+                        "request {} was denied by {}: {}",
+                        r.id, v.reviewer, v.comment
+                    )
                 }
                 Some(v) => format!("request {} was denied by {}", r.id, v.reviewer),
                 None => format!("request {} was denied", r.id),
@@ -278,7 +299,12 @@ fn verdict_view(gw: &Gateway, v: Verdict) -> ActionVerdict {
                 request_id: Some(r.id.0.clone()),
                 reason: format!(
                     "needs approval by {} ({} of them) under policy {}; request {} at {url}; retry the identical action after approval",
-                    r.route.approvers.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+                    r.route
+                        .approvers
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     r.route.quorum,
                     r.policies.join(", "),
                     r.id
@@ -315,7 +341,9 @@ pub(crate) async fn list_requests(
     if let Principal::Agent { .. } = p {
         let own = p.qualified_id();
         if initiator.as_ref().is_some_and(|i| *i != own) {
-            return Err(ApiError::forbidden("agents may list only their own requests"));
+            return Err(ApiError::forbidden(
+                "agents may list only their own requests",
+            ));
         }
         initiator = Some(own);
     }
@@ -331,7 +359,10 @@ pub(crate) async fn list_requests(
         .await?;
     let public_url = &gw.config.config.server.public_url;
     Ok(Json(RequestList {
-        requests: requests.iter().map(|r| RequestView::new(r, public_url)).collect(),
+        requests: requests
+            .iter()
+            .map(|r| RequestView::new(r, public_url))
+            .collect(),
     }))
 }
 
@@ -366,7 +397,12 @@ pub(crate) async fn get_request(
         .list(&recent(None, Some(r.action.resource.name.clone())))
         .await?;
     let others = |items: Vec<ApprovalRequest>| -> Vec<HistoryItem> {
-        items.iter().filter(|x| x.id != r.id).take(10).map(HistoryItem::from).collect()
+        items
+            .iter()
+            .filter(|x| x.id != r.id)
+            .take(10)
+            .map(HistoryItem::from)
+            .collect()
     };
     let mut view = RequestView::new(&r, &gw.config.config.server.public_url);
     view.history = Some(History {
@@ -384,10 +420,22 @@ async fn decide(
     comment: &str,
 ) -> Result<Json<RequestView>, ApiError> {
     let id = RequestId(id.to_owned());
-    match gw.gate.approvals().decide(&id, reviewer, decision, comment).await {
-        Ok(r) => Ok(Json(RequestView::new(&r, &gw.config.config.server.public_url))),
-        Err(DecideFailure::NotFound(id)) => Err(ApiError::not_found(format!("no request with id {id}"))),
-        Err(DecideFailure::Refused(e)) if e.is_forbidden() => Err(ApiError::forbidden(e.to_string())),
+    match gw
+        .gate
+        .approvals()
+        .decide(&id, reviewer, decision, comment)
+        .await
+    {
+        Ok(r) => Ok(Json(RequestView::new(
+            &r,
+            &gw.config.config.server.public_url,
+        ))),
+        Err(DecideFailure::NotFound(id)) => {
+            Err(ApiError::not_found(format!("no request with id {id}")))
+        }
+        Err(DecideFailure::Refused(e)) if e.is_forbidden() => {
+            Err(ApiError::forbidden(e.to_string()))
+        }
         Err(DecideFailure::Refused(e)) => Err(ApiError::conflict(e.to_string())),
         Err(DecideFailure::Internal(e)) => Err(e.into()),
     }
@@ -454,5 +502,8 @@ pub(crate) async fn wait(
         .wait(&r.id, timeout)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no request with id {id}")))?;
-    Ok(Json(RequestView::new(&r, &gw.config.config.server.public_url)))
+    Ok(Json(RequestView::new(
+        &r,
+        &gw.config.config.server.public_url,
+    )))
 }

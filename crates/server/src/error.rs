@@ -29,28 +29,28 @@ pub(crate) struct ErrorDetail {
 }
 
 impl ApiError {
-    /// 400.
+    /// Bad request (400).
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
-    /// 401.
+    /// Unauthenticated (401).
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
-    /// 403.
+    /// Forbidden (403).
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
-    /// 404.
+    /// Not found (404).
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
-    /// 409.
+    /// Conflict (409).
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
-    /// 500. The detail is logged; the client gets a generic message so
-    /// internals (paths, SQL) never leak.
+    /// An internal error (500). The detail is logged; the client gets a
+    /// generic message so that internals such as paths and SQL never leak.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
         Self::new(

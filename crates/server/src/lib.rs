@@ -62,8 +62,8 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(
             Matcher::Full("gavel_gate_check_seconds".into()),
             &[
-                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5,
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+                0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ],
         )?
         .install_recorder()
@@ -127,7 +127,10 @@ impl Gateway {
 
     /// Binds the API listener, starts background work and serves until
     /// `shutdown` resolves, then drains open requests.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let listen = self.config.config.server.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await

@@ -37,9 +37,8 @@ impl StorageUrl {
                 "PostgreSQL storage is not available in this build yet; use sqlite://PATH".into(),
             );
         }
-        Err(format!(
-            "unsupported storage URL {url:?}: expected sqlite://PATH"
-        ))
+        // The URL is not echoed: it may carry a password.
+        Err("unsupported storage URL scheme; expected sqlite://PATH".into())
     }
 }
 

@@ -198,7 +198,9 @@ impl Store for SqliteStore {
         after: &ApprovalRequest,
     ) -> Result<bool, Error> {
         if before.id != after.id || after.reviews.len() < before.reviews.len() {
-            return Err(db_err("save_transition: after is not a successor of before"));
+            return Err(db_err(
+                "save_transition: after is not a successor of before",
+            ));
         }
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         // The guarded UPDATE comes first so this transaction takes SQLite's
@@ -245,8 +247,9 @@ impl Store for SqliteStore {
     }
 
     async fn list_requests(&self, f: &RequestFilter) -> Result<Vec<ApprovalRequest>, Error> {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE 1 = 1"));
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE 1 = 1"
+        ));
         if let Some(state) = f.state {
             q.push(" AND state = ").push_bind(state.as_str());
         }
@@ -313,12 +316,12 @@ impl AgentRegistry for SqliteStore {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::Invalid(
-                format!(
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(Error::Invalid(format!(
                     "an agent named {:?} already exists (names are never reused, so audit records stay unambiguous)",
                     a.name
-                ),
-            )),
+                )))
+            }
             Err(e) => Err(db_err(e)),
         }
     }
@@ -334,12 +337,13 @@ impl AgentRegistry for SqliteStore {
     }
 
     async fn revoke_agent(&self, name: &str, now: Timestamp) -> Result<bool, Error> {
-        let r = sqlx::query("UPDATE agents SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
-            .bind(now.0)
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let r =
+            sqlx::query("UPDATE agents SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
+                .bind(now.0)
+                .bind(name)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -384,7 +388,9 @@ impl AuditSink for SqliteStore {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| Error::Audit(e.to_string()))?;
-        let seq: i64 = row.try_get("seq").map_err(|e| Error::Audit(e.to_string()))?;
+        let seq: i64 = row
+            .try_get("seq")
+            .map_err(|e| Error::Audit(e.to_string()))?;
         Ok(seq as u64)
     }
 }

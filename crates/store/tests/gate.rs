@@ -112,14 +112,23 @@ async fn a_grant_is_spent_exactly_once_under_concurrent_retries() {
     let env = Env::new();
     let (gate, _) = env.gate().await;
     let id = pending_id(gate.check(ddl("DROP TABLE t")).await.unwrap());
-    gate.approvals().decide(&id, &dba("a@x"), Decision::Approve, "").await.unwrap();
-    let r = gate.approvals().decide(&id, &dba("b@x"), Decision::Approve, "ok").await.unwrap();
+    gate.approvals()
+        .decide(&id, &dba("a@x"), Decision::Approve, "")
+        .await
+        .unwrap();
+    let r = gate
+        .approvals()
+        .decide(&id, &dba("b@x"), Decision::Approve, "ok")
+        .await
+        .unwrap();
     assert_eq!(r.state, RequestState::Approved);
 
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let gate = gate.clone();
-        tasks.push(tokio::spawn(async move { gate.check(ddl("DROP TABLE t")).await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            gate.check(ddl("DROP TABLE t")).await.unwrap()
+        }));
     }
     let mut allowed = 0;
     let mut pending = std::collections::HashSet::new();
@@ -153,12 +162,17 @@ async fn racing_reviewers_are_all_counted_once() {
         let gate = gate.clone();
         let id = id.clone();
         tasks.push(tokio::spawn(async move {
-            gate.approvals().decide(&id, &dba(who), Decision::Approve, "").await
+            gate.approvals()
+                .decide(&id, &dba(who), Decision::Approve, "")
+                .await
         }));
     }
     let results: Vec<_> = futures_join(tasks).await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
-    assert_eq!(ok, 2, "quorum 2 is reached by exactly two landing approvals: {results:?}");
+    assert_eq!(
+        ok, 2,
+        "quorum 2 is reached by exactly two landing approvals: {results:?}"
+    );
     let r = gate.approvals().get(&id).await.unwrap().unwrap();
     assert_eq!(r.state, RequestState::Approved);
     assert_eq!(r.reviews.len(), 2);
@@ -178,10 +192,19 @@ async fn pending_requests_reviews_and_grants_survive_reopening() {
     let (pending, approved) = {
         let (gate, _) = env.gate().await;
         let p = pending_id(gate.check(ddl("DROP TABLE a")).await.unwrap());
-        gate.approvals().decide(&p, &dba("a@x"), Decision::Approve, "first").await.unwrap();
+        gate.approvals()
+            .decide(&p, &dba("a@x"), Decision::Approve, "first")
+            .await
+            .unwrap();
         let g = pending_id(gate.check(ddl("DROP TABLE b")).await.unwrap());
-        gate.approvals().decide(&g, &dba("a@x"), Decision::Approve, "").await.unwrap();
-        gate.approvals().decide(&g, &dba("b@x"), Decision::Approve, "").await.unwrap();
+        gate.approvals()
+            .decide(&g, &dba("a@x"), Decision::Approve, "")
+            .await
+            .unwrap();
+        gate.approvals()
+            .decide(&g, &dba("b@x"), Decision::Approve, "")
+            .await
+            .unwrap();
         (p, g)
     };
     let (gate, _) = env.gate().await;
@@ -189,9 +212,15 @@ async fn pending_requests_reviews_and_grants_survive_reopening() {
     assert_eq!(p.state, RequestState::Pending);
     assert_eq!(p.reviews.len(), 1);
     assert_eq!(p.reviews[0].comment, "first");
-    let done = gate.approvals().decide(&pending, &dba("b@x"), Decision::Approve, "").await.unwrap();
+    let done = gate
+        .approvals()
+        .decide(&pending, &dba("b@x"), Decision::Approve, "")
+        .await
+        .unwrap();
     assert_eq!(done.state, RequestState::Approved);
-    assert!(matches!(gate.check(ddl("DROP TABLE b")).await.unwrap(), Verdict::Allow(p) if p.request_id() == Some(&approved)));
+    assert!(
+        matches!(gate.check(ddl("DROP TABLE b")).await.unwrap(), Verdict::Allow(p) if p.request_id() == Some(&approved))
+    );
     // The expiry timer survives too.
     env.clock.advance(61_000);
     let again = gate.approvals().get(&approved).await.unwrap().unwrap();
@@ -204,8 +233,14 @@ async fn sweeper_expires_requests_and_unused_grants() {
     let (gate, _) = env.gate().await;
     let stale = pending_id(gate.check(ddl("DROP TABLE x")).await.unwrap());
     let granted = pending_id(gate.check(ddl("DROP TABLE y")).await.unwrap());
-    gate.approvals().decide(&granted, &dba("a@x"), Decision::Approve, "").await.unwrap();
-    gate.approvals().decide(&granted, &dba("b@x"), Decision::Approve, "").await.unwrap();
+    gate.approvals()
+        .decide(&granted, &dba("a@x"), Decision::Approve, "")
+        .await
+        .unwrap();
+    gate.approvals()
+        .decide(&granted, &dba("b@x"), Decision::Approve, "")
+        .await
+        .unwrap();
     env.clock.advance(59_000);
     assert_eq!(gate.approvals().expire_due().await.unwrap(), 0);
     env.clock.advance(1_000);
@@ -213,12 +248,25 @@ async fn sweeper_expires_requests_and_unused_grants() {
     let s = gate.approvals().get(&stale).await.unwrap().unwrap();
     assert_eq!(s.state, RequestState::Expired);
     // Decisions on an expired request are refused as no longer pending.
-    let err = gate.approvals().decide(&stale, &dba("c@x"), Decision::Approve, "").await.unwrap_err();
-    assert!(matches!(err, DecideFailure::Refused(DecideError::NotPending(RequestState::Expired))), "{err:?}");
+    let err = gate
+        .approvals()
+        .decide(&stale, &dba("c@x"), Decision::Approve, "")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DecideFailure::Refused(DecideError::NotPending(RequestState::Expired))
+        ),
+        "{err:?}"
+    );
     // The grant (TTL 600 s) expires unused.
     env.clock.advance(600_000);
     assert_eq!(gate.approvals().expire_due().await.unwrap(), 1);
-    assert_eq!(gate.approvals().get(&granted).await.unwrap().unwrap().state, RequestState::Expired);
+    assert_eq!(
+        gate.approvals().get(&granted).await.unwrap().unwrap().state,
+        RequestState::Expired
+    );
     // And the retry needs a new approval.
     let fresh = pending_id(gate.check(ddl("DROP TABLE y")).await.unwrap());
     assert_ne!(fresh, granted);
@@ -235,8 +283,16 @@ async fn waiters_wake_when_a_decision_lands() {
         tokio::spawn(async move { gate.approvals().wait(&id, Duration::from_secs(30)).await })
     };
     tokio::task::yield_now().await;
-    gate.approvals().decide(&id, &dba("a@x"), Decision::Deny, "no").await.unwrap();
-    let woke = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("waiter woke").unwrap().unwrap().unwrap();
+    gate.approvals()
+        .decide(&id, &dba("a@x"), Decision::Deny, "no")
+        .await
+        .unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("waiter woke")
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(woke.state, RequestState::Denied);
 }
 
@@ -248,10 +304,39 @@ async fn every_step_is_audited_and_the_log_refuses_changes() {
     read.class = ActionClass::SqlRead;
     assert!(matches!(gate.check(read).await.unwrap(), Verdict::Allow(_)));
     let id = pending_id(gate.check(ddl("DROP TABLE z")).await.unwrap());
-    let _ = gate.approvals().decide(&id, &Principal::Human(Human { id: "owner@x".into(), groups: vec!["dba".into()] }), Decision::Approve, "").await.unwrap_err();
-    gate.approvals().decide(&id, &dba("a@x"), Decision::Deny, "too risky").await.unwrap();
-    let events: Vec<AuditEvent> = store.audit_records().await.unwrap().into_iter().map(|(_, r)| r.event).collect();
-    assert_eq!(events, vec![AuditEvent::Decision, AuditEvent::RequestCreated, AuditEvent::ReviewRefused, AuditEvent::Denied]);
+    let _ = gate
+        .approvals()
+        .decide(
+            &id,
+            &Principal::Human(Human {
+                id: "owner@x".into(),
+                groups: vec!["dba".into()],
+            }),
+            Decision::Approve,
+            "",
+        )
+        .await
+        .unwrap_err();
+    gate.approvals()
+        .decide(&id, &dba("a@x"), Decision::Deny, "too risky")
+        .await
+        .unwrap();
+    let events: Vec<AuditEvent> = store
+        .audit_records()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r.event)
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            AuditEvent::Decision,
+            AuditEvent::RequestCreated,
+            AuditEvent::ReviewRefused,
+            AuditEvent::Denied
+        ]
+    );
     let records = store.audit_records().await.unwrap();
     assert_eq!(records[0].1.decision.as_deref(), Some("allow"));
     assert_eq!(records[0].1.policies, vec!["reads".to_string()]);
@@ -259,8 +344,12 @@ async fn every_step_is_audited_and_the_log_refuses_changes() {
     assert_eq!(records[3].1.comment.as_deref(), Some("too risky"));
     assert_eq!(records[3].1.gateway_id, "test-gw");
 
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", env.db.display())).await.unwrap();
-    let update = sqlx::query("UPDATE audit_log SET record = '{}' WHERE seq = 1").execute(&pool).await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", env.db.display()))
+        .await
+        .unwrap();
+    let update = sqlx::query("UPDATE audit_log SET record = '{}' WHERE seq = 1")
+        .execute(&pool)
+        .await;
     assert!(update.unwrap_err().to_string().contains("append-only"));
     let delete = sqlx::query("DELETE FROM audit_log").execute(&pool).await;
     assert!(delete.unwrap_err().to_string().contains("append-only"));
@@ -281,7 +370,10 @@ async fn agents_are_stored_by_token_hash_and_revocable() {
     store.create_agent(&record, "aa11").await.unwrap();
     let dup = store.create_agent(&record, "bb22").await.unwrap_err();
     assert!(matches!(dup, Error::Invalid(_)), "{dup}");
-    assert_eq!(store.agent_by_token("aa11").await.unwrap().unwrap().groups, vec!["agents".to_string()]);
+    assert_eq!(
+        store.agent_by_token("aa11").await.unwrap().unwrap().groups,
+        vec!["agents".to_string()]
+    );
     assert!(store.agent_by_token("bb22").await.unwrap().is_none());
     assert!(store.revoke_agent("bot", Timestamp(5)).await.unwrap());
     assert!(!store.revoke_agent("bot", Timestamp(6)).await.unwrap());

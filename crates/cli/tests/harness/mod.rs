@@ -36,7 +36,10 @@ when { resource.hasTag("env") && resource.getTag("env") == "prod" };
 "#;
 
 pub fn sha(token: &str) -> String {
-    let out = Command::new(BIN).args(["token", "hash", token]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["token", "hash", token])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
@@ -140,7 +143,11 @@ tags = {{ env = "prod" }}
             args.extend(["--group", g]);
         }
         let out = self.cli(&args, None);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8(out.stdout).unwrap();
         stdout.lines().last().unwrap().trim().to_owned()
     }
@@ -175,15 +182,18 @@ tags = {{ env = "prod" }}
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            let health = self.http.get(format!("{}/healthz", self.base)).send().await;
+            if health.is_ok_and(|r| r.status().is_success()) {
+                return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("gavel exited with {status}: {}", self.log());
             }
-            assert!(Instant::now() < deadline, "gavel did not start: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "gavel did not start: {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -200,7 +210,13 @@ tags = {{ env = "prod" }}
         std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -211,11 +227,15 @@ tags = {{ env = "prod" }}
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, Some(token), None).await
+        self.call(reqwest::Method::GET, path, Some(token), None)
+            .await
     }
 
     /// `POST /api/v1/actions` as `token`.
@@ -233,11 +253,23 @@ tags = {{ env = "prod" }}
     }
 
     pub async fn approve(&self, token: &str, id: &str) -> (u16, Value) {
-        self.call(reqwest::Method::POST, &format!("/api/v1/requests/{id}/approve"), Some(token), Some(json!({"comment": "ok"}))).await
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/v1/requests/{id}/approve"),
+            Some(token),
+            Some(json!({"comment": "ok"})),
+        )
+        .await
     }
 
     pub async fn deny(&self, token: &str, id: &str, reason: &str) -> (u16, Value) {
-        self.call(reqwest::Method::POST, &format!("/api/v1/requests/{id}/deny"), Some(token), Some(json!({"reason": reason}))).await
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/v1/requests/{id}/deny"),
+            Some(token),
+            Some(json!({"reason": reason})),
+        )
+        .await
     }
 
     pub fn write_policy(&self, name: &str, text: &str) {
@@ -260,5 +292,8 @@ pub fn verdict(v: &Value) -> &str {
 }
 
 pub fn request_id(v: &Value) -> String {
-    v["request_id"].as_str().unwrap_or_else(|| panic!("no request_id in {v}")).to_owned()
+    v["request_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no request_id in {v}"))
+        .to_owned()
 }
