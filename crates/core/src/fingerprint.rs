@@ -26,9 +26,7 @@ impl Fingerprint {
         field(action.resource.name.as_bytes());
         field(action.class.as_str().as_bytes());
         field(action.operation.trim().as_bytes());
-        let mut details = Vec::new();
-        write_canonical_json(&action.details, &mut details);
-        field(&details);
+        field(&canonical_json(&action.details));
         field(policy_version.as_bytes());
         Fingerprint(h.finalize().into())
     }
@@ -66,9 +64,16 @@ impl<'de> Deserialize<'de> for Fingerprint {
 }
 
 /// JSON with object keys sorted by their UTF-8 bytes and no insignificant
-/// whitespace, so that equal values always hash equally whatever map order
-/// serde_json was built with.
-pub(crate) fn write_canonical_json(v: &serde_json::Value, out: &mut Vec<u8>) {
+/// whitespace, so that equal values always hash equally. (serde_json keeps
+/// insertion order when any crate in the build enables `preserve_order`, so
+/// its own output is not canonical.)
+pub fn canonical_json(v: &serde_json::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_canonical_json(v, &mut out);
+    out
+}
+
+fn write_canonical_json(v: &serde_json::Value, out: &mut Vec<u8>) {
     use serde_json::Value;
     match v {
         Value::Object(map) => {

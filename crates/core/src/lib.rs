@@ -34,7 +34,7 @@ pub use approval::{
 };
 pub use audit::{AuditEvent, AuditRecord, AuditSink};
 pub use error::{Error, ErrorSource};
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{Fingerprint, canonical_json};
 pub use gate::{
     Approvals, DecideFailure, Gate, GateConfig, Notifier, Permit, PolicyDecision, PolicyEngine,
     PolicyVerdict, RequestFilter, Store, Verdict,

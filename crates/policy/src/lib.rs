@@ -13,6 +13,7 @@
 //! error also denies: a broken `forbid` must never let an action through.
 #![deny(missing_docs)]
 
+mod cache;
 mod load;
 
 pub use load::{
@@ -124,7 +125,7 @@ pub fn context_pairs(action: &Action) -> Result<Vec<(String, RestrictedExpressio
     Ok(pairs)
 }
 
-fn cedar_request(action: &Action) -> Result<(Request, Entities), String> {
+fn entities(action: &Action) -> Result<Entities, String> {
     let principal = principal_uid(&action.principal);
     let groups = action.principal.groups().iter().map(|g| uid("Group", g));
     let principal_entity = match &action.principal {
@@ -155,13 +156,27 @@ fn cedar_request(action: &Action) -> Result<(Request, Entities), String> {
             .map(|(k, v)| (k.clone(), string(v))),
     )
     .map_err(|e| e.to_string())?;
-    let entities = Entities::from_entities([principal_entity, resource_entity], None)
-        .map_err(|e| e.to_string())?;
+    Entities::from_entities([principal_entity, resource_entity], None).map_err(|e| e.to_string())
+}
+
+fn cedar_request(
+    bundle: &PolicyBundle,
+    action: &Action,
+) -> Result<(Request, Arc<Entities>), String> {
+    let key = cache::EntitiesKey::of(action);
+    let entities = match bundle.entities.get(&key) {
+        Some(e) => e,
+        None => {
+            let e = Arc::new(entities(action)?);
+            bundle.entities.insert(key, e.clone());
+            e
+        }
+    };
     let context = Context::from_pairs(context_pairs(action)?).map_err(|e| e.to_string())?;
     let request = Request::new(
-        principal,
+        principal_uid(&action.principal),
         uid("Action", action.class.as_str()),
-        resource,
+        uid("Resource", &action.resource.name),
         context,
         None,
     )
@@ -169,8 +184,20 @@ fn cedar_request(action: &Action) -> Result<(Request, Entities), String> {
     Ok((request, entities))
 }
 
-/// Decides `action` against `bundle` (SPEC §3 decision order).
+/// Decides `action` against `bundle` (SPEC §3 decision order), reusing an
+/// earlier decision for an action identical in every input Cedar sees.
 pub fn decide(bundle: &PolicyBundle, action: &Action) -> PolicyDecision {
+    let key = cache::DecisionKey::of(action);
+    if let Some(hit) = bundle.cache.get(&key) {
+        return hit;
+    }
+    let decision = decide_uncached(bundle, action);
+    bundle.cache.insert(key, decision.clone());
+    decision
+}
+
+/// As [`decide`], always evaluating (through the index).
+pub fn decide_uncached(bundle: &PolicyBundle, action: &Action) -> PolicyDecision {
     decide_over(
         bundle,
         action,
@@ -210,7 +237,7 @@ fn decide_over(
     let Some(set) = set else {
         return default_deny();
     };
-    let (request, entities) = match cedar_request(action) {
+    let (request, entities) = match cedar_request(bundle, action) {
         Ok(r) => r,
         Err(e) => return deny(Vec::new(), format!("cannot evaluate policy: {e}")),
     };

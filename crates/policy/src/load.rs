@@ -108,6 +108,12 @@ pub struct PolicyBundle {
     pub files: usize,
     index: HashMap<ActionClass, ClassSlice>,
     whole: PolicySet,
+    /// Decisions already made under this bundle. Lives and dies with the
+    /// bundle, so a reload can never serve a stale decision.
+    pub(crate) cache: crate::cache::DecisionCache,
+    /// Entities by principal and resource, shared by decisions that differ
+    /// only in their context.
+    pub(crate) entities: crate::cache::EntitiesCache,
 }
 
 /// The policies that can match one action class: those for any resource,
@@ -181,6 +187,8 @@ impl PolicyBundle {
             files,
             index,
             whole,
+            cache: Default::default(),
+            entities: Default::default(),
         }
     }
 }

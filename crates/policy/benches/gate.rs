@@ -1,0 +1,206 @@
+//! `Gate::check` for an allowed action with 10, 100 and 1,000 policies.
+//!
+//! Run: `cargo bench -p gavel-policy --bench gate`
+//!
+//! `gate_check/*` measures the decision path (policy, grant logic, audit
+//! record construction) with an in-memory audit sink, so the number is the
+//! gate's own CPU cost, for an action seen before (decision cache hit).
+//! `gate_check_new_action/*` makes every action new (a distinct operation
+//! each time), so each check evaluates Cedar: the cache-miss cost. `gate_check_sqlite` is the same check with the real
+//! SQLite store, where every allow waits for its audit record's fsync:
+//! that is the durable end-to-end figure.
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use gavel_core::*;
+use gavel_policy::{CedarEngine, decide_uncached, load_sources};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A realistic policy set of `n` policies: most pinned to one of many
+/// resources (the common shape: per-database rules), a few global ones.
+fn pinned_policies(n: usize) -> String {
+    let mut text = String::from(
+        "@id(\"no-unknown\") forbid(principal, action == Action::\"sql.unknown\", resource);\n\
+         @id(\"reads-db-3\") permit(principal in Group::\"team0\", action == Action::\"sql.read\", resource == Resource::\"db-3\");\n\
+         @id(\"ddl-approval\") @approval(\"group:dba\") permit(principal, action == Action::\"sql.ddl\", resource) when { resource.hasTag(\"env\") && resource.getTag(\"env\") == \"prod\" };\n",
+    );
+    for i in 3..n {
+        let class = ActionClass::ALL[i % ActionClass::ALL.len()];
+        let r = i / 4;
+        match i % 3 {
+            0 => text.push_str(&format!("@id(\"p{i}\") permit(principal in Group::\"team{}\", action == Action::\"{class}\", resource == Resource::\"db-{r}\");\n", i % 10)),
+            1 => text.push_str(&format!("@id(\"p{i}\") forbid(principal, action == Action::\"{class}\", resource == Resource::\"db-{r}\") when {{ context.intent == \"forbidden-{i}\" }};\n")),
+            _ => text.push_str(&format!("@id(\"p{i}\") permit(principal is Agent, action in [Action::\"sql.read\", Action::\"{class}\"], resource == Resource::\"db-{r}\") when {{ principal.owner == User::\"owner{i}@x\" }};\n")),
+        }
+    }
+    text
+}
+
+/// The worst case for the index: `n` policies that all apply to every
+/// resource and to `sql.read`.
+fn unpinned_policies(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("@id(\"u{i}\") permit(principal in Group::\"team{i}\", action == Action::\"sql.read\", resource) when {{ resource.hasTag(\"env\") }};\n"))
+        .collect()
+}
+
+fn action() -> Action {
+    Action {
+        principal: Principal::Agent {
+            id: "bench-bot".into(),
+            owner: HumanId::from("owner@x"),
+            groups: vec!["team0".into(), "team1".into()],
+        },
+        resource: Resource {
+            name: "db-3".into(),
+            kind: "postgres".into(),
+            tags: [("env".to_string(), "prod".to_string())].into(),
+        },
+        class: ActionClass::SqlRead,
+        operation: "SELECT id, name FROM customers WHERE id = $1".into(),
+        details: serde_json::json!({"tables": ["customers"]}),
+        intent: "look up a customer".into(),
+        surface: "bench".into(),
+        source: Some("127.0.0.1".into()),
+    }
+}
+
+struct MemoryAudit(Mutex<u64>);
+
+#[async_trait::async_trait]
+impl AuditSink for MemoryAudit {
+    async fn append(&self, record: AuditRecord) -> Result<u64, Error> {
+        std::hint::black_box(&record);
+        let mut n = self.0.lock().unwrap();
+        *n += 1;
+        Ok(*n)
+    }
+}
+
+/// Allowed actions never reach the store; every method says so loudly.
+struct NoStore;
+
+#[async_trait::async_trait]
+impl Store for NoStore {
+    async fn insert_request(&self, _: &ApprovalRequest) -> Result<bool, Error> {
+        Err(Error::Store(
+            "benchmark store: allowed actions never open requests".into(),
+        ))
+    }
+    async fn get_request(&self, _: &RequestId) -> Result<Option<ApprovalRequest>, Error> {
+        Ok(None)
+    }
+    async fn live_requests(&self, _: &Fingerprint) -> Result<Vec<ApprovalRequest>, Error> {
+        Ok(Vec::new())
+    }
+    async fn save_transition(
+        &self,
+        _: &ApprovalRequest,
+        _: &ApprovalRequest,
+    ) -> Result<bool, Error> {
+        Ok(false)
+    }
+    async fn list_requests(&self, _: &RequestFilter) -> Result<Vec<ApprovalRequest>, Error> {
+        Ok(Vec::new())
+    }
+    async fn due_for_expiry(&self, _: Timestamp) -> Result<Vec<ApprovalRequest>, Error> {
+        Ok(Vec::new())
+    }
+    async fn count_by_state(&self) -> Result<Vec<(RequestState, u64)>, Error> {
+        Ok(Vec::new())
+    }
+}
+
+fn engine(dir: &Path, text: &str) -> Arc<CedarEngine> {
+    std::fs::write(dir.join("bench.cedar"), text).unwrap();
+    Arc::new(CedarEngine::load(dir).unwrap())
+}
+
+fn gate(policy: Arc<CedarEngine>, store: Arc<dyn Store>, audit: Arc<dyn AuditSink>) -> Gate {
+    Gate::new(
+        policy,
+        store,
+        audit,
+        Arc::new(SystemClock),
+        GateConfig {
+            default_timeout: Duration::from_secs(900),
+            grant_ttl: Duration::from_secs(600),
+            gateway_id: "bench".into(),
+        },
+        Vec::new(),
+    )
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = action();
+
+    for (group_name, fresh_each_time) in [("gate_check", false), ("gate_check_new_action", true)] {
+        let mut group = c.benchmark_group(group_name);
+        for n in [10usize, 100, 1000] {
+            for (shape, text) in [
+                ("pinned", pinned_policies(n)),
+                ("unpinned", unpinned_policies(n)),
+            ] {
+                let dir = tempfile::tempdir().unwrap();
+                let g = gate(
+                    engine(dir.path(), &text),
+                    Arc::new(NoStore),
+                    Arc::new(MemoryAudit(Mutex::new(0))),
+                );
+                assert!(
+                    matches!(rt.block_on(g.check(a.clone())).unwrap(), Verdict::Allow(_)),
+                    "{shape}/{n} must allow"
+                );
+                let mut i = 0u64;
+                group.bench_with_input(BenchmarkId::new(shape, n), &n, |b, _| {
+                    b.iter(|| {
+                        let mut action = a.clone();
+                        if fresh_each_time {
+                            i += 1;
+                            action.operation =
+                                format!("SELECT id, name FROM customers WHERE id = {i}");
+                        }
+                        rt.block_on(g.check(action)).unwrap()
+                    })
+                });
+            }
+        }
+        group.finish();
+    }
+
+    let mut group = c.benchmark_group("policy_decide");
+    for n in [10usize, 100, 1000] {
+        let bundle = load_sources(&[(PathBuf::from("b.cedar"), pinned_policies(n))]).unwrap();
+        group.bench_with_input(BenchmarkId::new("pinned", n), &n, |b, _| {
+            b.iter(|| decide_uncached(&bundle, &a))
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("gate_check_sqlite");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(10));
+    let dir = tempfile::tempdir().unwrap();
+    let store = rt
+        .block_on(gavel_store::SqliteStore::open(&dir.path().join("gavel.db")))
+        .unwrap();
+    let store = Arc::new(store);
+    let g = gate(
+        engine(dir.path(), &pinned_policies(100)),
+        store.clone(),
+        store,
+    );
+    group.bench_function("pinned/100", |b| {
+        b.iter(|| rt.block_on(g.check(a.clone())).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(gate_benches, benches);
+criterion_main!(gate_benches);
