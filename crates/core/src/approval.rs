@@ -404,14 +404,4 @@ impl ApprovalRequest {
         self.updated_at = now;
         GrantUse::Used
     }
-
-    /// Records that the action let through by the grant failed downstream.
-    pub fn record_failure(&mut self, now: Timestamp) -> bool {
-        if self.state != RequestState::Executed {
-            return false;
-        }
-        self.state = RequestState::Failed;
-        self.updated_at = now;
-        true
-    }
 }
