@@ -390,3 +390,21 @@ async fn revoked_agents_are_refused_at_once() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn long_polls_are_capped_at_the_configured_hold() {
+    let g = Gavel::start_with_hold("1s").await;
+    // Without the cap this call would block for 60 s and hit the client's
+    // 20 s timeout.
+    let resp = g
+        .http
+        .post(format!("{}/api/v1/actions?wait=60s", g.base))
+        .bearer_auth(&g.agent_token)
+        .timeout(Duration::from_secs(20))
+        .json(&json!({"resource": "db", "action": "sql.ddl", "operation": "DROP TABLE held"}))
+        .send()
+        .await
+        .expect("the hold cap ends the long-poll");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(verdict(&v), "pending", "{v}");
+}

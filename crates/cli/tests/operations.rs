@@ -510,13 +510,36 @@ async fn curl_drives_check_approve_and_retry() {
 
 #[test]
 fn shipped_examples_are_valid() {
-    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.toml");
-    let out = Command::new(BIN).args(["policy", "validate", "--config"]).arg(&config).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let config =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.toml");
     let out = Command::new(BIN)
-        .args(["policy", "explain", "--principal", "agent:bot", "--owner", "o@x", "--action", "sql.ddl", "--resource", "prod-db", "--context", r#"{"operation": "DROP TABLE t"}"#, "--config"])
+        .args(["policy", "validate", "--config"])
         .arg(&config)
         .output()
         .unwrap();
-    assert!(stdout(&out).contains("NEEDS APPROVAL by group:dba (quorum 2, timeout 30m)"), "{}", stdout(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = Command::new(BIN)
+        .args([
+            "policy",
+            "explain",
+            "--principal",
+            "agent:bot",
+            "--owner",
+            "o@x",
+            "--action",
+            "sql.ddl",
+            "--resource",
+            "prod-db",
+            "--context",
+            r#"{"operation": "DROP TABLE t"}"#,
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&out).contains("NEEDS APPROVAL by group:dba (quorum 2, timeout 30m)"),
+        "{}",
+        stdout(&out)
+    );
 }

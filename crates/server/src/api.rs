@@ -181,7 +181,10 @@ pub(crate) async fn post_action(
     body: Bytes,
 ) -> Result<Json<ActionVerdict>, ApiError> {
     let body: ActionRequest = parse_json(&body)?;
-    let wait = parse_duration("wait", q.wait.as_deref(), Duration::ZERO)?;
+    // `approvals.hold` is the operator's limit on how long any surface holds
+    // an action; the REST surface honours it too.
+    let wait = parse_duration("wait", q.wait.as_deref(), Duration::ZERO)?
+        .min(gw.config.config.approvals.hold);
     let class: ActionClass = body
         .action
         .parse()

@@ -35,7 +35,8 @@ pub(crate) struct ActionRequest {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct WaitQuery {
-    /// Long-poll a pending verdict for up to this long (e.g. `30s`, at most 10m).
+    /// Long-poll a pending verdict for up to this long (e.g. `30s`; capped at
+    /// the configured `approvals.hold`).
     pub wait: Option<String>,
 }
 

@@ -72,6 +72,11 @@ impl Gavel {
     /// A fresh gateway with four humans (alice and bob in dba, carol in dev,
     /// owner@x in dba: the owner of agent `bot`) and the agent `bot`.
     pub async fn start() -> Gavel {
+        Gavel::start_with_hold("60s").await
+    }
+
+    /// As [`Gavel::start`], with `approvals.hold` set to `hold`.
+    pub async fn start_with_hold(hold: &str) -> Gavel {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = format!(
@@ -88,6 +93,7 @@ dir = "policies"
 reload_interval = "200ms"
 
 [approvals]
+hold = "{hold}"
 timeout = "15m"
 grant_ttl = "10m"
 
