@@ -1,11 +1,18 @@
 use crate::action::Action;
+use crate::approval::ApprovalRoute;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-/// What an approval is bound to: SHA-256 over the principal, the resource,
-/// the action class, the exact operation, the canonical details and the
-/// policy version (SPEC §4).
+/// What an approval is bound to: SHA-256 over the principal, the resource
+/// (name, kind and tags), the action class, the exact operation, the
+/// canonical details, the policy version, and the approval route the
+/// decision produced (policies, approvers, quorum, timeout) (SPEC §4).
+///
+/// Binding the route means an approval granted under one requirement is
+/// never spent under a stricter one: if a resource's tags or a principal's
+/// groups change so that policy now asks for other approvers or a larger
+/// quorum, the retry has another fingerprint and needs a new approval.
 ///
 /// Only leading and trailing whitespace of the operation is ignored; any
 /// other normalization (comments, inner whitespace) is the surface's to do
@@ -14,8 +21,14 @@ use std::fmt;
 pub struct Fingerprint(pub [u8; 32]);
 
 impl Fingerprint {
-    /// The fingerprint of `action` under the policy set `policy_version`.
-    pub fn of(action: &Action, policy_version: &str) -> Fingerprint {
+    /// The fingerprint of `action` decided under the policy set
+    /// `policy_version` by `policies`, needing approval along `route`.
+    pub fn of(
+        action: &Action,
+        policy_version: &str,
+        policies: &[String],
+        route: &ApprovalRoute,
+    ) -> Fingerprint {
         let mut h = Sha256::new();
         let mut field = |bytes: &[u8]| {
             h.update((bytes.len() as u64).to_be_bytes());
@@ -24,10 +37,30 @@ impl Fingerprint {
         field(b"gavel-fingerprint-v1");
         field(action.principal.qualified_id().as_bytes());
         field(action.resource.name.as_bytes());
+        field(action.resource.kind.as_bytes());
+        field(&(action.resource.tags.len() as u64).to_be_bytes());
+        for (k, v) in &action.resource.tags {
+            field(k.as_bytes());
+            field(v.as_bytes());
+        }
         field(action.class.as_str().as_bytes());
         field(action.operation.trim().as_bytes());
         field(&canonical_json(&action.details));
         field(policy_version.as_bytes());
+        let mut sorted_policies: Vec<&String> = policies.iter().collect();
+        sorted_policies.sort();
+        field(&(sorted_policies.len() as u64).to_be_bytes());
+        for p in sorted_policies {
+            field(p.as_bytes());
+        }
+        let mut approvers: Vec<String> = route.approvers.iter().map(|a| a.to_string()).collect();
+        approvers.sort();
+        field(&(approvers.len() as u64).to_be_bytes());
+        for a in &approvers {
+            field(a.as_bytes());
+        }
+        field(&route.quorum.to_be_bytes());
+        field(&(route.timeout.as_millis() as u64).to_be_bytes());
         Fingerprint(h.finalize().into())
     }
 
@@ -107,8 +140,21 @@ fn write_canonical_json(v: &serde_json::Value, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ActionClass, Human, HumanId, Principal, Resource};
+    use crate::{ActionClass, Approver, Human, HumanId, Principal, Resource};
     use serde_json::json;
+    use std::time::Duration;
+
+    fn route(quorum: u32) -> ApprovalRoute {
+        ApprovalRoute {
+            approvers: vec![Approver::Group("dba".into())],
+            quorum,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn fp(a: &Action, version: &str) -> Fingerprint {
+        Fingerprint::of(a, version, &["p".to_string()], &route(1))
+    }
 
     fn action(op: &str, details: serde_json::Value) -> Action {
         Action {
@@ -133,31 +179,31 @@ mod tests {
 
     #[test]
     fn literals_are_bound() {
-        let a = Fingerprint::of(&action("DELETE FROM t WHERE id = 1", json!({})), "v1");
-        let b = Fingerprint::of(&action("DELETE FROM t WHERE id = 2", json!({})), "v1");
+        let a = fp(&action("DELETE FROM t WHERE id = 1", json!({})), "v1");
+        let b = fp(&action("DELETE FROM t WHERE id = 2", json!({})), "v1");
         assert_ne!(a, b);
     }
 
     #[test]
     fn outer_whitespace_and_intent_do_not_matter() {
-        let a = Fingerprint::of(&action("  DELETE FROM t\n", json!({})), "v1");
+        let a = fp(&action("  DELETE FROM t\n", json!({})), "v1");
         let mut other = action("DELETE FROM t", json!({}));
         other.intent = "something else".into();
-        assert_eq!(a, Fingerprint::of(&other, "v1"));
+        assert_eq!(a, fp(&other, "v1"));
     }
 
     #[test]
     fn inner_whitespace_is_bound() {
-        let a = Fingerprint::of(&action("SELECT 'a  b'", json!({})), "v1");
-        let b = Fingerprint::of(&action("SELECT 'a b'", json!({})), "v1");
+        let a = fp(&action("SELECT 'a  b'", json!({})), "v1");
+        let b = fp(&action("SELECT 'a b'", json!({})), "v1");
         assert_ne!(a, b);
     }
 
     #[test]
     fn details_key_order_does_not_matter_but_values_do() {
-        let a = Fingerprint::of(&action("x", json!({"a": 1, "b": [1, 2]})), "v1");
-        let b = Fingerprint::of(&action("x", json!({"b": [1, 2], "a": 1})), "v1");
-        let c = Fingerprint::of(&action("x", json!({"b": [2, 1], "a": 1})), "v1");
+        let a = fp(&action("x", json!({"a": 1, "b": [1, 2]})), "v1");
+        let b = fp(&action("x", json!({"b": [1, 2], "a": 1})), "v1");
+        let c = fp(&action("x", json!({"b": [2, 1], "a": 1})), "v1");
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -165,24 +211,49 @@ mod tests {
     #[test]
     fn principal_resource_class_and_policy_version_are_bound() {
         let base = action("x", json!({}));
-        let fp = Fingerprint::of(&base, "v1");
-        assert_ne!(fp, Fingerprint::of(&base, "v2"));
+        let base_fp = fp(&base, "v1");
+        assert_ne!(base_fp, fp(&base, "v2"));
         let mut human = base.clone();
         human.principal = Principal::Human(Human {
             id: HumanId::from("bot"),
             groups: vec![],
         });
-        assert_ne!(
-            fp,
-            Fingerprint::of(&human, "v1"),
-            "agent:bot and human:bot differ"
-        );
+        assert_ne!(base_fp, fp(&human, "v1"), "agent:bot and human:bot differ");
         let mut res = base.clone();
         res.resource.name = "db2".into();
-        assert_ne!(fp, Fingerprint::of(&res, "v1"));
+        assert_ne!(base_fp, fp(&res, "v1"));
         let mut class = base;
         class.class = ActionClass::SqlDdl;
-        assert_ne!(fp, Fingerprint::of(&class, "v1"));
+        assert_ne!(base_fp, fp(&class, "v1"));
+    }
+
+    #[test]
+    fn the_approval_route_and_resource_tags_are_bound() {
+        let a = action("DROP TABLE t", json!({}));
+        let base = Fingerprint::of(&a, "v", &["p".to_string()], &route(1));
+        assert_ne!(
+            base,
+            Fingerprint::of(&a, "v", &["p".to_string()], &route(2))
+        );
+        assert_ne!(
+            base,
+            Fingerprint::of(&a, "v", &["q".to_string()], &route(1))
+        );
+        let mut more = route(1);
+        more.approvers.push(Approver::User(HumanId::from("x@x")));
+        assert_ne!(base, Fingerprint::of(&a, "v", &["p".to_string()], &more));
+        let mut prod = a.clone();
+        prod.resource.tags.insert("env".into(), "prod".into());
+        assert_ne!(
+            base,
+            Fingerprint::of(&prod, "v", &["p".to_string()], &route(1))
+        );
+        let mut kind = a.clone();
+        kind.resource.kind = "mysql".into();
+        assert_ne!(
+            base,
+            Fingerprint::of(&kind, "v", &["p".to_string()], &route(1))
+        );
     }
 
     #[test]
@@ -193,6 +264,6 @@ mod tests {
         let mut b = a.clone();
         b.resource.name = "a".into();
         b.operation = "bc".into();
-        assert_ne!(Fingerprint::of(&a, "v"), Fingerprint::of(&b, "v"));
+        assert_ne!(fp(&a, "v"), fp(&b, "v"));
     }
 }

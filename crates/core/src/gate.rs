@@ -68,21 +68,30 @@ pub struct RequestFilter {
 /// grants). Implemented by `gavel-store`.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
-    /// Persists a new pending request. Returns false, storing nothing, if a
-    /// pending request with the same fingerprint already exists.
-    async fn insert_request(&self, request: &ApprovalRequest) -> Result<bool, Error>;
+    /// Persists a new pending request together with `record` (its
+    /// `request_created` audit record), atomically. Returns false, storing
+    /// nothing, if a pending request with the same fingerprint exists.
+    async fn insert_request(
+        &self,
+        request: &ApprovalRequest,
+        record: &AuditRecord,
+    ) -> Result<bool, Error>;
     /// Loads one request with its reviews.
     async fn get_request(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, Error>;
     /// Pending and approved requests with this fingerprint, oldest first.
     async fn live_requests(&self, fingerprint: &Fingerprint)
     -> Result<Vec<ApprovalRequest>, Error>;
-    /// Saves `after` only if the stored request still equals `before` in
-    /// state and number of reviews (optimistic concurrency: two gateways or
-    /// two reviewers racing cannot both win). Returns whether it saved.
+    /// Saves `after`, and appends `record` (the audit record describing the
+    /// change) in the same transaction, only if the stored request still
+    /// equals `before` in state and number of reviews (optimistic
+    /// concurrency: two gateways or two reviewers racing cannot both win).
+    /// Returns whether it saved. A state is never durable without its
+    /// record, nor a record without its state.
     async fn save_transition(
         &self,
         before: &ApprovalRequest,
         after: &ApprovalRequest,
+        record: &AuditRecord,
     ) -> Result<bool, Error>;
     /// Requests matching `filter`, newest first.
     async fn list_requests(&self, filter: &RequestFilter) -> Result<Vec<ApprovalRequest>, Error>;
@@ -216,10 +225,9 @@ impl Shared {
         after: &ApprovalRequest,
         record: AuditRecord,
     ) -> Result<bool, Error> {
-        if !self.store.save_transition(before, after).await? {
+        if !self.store.save_transition(before, after, &record).await? {
             return Ok(false);
         }
-        self.audit.append(record).await?;
         self.announce(after);
         Ok(true)
     }
@@ -323,12 +331,17 @@ impl Gate {
             } => (approvers, quorum, timeout),
         };
 
-        let fingerprint = Fingerprint::of(&action, &decision.policy_version);
         let route = ApprovalRoute {
             approvers,
             quorum: quorum.max(1),
             timeout: timeout.unwrap_or(shared.config.default_timeout),
         };
+        let fingerprint = Fingerprint::of(
+            &action,
+            &decision.policy_version,
+            &decision.policies,
+            &route,
+        );
         // Two rounds suffice: if our insert loses to a concurrent identical
         // action, the second scan finds the winner's pending request.
         for _ in 0..3 {
@@ -343,12 +356,11 @@ impl Gate {
                 route.clone(),
                 shared.clock.now(),
             );
-            if !shared.store.insert_request(&request).await? {
-                continue;
-            }
             let mut record = shared.request_record(&request, AuditEvent::RequestCreated);
             record.decision = Some("pending".into());
-            shared.audit.append(record).await?;
+            if !shared.store.insert_request(&request, &record).await? {
+                continue;
+            }
             shared.announce(&request);
             return Ok(Verdict::Pending(Box::new(request)));
         }

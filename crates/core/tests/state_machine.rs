@@ -56,20 +56,21 @@ fn request(quorum: u32) -> ApprovalRequest {
         surface: "test".into(),
         source: None,
     };
-    let fp = Fingerprint::of(&action, "v");
+    let route = ApprovalRoute {
+        approvers: vec![
+            Approver::Group("dba".into()),
+            Approver::User(HumanId::from("named@x")),
+        ],
+        quorum,
+        timeout: Duration::from_secs(100),
+    };
+    let fp = Fingerprint::of(&action, "v", &["p".to_string()], &route);
     ApprovalRequest::new(
         action,
         fp,
         vec!["p".into()],
         "v".into(),
-        ApprovalRoute {
-            approvers: vec![
-                Approver::Group("dba".into()),
-                Approver::User(HumanId::from("named@x")),
-            ],
-            quorum,
-            timeout: Duration::from_secs(100),
-        },
+        route,
         Timestamp(0),
     )
 }

@@ -83,7 +83,7 @@ struct NoStore;
 
 #[async_trait::async_trait]
 impl Store for NoStore {
-    async fn insert_request(&self, _: &ApprovalRequest) -> Result<bool, Error> {
+    async fn insert_request(&self, _: &ApprovalRequest, _: &AuditRecord) -> Result<bool, Error> {
         Err(Error::Store(
             "benchmark store: allowed actions never open requests".into(),
         ))
@@ -98,6 +98,7 @@ impl Store for NoStore {
         &self,
         _: &ApprovalRequest,
         _: &ApprovalRequest,
+        _: &AuditRecord,
     ) -> Result<bool, Error> {
         Ok(false)
     }

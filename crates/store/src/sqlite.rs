@@ -10,7 +10,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -137,7 +137,11 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert_request(&self, r: &ApprovalRequest) -> Result<bool, Error> {
+    async fn insert_request(
+        &self,
+        r: &ApprovalRequest,
+        record: &AuditRecord,
+    ) -> Result<bool, Error> {
         let body = serde_json::to_string(&RequestBody {
             action: r.action.clone(),
             policies: r.policies.clone(),
@@ -145,6 +149,7 @@ impl Store for SqliteStore {
             route: r.route.clone(),
         })
         .map_err(db_err)?;
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         let result = sqlx::query(
             "INSERT INTO requests (id, fingerprint, state, initiator, resource, class, created_at, \
              expires_at, grant_expires_at, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -160,13 +165,19 @@ impl Store for SqliteStore {
         .bind(r.grant_expires_at.map(|t| t.0))
         .bind(r.updated_at.0)
         .bind(body)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match result {
-            Ok(_) => Ok(true),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
-            Err(e) => Err(db_err(e)),
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                tx.rollback().await.map_err(db_err)?;
+                return Ok(false);
+            }
+            Err(e) => return Err(db_err(e)),
         }
+        append_audit(&mut tx, record).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
     }
 
     async fn get_request(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, Error> {
@@ -196,6 +207,7 @@ impl Store for SqliteStore {
         &self,
         before: &ApprovalRequest,
         after: &ApprovalRequest,
+        record: &AuditRecord,
     ) -> Result<bool, Error> {
         if before.id != after.id || after.reviews.len() < before.reviews.len() {
             return Err(db_err(
@@ -242,6 +254,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db_err)?;
         }
+        append_audit(&mut tx, record).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(true)
     }
@@ -378,19 +391,28 @@ fn agent_from_row(row: &SqliteRow) -> Result<AgentRecord, Error> {
     })
 }
 
+/// Appends one audit record on `conn` (inside the caller's transaction).
+async fn append_audit(conn: &mut SqliteConnection, record: &AuditRecord) -> Result<u64, Error> {
+    let audit_err = |e: &dyn std::fmt::Display| Error::Audit(e.to_string());
+    let text = serde_json::to_string(record).map_err(|e| audit_err(&e))?;
+    let row = sqlx::query("INSERT INTO audit_log (time, record) VALUES (?, ?) RETURNING seq")
+        .bind(record.time.0)
+        .bind(text)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| audit_err(&e))?;
+    let seq: i64 = row.try_get("seq").map_err(|e| audit_err(&e))?;
+    Ok(seq as u64)
+}
+
 #[async_trait]
 impl AuditSink for SqliteStore {
     async fn append(&self, record: AuditRecord) -> Result<u64, Error> {
-        let text = serde_json::to_string(&record).map_err(|e| Error::Audit(e.to_string()))?;
-        let row = sqlx::query("INSERT INTO audit_log (time, record) VALUES (?, ?) RETURNING seq")
-            .bind(record.time.0)
-            .bind(text)
-            .fetch_one(&self.pool)
+        let mut conn = self
+            .pool
+            .acquire()
             .await
             .map_err(|e| Error::Audit(e.to_string()))?;
-        let seq: i64 = row
-            .try_get("seq")
-            .map_err(|e| Error::Audit(e.to_string()))?;
-        Ok(seq as u64)
+        append_audit(&mut conn, &record).await
     }
 }

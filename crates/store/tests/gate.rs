@@ -176,6 +176,82 @@ async fn racing_reviewers_are_all_counted_once() {
     let r = gate.approvals().get(&id).await.unwrap().unwrap();
     assert_eq!(r.state, RequestState::Approved);
     assert_eq!(r.reviews.len(), 2);
+    // Losing writers leave no record of a change that did not happen.
+    let store = SqliteStore::open(&env.db).await.unwrap();
+    let landed = store
+        .audit_records()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, r)| matches!(r.event, AuditEvent::Reviewed | AuditEvent::Approved))
+        .count();
+    assert_eq!(landed, 2);
+}
+
+#[tokio::test]
+async fn a_state_change_is_never_durable_without_its_audit_record() {
+    let env = Env::new();
+    let (gate, store) = env.gate().await;
+    let id = pending_id(gate.check(ddl("DROP TABLE atomic")).await.unwrap());
+    gate.approvals()
+        .decide(&id, &dba("a@x"), Decision::Approve, "")
+        .await
+        .unwrap();
+    // Make the audit append of the quorum-completing approval fail, as a
+    // full disk or an I/O error would.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", env.db.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER inject_failure BEFORE INSERT ON audit_log \
+         WHEN json_extract(NEW.record, '$.event') = 'approved' \
+         BEGIN SELECT RAISE(ABORT, 'injected audit failure'); END",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let err = gate
+        .approvals()
+        .decide(&id, &dba("b@x"), Decision::Approve, "")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("injected audit failure"), "{err}");
+    let r = gate.approvals().get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        r.state,
+        RequestState::Pending,
+        "the approval must roll back with its record"
+    );
+    assert_eq!(r.reviews.len(), 1);
+    assert!(matches!(
+        gate.check(ddl("DROP TABLE atomic")).await.unwrap(),
+        Verdict::Pending(_)
+    ));
+    sqlx::query("DROP TRIGGER inject_failure")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let r = gate
+        .approvals()
+        .decide(&id, &dba("b@x"), Decision::Approve, "")
+        .await
+        .unwrap();
+    assert_eq!(r.state, RequestState::Approved);
+    let events: Vec<AuditEvent> = store
+        .audit_records()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r.event)
+        .collect();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| **e == AuditEvent::Approved)
+            .count(),
+        1,
+        "{events:?}"
+    );
 }
 
 async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
