@@ -87,6 +87,17 @@ pub async fn agent_create(
         ),
     };
     let loaded = load_config(file)?;
+    let known_owner = loaded
+        .config
+        .identity
+        .humans
+        .iter()
+        .any(|h| h.id.eq_ignore_ascii_case(owner.trim()));
+    if !known_owner {
+        eprintln!(
+            "note: {owner} is not in [[identity.humans]]; make sure it is exactly the id they sign in with (an IdP subject or email), so they are recognised as the owner"
+        );
+    }
     let store = open_store(&loaded).await?;
     let token = gavel_identity::generate_agent_token();
     let record = AgentRecord {

@@ -296,6 +296,9 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// The longest duration any setting accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
     let fail = |key: String, reason: String| ConfigError {
         file: file.to_path_buf(),
@@ -314,6 +317,7 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
         ));
     }
     let mut ids = HashSet::new();
+    let mut hashes = HashSet::new();
     for (i, h) in c.identity.humans.iter().enumerate() {
         if h.id.trim().is_empty() {
             return Err(fail(
@@ -321,7 +325,9 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
                 "must not be empty".into(),
             ));
         }
-        if !ids.insert(h.id.as_str()) {
+        // Case-insensitively: two spellings of one person would otherwise
+        // count twice toward a quorum.
+        if !ids.insert(h.id.to_lowercase()) {
             return Err(fail(
                 format!("identity.humans[{i}].id"),
                 format!("{:?} is listed twice", h.id),
@@ -333,6 +339,12 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
                 "must be the 64-hex-digit SHA-256 of the token (run `gavel token hash TOKEN`), never the token itself".into(),
             ));
         }
+        if !hashes.insert(h.token_sha256.to_lowercase()) {
+            return Err(fail(
+                format!("identity.humans[{i}].token_sha256"),
+                "is the same as another human's: every human needs a token of their own".into(),
+            ));
+        }
     }
     for (key, d) in [
         ("approvals.hold", c.approvals.hold),
@@ -342,6 +354,9 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
     ] {
         if d.is_zero() {
             return Err(fail(key.into(), "must be longer than zero".into()));
+        }
+        if d > MAX_DURATION {
+            return Err(fail(key.into(), "must be at most 365 days".into()));
         }
     }
     let mut names = HashSet::new();
@@ -413,6 +428,21 @@ mod tests {
         );
         let e = err("[approvals]\ngrant_ttl = \"0s\"\n");
         assert!(e.contains("approvals.grant_ttl"), "{e}");
+        let h = "a".repeat(64);
+        let e = err(&format!(
+            "[[identity.humans]]\nid = \"a@x\"\ntoken_sha256 = \"{h}\"\n[[identity.humans]]\nid = \"A@X\"\ntoken_sha256 = \"{}\"\n",
+            "b".repeat(64)
+        ));
+        assert!(
+            e.contains("identity.humans[1].id") && e.contains("twice"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[[identity.humans]]\nid = \"a@x\"\ntoken_sha256 = \"{h}\"\n[[identity.humans]]\nid = \"b@x\"\ntoken_sha256 = \"{h}\"\n"
+        ));
+        assert!(e.contains("identity.humans[1].token_sha256"), "{e}");
+        let e = err("[approvals]\ntimeout = \"400days\"\n");
+        assert!(e.contains("approvals.timeout") && e.contains("365"), "{e}");
         let e = err("[storage]\nurl = \"mysql://root:s3cret@db/x\"\n");
         assert!(e.contains("storage.url") && !e.contains("s3cret"), "{e}");
         let e = err("data_dir = [\n");

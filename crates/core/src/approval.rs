@@ -324,10 +324,10 @@ impl ApprovalRequest {
             return Err(DecideError::NotHuman);
         };
         match &self.action.principal {
-            Principal::Human(initiator) if initiator.id == human.id => {
+            Principal::Human(initiator) if initiator.id.same_human(&human.id) => {
                 return Err(DecideError::Initiator);
             }
-            Principal::Agent { owner, .. } if *owner == human.id => {
+            Principal::Agent { owner, .. } if owner.same_human(&human.id) => {
                 return Err(DecideError::Owner);
             }
             _ => {}
@@ -344,7 +344,10 @@ impl ApprovalRequest {
         Ok(())
     }
 
-    /// Applies one reviewer's decision (SPEC §4). On error nothing changes.
+    /// Applies one reviewer's decision (SPEC §4). On error nothing changes
+    /// (beyond an expiry that was due). Who the reviewer is is checked
+    /// before the request's state, so a principal who may never decide
+    /// learns nothing about the request from the answer.
     pub fn decide(
         &mut self,
         reviewer: &Principal,
@@ -354,12 +357,16 @@ impl ApprovalRequest {
         grant_ttl: Duration,
     ) -> Result<(), DecideError> {
         self.expire_if_due(now);
+        self.check_reviewer(reviewer)?;
         if self.state != RequestState::Pending {
             return Err(DecideError::NotPending(self.state));
         }
-        self.check_reviewer(reviewer)?;
         let reviewer_id = HumanId(reviewer.id().to_owned());
-        if self.reviews.iter().any(|r| r.reviewer == reviewer_id) {
+        if self
+            .reviews
+            .iter()
+            .any(|r| r.reviewer.same_human(&reviewer_id))
+        {
             return Err(DecideError::AlreadyReviewed);
         }
         self.reviews.push(Review {
@@ -383,11 +390,11 @@ impl ApprovalRequest {
 
     /// Distinct humans who approved.
     pub fn approvals(&self) -> usize {
-        let mut ids: Vec<&HumanId> = self
+        let mut ids: Vec<String> = self
             .reviews
             .iter()
             .filter(|r| r.decision == Decision::Approve)
-            .map(|r| &r.reviewer)
+            .map(|r| r.reviewer.0.to_lowercase())
             .collect();
         ids.sort();
         ids.dedup();

@@ -6,6 +6,16 @@ use std::fmt;
 #[serde(transparent)]
 pub struct HumanId(pub String);
 
+impl HumanId {
+    /// Whether two ids name the same human, ignoring case. Used wherever a
+    /// match refuses or de-duplicates (initiator, owner, one vote per
+    /// human), so `Alice@Example.com` cannot pass for someone other than
+    /// `alice@example.com`.
+    pub fn same_human(&self, other: &HumanId) -> bool {
+        self.0.to_lowercase() == other.0.to_lowercase()
+    }
+}
+
 impl fmt::Display for HumanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

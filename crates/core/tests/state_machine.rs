@@ -248,3 +248,46 @@ fn grant_expires_unused_and_is_single_use() {
     assert_eq!(r.use_grant(Timestamp(5_009)), GrantUse::Unavailable);
     assert_eq!(r.state, RequestState::Executed);
 }
+
+#[test]
+fn case_does_not_disguise_the_owner_the_initiator_or_a_repeat_vote() {
+    let ttl = Duration::from_secs(1);
+    let now = Timestamp(1);
+    let mut r = request(2);
+    assert_eq!(
+        r.decide(&human("OWNER@X", &["dba"]), Decision::Approve, "", now, ttl),
+        Err(DecideError::Owner)
+    );
+    r.decide(&human("a@x", &["dba"]), Decision::Approve, "", now, ttl)
+        .unwrap();
+    assert_eq!(
+        r.decide(&human("A@X", &["dba"]), Decision::Approve, "", now, ttl),
+        Err(DecideError::AlreadyReviewed)
+    );
+    assert_eq!(r.state, RequestState::Pending);
+    let mut own = request(1);
+    own.action.principal = human("Lead@X", &["dba"]);
+    assert_eq!(
+        own.decide(&human("lead@x", &["dba"]), Decision::Approve, "", now, ttl),
+        Err(DecideError::Initiator)
+    );
+}
+
+#[test]
+fn who_may_decide_is_checked_before_the_state() {
+    let people = cast();
+    let mut r = request(1);
+    let now = Timestamp(1);
+    let ttl = Duration::from_secs(1);
+    r.decide(&people[4], Decision::Deny, "no", now, ttl)
+        .unwrap();
+    // An agent probing a decided request learns only that it may not decide.
+    assert_eq!(
+        r.decide(&people[2], Decision::Approve, "", now, ttl),
+        Err(DecideError::NotHuman)
+    );
+    assert_eq!(
+        r.decide(&people[5], Decision::Approve, "", now, ttl),
+        Err(DecideError::NotPending(RequestState::Denied))
+    );
+}

@@ -429,6 +429,9 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicyBundle, Polic
     ))
 }
 
+/// The longest `@timeout` accepted.
+const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Reads `@approval`, `@quorum`, `@timeout` from a policy.
 fn approval_spec(policy: &Policy) -> Result<Option<ApprovalSpec>, String> {
     let approval = policy.annotation("approval");
@@ -473,10 +476,10 @@ fn approval_spec(policy: &Policy) -> Result<Option<ApprovalSpec>, String> {
     let timeout = match timeout {
         None => None,
         Some(t) => match humantime::parse_duration(t.trim()) {
-            Ok(d) if !d.is_zero() => Some(d),
+            Ok(d) if !d.is_zero() && d <= MAX_TIMEOUT => Some(d),
             _ => {
                 return Err(format!(
-                    "@timeout({t:?}) must be a positive duration such as \"30m\" or \"2h\""
+                    "@timeout({t:?}) must be a positive duration of at most 365 days, such as \"30m\" or \"2h\""
                 ));
             }
         },

@@ -5,8 +5,24 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
 
+/// RFC 3339 in UTC. Clamped to the years 1970–9999 that the format can
+/// express, so no stored timestamp can make a view fail.
 pub(crate) fn rfc3339(t: Timestamp) -> String {
-    humantime::format_rfc3339_millis(t.to_system_time()).to_string()
+    const LATEST: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    let clamped = Timestamp(t.0.clamp(0, LATEST));
+    humantime::format_rfc3339_millis(clamped.to_system_time()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_never_fail_to_format() {
+        assert_eq!(rfc3339(Timestamp(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(Timestamp(i64::MAX)), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(Timestamp(-5)), "1970-01-01T00:00:00.000Z");
+    }
 }
 
 /// Body of `POST /api/v1/actions`.
