@@ -408,6 +408,20 @@ async fn bad_input_gets_clear_json_errors() {
     }
     let (s, v) = g.get("/api/v1/requests?state=limbo", ALICE).await;
     assert_eq!(s, 400, "{v}");
+    let (s, v) = g.get("/api/v1/requests?limit=many", ALICE).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
+    let (s, v) = g
+        .call(Method::DELETE, "/api/v1/requests", Some(ALICE), None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (405, Some("method_not_allowed")),
+        "{v}"
+    );
     let (s, v) = g.get("/api/v1/nope", ALICE).await;
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
     // Nothing above reached the gate as an action.

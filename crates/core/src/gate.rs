@@ -419,6 +419,13 @@ impl Gate {
     }
 }
 
+/// How often a waiter re-reads the store for decisions made elsewhere.
+const STORE_POLL: Duration = Duration::from_secs(1);
+
+/// The shortest pause between two reads of a request that should already
+/// have expired (another writer may be mid-change); prevents a busy loop.
+const MIN_REPOLL: Duration = Duration::from_millis(20);
+
 /// Why a decision through [`Approvals::decide`] did not land.
 #[derive(Debug, thiserror::Error)]
 pub enum DecideFailure {
@@ -534,14 +541,21 @@ impl Approvals {
             if request.state != RequestState::Pending {
                 return Ok(Some(request));
             }
-            // Also wake at the request's own expiry.
+            // Also wake at the request's own expiry, and re-read the store at
+            // least every STORE_POLL so a decision made by another process
+            // sharing the store (another gateway, the CLI) is seen too.
             let until_expiry = Duration::from_millis(
                 (request.expires_at.0 - self.shared.clock.now().0).max(0) as u64,
             );
-            let wake = deadline.min(tokio::time::Instant::now() + until_expiry);
+            let now = tokio::time::Instant::now();
+            let wake = deadline
+                .min(now + until_expiry.max(MIN_REPOLL))
+                .min(now + STORE_POLL);
             loop {
                 match tokio::time::timeout_at(wake, changes.recv()).await {
-                    Err(_) if wake >= deadline => return Ok(Some(request)),
+                    Err(_) if wake >= deadline => {
+                        return self.get(id).await;
+                    }
                     Err(_) => break,
                     Ok(Ok((changed, _))) if changed != *id => continue,
                     Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,

@@ -32,7 +32,7 @@ use gavel_core::{
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 fn uid(type_name: &str, id: &str) -> EntityUid {
     static TYPES: std::sync::OnceLock<[EntityTypeName; 5]> = std::sync::OnceLock::new();
@@ -336,7 +336,10 @@ pub enum Reload {
     Failed(PolicyErrors),
 }
 
-type DirStamp = Vec<(PathBuf, Option<SystemTime>, u64)>;
+/// Each policy file with a hash of its content. Content, not mtime: an
+/// edit that keeps size and lands within the clock's resolution is still
+/// seen, and a touch that changes nothing reloads nothing.
+type DirStamp = Vec<(PathBuf, Option<[u8; 32]>)>;
 
 /// gavel's [`PolicyEngine`]: a live, hot-swappable [`PolicyBundle`].
 pub struct CedarEngine {
@@ -409,14 +412,15 @@ impl CedarEngine {
 }
 
 fn stamp(dir: &Path) -> DirStamp {
+    use sha2::Digest;
     policy_files(dir)
         .unwrap_or_default()
         .into_iter()
         .map(|p| {
-            let meta = std::fs::metadata(&p).ok();
-            let modified = meta.as_ref().and_then(|m| m.modified().ok());
-            let len = meta.map(|m| m.len()).unwrap_or(0);
-            (p, modified, len)
+            let hash = std::fs::read(&p)
+                .ok()
+                .map(|b| sha2::Sha256::digest(b).into());
+            (p, hash)
         })
         .collect()
 }

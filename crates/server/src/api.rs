@@ -35,7 +35,39 @@ pub(crate) fn router(gw: Gateway) -> Router {
         .route("/api/v1/requests/{id}/deny", post(deny))
         .route("/api/v1/requests/{id}/wait", get(wait))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/openapi.json") })
+        .layer(axum::middleware::map_response(errors_as_json))
         .with_state(gw)
+}
+
+/// Turns every error response that is not already JSON (axum's own
+/// rejections: a bad query string, a wrong method, an oversized body) into
+/// the API's JSON error shape, so clients parse one format.
+async fn errors_as_json(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_owned();
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        message
+    };
+    let mut json = ApiError::from_status(status, message).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
 }
 
 /// The authenticated principal of a request.
@@ -239,8 +271,7 @@ pub(crate) async fn post_action(
         .await?
         .ok_or_else(|| ApiError::internal("request vanished while waiting"))?;
     match decided.state {
-        // Approved: the identical action now spends the grant.
-        RequestState::Approved => Ok(Json(verdict_view(&gw, gw.gate.check(action).await?))),
+        RequestState::Pending => Ok(Json(verdict_view(&gw, Verdict::Pending(Box::new(decided))))),
         RequestState::Denied | RequestState::Expired => Ok(Json(ActionVerdict {
             verdict: "deny",
             request_id: Some(decided.id.0.clone()),
@@ -251,7 +282,12 @@ pub(crate) async fn post_action(
                 &decided.id.0,
             )),
         })),
-        _ => Ok(Json(verdict_view(&gw, Verdict::Pending(Box::new(decided))))),
+        // Approved: the identical action now spends the grant. Executed or
+        // failed: a concurrent identical call spent it first, and a fresh
+        // check says so truthfully (a new pending request).
+        RequestState::Approved | RequestState::Executed | RequestState::Failed => {
+            Ok(Json(verdict_view(&gw, gw.gate.check(action).await?)))
+        }
     }
 }
 

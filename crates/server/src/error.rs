@@ -21,8 +21,9 @@ pub(crate) struct ErrorBody {
 /// `{code, message}`.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ErrorDetail {
-    /// Stable, machine-readable: `unauthorized`, `forbidden`, `not_found`,
-    /// `conflict`, `bad_request`, `internal`.
+    /// Stable, machine-readable: `bad_request`, `unauthorized`, `forbidden`,
+    /// `not_found`, `method_not_allowed`, `conflict`, `payload_too_large`,
+    /// `unsupported_media_type`, `internal`.
     pub code: &'static str,
     /// For humans.
     pub message: String,
@@ -58,6 +59,23 @@ impl ApiError {
             "internal",
             "internal error; the gateway log has the details",
         )
+    }
+
+    /// An error for `status`, with the stable code that status maps to.
+    pub fn from_status(status: StatusCode, message: impl Into<String>) -> Self {
+        let code = match status.as_u16() {
+            400 | 422 => "bad_request",
+            401 => "unauthorized",
+            403 => "forbidden",
+            404 => "not_found",
+            405 => "method_not_allowed",
+            409 => "conflict",
+            413 => "payload_too_large",
+            415 => "unsupported_media_type",
+            s if s >= 500 => "internal",
+            _ => "error",
+        };
+        Self::new(status, code, message)
     }
 
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {

@@ -78,12 +78,12 @@ impl SqliteStore {
             .collect()
     }
 
-    async fn reviews(&self, id: &str) -> Result<Vec<Review>, Error> {
+    async fn reviews(conn: &mut SqliteConnection, id: &str) -> Result<Vec<Review>, Error> {
         let rows = sqlx::query(
             "SELECT reviewer, decision, comment, at FROM reviews WHERE request_id = ? ORDER BY seq",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_err)?;
         rows.iter()
@@ -103,7 +103,24 @@ impl SqliteStore {
             .collect()
     }
 
-    async fn hydrate(&self, rows: Vec<SqliteRow>) -> Result<Vec<ApprovalRequest>, Error> {
+    /// Requests from `sql` (selecting [`REQUEST_COLUMNS`]) with their reviews,
+    /// all read in one transaction so a request and its reviews always come
+    /// from the same snapshot.
+    async fn read_requests<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    ) -> Result<Vec<ApprovalRequest>, Error> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let rows = query.fetch_all(&mut *tx).await.map_err(db_err)?;
+        let requests = Self::hydrate(&mut tx, rows).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(requests)
+    }
+
+    async fn hydrate(
+        conn: &mut SqliteConnection,
+        rows: Vec<SqliteRow>,
+    ) -> Result<Vec<ApprovalRequest>, Error> {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let id: String = row.try_get("id").map_err(db_err)?;
@@ -113,7 +130,7 @@ impl SqliteStore {
             let fingerprint: String = row.try_get("fingerprint").map_err(db_err)?;
             let state: String = row.try_get("state").map_err(db_err)?;
             out.push(ApprovalRequest {
-                reviews: self.reviews(&id).await?,
+                reviews: Self::reviews(conn, &id).await?,
                 id: RequestId(id),
                 fingerprint: Fingerprint::from_hex(&fingerprint)
                     .ok_or_else(|| db_err("corrupt fingerprint"))?,
@@ -181,26 +198,20 @@ impl Store for SqliteStore {
     }
 
     async fn get_request(&self, id: &RequestId) -> Result<Option<ApprovalRequest>, Error> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let query = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?"
         )))
-        .bind(&id.0)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(self.hydrate(rows).await?.into_iter().next())
+        .bind(&id.0);
+        Ok(self.read_requests(query).await?.into_iter().next())
     }
 
     async fn live_requests(&self, fp: &Fingerprint) -> Result<Vec<ApprovalRequest>, Error> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let query = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {REQUEST_COLUMNS} FROM requests WHERE fingerprint = ? \
              AND state IN ('pending', 'approved') ORDER BY created_at, id"
         )))
-        .bind(fp.to_hex())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        self.hydrate(rows).await
+        .bind(fp.to_hex());
+        self.read_requests(query).await
     }
 
     async fn save_transition(
@@ -275,23 +286,19 @@ impl Store for SqliteStore {
         let limit = if f.limit == 0 { 100 } else { f.limit.min(1000) };
         q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
             .push_bind(limit as i64);
-        let rows = q.build().fetch_all(&self.pool).await.map_err(db_err)?;
-        self.hydrate(rows).await
+        self.read_requests(q.build()).await
     }
 
     async fn due_for_expiry(&self, now: Timestamp) -> Result<Vec<ApprovalRequest>, Error> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let query = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {REQUEST_COLUMNS} FROM requests WHERE \
              (state = 'pending' AND expires_at <= ?) OR \
              (state = 'approved' AND (grant_expires_at IS NULL OR grant_expires_at <= ?)) \
              ORDER BY created_at LIMIT 500"
         )))
         .bind(now.0)
-        .bind(now.0)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        self.hydrate(rows).await
+        .bind(now.0);
+        self.read_requests(query).await
     }
 
     async fn count_by_state(&self) -> Result<Vec<(RequestState, u64)>, Error> {

@@ -458,3 +458,29 @@ async fn agents_are_stored_by_token_hash_and_revocable() {
     let raw = std::fs::read(&env.db).unwrap();
     assert!(!String::from_utf8_lossy(&raw).contains("plaintext-token"));
 }
+
+#[tokio::test]
+async fn waiters_see_decisions_made_by_another_process_on_the_same_store() {
+    let env = Env::new();
+    let (here, _) = env.gate().await;
+    let (elsewhere, _) = env.gate().await; // its own pool and its own wake-ups
+    let id = pending_id(here.check(ddl("DROP TABLE shared")).await.unwrap());
+    let waiter = {
+        let here = here.clone();
+        let id = id.clone();
+        tokio::spawn(async move { here.approvals().wait(&id, Duration::from_secs(60)).await })
+    };
+    tokio::task::yield_now().await;
+    elsewhere
+        .approvals()
+        .decide(&id, &dba("a@x"), Decision::Deny, "no")
+        .await
+        .unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter saw the other gateway's decision")
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(woke.state, RequestState::Denied);
+}
