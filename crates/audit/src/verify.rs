@@ -98,16 +98,17 @@ pub fn verify_log(
                 reason: format!("the external checkpoint is for log {:?}", parsed.origin),
             });
         }
-        if let Some((root, _)) = expected.get(&parsed.size) {
-            if *root != parsed.root {
-                return Err(VerifyError {
-                    seq: parsed.size.saturating_sub(1),
-                    reason: format!(
-                        "the external checkpoint and a stored one disagree on the root at size {}",
-                        parsed.size
-                    ),
-                });
-            }
+        if expected
+            .get(&parsed.size)
+            .is_some_and(|(root, _)| *root != parsed.root)
+        {
+            return Err(VerifyError {
+                seq: parsed.size.saturating_sub(1),
+                reason: format!(
+                    "the external checkpoint and a stored one disagree on the root at size {}",
+                    parsed.size
+                ),
+            });
         }
         expected.insert(parsed.size, (parsed.root, "external checkpoint"));
         opened += 1;

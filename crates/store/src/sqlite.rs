@@ -1,5 +1,6 @@
 use crate::db_err;
 use async_trait::async_trait;
+use gavel_audit::{Hash, StoredCheckpoint, StoredRecord};
 use gavel_core::{
     Action, AgentRecord, AgentRegistry, ApprovalRequest, ApprovalRoute, AuditRecord, AuditSink,
     Decision, Error, Fingerprint, HumanId, RequestFilter, RequestId, RequestState, Review, Store,
@@ -62,20 +63,115 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
+    /// A write transaction that takes SQLite's write lock at once
+    /// (`BEGIN IMMEDIATE`), so reads inside it (the next audit position,
+    /// the guarded state) cannot be overtaken by another writer, in this
+    /// process or another.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, Error> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)
+    }
+
     /// Every audit record with its sequence number, in order.
     pub async fn audit_records(&self) -> Result<Vec<(u64, AuditRecord)>, Error> {
-        let rows = sqlx::query("SELECT seq, record FROM audit_log ORDER BY seq")
+        self.audit_stored(0, u64::MAX)
+            .await?
+            .into_iter()
+            .map(|r| {
+                gavel_audit::parse_leaf(&r.data)
+                    .map_err(|e| db_err(format!("audit record {}: {e}", r.seq)))
+            })
+            .collect()
+    }
+
+    /// Stored audit rows with `from <= seq < to`, in order, exactly as stored.
+    pub async fn audit_stored(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT seq, record, leaf_hash FROM audit_log WHERE seq >= ? AND seq < ? ORDER BY seq",
+        )
+        .bind(from.min(i64::MAX as u64) as i64)
+        .bind(to.min(i64::MAX as u64) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq").map_err(db_err)?;
+                let hash: Vec<u8> = row.try_get("leaf_hash").map_err(db_err)?;
+                Ok(StoredRecord {
+                    seq: seq as u64,
+                    data: row.try_get("record").map_err(db_err)?,
+                    leaf_hash: hash.try_into().map_err(|_| {
+                        db_err(format!("audit record {seq}: leaf hash is not 32 bytes"))
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    /// Leaf hashes of records `from <= seq < to`, in order.
+    pub async fn audit_leaves(&self, from: u64, to: u64) -> Result<Vec<Hash>, Error> {
+        Ok(self
+            .audit_stored(from, to)
+            .await?
+            .into_iter()
+            .map(|r| r.leaf_hash)
+            .collect())
+    }
+
+    /// Number of audit records.
+    pub async fn audit_size(&self) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_log")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(n as u64)
+    }
+
+    /// Stores a signed checkpoint; an existing one for the same size is kept.
+    pub async fn insert_checkpoint(
+        &self,
+        size: u64,
+        root: &Hash,
+        note: &str,
+        at: Timestamp,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (size, root, note, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (size) DO NOTHING",
+        )
+        .bind(size as i64)
+        .bind(root.to_vec())
+        .bind(note)
+        .bind(at.0)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Every stored checkpoint, by size.
+    pub async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, Error> {
+        let rows = sqlx::query("SELECT size, note FROM audit_checkpoints ORDER BY size")
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?;
         rows.iter()
             .map(|row| {
-                let seq: i64 = row.try_get("seq").map_err(db_err)?;
-                let text: String = row.try_get("record").map_err(db_err)?;
-                let record = serde_json::from_str(&text).map_err(db_err)?;
-                Ok((seq as u64, record))
+                let size: i64 = row.try_get("size").map_err(db_err)?;
+                Ok(StoredCheckpoint {
+                    size: size as u64,
+                    note: row.try_get("note").map_err(db_err)?,
+                })
             })
             .collect()
+    }
+
+    /// The checkpoint of the largest size, if any.
+    pub async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, Error> {
+        Ok(self.checkpoints().await?.pop())
     }
 
     async fn reviews(conn: &mut SqliteConnection, id: &str) -> Result<Vec<Review>, Error> {
@@ -166,7 +262,7 @@ impl Store for SqliteStore {
             route: r.route.clone(),
         })
         .map_err(db_err)?;
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.begin_write().await?;
         let result = sqlx::query(
             "INSERT INTO requests (id, fingerprint, state, initiator, resource, class, created_at, \
              expires_at, grant_expires_at, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -225,9 +321,7 @@ impl Store for SqliteStore {
                 "save_transition: after is not a successor of before",
             ));
         }
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        // The guarded UPDATE comes first so this transaction takes SQLite's
-        // write lock before it reads anything.
+        let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE requests SET state = ?, grant_expires_at = ?, updated_at = ? \
              WHERE id = ? AND state = ? \
@@ -398,28 +492,35 @@ fn agent_from_row(row: &SqliteRow) -> Result<AgentRecord, Error> {
     })
 }
 
-/// Appends one audit record on `conn` (inside the caller's transaction).
+/// Appends one audit record on `conn`, inside the caller's write
+/// transaction (which holds SQLite's write lock, so the next position is
+/// ours alone).
 async fn append_audit(conn: &mut SqliteConnection, record: &AuditRecord) -> Result<u64, Error> {
     let audit_err = |e: &dyn std::fmt::Display| Error::Audit(e.to_string());
-    let text = serde_json::to_string(record).map_err(|e| audit_err(&e))?;
-    let row = sqlx::query("INSERT INTO audit_log (time, record) VALUES (?, ?) RETURNING seq")
-        .bind(record.time.0)
-        .bind(text)
+    let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_log")
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| audit_err(&e))?;
-    let seq: i64 = row.try_get("seq").map_err(|e| audit_err(&e))?;
-    Ok(seq as u64)
+    let seq = next as u64;
+    let data = gavel_audit::leaf_data(seq, record);
+    let hash = gavel_audit::leaf_hash(&data);
+    sqlx::query("INSERT INTO audit_log (seq, time, record, leaf_hash) VALUES (?, ?, ?, ?)")
+        .bind(next)
+        .bind(record.time.0)
+        .bind(data)
+        .bind(hash.to_vec())
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| audit_err(&e))?;
+    Ok(seq)
 }
 
 #[async_trait]
 impl AuditSink for SqliteStore {
     async fn append(&self, record: AuditRecord) -> Result<u64, Error> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| Error::Audit(e.to_string()))?;
-        append_audit(&mut conn, &record).await
+        let mut tx = self.begin_write().await?;
+        let seq = append_audit(&mut tx, &record).await?;
+        tx.commit().await.map_err(|e| Error::Audit(e.to_string()))?;
+        Ok(seq)
     }
 }

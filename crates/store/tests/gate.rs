@@ -423,7 +423,7 @@ async fn every_step_is_audited_and_the_log_refuses_changes() {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", env.db.display()))
         .await
         .unwrap();
-    let update = sqlx::query("UPDATE audit_log SET record = '{}' WHERE seq = 1")
+    let update = sqlx::query("UPDATE audit_log SET time = 0 WHERE seq = 1")
         .execute(&pool)
         .await;
     assert!(update.unwrap_err().to_string().contains("append-only"));

@@ -44,13 +44,28 @@ CREATE TABLE agents (
     revoked_at   INTEGER
 ) STRICT;
 
--- Append-only audit records, one JSON document each.
+-- The audit log: leaf `seq` (0-based) of the RFC 6962 tree, its canonical
+-- bytes exactly as hashed, and its leaf hash. Append-only.
 CREATE TABLE audit_log (
-    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
-    time   INTEGER NOT NULL,
-    record TEXT NOT NULL
+    seq       INTEGER PRIMARY KEY CHECK (seq >= 0),
+    time      INTEGER NOT NULL,
+    record    BLOB NOT NULL,
+    leaf_hash BLOB NOT NULL CHECK (length(leaf_hash) = 32)
 ) STRICT;
+CREATE INDEX audit_log_by_time ON audit_log (time);
 CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+
+-- Signed checkpoints (C2SP tlog-checkpoint notes), one per tree size.
+CREATE TABLE audit_checkpoints (
+    size       INTEGER PRIMARY KEY,
+    root       BLOB NOT NULL CHECK (length(root) = 32),
+    note       TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit_checkpoints is append-only'); END;
+CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit_checkpoints is append-only'); END;
