@@ -46,6 +46,9 @@ pub struct VerifyReport {
     pub checkpoints: usize,
     /// Root of the whole log.
     pub root: Hash,
+    /// Records covered by a matching signed checkpoint; any after it are
+    /// not yet vouched for (a forged record appended there would not show).
+    pub signed: u64,
 }
 
 /// The first problem found, by sequence number.
@@ -180,5 +183,6 @@ pub fn verify_log(
         records: frontier.size(),
         checkpoints: opened,
         root: frontier.root(),
+        signed: vouched_until,
     })
 }

@@ -9,7 +9,7 @@ use gavel_server::{Gateway, open_store};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-fn load_config(file: Option<&Path>) -> anyhow::Result<gavel_config::Loaded> {
+pub fn load_config(file: Option<&Path>) -> anyhow::Result<gavel_config::Loaded> {
     gavel_config::load(file)
         .map_err(|e| Fail::with(exit::USAGE, format!("invalid configuration: {e}")))
 }

@@ -90,6 +90,38 @@ pub enum Command {
     /// Check and explain Cedar policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The tamper-evident audit log: keys, offline verification, proofs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the log's public verifier key (C2SP signed-note form). Give it
+    /// to auditors; they verify with it, never with the data directory.
+    Key,
+    /// Recompute the whole log offline from the store and check every
+    /// signed checkpoint. Exits 1 naming the first bad sequence number.
+    Verify {
+        /// A signed checkpoint kept elsewhere (detects truncation even if
+        /// the stored checkpoints were deleted too).
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        /// The verifier key to trust (from `gavel audit key`, kept
+        /// elsewhere). Default: derived from the key in the data directory.
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
+    },
+    /// Print an inclusion proof for record SEQ and check it.
+    Proof {
+        /// The record's sequence number.
+        seq: u64,
+        /// Prove against this tree size (default: the latest checkpoint).
+        #[arg(long)]
+        size: Option<u64>,
+    },
+    /// Print the latest signed checkpoint; keep copies outside gavel.
+    Checkpoint,
 }
 
 #[derive(Debug, Args)]

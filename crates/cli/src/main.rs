@@ -1,11 +1,12 @@
 //! `gavel`: the gateway and the tools around it (SPEC §7).
 
 mod admin;
+mod audit;
 mod client;
 mod flags;
 
 use clap::Parser;
-use flags::{AgentCommand, Cli, Command, PolicyCommand, TokenCommand};
+use flags::{AgentCommand, AuditCommand, Cli, Command, PolicyCommand, TokenCommand};
 use std::process::ExitCode;
 
 /// Exit codes, so scripts can tell failure kinds apart.
@@ -100,6 +101,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Policy(PolicyCommand::Validate { dir }) => admin::policy_validate(config, dir),
         Command::Policy(PolicyCommand::Explain(args)) => admin::policy_explain(config, args).await,
+        Command::Audit(AuditCommand::Key) => audit::key(config),
+        Command::Audit(AuditCommand::Verify { checkpoint, pubkey }) => {
+            audit::verify(config, checkpoint, pubkey).await
+        }
+        Command::Audit(AuditCommand::Proof { seq, size }) => audit::proof(config, seq, size).await,
+        Command::Audit(AuditCommand::Checkpoint) => audit::checkpoint(config).await,
         Command::Policy(PolicyCommand::Schema) => {
             print!("{}", gavel_policy::SCHEMA_TEXT);
             Ok(ExitCode::SUCCESS)

@@ -32,6 +32,33 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     /// Guarded resources.
     pub resources: ResourcesConfig,
+    /// The tamper-evident audit log.
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The log's origin: the first line of every checkpoint and the name of
+    /// the signing key. Unique per log.
+    pub origin: String,
+    /// How often a new checkpoint is signed while records arrive.
+    #[serde(with = "duration")]
+    pub checkpoint_interval: Duration,
+    /// The Ed25519 signing key (created on first start, mode 0600);
+    /// default `{data_dir}/audit.key`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            origin: "gavel.local/audit".into(),
+            checkpoint_interval: Duration::from_secs(5),
+            key_file: None,
+        }
+    }
 }
 
 /// `[server]`
@@ -137,6 +164,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             approvals: ApprovalsConfig::default(),
             resources: ResourcesConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -234,6 +262,15 @@ impl Loaded {
         }
     }
 
+    /// The audit signing key's path.
+    pub fn audit_key_file(&self) -> PathBuf {
+        self.config
+            .audit
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.config.data_dir.join("audit.key"))
+    }
+
     /// The resource named `name` among the configured ones: its kind and tags.
     pub fn resource(&self, name: &str) -> Option<&ApiResourceConfig> {
         self.config.resources.api.iter().find(|r| r.name == name)
@@ -257,6 +294,7 @@ pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigError> {
     let base = file.parent().unwrap_or(Path::new(""));
     config.data_dir = base.join(&config.data_dir);
     config.policy.dir = base.join(&config.policy.dir);
+    config.audit.key_file = config.audit.key_file.map(|k| base.join(k));
     if let Some(path) = config
         .storage
         .url
@@ -351,6 +389,7 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
         ("approvals.timeout", c.approvals.timeout),
         ("approvals.grant_ttl", c.approvals.grant_ttl),
         ("policy.reload_interval", c.policy.reload_interval),
+        ("audit.checkpoint_interval", c.audit.checkpoint_interval),
     ] {
         if d.is_zero() {
             return Err(fail(key.into(), "must be longer than zero".into()));
@@ -358,6 +397,13 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
         if d > MAX_DURATION {
             return Err(fail(key.into(), "must be at most 365 days".into()));
         }
+    }
+    let origin = &c.audit.origin;
+    if origin.is_empty() || origin.contains('+') || origin.chars().any(char::is_whitespace) {
+        return Err(fail(
+            "audit.origin".into(),
+            "must be non-empty, without spaces or '+' (it names the signing key), e.g. \"audit.example.com/gavel\"".into(),
+        ));
     }
     let mut names = HashSet::new();
     for (i, r) in c.resources.api.iter().enumerate() {

@@ -8,10 +8,12 @@
 #![deny(missing_docs)]
 
 mod api;
+mod audit;
 mod error;
 mod openapi;
 mod views;
 
+pub use audit::Checkpointer;
 pub use error::ApiError;
 pub use openapi::openapi_json;
 
@@ -36,6 +38,8 @@ pub struct Gateway {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) config: Arc<Loaded>,
     pub(crate) metrics: PrometheusHandle,
+    pub(crate) sqlite: SqliteStore,
+    pub(crate) checkpointer: Arc<Checkpointer>,
 }
 
 /// Opens the configured store (SQLite only in this build).
@@ -87,7 +91,22 @@ impl Gateway {
     /// Opens storage, loads policies and builds the gate. Fails (naming
     /// file, line and reason) on a broken policy set.
     pub async fn build(loaded: Loaded) -> anyhow::Result<Gateway> {
-        let store = Arc::new(open_store(&loaded).await?);
+        let sqlite = open_store(&loaded).await?;
+        let store = Arc::new(sqlite.clone());
+        let signer = gavel_audit::NoteSigner::load_or_create(
+            &loaded.audit_key_file(),
+            &loaded.config.audit.origin,
+        )
+        .map_err(|e| anyhow::anyhow!("audit signing key: {e}"))?;
+        if signer.name() != loaded.config.audit.origin {
+            anyhow::bail!(
+                "audit signing key {} is named {:?} but audit.origin is {:?}; a log keeps one origin",
+                loaded.audit_key_file().display(),
+                signer.name(),
+                loaded.config.audit.origin
+            );
+        }
+        let checkpointer = Checkpointer::new(sqlite.clone(), signer);
         let policy = Arc::new(
             CedarEngine::load(&loaded.config.policy.dir)
                 .map_err(|e| anyhow::anyhow!("policies are invalid:\n{e}"))?,
@@ -117,6 +136,8 @@ impl Gateway {
             store,
             config: Arc::new(loaded),
             metrics: metrics_handle()?,
+            sqlite,
+            checkpointer,
         })
     }
 
@@ -148,6 +169,8 @@ impl Gateway {
         );
         let sweeper = tokio::spawn(sweep(self.clone()));
         let reloader = tokio::spawn(reload(self.clone()));
+        let checkpoints = tokio::spawn(checkpoint(self.clone()));
+        let checkpointer = self.checkpointer.clone();
         let app = api::router(self).into_make_service_with_connect_info::<SocketAddr>();
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -155,6 +178,12 @@ impl Gateway {
             .context("serving the API");
         sweeper.abort();
         reloader.abort();
+        checkpoints.abort();
+        match checkpointer.checkpoint_now().await {
+            Ok(Some(size)) => tracing::info!(size, "signed the final checkpoint"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "final checkpoint failed"),
+        }
         tracing::info!("gavel stopped");
         result
     }
@@ -171,6 +200,18 @@ async fn sweep(gw: Gateway) {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "expired requests"),
             Err(e) => tracing::error!(error = %e, "expiry sweep failed"),
+        }
+    }
+}
+
+/// Signs a checkpoint every `audit.checkpoint_interval` while records arrive.
+async fn checkpoint(gw: Gateway) {
+    let mut tick = tokio::time::interval(gw.config.config.audit.checkpoint_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = gw.checkpointer.checkpoint_now().await {
+            tracing::error!(error = %e, "signing an audit checkpoint failed");
         }
     }
 }

@@ -10,6 +10,27 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
+/// Which audit records to read (`GET /api/v1/audit`).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only records after this sequence number.
+    pub after: Option<u64>,
+    /// Only records at or after this time (ms since the epoch).
+    pub since: Option<i64>,
+    /// Only records before this time (ms since the epoch).
+    pub until: Option<i64>,
+    /// Only this initiator (`agent:NAME`).
+    pub initiator: Option<String>,
+    /// Only this resource.
+    pub resource: Option<String>,
+    /// Only this request.
+    pub request_id: Option<String>,
+    /// Only this event type.
+    pub event: Option<String>,
+    /// At most this many.
+    pub limit: usize,
+}
+
 use gavel_core::Error;
 
 /// What `[storage] url` names.

@@ -1,4 +1,4 @@
-use crate::db_err;
+use crate::{AuditFilter, db_err};
 use async_trait::async_trait;
 use gavel_audit::{Hash, StoredCheckpoint, StoredRecord};
 use gavel_core::{
@@ -113,12 +113,61 @@ impl SqliteStore {
 
     /// Leaf hashes of records `from <= seq < to`, in order.
     pub async fn audit_leaves(&self, from: u64, to: u64) -> Result<Vec<Hash>, Error> {
-        Ok(self
-            .audit_stored(from, to)
-            .await?
-            .into_iter()
-            .map(|r| r.leaf_hash)
-            .collect())
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT leaf_hash FROM audit_log WHERE seq >= ? AND seq < ? ORDER BY seq",
+        )
+        .bind(from.min(i64::MAX as u64) as i64)
+        .bind(to.min(i64::MAX as u64) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.into_iter()
+            .map(|h| {
+                h.try_into()
+                    .map_err(|_| db_err("a leaf hash is not 32 bytes"))
+            })
+            .collect()
+    }
+
+    /// A page of audit records matching `f`, in sequence order.
+    pub async fn audit_page(&self, f: &AuditFilter) -> Result<Vec<(u64, AuditRecord)>, Error> {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT seq, record FROM audit_log WHERE 1 = 1");
+        if let Some(after) = f.after {
+            q.push(" AND seq > ")
+                .push_bind(after.min(i64::MAX as u64) as i64);
+        }
+        if let Some(since) = f.since {
+            q.push(" AND time >= ").push_bind(since);
+        }
+        if let Some(until) = f.until {
+            q.push(" AND time < ").push_bind(until);
+        }
+        for (path, value) in [
+            ("$.initiator", &f.initiator),
+            ("$.resource", &f.resource),
+            ("$.request_id", &f.request_id),
+            ("$.event", &f.event),
+        ] {
+            if let Some(v) = value {
+                q.push(format!(
+                    " AND json_extract(CAST(record AS TEXT), '{path}') = "
+                ))
+                .push_bind(v.clone());
+            }
+        }
+        q.push(" ORDER BY seq LIMIT ")
+            .push_bind(f.limit.min(10_000) as i64);
+        let rows = q.build().fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq").map_err(db_err)?;
+                let data: Vec<u8> = row.try_get("record").map_err(db_err)?;
+                let (_, record) = gavel_audit::parse_leaf(&data)
+                    .map_err(|e| db_err(format!("audit record {seq}: {e}")))?;
+                Ok((seq as u64, record))
+            })
+            .collect()
     }
 
     /// Number of audit records.

@@ -1,0 +1,150 @@
+//! `gavel audit …`: offline work on the audit log in the store.
+
+use crate::admin::load_config;
+use crate::{Fail, exit};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use gavel_audit::{Checkpoint, NoteSigner, NoteVerifier, inclusion_proof, root_of, verify_log};
+use gavel_server::open_store;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+fn signer(loaded: &gavel_config::Loaded) -> anyhow::Result<NoteSigner> {
+    NoteSigner::load_or_create(&loaded.audit_key_file(), &loaded.config.audit.origin)
+        .map_err(|e| Fail::with(exit::FAILURE, format!("audit key: {e}")))
+}
+
+pub fn key(file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let loaded = load_config(file)?;
+    println!("{}", signer(&loaded)?.verifier().encode());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Fail::with(exit::USAGE, format!("{what} {}: {e}", path.display())))
+}
+
+pub async fn verify(
+    file: Option<&Path>,
+    checkpoint: Option<PathBuf>,
+    pubkey: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let loaded = load_config(file)?;
+    let verifier = match &pubkey {
+        Some(p) => NoteVerifier::parse(&read(p, "--pubkey")?)
+            .map_err(|e| Fail::with(exit::USAGE, format!("--pubkey: {e}")))?,
+        None => {
+            eprintln!(
+                "note: trusting the key in {}; pass --pubkey with a copy kept elsewhere for an independent check",
+                loaded.audit_key_file().display()
+            );
+            signer(&loaded)?.verifier()
+        }
+    };
+    let external = checkpoint
+        .as_deref()
+        .map(|p| read(p, "--checkpoint"))
+        .transpose()?;
+    let store = open_store(&loaded).await?;
+    let records = store.audit_stored(0, u64::MAX).await?;
+    let checkpoints = store.checkpoints().await?;
+    match verify_log(records, &checkpoints, &verifier, external.as_deref()) {
+        Ok(report) => {
+            println!(
+                "audit log verified: {} records, {} signed checkpoints, root {}",
+                report.records,
+                report.checkpoints,
+                B64.encode(report.root)
+            );
+            if report.signed < report.records {
+                println!(
+                    "note: records {}..{} are not yet covered by a signed checkpoint (the gateway signs one every audit.checkpoint_interval and at shutdown)",
+                    report.signed,
+                    report.records - 1
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("audit log FAILED verification: {e}");
+            Ok(ExitCode::from(exit::FAILURE))
+        }
+    }
+}
+
+pub async fn proof(file: Option<&Path>, seq: u64, size: Option<u64>) -> anyhow::Result<ExitCode> {
+    let loaded = load_config(file)?;
+    let verifier = signer(&loaded)?.verifier();
+    let store = open_store(&loaded).await?;
+    let checkpoints = store.checkpoints().await?;
+    let size = match size {
+        Some(s) => s,
+        None => checkpoints
+            .last()
+            .map(|c| c.size)
+            .ok_or_else(|| Fail::with(exit::NOT_FOUND, "no signed checkpoint yet; pass --size"))?,
+    };
+    let leaves = store.audit_leaves(0, size).await?;
+    let path =
+        inclusion_proof(&leaves, seq, size).map_err(|e| Fail::with(exit::USAGE, e.to_string()))?;
+    let record = store.audit_stored(seq, seq + 1).await?;
+    let record = record
+        .first()
+        .ok_or_else(|| Fail::with(exit::NOT_FOUND, format!("no record {seq}")))?;
+    let computed = root_of(&leaves);
+    let signed = checkpoints.iter().find(|c| c.size == size);
+    let root = match signed {
+        Some(cp) => {
+            Checkpoint::open(&cp.note, &verifier)
+                .map_err(|e| {
+                    Fail::with(
+                        exit::FAILURE,
+                        format!("stored checkpoint for size {size}: {e}"),
+                    )
+                })?
+                .root
+        }
+        None => computed,
+    };
+    let ok = gavel_audit::tree::verify_inclusion(&root, size, &record.data, seq, &path);
+    let out = serde_json::json!({
+        "seq": seq,
+        "tree_size": size,
+        "leaf_data": B64.encode(&record.data),
+        "root": B64.encode(root),
+        "proof": path.iter().map(|h| B64.encode(h)).collect::<Vec<_>>(),
+        "checkpoint": signed.map(|c| c.note.clone()),
+        "verified": ok,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    if ok {
+        eprintln!(
+            "record {seq} is included in the {} tree of size {size}",
+            if signed.is_some() {
+                "signed"
+            } else {
+                "unsigned (no checkpoint at this size)"
+            }
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("record {seq} does NOT verify against the root of size {size}");
+        Ok(ExitCode::from(exit::FAILURE))
+    }
+}
+
+pub async fn checkpoint(file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let loaded = load_config(file)?;
+    let store = open_store(&loaded).await?;
+    match store.latest_checkpoint().await? {
+        Some(cp) => {
+            print!("{}", cp.note);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => Err(Fail::with(
+            exit::NOT_FOUND,
+            "no signed checkpoint yet (the gateway signs them while it runs)",
+        )),
+    }
+}

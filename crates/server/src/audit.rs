@@ -1,0 +1,311 @@
+//! Signed checkpoints and the audit API (SPEC §5).
+
+use crate::Gateway;
+use crate::api::Caller;
+use crate::error::ApiError;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use gavel_audit::{Checkpoint, Frontier, NoteSigner, consistency_proof, inclusion_proof};
+use gavel_core::{AuditRecord, Clock, Principal, SystemClock};
+use gavel_store::SqliteStore;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+use utoipa::{IntoParams, ToSchema};
+
+/// Signs checkpoints of the audit log as it grows.
+pub struct Checkpointer {
+    store: SqliteStore,
+    signer: NoteSigner,
+    /// The right edge of the tree up to the last checkpoint; extended with
+    /// the new leaf hashes each time, so a checkpoint costs O(new records).
+    frontier: Mutex<Frontier>,
+}
+
+impl Checkpointer {
+    pub(crate) fn new(store: SqliteStore, signer: NoteSigner) -> Arc<Checkpointer> {
+        Arc::new(Checkpointer {
+            store,
+            signer,
+            frontier: Mutex::new(Frontier::default()),
+        })
+    }
+
+    /// The origin line of this log's checkpoints.
+    pub fn origin(&self) -> &str {
+        self.signer.name()
+    }
+
+    /// Signs and stores a checkpoint if records arrived since the last one.
+    /// Returns the new checkpoint's size.
+    pub async fn checkpoint_now(&self) -> Result<Option<u64>, gavel_core::Error> {
+        let mut frontier = self.frontier.lock().await;
+        let size = self.store.audit_size().await?;
+        let latest = self.store.latest_checkpoint().await?.map_or(0, |c| c.size);
+        if size == 0 || size <= latest {
+            return Ok(None);
+        }
+        for leaf in self.store.audit_leaves(frontier.size(), size).await? {
+            frontier.push(leaf);
+        }
+        if frontier.size() != size {
+            return Err(gavel_core::Error::Audit(format!(
+                "audit log has {} leaves where {size} were expected",
+                frontier.size()
+            )));
+        }
+        let cp = Checkpoint {
+            origin: self.signer.name().to_owned(),
+            size,
+            root: frontier.root(),
+        };
+        let note = self.signer.sign(&cp.body());
+        self.store
+            .insert_checkpoint(size, &cp.root, &note, SystemClock.now())
+            .await?;
+        Ok(Some(size))
+    }
+}
+
+fn humans_only(p: &Principal) -> Result<(), ApiError> {
+    match p {
+        Principal::Human(_) => Ok(()),
+        Principal::Agent { .. } => Err(ApiError::forbidden(
+            "the audit log is for humans; agents cannot read it",
+        )),
+    }
+}
+
+fn store(gw: &Gateway) -> &SqliteStore {
+    &gw.sqlite
+}
+
+/// The latest signed checkpoint, as a C2SP signed note.
+#[utoipa::path(get, path = "/api/v1/audit/checkpoint", security(("bearer" = [])),
+    responses((status = 200, description = "signed note (text/plain)", body = String),
+              (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn checkpoint(
+    State(gw): State<Gateway>,
+    Caller(p): Caller,
+) -> Result<Response, ApiError> {
+    humans_only(&p)?;
+    // Sign whatever has arrived, so the answer covers every record so far.
+    gw.checkpointer.checkpoint_now().await?;
+    match store(&gw).latest_checkpoint().await? {
+        Some(cp) => Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            cp.note,
+        )
+            .into_response()),
+        None => Err(ApiError::not_found(
+            "the audit log is empty; no checkpoint yet",
+        )),
+    }
+}
+
+/// Query of the proof endpoints.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ProofQuery {
+    /// Tree size to prove against (default: the latest checkpoint's).
+    pub size: Option<u64>,
+}
+
+/// An inclusion proof.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct InclusionView {
+    /// The record's sequence number (leaf index).
+    pub seq: u64,
+    /// Tree size the proof is for.
+    pub tree_size: u64,
+    /// The record's canonical bytes (base64): hash them as a leaf to check.
+    pub leaf_data: String,
+    /// RFC 6962 root hash at `tree_size` (base64).
+    pub root: String,
+    /// Audit path, leaf to root (base64 hashes).
+    pub proof: Vec<String>,
+    /// The signed checkpoint for `tree_size`, when one is stored.
+    pub checkpoint: Option<String>,
+}
+
+async fn proof_size(gw: &Gateway, requested: Option<u64>) -> Result<u64, ApiError> {
+    match requested {
+        Some(s) => Ok(s),
+        None => {
+            gw.checkpointer.checkpoint_now().await?;
+            Ok(store(gw).latest_checkpoint().await?.map_or(0, |c| c.size))
+        }
+    }
+}
+
+async fn checkpoint_note(gw: &Gateway, size: u64) -> Result<Option<String>, ApiError> {
+    Ok(store(gw)
+        .checkpoints()
+        .await?
+        .into_iter()
+        .find(|c| c.size == size)
+        .map(|c| c.note))
+}
+
+#[utoipa::path(get, path = "/api/v1/audit/proof/{seq}", security(("bearer" = [])),
+    params(("seq" = u64, Path, description = "Record sequence number"), ProofQuery),
+    responses((status = 200, body = InclusionView), (status = 400, body = crate::error::ErrorBody)))]
+pub(crate) async fn proof(
+    State(gw): State<Gateway>,
+    Caller(p): Caller,
+    Path(seq): Path<u64>,
+    Query(q): Query<ProofQuery>,
+) -> Result<Json<InclusionView>, ApiError> {
+    humans_only(&p)?;
+    let size = proof_size(&gw, q.size).await?;
+    let leaves = store(&gw).audit_leaves(0, size).await?;
+    let path =
+        inclusion_proof(&leaves, seq, size).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let record = store(&gw).audit_stored(seq, seq + 1).await?;
+    let record = record
+        .first()
+        .ok_or_else(|| ApiError::not_found(format!("no audit record {seq}")))?;
+    Ok(Json(InclusionView {
+        seq,
+        tree_size: size,
+        leaf_data: B64.encode(&record.data),
+        root: B64.encode(gavel_audit::root_of(&leaves)),
+        proof: path.iter().map(|h| B64.encode(h)).collect(),
+        checkpoint: checkpoint_note(&gw, size).await?,
+    }))
+}
+
+/// Query of the consistency endpoint.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ConsistencyQuery {
+    /// The older tree size.
+    pub from: u64,
+    /// The newer tree size (default: the latest checkpoint's).
+    pub to: Option<u64>,
+}
+
+/// A consistency proof.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ConsistencyView {
+    /// Older size.
+    pub from: u64,
+    /// Newer size.
+    pub to: u64,
+    /// RFC 6962 consistency proof (base64 hashes).
+    pub proof: Vec<String>,
+    /// Signed checkpoint for `from`, if stored.
+    pub from_checkpoint: Option<String>,
+    /// Signed checkpoint for `to`, if stored.
+    pub to_checkpoint: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/audit/consistency", security(("bearer" = [])), params(ConsistencyQuery),
+    responses((status = 200, body = ConsistencyView), (status = 400, body = crate::error::ErrorBody)))]
+pub(crate) async fn consistency(
+    State(gw): State<Gateway>,
+    Caller(p): Caller,
+    Query(q): Query<ConsistencyQuery>,
+) -> Result<Json<ConsistencyView>, ApiError> {
+    humans_only(&p)?;
+    let to = proof_size(&gw, q.to).await?;
+    let leaves = store(&gw).audit_leaves(0, to).await?;
+    let proof =
+        consistency_proof(&leaves, q.from, to).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(ConsistencyView {
+        from: q.from,
+        to,
+        proof: proof.iter().map(|h| B64.encode(h)).collect(),
+        from_checkpoint: checkpoint_note(&gw, q.from).await?,
+        to_checkpoint: checkpoint_note(&gw, to).await?,
+    }))
+}
+
+/// Query of `GET /api/v1/audit`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AuditQuery {
+    /// Only records after this sequence number (the previous page's `next`).
+    pub after: Option<u64>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// Only records at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Only records before this time (RFC 3339).
+    pub until: Option<String>,
+    /// Only this initiator (`agent:NAME`, `human:ID`).
+    pub principal: Option<String>,
+    /// Only this resource.
+    pub resource: Option<String>,
+    /// Only this approval request.
+    pub request_id: Option<String>,
+    /// Only this event type (`decision`, `approved`, …).
+    pub event: Option<String>,
+}
+
+/// One audit record with its position.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AuditEntry {
+    /// Sequence number (leaf index).
+    pub seq: u64,
+    /// The record.
+    #[schema(value_type = Object)]
+    pub record: AuditRecord,
+}
+
+/// A page of audit records.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AuditPage {
+    /// Records in sequence order.
+    pub records: Vec<AuditEntry>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next: Option<u64>,
+}
+
+fn parse_time(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
+    v.as_deref()
+        .map(|s| {
+            humantime::parse_rfc3339_weak(s)
+                .map_err(|e| ApiError::bad_request(format!("{name}={s:?}: {e}; use RFC 3339")))
+                .map(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64)
+                })
+        })
+        .transpose()
+}
+
+#[utoipa::path(get, path = "/api/v1/audit", security(("bearer" = [])), params(AuditQuery),
+    responses((status = 200, body = AuditPage), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn list(
+    State(gw): State<Gateway>,
+    Caller(p): Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<AuditPage>, ApiError> {
+    humans_only(&p)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let filter = gavel_store::AuditFilter {
+        after: q.after,
+        since: parse_time("since", &q.since)?,
+        until: parse_time("until", &q.until)?,
+        initiator: q.principal,
+        resource: q.resource,
+        request_id: q.request_id,
+        event: q.event,
+        limit: limit + 1,
+    };
+    let mut rows = store(&gw).audit_page(&filter).await?;
+    let next = (rows.len() > limit).then(|| rows[limit - 1].0);
+    rows.truncate(limit);
+    Ok(Json(AuditPage {
+        records: rows
+            .into_iter()
+            .map(|(seq, record)| AuditEntry { seq, record })
+            .collect(),
+        next,
+    }))
+}
