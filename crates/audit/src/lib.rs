@@ -8,6 +8,7 @@
 //! - [`verify`]: the offline verifier behind `gavel audit verify`.
 #![deny(missing_docs)]
 
+pub mod export;
 pub mod note;
 pub mod record;
 pub mod tree;

@@ -148,3 +148,56 @@ pub async fn checkpoint(file: Option<&Path>) -> anyhow::Result<ExitCode> {
         )),
     }
 }
+
+fn parse_time(flag: &str, v: Option<String>) -> anyhow::Result<Option<i64>> {
+    v.map(|s| {
+        humantime::parse_rfc3339_weak(&s)
+            .map_err(|e| Fail::with(exit::USAGE, format!("{flag} {s:?}: {e}; use RFC 3339")))
+            .map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64)
+            })
+    })
+    .transpose()
+}
+
+pub async fn export(
+    file: Option<&Path>,
+    format: &str,
+    since: Option<String>,
+    until: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use gavel_audit::export;
+    use std::io::Write;
+    let loaded = load_config(file)?;
+    let origin = loaded.config.audit.origin.clone();
+    let since = parse_time("--since", since)?;
+    let until = parse_time("--until", until)?;
+    let store = open_store(&loaded).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut after = None;
+    loop {
+        let page = store
+            .audit_page(&gavel_store::AuditFilter {
+                after,
+                since,
+                until,
+                limit: 5_000,
+                ..Default::default()
+            })
+            .await?;
+        let Some(&(last, _)) = page.last() else { break };
+        for (seq, r) in &page {
+            let line = match format {
+                "jsonl" => export::jsonl(*seq, r),
+                "ocsf" => export::ocsf(*seq, r, &origin).to_string(),
+                "cef" => export::cef(*seq, r),
+                _ => export::syslog(*seq, r),
+            };
+            writeln!(out, "{line}")?;
+        }
+        after = Some(last);
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -122,6 +122,18 @@ pub enum AuditCommand {
     },
     /// Print the latest signed checkpoint; keep copies outside gavel.
     Checkpoint,
+    /// Export records for a SIEM, one per line, in sequence order.
+    Export {
+        /// jsonl (the hashed bytes), ocsf (API Activity), cef, or syslog (RFC 5424).
+        #[arg(long, value_parser = ["jsonl", "ocsf", "cef", "syslog"])]
+        format: String,
+        /// Only records at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

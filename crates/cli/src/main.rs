@@ -107,6 +107,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(AuditCommand::Proof { seq, size }) => audit::proof(config, seq, size).await,
         Command::Audit(AuditCommand::Checkpoint) => audit::checkpoint(config).await,
+        Command::Audit(AuditCommand::Export {
+            format,
+            since,
+            until,
+        }) => audit::export(config, &format, since, until).await,
         Command::Policy(PolicyCommand::Schema) => {
             print!("{}", gavel_policy::SCHEMA_TEXT);
             Ok(ExitCode::SUCCESS)

@@ -301,4 +301,27 @@ async fn proofs_from_the_api_and_the_cli_check_out() {
     );
     let proof: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(proof["verified"], true);
+    for format in ["jsonl", "ocsf", "cef", "syslog"] {
+        let out = g.cli(&["audit", "export", "--format", format], None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.lines().count(), 5, "{format}:\n{text}");
+    }
+    let out = g.cli(
+        &[
+            "audit",
+            "export",
+            "--format",
+            "jsonl",
+            "--since",
+            "2999-01-01T00:00:00Z",
+        ],
+        None,
+    );
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
 }
