@@ -1,12 +1,13 @@
 //! The bytes of a record, as hashed into the tree.
 //!
-//! Version 1: the record as a JSON object with two more members, `"v": 1`
-//! and `"seq": N` (its 0-based position in the log), serialized with object
-//! keys sorted by their UTF-8 bytes, no insignificant whitespace, integers
-//! in decimal, and strings escaped as serde_json escapes them (only `"`,
-//! `\` and control characters). Those bytes are stored verbatim, so the
-//! verifier hashes exactly what was written, and a record carries its own
-//! position: moving it breaks its hash.
+//! Version 1: a JSON object that starts with `{"seq":N,"v":1,` (its 0-based
+//! position in the log and the format version), followed by the record's
+//! members with keys sorted by their UTF-8 bytes, no insignificant
+//! whitespace, integers in decimal, and strings escaped as serde_json
+//! escapes them (only `"`, `\` and control characters). Those bytes are
+//! stored verbatim, so the verifier hashes exactly what was written, and a
+//! record carries its own position: moving it breaks its hash. Position and
+//! version come first so the verifier reads them without parsing JSON.
 
 use gavel_core::{AuditRecord, canonical_json};
 
@@ -15,15 +16,30 @@ pub const RECORD_VERSION: u64 = 1;
 
 /// The canonical bytes of `record` at position `seq`.
 pub fn leaf_data(seq: u64, record: &AuditRecord) -> Vec<u8> {
-    let mut value = serde_json::to_value(record).unwrap_or_else(|e| {
+    let value = serde_json::to_value(record).unwrap_or_else(|e| {
         // AuditRecord is plain data; serializing it cannot fail.
         panic!("audit record does not serialize: {e}")
     });
-    if let Some(map) = value.as_object_mut() {
-        map.insert("v".into(), RECORD_VERSION.into());
-        map.insert("seq".into(), seq.into());
+    let members = canonical_json(&value);
+    let mut out = format!("{{\"seq\":{seq},\"v\":{RECORD_VERSION},").into_bytes();
+    // `members` is `{…}` with at least one member: drop its opening brace.
+    out.extend_from_slice(&members[1..]);
+    out
+}
+
+/// Reads the position and version from the front of leaf bytes without
+/// parsing the rest (the fast path of verification).
+pub fn leaf_seq(data: &[u8]) -> Option<u64> {
+    let rest = data.strip_prefix(b"{\"seq\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || (digits > 1 && rest[0] == b'0') {
+        return None;
     }
-    canonical_json(&value)
+    let seq: u64 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let version = format!(",\"v\":{RECORD_VERSION},");
+    rest[digits..]
+        .starts_with(version.as_bytes())
+        .then_some(seq)
 }
 
 /// Why stored bytes are not a valid record.
@@ -57,4 +73,58 @@ pub fn parse_leaf(data: &[u8]) -> Result<(u64, AuditRecord), LeafError> {
         return Err(LeafError::NotCanonical);
     }
     Ok((seq, record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gavel_core::{ActionClass, AuditEvent, Timestamp};
+
+    #[test]
+    fn position_and_version_lead_and_round_trip() {
+        let r = AuditRecord {
+            time: Timestamp(5),
+            event: AuditEvent::Decision,
+            initiator: "agent:a".into(),
+            owner: None,
+            reviewers: vec![],
+            comment: Some("{\"seq\":9,\"v\":1,".into()),
+            resource: "db".into(),
+            class: ActionClass::SqlRead,
+            operation: "SELECT 1".into(),
+            intent: String::new(),
+            policies: vec!["p".into()],
+            decision: Some("allow".into()),
+            outcome: None,
+            source: None,
+            surface: "api".into(),
+            request_id: None,
+            gateway_id: "g".into(),
+        };
+        let data = leaf_data(42, &r);
+        assert!(
+            data.starts_with(b"{\"seq\":42,\"v\":1,\"class\":"),
+            "{}",
+            String::from_utf8_lossy(&data)
+        );
+        assert_eq!(leaf_seq(&data), Some(42));
+        assert_eq!(parse_leaf(&data).unwrap(), (42, r));
+        for bad in [
+            &b"{\"seq\":042,\"v\":1,"[..],
+            b"{\"seq\":42,\"v\":2,",
+            b"{\"v\":1,\"seq\":42,",
+            b"{\"seq\":,\"v\":1,",
+            b" {\"seq\":1,\"v\":1,",
+        ] {
+            assert_eq!(leaf_seq(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        // Reformatted but equivalent JSON is not the canonical bytes.
+        let spaced = String::from_utf8(data)
+            .unwrap()
+            .replacen("\"class\":", "\"class\": ", 1);
+        assert!(matches!(
+            parse_leaf(spaced.as_bytes()),
+            Err(LeafError::NotCanonical)
+        ));
+    }
 }

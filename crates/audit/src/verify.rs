@@ -13,7 +13,7 @@
 //!   (`--checkpoint`), covers more records than the log holds.
 
 use crate::note::{Checkpoint, NoteVerifier};
-use crate::record::parse_leaf;
+use crate::record::leaf_seq;
 use crate::tree::{Frontier, Hash, leaf_hash};
 use std::collections::BTreeMap;
 
@@ -135,9 +135,9 @@ pub fn verify_log(
             };
             return Err(VerifyError { seq: at, reason });
         }
-        let (embedded, _) = parse_leaf(&rec.data).map_err(|e| VerifyError {
+        let embedded = leaf_seq(&rec.data).ok_or_else(|| VerifyError {
             seq: at,
-            reason: format!("{e} (record modified)"),
+            reason: "its bytes do not start with {\"seq\":N,\"v\":1, (record modified)".into(),
         })?;
         if embedded != at {
             return Err(VerifyError {

@@ -201,6 +201,58 @@ fn benches(c: &mut Criterion) {
         b.iter(|| rt.block_on(g.check(a.clone())).unwrap())
     });
     group.finish();
+
+    // Durable appends per second through the gate: 64 agents at once on a
+    // two-worker runtime, every allow waiting for its audit record's fsync
+    // (group commit batches whatever arrives during one fsync).
+    let mt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("gate_check_sqlite_concurrent");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(15));
+    group.throughput(criterion::Throughput::Elements(1));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        mt.block_on(gavel_store::SqliteStore::open(&dir.path().join("gavel.db")))
+            .unwrap(),
+    );
+    let g = gate(
+        engine(dir.path(), &pinned_policies(100)),
+        store.clone(),
+        store,
+    );
+    const AGENTS: u64 = 64;
+    group.bench_function("pinned/100/64-agents", |b| {
+        b.iter_custom(|iters| {
+            let per_agent = iters.div_ceil(AGENTS);
+            mt.block_on(async {
+                let start = std::time::Instant::now();
+                let tasks: Vec<_> = (0..AGENTS)
+                    .map(|_| {
+                        let g = g.clone();
+                        let a = a.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..per_agent {
+                                g.check(a.clone()).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                // Report the time for exactly `iters` checks.
+                start
+                    .elapsed()
+                    .mul_f64(iters as f64 / (per_agent * AGENTS) as f64)
+            })
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(gate_benches, benches);
