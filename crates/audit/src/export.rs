@@ -28,6 +28,9 @@ fn disposition(r: &AuditRecord) -> (u8, &'static str, u8) {
             (99, "Pending approval", 0)
         }
         (AuditEvent::Reviewed, _) => (99, "Partially approved", 0),
+        // How an allowed action ended: it was allowed, whatever happened next.
+        (AuditEvent::Outcome, _) => (1, "Allowed", 1),
+        (AuditEvent::Failed, _) => (8, "Approved", 1),
     }
 }
 
@@ -64,6 +67,11 @@ pub fn ocsf(seq: u64, r: &AuditRecord, origin: &str) -> Value {
     let (activity_id, activity_name) = activity(r.class);
     let (kind, id) = initiator_parts(r);
     let denied = action_id == 2;
+    let failed = denied
+        || r.event == AuditEvent::Failed
+        || r.outcome
+            .as_deref()
+            .is_some_and(|o| o.starts_with("failed"));
     let src_endpoint = match &r.source {
         Some(ip) => json!({"ip": ip}),
         None => json!({"name": r.surface}),
@@ -79,8 +87,8 @@ pub fn ocsf(seq: u64, r: &AuditRecord, origin: &str) -> Value {
         "time": r.time.0,
         "severity_id": if denied { 3 } else { 1 },
         "severity": if denied { "Medium" } else { "Informational" },
-        "status_id": if denied { 2 } else { 1 },
-        "status": if denied { "Failure" } else { "Success" },
+        "status_id": if failed { 2 } else { 1 },
+        "status": if failed { "Failure" } else { "Success" },
         "action_id": action_id,
         "action": match action_id { 1 => "Allowed", 2 => "Denied", _ => "Unknown" },
         "disposition_id": disposition_id,

@@ -398,3 +398,83 @@ async fn long_polls_are_capped_at_the_configured_hold() {
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(verdict(&v), "pending", "{v}");
 }
+
+#[tokio::test]
+async fn outcomes_are_recorded_and_a_failed_approved_action_marks_its_request() {
+    let g = Gavel::start().await;
+    let agent = g.agent_token.clone();
+    let id = request_id(
+        &g.act(&agent, "sql.ddl", "db", "CREATE INDEX big ON t (c)")
+            .await,
+    );
+    g.approve(ALICE, &id).await;
+    assert_eq!(
+        verdict(
+            &g.act(&agent, "sql.ddl", "db", "CREATE INDEX big ON t (c)")
+                .await
+        ),
+        "allow"
+    );
+    let report = |status: &str, request: Option<&str>| {
+        json!({"resource": "db", "action": "sql.ddl", "operation": "CREATE INDEX big ON t (c)",
+               "request_id": request, "status": status, "detail": "disk full"})
+    };
+    // Another principal cannot touch the request.
+    let (s, e) = g
+        .call(
+            Method::POST,
+            "/api/v1/actions/outcome",
+            Some(BOB),
+            Some(report("failed", Some(&id))),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+    let (s, e) = g
+        .call(
+            Method::POST,
+            "/api/v1/actions/outcome",
+            Some(&agent),
+            Some(report("exploded", Some(&id))),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+    let (s, _) = g
+        .call(
+            Method::POST,
+            "/api/v1/actions/outcome",
+            Some(&agent),
+            Some(report("failed", Some(&id))),
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (_, r) = g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
+    assert_eq!(r["state"], "failed", "{r}");
+    let (s, _) = g
+        .call(
+            Method::POST,
+            "/api/v1/actions/outcome",
+            Some(&agent),
+            Some(report("succeeded", None)),
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (_, page) = g
+        .get(&format!("/api/v1/audit?request_id={id}"), ALICE)
+        .await;
+    let events: Vec<&str> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["record"]["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        vec!["request_created", "approved", "grant_used", "failed"],
+        "{page}"
+    );
+    let (_, page) = g.get("/api/v1/audit?event=outcome", ALICE).await;
+    assert_eq!(
+        page["records"][0]["record"]["outcome"],
+        "succeeded: disk full"
+    );
+}

@@ -418,3 +418,26 @@ async fn no_acknowledged_record_is_lost_to_kill_9() {
         acknowledged.len()
     );
 }
+
+#[tokio::test]
+async fn shutdown_signs_a_final_checkpoint() {
+    let mut g = Gavel::start().await;
+    for i in 0..3 {
+        g.act(&g.agent_token, "sql.read", "db", &format!("SELECT {i}"))
+            .await;
+    }
+    g.stop();
+    let out = g.cli(&["audit", "checkpoint"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let note = String::from_utf8(out.stdout).unwrap();
+    assert!(note.starts_with("gavel.local/audit\n3\n"), "{note}");
+    assert!(
+        g.log().contains("signed the final checkpoint"),
+        "{}",
+        g.log()
+    );
+}

@@ -411,4 +411,15 @@ impl ApprovalRequest {
         self.updated_at = now;
         GrantUse::Used
     }
+
+    /// Records that the action let through by the grant failed downstream
+    /// (`executed → failed`). Returns whether the state changed.
+    pub fn record_failure(&mut self, now: Timestamp) -> bool {
+        if self.state != RequestState::Executed {
+            return false;
+        }
+        self.state = RequestState::Failed;
+        self.updated_at = now;
+        true
+    }
 }

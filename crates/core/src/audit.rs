@@ -26,6 +26,10 @@ pub enum AuditEvent {
     Expired,
     /// A grant let an action through (decision: allow).
     GrantUsed,
+    /// The surface reported how a forwarded action ended.
+    Outcome,
+    /// An action let through by a grant failed downstream.
+    Failed,
 }
 
 impl AuditEvent {
@@ -41,6 +45,8 @@ impl AuditEvent {
             AuditEvent::ReviewRefused => "review_refused",
             AuditEvent::Expired => "expired",
             AuditEvent::GrantUsed => "grant_used",
+            AuditEvent::Outcome => "outcome",
+            AuditEvent::Failed => "failed",
         }
     }
 }

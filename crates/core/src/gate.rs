@@ -426,6 +426,63 @@ const STORE_POLL: Duration = Duration::from_secs(1);
 /// have expired (another writer may be mid-change); prevents a busy loop.
 const MIN_REPOLL: Duration = Duration::from_millis(20);
 
+/// How a forwarded action ended, as the surface saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It ran; `detail` is e.g. a command tag and row count.
+    Succeeded {
+        /// What the surface saw.
+        detail: String,
+    },
+    /// It failed downstream; `detail` is the error.
+    Failed {
+        /// What the surface saw.
+        detail: String,
+    },
+}
+
+impl Gate {
+    /// Records how an action the gate allowed ended (SPEC §1, last step).
+    /// When a grant let it through and it failed, the request moves from
+    /// `executed` to `failed`.
+    pub async fn record_outcome(
+        &self,
+        action: &Action,
+        request_id: Option<&RequestId>,
+        outcome: &Outcome,
+    ) -> Result<(), Error> {
+        let shared = &self.approvals.shared;
+        let (text, failed) = match outcome {
+            Outcome::Succeeded { detail } => (format!("succeeded: {detail}"), false),
+            Outcome::Failed { detail } => (format!("failed: {detail}"), true),
+        };
+        if let (Some(id), true) = (request_id, failed) {
+            let Some(before) = shared.store.get_request(id).await? else {
+                return Err(Error::Invalid(format!("no request with id {id}")));
+            };
+            if before.action.principal.qualified_id() != action.principal.qualified_id() {
+                return Err(Error::Invalid(format!(
+                    "request {id} belongs to another principal"
+                )));
+            }
+            let mut after = before.clone();
+            if after.record_failure(shared.clock.now()) {
+                let mut record = shared.request_record(&after, AuditEvent::Failed);
+                record.comment = Some(text.clone());
+                record.source = action.source.clone();
+                if shared.commit(&before, &after, record).await? {
+                    return Ok(());
+                }
+            }
+        }
+        let mut record = shared.record(action, AuditEvent::Outcome);
+        record.outcome = Some(text);
+        record.request_id = request_id.cloned();
+        shared.audit.append(record).await?;
+        Ok(())
+    }
+}
+
 /// Why a decision through [`Approvals::decide`] did not land.
 #[derive(Debug, thiserror::Error)]
 pub enum DecideFailure {

@@ -36,8 +36,8 @@ pub use audit::{AuditEvent, AuditRecord, AuditSink};
 pub use error::{Error, ErrorSource};
 pub use fingerprint::{Fingerprint, canonical_json};
 pub use gate::{
-    Approvals, DecideFailure, Gate, GateConfig, Notifier, Permit, PolicyDecision, PolicyEngine,
-    PolicyVerdict, RequestFilter, Store, Verdict,
+    Approvals, DecideFailure, Gate, GateConfig, Notifier, Outcome, Permit, PolicyDecision,
+    PolicyEngine, PolicyVerdict, RequestFilter, Store, Verdict,
 };
 pub use principal::{Human, HumanId, Principal};
 pub use time::{Clock, SystemClock, Timestamp};

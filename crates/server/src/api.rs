@@ -29,6 +29,7 @@ pub(crate) fn router(gw: Gateway) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/actions", post(post_action))
+        .route("/api/v1/actions/outcome", post(post_outcome))
         .route("/api/v1/requests", get(list_requests))
         .route("/api/v1/requests/{id}", get(get_request))
         .route("/api/v1/requests/{id}/approve", post(approve))
@@ -204,6 +205,67 @@ pub(crate) async fn whoami(Caller(p): Caller) -> Json<WhoAmI> {
     })
 }
 
+/// Records how an action the gate allowed ended, for agents that act
+/// themselves. A failure after an approval moves the request to `failed`.
+#[utoipa::path(post, path = "/api/v1/actions/outcome", security(("bearer" = [])),
+    request_body = OutcomeReport,
+    responses((status = 204, description = "recorded"), (status = 400, body = crate::error::ErrorBody)))]
+pub(crate) async fn post_outcome(
+    State(gw): State<Gateway>,
+    Caller(principal): Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let report: OutcomeReport = parse_json(&body)?;
+    let class: ActionClass = report
+        .action
+        .parse()
+        .map_err(|e: gavel_core::UnknownActionClass| ApiError::bad_request(e.to_string()))?;
+    let outcome = match report.status.as_str() {
+        "succeeded" => gavel_core::Outcome::Succeeded {
+            detail: report.detail,
+        },
+        "failed" => gavel_core::Outcome::Failed {
+            detail: report.detail,
+        },
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "status {other:?}: expected \"succeeded\" or \"failed\""
+            )));
+        }
+    };
+    let action = Action {
+        resource: resource_named(&gw, &report.resource),
+        principal,
+        class,
+        operation: report.operation,
+        details: serde_json::json!({}),
+        intent: String::new(),
+        surface: "api".into(),
+        source: Some(peer.ip().to_string()),
+    };
+    let request_id = report.request_id.map(RequestId);
+    gw.gate
+        .record_outcome(&action, request_id.as_ref(), &outcome)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn resource_named(gw: &Gateway, name: &str) -> Resource {
+    match gw.config.resource(name) {
+        Some(r) => Resource {
+            name: r.name.clone(),
+            kind: r.kind.clone(),
+            tags: r.tags.clone(),
+        },
+        None => Resource {
+            name: name.to_owned(),
+            kind: "api".into(),
+            tags: Default::default(),
+        },
+    }
+}
+
 /// Generic action check for agents that act themselves and ask first.
 #[utoipa::path(post, path = "/api/v1/actions", security(("bearer" = [])),
     params(WaitQuery), request_body = ActionRequest,
@@ -236,18 +298,7 @@ pub(crate) async fn post_action(
         Some(d @ serde_json::Value::Object(_)) => d,
         Some(_) => return Err(ApiError::bad_request("details must be a JSON object")),
     };
-    let resource = match gw.config.resource(&body.resource) {
-        Some(r) => Resource {
-            name: r.name.clone(),
-            kind: r.kind.clone(),
-            tags: r.tags.clone(),
-        },
-        None => Resource {
-            name: body.resource.clone(),
-            kind: "api".into(),
-            tags: Default::default(),
-        },
-    };
+    let resource = resource_named(&gw, &body.resource);
     let action = Action {
         principal,
         resource,

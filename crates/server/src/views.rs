@@ -47,6 +47,26 @@ pub(crate) struct ActionRequest {
     pub details: Option<serde_json::Value>,
 }
 
+/// Body of `POST /api/v1/actions/outcome`: how an allowed action ended.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutcomeReport {
+    /// The action as it was checked: resource, action, operation.
+    pub resource: String,
+    /// The action class.
+    pub action: String,
+    /// The exact operation.
+    pub operation: String,
+    /// The request whose approval let it through, if any.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// `succeeded` or `failed`.
+    pub status: String,
+    /// What happened (rows, status code, error message).
+    #[serde(default)]
+    pub detail: String,
+}
+
 /// Query of `POST /api/v1/actions`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -212,6 +212,23 @@ tags = {{ env = "prod" }}
         }
     }
 
+    /// SIGTERM: the graceful shutdown an init system would ask for.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let status = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let exit = c.wait().unwrap();
+            assert!(
+                exit.success(),
+                "gavel exited with {exit} on SIGTERM: {}",
+                self.log()
+            );
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
