@@ -72,6 +72,10 @@ pub fn ocsf(seq: u64, r: &AuditRecord, origin: &str) -> Value {
         || r.outcome
             .as_deref()
             .is_some_and(|o| o.starts_with("failed"));
+    let mut api = json!({"operation": r.class.as_str(), "service": {"name": r.surface}});
+    if let Some(id) = &r.request_id {
+        api["request"] = json!({"uid": id.0});
+    }
     let src_endpoint = match &r.source {
         Some(ip) => json!({"ip": ip}),
         None => json!({"name": r.surface}),
@@ -104,11 +108,7 @@ pub fn ocsf(seq: u64, r: &AuditRecord, origin: &str) -> Value {
         "actor": {
             "user": {"uid": r.initiator, "name": id, "type": if kind == "human" { "User" } else { "Other" }},
         },
-        "api": {
-            "operation": r.class.as_str(),
-            "service": {"name": r.surface},
-            "request": {"uid": r.request_id.as_ref().map(|i| i.0.clone())},
-        },
+        "api": api,
         "src_endpoint": src_endpoint,
         "resources": [{"name": r.resource, "type": "gavel resource"}],
         "unmapped": {"gavel": {
@@ -197,8 +197,16 @@ pub fn cef(seq: u64, r: &AuditRecord) -> String {
     )
 }
 
+/// Control characters would split one record into several syslog lines.
+fn no_controls(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 fn sd_value(s: &str) -> String {
-    s.replace('\\', "\\\\")
+    no_controls(s)
+        .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace(']', "\\]")
 }
@@ -251,9 +259,9 @@ pub fn syslog(seq: u64, r: &AuditRecord) -> String {
         printable(&r.gateway_id, 255, "-"),
         printable(r.event.as_str(), 32, "-"),
         sd.join(" "),
-        r.initiator,
+        no_controls(&r.initiator),
         r.class,
-        r.resource,
-        r.operation.replace(['\n', '\r'], " ")
+        no_controls(&r.resource),
+        no_controls(&r.operation)
     )
 }

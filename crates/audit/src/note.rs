@@ -223,6 +223,9 @@ impl NoteVerifier {
     /// ignored; at least one must be by this key and valid.
     pub fn open<'a>(&self, note: &'a str) -> Result<&'a str, NoteError> {
         let bad = |why: &str| NoteError::MalformedNote(why.to_owned());
+        if note.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(bad("control characters other than newline"));
+        }
         let split = note
             .rfind("\n\n")
             .ok_or_else(|| bad("no blank line before the signatures"))?;
@@ -237,16 +240,24 @@ impl NoteVerifier {
             let (name, sig) = rest
                 .split_once(' ')
                 .ok_or_else(|| bad("signature line has no signature"))?;
-            let Ok(raw) = B64.decode(sig) else { continue };
-            if name != self.name || raw.len() != 68 || raw[..4] != self.id.to_be_bytes() {
-                continue;
+            let raw = B64
+                .decode(sig)
+                .map_err(|_| bad("signature is not base64"))?;
+            if raw.len() < 4 {
+                return Err(bad("signature too short"));
             }
-            let Ok(sig) = Signature::from_slice(&raw[4..]) else {
-                continue;
-            };
-            if self.key.verify(text.as_bytes(), &sig).is_ok() {
-                return Ok(text);
+            if name != self.name || raw[..4] != self.id.to_be_bytes() {
+                continue; // another key's signature
             }
+            // A signature claiming to be by this key that does not verify
+            // rejects the note (as Go's note.Open does).
+            let valid = raw.len() == 68
+                && Signature::from_slice(&raw[4..])
+                    .is_ok_and(|sig| self.key.verify(text.as_bytes(), &sig).is_ok());
+            if !valid {
+                return Err(NoteError::BadSignature(self.name.clone()));
+            }
+            return Ok(text);
         }
         Err(NoteError::BadSignature(self.name.clone()))
     }
@@ -284,8 +295,9 @@ impl Checkpoint {
             .ok_or_else(|| bad("no origin"))?;
         let size = lines
             .next()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()) && (*s == "0" || !s.starts_with('0')))
             .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| bad("no tree size"))?;
+            .ok_or_else(|| bad("no tree size (decimal, no leading zeros)"))?;
         let root = lines
             .next()
             .and_then(|r| B64.decode(r).ok())
@@ -325,6 +337,25 @@ mod tests {
             Checkpoint::open(&tampered, &verifier),
             Err(NoteError::BadSignature(_))
         ));
+        // A bad signature that claims our key rejects the note, even when a
+        // good one follows.
+        let good_line = note.rsplit_once("\n\n").unwrap().1;
+        let (prefix, sig) = good_line.trim_end().rsplit_once(' ').unwrap();
+        let mut raw = B64.decode(sig).unwrap();
+        raw[10] ^= 1;
+        let bad = format!("{}\n{prefix} {}\n{good_line}", cp.body(), B64.encode(raw));
+        assert!(
+            matches!(verifier.open(&bad), Err(NoteError::BadSignature(_))),
+            "{bad}"
+        );
+        // Sizes are decimal without leading zeros; control characters are refused.
+        assert!(Checkpoint::parse("o\n007\nAAAA\n").is_err());
+        assert!(Checkpoint::parse("o\n+7\nAAAA\n").is_err());
+        assert!(
+            verifier
+                .open(&note.replace("audit\n7", "audit\r\n7"))
+                .is_err()
+        );
         let other = NoteSigner::generate("gavel.example/audit")
             .unwrap()
             .verifier();

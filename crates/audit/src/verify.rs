@@ -2,10 +2,10 @@
 //! checks every signed checkpoint against it.
 //!
 //! It finds, and names by sequence number:
-//! - a modified record: its bytes are not canonical, or their hash differs
-//!   from the stored leaf hash, or a signed checkpoint's root no longer
-//!   matches (then the first record not vouched for by an earlier
-//!   checkpoint is named);
+//! - a modified record: its bytes no longer start with its position, or
+//!   their hash differs from the stored leaf hash, or a signed checkpoint's
+//!   root no longer matches (then the first record not vouched for by an
+//!   earlier checkpoint is named);
 //! - an inserted, deleted or reordered record: positions are contiguous
 //!   from 0 and every record carries its own position inside its hashed
 //!   bytes;

@@ -4,7 +4,7 @@ use crate::admin::load_config;
 use crate::{Fail, exit};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use gavel_audit::{Checkpoint, NoteSigner, NoteVerifier, inclusion_proof, root_of, verify_log};
+use gavel_audit::{Checkpoint, NoteSigner, NoteVerifier, inclusion_proof, verify_log};
 use gavel_server::open_store;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -42,10 +42,20 @@ pub async fn verify(
             signer(&loaded)?.verifier()
         }
     };
-    let external = checkpoint
-        .as_deref()
-        .map(|p| read(p, "--checkpoint"))
-        .transpose()?;
+    // Without --checkpoint, the gateway's own witness copy (beside its key,
+    // outside the database) stands in for a checkpoint kept elsewhere.
+    let witness = loaded.audit_witness_file();
+    let external = match checkpoint.as_deref() {
+        Some(p) => Some(read(p, "--checkpoint")?),
+        None if witness.exists() => {
+            eprintln!(
+                "note: also checking the witness checkpoint {}",
+                witness.display()
+            );
+            Some(read(&witness, "witness checkpoint")?)
+        }
+        None => None,
+    };
     let store = open_store(&loaded).await?;
     let records = store.audit_stored(0, u64::MAX).await?;
     let checkpoints = store.checkpoints().await?;
@@ -73,9 +83,18 @@ pub async fn verify(
     }
 }
 
-pub async fn proof(file: Option<&Path>, seq: u64, size: Option<u64>) -> anyhow::Result<ExitCode> {
+pub async fn proof(
+    file: Option<&Path>,
+    seq: u64,
+    size: Option<u64>,
+    pubkey: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let loaded = load_config(file)?;
-    let verifier = signer(&loaded)?.verifier();
+    let verifier = match &pubkey {
+        Some(p) => NoteVerifier::parse(&read(p, "--pubkey")?)
+            .map_err(|e| Fail::with(exit::USAGE, format!("--pubkey: {e}")))?,
+        None => signer(&loaded)?.verifier(),
+    };
     let store = open_store(&loaded).await?;
     let checkpoints = store.checkpoints().await?;
     let size = match size {
@@ -92,22 +111,27 @@ pub async fn proof(file: Option<&Path>, seq: u64, size: Option<u64>) -> anyhow::
     let record = record
         .first()
         .ok_or_else(|| Fail::with(exit::NOT_FOUND, format!("no record {seq}")))?;
-    let computed = root_of(&leaves);
-    let signed = checkpoints.iter().find(|c| c.size == size);
-    let root = match signed {
-        Some(cp) => {
-            Checkpoint::open(&cp.note, &verifier)
-                .map_err(|e| {
-                    Fail::with(
-                        exit::FAILURE,
-                        format!("stored checkpoint for size {size}: {e}"),
-                    )
-                })?
-                .root
-        }
-        None => computed,
-    };
+    // A proof means something only against a root someone signed.
+    let signed = checkpoints.iter().find(|c| c.size == size).ok_or_else(|| {
+        let sizes: Vec<String> = checkpoints.iter().map(|c| c.size.to_string()).collect();
+        Fail::with(
+            exit::NOT_FOUND,
+            format!(
+                "no signed checkpoint at size {size}; signed sizes: {}",
+                sizes.join(", ")
+            ),
+        )
+    })?;
+    let root = Checkpoint::open(&signed.note, &verifier)
+        .map_err(|e| {
+            Fail::with(
+                exit::FAILURE,
+                format!("stored checkpoint for size {size}: {e}"),
+            )
+        })?
+        .root;
     let ok = gavel_audit::tree::verify_inclusion(&root, size, &record.data, seq, &path);
+    let signed = Some(signed);
     let out = serde_json::json!({
         "seq": seq,
         "tree_size": size,

@@ -116,9 +116,12 @@ pub enum AuditCommand {
     Proof {
         /// The record's sequence number.
         seq: u64,
-        /// Prove against this tree size (default: the latest checkpoint).
+        /// Prove against this signed tree size (default: the latest checkpoint).
         #[arg(long)]
         size: Option<u64>,
+        /// The verifier key to trust (default: derived from the data directory's key).
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
     },
     /// Print the latest signed checkpoint; keep copies outside gavel.
     Checkpoint,

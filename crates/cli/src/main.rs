@@ -105,7 +105,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(AuditCommand::Verify { checkpoint, pubkey }) => {
             audit::verify(config, checkpoint, pubkey).await
         }
-        Command::Audit(AuditCommand::Proof { seq, size }) => audit::proof(config, seq, size).await,
+        Command::Audit(AuditCommand::Proof { seq, size, pubkey }) => {
+            audit::proof(config, seq, size, pubkey).await
+        }
         Command::Audit(AuditCommand::Checkpoint) => audit::checkpoint(config).await,
         Command::Audit(AuditCommand::Export {
             format,

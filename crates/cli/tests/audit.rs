@@ -227,14 +227,18 @@ async fn truncation_is_caught_by_stored_and_by_external_checkpoints() {
     let l = log().await;
     l.tamper(&["DELETE FROM audit_log WHERE seq >= 5"]).await;
     assert_first_bad(l.verify(false), 5, "records truncated");
-    // A thorough DBA deletes the checkpoints as well: only the checkpoint
-    // kept elsewhere still tells.
+    // A thorough DBA deletes the checkpoints as well: the witness beside the
+    // key still tells.
     l.tamper(&["DELETE FROM audit_checkpoints WHERE size > 5"])
         .await;
+    assert_first_bad(l.verify(false), 5, "records truncated");
+    // With the data directory's witness gone too, only a checkpoint kept
+    // elsewhere still tells.
+    std::fs::remove_file(l.g.dir.path().join("state/audit.checkpoint")).unwrap();
     let (ok, text) = l.verify(false);
     assert!(
         ok,
-        "without a checkpoint held elsewhere a clean truncation cannot be seen: {text}"
+        "without any checkpoint a clean truncation cannot be seen: {text}"
     );
     assert_first_bad(l.verify(true), 5, "records truncated");
 }
@@ -440,4 +444,88 @@ async fn shutdown_signs_a_final_checkpoint() {
         "{}",
         g.log()
     );
+}
+
+/// The DBA rewrites a record with a correct hash, deletes every stored
+/// checkpoint and restarts gavel: it refuses to sign the rewritten log.
+#[tokio::test]
+async fn a_restarted_gateway_refuses_to_sign_a_rewritten_log() {
+    let mut l = log().await;
+    let forged = String::from_utf8(l.record(3).await)
+        .unwrap()
+        .replace("SELECT 3", "SELECT 'nothing'");
+    l.tamper(&[
+        &format!(
+            "UPDATE audit_log SET record = CAST('{}' AS BLOB), leaf_hash = X'{}' WHERE seq = 3",
+            forged.replace('\'', "''"),
+            leaf_hash_hex(forged.as_bytes())
+        ),
+        "DELETE FROM audit_checkpoints",
+    ])
+    .await;
+    l.g.launch().await;
+    let (s, _) =
+        l.g.call(
+            reqwest::Method::GET,
+            "/api/v1/audit/checkpoint",
+            Some(ALICE),
+            None,
+        )
+        .await;
+    assert_eq!(s, 500, "it must not sign");
+    let (_, ready) = l.g.call(reqwest::Method::GET, "/readyz", None, None).await;
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert!(
+        ready["audit_error"]
+            .as_str()
+            .unwrap()
+            .contains("refusing to sign"),
+        "{ready}"
+    );
+    l.g.kill();
+    // verify uses the witness checkpoint by default and names the range.
+    assert_first_bad(l.verify(false), 0, "does not match the records");
+
+    // An attacker who also controls the data directory deletes the witness:
+    // gavel then signs the forged log, and only a checkpoint kept elsewhere
+    // still tells.
+    std::fs::remove_file(l.g.dir.path().join("state/audit.checkpoint")).unwrap();
+    l.g.launch().await;
+    let (s, _) =
+        l.g.call(
+            reqwest::Method::GET,
+            "/api/v1/audit/checkpoint",
+            Some(ALICE),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    l.g.kill();
+    let (ok, text) = l.verify(false);
+    assert!(ok, "{text}");
+    let (ok, text) = l.verify(true);
+    assert!(
+        !ok && text.contains("disagree on the root at size 8"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn time_filters_read_the_hashed_time_not_the_unverified_column() {
+    let l = log().await;
+    l.tamper(&["UPDATE audit_log SET time = 0 WHERE seq = 5"])
+        .await;
+    let out = l.g.cli(
+        &[
+            "audit",
+            "export",
+            "--format",
+            "jsonl",
+            "--since",
+            "2000-01-01T00:00:00Z",
+        ],
+        None,
+    );
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 8);
 }

@@ -271,6 +271,13 @@ impl Loaded {
             .unwrap_or_else(|| self.config.data_dir.join("audit.key"))
     }
 
+    /// Where the gateway keeps a copy of its last signed checkpoint, beside
+    /// the key and outside the database, so that deleting checkpoints from
+    /// the database does not make it re-sign a rewritten log.
+    pub fn audit_witness_file(&self) -> PathBuf {
+        self.audit_key_file().with_file_name("audit.checkpoint")
+    }
+
     /// The resource named `name` among the configured ones: its kind and tags.
     pub fn resource(&self, name: &str) -> Option<&ApiResourceConfig> {
         self.config.resources.api.iter().find(|r| r.name == name)

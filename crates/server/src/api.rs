@@ -129,6 +129,7 @@ pub(crate) async fn healthz() -> Json<Health> {
         status: "ok",
         policy: None,
         storage_error: None,
+        audit_error: None,
     })
 }
 
@@ -147,15 +148,17 @@ pub(crate) async fn readyz(State(gw): State<Gateway>) -> Response {
         policies: bundle.policies.len(),
         reload_error: reload_error.clone(),
     };
+    let audit_error = gw.checkpointer.refusal();
     match gw.store.count_by_state().await {
         Ok(_) => Json(Health {
-            status: if reload_error.is_some() {
+            status: if reload_error.is_some() || audit_error.is_some() {
                 "degraded"
             } else {
                 "ready"
             },
             policy: Some(policy),
             storage_error: None,
+            audit_error,
         })
         .into_response(),
         Err(e) => {
@@ -166,6 +169,7 @@ pub(crate) async fn readyz(State(gw): State<Gateway>) -> Response {
                     status: "unavailable",
                     policy: Some(policy),
                     storage_error: Some("storage does not answer; see the gateway log".into()),
+                    audit_error,
                 }),
             )
                 .into_response()

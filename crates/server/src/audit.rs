@@ -9,29 +9,51 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use gavel_audit::{Checkpoint, Frontier, NoteSigner, consistency_proof, inclusion_proof};
+use gavel_audit::{
+    Checkpoint, Frontier, NoteSigner, NoteVerifier, consistency_proof, inclusion_proof,
+};
 use gavel_core::{AuditRecord, Clock, Principal, SystemClock};
 use gavel_store::SqliteStore;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Mutex;
 use utoipa::{IntoParams, ToSchema};
 
 /// Signs checkpoints of the audit log as it grows.
+///
+/// It never signs a log that does not extend what it signed before: the
+/// latest checkpoint in the store and the witness file (its own copy of the
+/// last checkpoint it signed, outside the database) must both verify with
+/// its key and match the records, or it refuses and says why in `/readyz`.
 pub struct Checkpointer {
     store: SqliteStore,
     signer: NoteSigner,
-    /// The right edge of the tree up to the last checkpoint; extended with
-    /// the new leaf hashes each time, so a checkpoint costs O(new records).
+    verifier: NoteVerifier,
+    witness: PathBuf,
+    /// The right edge of the tree as verified so far; extended with new
+    /// leaf hashes each time, so a checkpoint costs O(new records).
     frontier: Mutex<Frontier>,
+    refusal: std::sync::Mutex<Option<String>>,
+}
+
+fn audit_error(message: String) -> gavel_core::Error {
+    gavel_core::Error::Audit(message)
 }
 
 impl Checkpointer {
-    pub(crate) fn new(store: SqliteStore, signer: NoteSigner) -> Arc<Checkpointer> {
+    pub(crate) fn new(
+        store: SqliteStore,
+        signer: NoteSigner,
+        witness: PathBuf,
+    ) -> Arc<Checkpointer> {
         Arc::new(Checkpointer {
             store,
+            verifier: signer.verifier(),
             signer,
+            witness,
             frontier: Mutex::new(Frontier::default()),
+            refusal: std::sync::Mutex::new(None),
         })
     }
 
@@ -40,23 +62,101 @@ impl Checkpointer {
         self.signer.name()
     }
 
+    /// Why the last attempt refused to sign, while it still refuses.
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Signs and stores a checkpoint if records arrived since the last one.
     /// Returns the new checkpoint's size.
     pub async fn checkpoint_now(&self) -> Result<Option<u64>, gavel_core::Error> {
+        let result = self.try_checkpoint().await;
+        let mut refusal = self.refusal.lock().unwrap_or_else(|e| e.into_inner());
+        *refusal = result.as_ref().err().map(|e| e.to_string());
+        result
+    }
+
+    /// The checkpoints this log must extend: the latest stored one and the
+    /// witness file, each verified with this gateway's key.
+    async fn anchors(&self) -> Result<Vec<Checkpoint>, gavel_core::Error> {
+        let mut anchors = Vec::new();
+        if let Some(stored) = self.store.latest_checkpoint().await? {
+            let cp = Checkpoint::open(&stored.note, &self.verifier).map_err(|e| {
+                audit_error(format!(
+                    "the latest stored checkpoint (size {}) does not verify: {e}",
+                    stored.size
+                ))
+            })?;
+            anchors.push(cp);
+        }
+        match std::fs::read_to_string(&self.witness) {
+            Ok(note) => anchors.push(Checkpoint::open(&note, &self.verifier).map_err(|e| {
+                audit_error(format!(
+                    "the witness checkpoint {} does not verify: {e}",
+                    self.witness.display()
+                ))
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(audit_error(format!(
+                    "reading {}: {e}",
+                    self.witness.display()
+                )));
+            }
+        }
+        anchors.sort_by_key(|a| a.size);
+        Ok(anchors)
+    }
+
+    async fn try_checkpoint(&self) -> Result<Option<u64>, gavel_core::Error> {
         let mut frontier = self.frontier.lock().await;
         let size = self.store.audit_size().await?;
-        let latest = self.store.latest_checkpoint().await?.map_or(0, |c| c.size);
-        if size == 0 || size <= latest {
-            return Ok(None);
-        }
-        for leaf in self.store.audit_leaves(frontier.size(), size).await? {
-            frontier.push(leaf);
-        }
-        if frontier.size() != size {
-            return Err(gavel_core::Error::Audit(format!(
-                "audit log has {} leaves where {size} were expected",
+        if size < frontier.size() {
+            return Err(audit_error(format!(
+                "the audit log shrank from {} to {size} records; refusing to sign",
                 frontier.size()
             )));
+        }
+        let anchors = self.anchors().await?;
+        if let Some(a) = anchors.iter().find(|a| a.size > size) {
+            return Err(audit_error(format!(
+                "the log holds {size} records but a signed checkpoint covers {}: records were removed; refusing to sign",
+                a.size
+            )));
+        }
+        // Extend a copy; keep it only if every anchor on the way matches.
+        let mut next = frontier.clone();
+        let verified = next.size();
+        let mut pending: std::collections::VecDeque<(u64, gavel_audit::Hash)> = anchors
+            .iter()
+            .filter(|a| a.size > verified)
+            .map(|a| (a.size, a.root))
+            .collect();
+        let leaves = self.store.audit_leaves(verified, size).await?;
+        for leaf in leaves {
+            next.push(leaf);
+            while pending.front().is_some_and(|(at, _)| *at == next.size()) {
+                let (at, root) = pending.pop_front().unwrap_or_default();
+                if root != next.root() {
+                    return Err(audit_error(format!(
+                        "the stored records do not match the checkpoint signed at size {at}: the log was altered; refusing to sign"
+                    )));
+                }
+            }
+        }
+        if next.size() != size {
+            return Err(audit_error(format!(
+                "the audit log has {} leaves where {size} were expected",
+                next.size()
+            )));
+        }
+        *frontier = next;
+        let signed = anchors.last().map_or(0, |a| a.size);
+        if size == 0 || size <= signed {
+            return Ok(None);
         }
         let cp = Checkpoint {
             origin: self.signer.name().to_owned(),
@@ -67,6 +167,10 @@ impl Checkpointer {
         self.store
             .insert_checkpoint(size, &cp.root, &note, SystemClock.now())
             .await?;
+        let tmp = self.witness.with_extension("tmp");
+        std::fs::write(&tmp, &note)
+            .and_then(|_| std::fs::rename(&tmp, &self.witness))
+            .map_err(|e| audit_error(format!("writing {}: {e}", self.witness.display())))?;
         Ok(Some(size))
     }
 }

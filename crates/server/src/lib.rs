@@ -106,7 +106,7 @@ impl Gateway {
                 loaded.config.audit.origin
             );
         }
-        let checkpointer = Checkpointer::new(sqlite.clone(), signer);
+        let checkpointer = Checkpointer::new(sqlite.clone(), signer, loaded.audit_witness_file());
         let policy = Arc::new(
             CedarEngine::load(&loaded.config.policy.dir)
                 .map_err(|e| anyhow::anyhow!("policies are invalid:\n{e}"))?,

@@ -341,6 +341,9 @@ pub(crate) struct Health {
     /// Storage problem, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_error: Option<String>,
+    /// Why the audit checkpointer refuses to sign, if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_error: Option<String>,
 }
 
 /// The live policy set and the last reload error.

@@ -210,11 +210,14 @@ impl SqliteStore {
             q.push(" AND seq > ")
                 .push_bind(after.min(i64::MAX as u64) as i64);
         }
+        // The record's own (hashed) time, not the unverified `time` column.
         if let Some(since) = f.since {
-            q.push(" AND time >= ").push_bind(since);
+            q.push(" AND json_extract(CAST(record AS TEXT), '$.time') >= ")
+                .push_bind(since);
         }
         if let Some(until) = f.until {
-            q.push(" AND time < ").push_bind(until);
+            q.push(" AND json_extract(CAST(record AS TEXT), '$.time') < ")
+                .push_bind(until);
         }
         for (path, value) in [
             ("$.initiator", &f.initiator),
