@@ -25,23 +25,29 @@ fn read(path: &Path, what: &str) -> anyhow::Result<String> {
         .map_err(|e| Fail::with(exit::USAGE, format!("{what} {}: {e}", path.display())))
 }
 
+/// The key to verify with: `--pubkey` (kept elsewhere), or else the one
+/// derived from the data directory's signing key, with a warning.
+fn verifier(loaded: &gavel_config::Loaded, pubkey: Option<&Path>) -> anyhow::Result<NoteVerifier> {
+    match pubkey {
+        Some(p) => NoteVerifier::parse(&read(p, "--pubkey")?)
+            .map_err(|e| Fail::with(exit::USAGE, format!("--pubkey: {e}"))),
+        None => {
+            eprintln!(
+                "note: trusting the key in {}; pass --pubkey with a copy kept elsewhere for an independent check",
+                loaded.audit_key_file().display()
+            );
+            Ok(signer(loaded)?.verifier())
+        }
+    }
+}
+
 pub async fn verify(
     file: Option<&Path>,
     checkpoint: Option<PathBuf>,
     pubkey: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let loaded = load_config(file)?;
-    let verifier = match &pubkey {
-        Some(p) => NoteVerifier::parse(&read(p, "--pubkey")?)
-            .map_err(|e| Fail::with(exit::USAGE, format!("--pubkey: {e}")))?,
-        None => {
-            eprintln!(
-                "note: trusting the key in {}; pass --pubkey with a copy kept elsewhere for an independent check",
-                loaded.audit_key_file().display()
-            );
-            signer(&loaded)?.verifier()
-        }
-    };
+    let verifier = verifier(&loaded, pubkey.as_deref())?;
     // Without --checkpoint, the gateway's own witness copy (beside its key,
     // outside the database) stands in for a checkpoint kept elsewhere.
     let witness = loaded.audit_witness_file();
@@ -90,11 +96,7 @@ pub async fn proof(
     pubkey: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let loaded = load_config(file)?;
-    let verifier = match &pubkey {
-        Some(p) => NoteVerifier::parse(&read(p, "--pubkey")?)
-            .map_err(|e| Fail::with(exit::USAGE, format!("--pubkey: {e}")))?,
-        None => signer(&loaded)?.verifier(),
-    };
+    let verifier = verifier(&loaded, pubkey.as_deref())?;
     let store = open_store(&loaded).await?;
     let checkpoints = store.checkpoints().await?;
     let size = match size {
@@ -175,12 +177,9 @@ pub async fn checkpoint(file: Option<&Path>) -> anyhow::Result<ExitCode> {
 
 fn parse_time(flag: &str, v: Option<String>) -> anyhow::Result<Option<i64>> {
     v.map(|s| {
-        humantime::parse_rfc3339_weak(&s)
-            .map_err(|e| Fail::with(exit::USAGE, format!("{flag} {s:?}: {e}; use RFC 3339")))
-            .map(|t| {
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64)
-            })
+        gavel_core::Timestamp::parse_rfc3339(&s)
+            .map(|t| t.0)
+            .map_err(|e| Fail::with(exit::USAGE, format!("{flag}: {e}")))
     })
     .transpose()
 }

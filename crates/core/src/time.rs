@@ -21,6 +21,18 @@ impl Timestamp {
         self.0
     }
 
+    /// Parses an RFC 3339 time (`2026-11-25T10:00:00Z`; fractional seconds
+    /// optional) into milliseconds since the epoch.
+    pub fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
+        let t = humantime::parse_rfc3339_weak(text).map_err(|e| {
+            format!("{text:?} is not an RFC 3339 time ({e}), e.g. 2026-11-25T10:00:00Z")
+        })?;
+        let ms = t
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Ok(Timestamp(ms))
+    }
+
     /// As a `SystemTime`, for formatting.
     pub fn to_system_time(self) -> SystemTime {
         if self.0 >= 0 {

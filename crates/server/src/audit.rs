@@ -373,12 +373,9 @@ pub(crate) struct AuditPage {
 fn parse_time(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
     v.as_deref()
         .map(|s| {
-            humantime::parse_rfc3339_weak(s)
-                .map_err(|e| ApiError::bad_request(format!("{name}={s:?}: {e}; use RFC 3339")))
-                .map(|t| {
-                    t.duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as i64)
-                })
+            gavel_core::Timestamp::parse_rfc3339(s)
+                .map(|t| t.0)
+                .map_err(|e| ApiError::bad_request(format!("{name}: {e}")))
         })
         .transpose()
 }
