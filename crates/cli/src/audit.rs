@@ -107,8 +107,8 @@ pub async fn proof(
             .ok_or_else(|| Fail::with(exit::NOT_FOUND, "no signed checkpoint yet; pass --size"))?,
     };
     let leaves = store.audit_leaves(0, size).await?;
-    let path =
-        inclusion_proof(&leaves, seq, size).map_err(|e| Fail::with(exit::USAGE, e.to_string()))?;
+    let path = inclusion_proof(&leaves, seq, size)
+        .map_err(|e| Fail::with(exit::NOT_FOUND, e.to_string()))?;
     let record = store.audit_stored(seq, seq + 1).await?;
     let record = record
         .first()

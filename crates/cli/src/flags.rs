@@ -14,7 +14,14 @@ use std::path::PathBuf;
 /// Review:  GAVEL_TOKEN=… gavel requests     then  gavel approve ID  /  gavel deny ID --reason …
 /// Agents:  gavel agent create NAME --owner you@example.com   (prints the token once)
 #[derive(Debug, Parser)]
-#[command(name = "gavel", version, about, long_about, max_term_width = 100)]
+#[command(
+    name = "gavel",
+    version,
+    about,
+    long_about,
+    max_term_width = 100,
+    verbatim_doc_comment
+)]
 pub struct Cli {
     /// The configuration file (default: built-in defaults).
     #[arg(

@@ -433,6 +433,18 @@ async fn outcomes_are_recorded_and_a_failed_approved_action_marks_its_request() 
         .call(
             Method::POST,
             "/api/v1/actions/outcome",
+            Some(BOB),
+            Some(report("succeeded", Some(&id))),
+        )
+        .await;
+    assert_eq!(
+        s, 400,
+        "another principal cannot attach outcomes to the request: {e}"
+    );
+    let (s, e) = g
+        .call(
+            Method::POST,
+            "/api/v1/actions/outcome",
             Some(&agent),
             Some(report("exploded", Some(&id))),
         )

@@ -456,7 +456,7 @@ impl Gate {
             Outcome::Succeeded { detail } => (format!("succeeded: {detail}"), false),
             Outcome::Failed { detail } => (format!("failed: {detail}"), true),
         };
-        if let (Some(id), true) = (request_id, failed) {
+        if let Some(id) = request_id {
             let Some(before) = shared.store.get_request(id).await? else {
                 return Err(Error::Invalid(format!("no request with id {id}")));
             };
@@ -465,6 +465,13 @@ impl Gate {
                     "request {id} belongs to another principal"
                 )));
             }
+        }
+        if let (Some(id), true) = (request_id, failed) {
+            let before = shared
+                .store
+                .get_request(id)
+                .await?
+                .ok_or_else(|| Error::Invalid(format!("no request with id {id}")))?;
             let mut after = before.clone();
             if after.record_failure(shared.clock.now()) {
                 let mut record = shared.request_record(&after, AuditEvent::Failed);

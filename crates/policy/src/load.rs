@@ -432,8 +432,20 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicyBundle, Polic
 /// The longest `@timeout` accepted.
 const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// The annotations gavel understands. Any other is an error: a misspelled
+/// `@approvals` would otherwise turn an approval rule into a plain permit.
+const KNOWN_ANNOTATIONS: &[&str] = &["id", "approval", "quorum", "timeout", "description"];
+
 /// Reads `@approval`, `@quorum`, `@timeout` from a policy.
 fn approval_spec(policy: &Policy) -> Result<Option<ApprovalSpec>, String> {
+    if let Some((key, _)) = policy
+        .annotations()
+        .find(|(k, _)| !KNOWN_ANNOTATIONS.contains(k))
+    {
+        return Err(format!(
+            "unknown annotation @{key} (gavel knows @id, @approval, @quorum, @timeout, @description); a misspelled approval rule would allow without approval"
+        ));
+    }
     let approval = policy.annotation("approval");
     let quorum = policy.annotation("quorum");
     let timeout = policy.annotation("timeout");
@@ -557,6 +569,14 @@ mod tests {
             (
                 "@approval(\" , \")\npermit(principal, action, resource);",
                 "nobody",
+            ),
+            (
+                "@approvals(\"group:dba\")\npermit(principal, action, resource);",
+                "unknown annotation @approvals",
+            ),
+            (
+                "@approval(\"group:dba\")\n@quorom(\"2\")\npermit(principal, action, resource);",
+                "unknown annotation @quorom",
             ),
             (
                 "@id(\"x\")\npermit(principal, action, resource);\n@id(\"x\")\npermit(principal, action, resource);",
