@@ -350,6 +350,225 @@ fn node_class(kind: &str) -> Option<ActionClass> {
 
 /// `AlterTableType::AtChangeOwner` in libpg_query's protobuf.
 const AT_CHANGE_OWNER: i64 = 27;
+/// `TransactionStmtKind`: PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED.
+const TWO_PHASE: [i64; 3] = [8, 9, 10];
+/// `DiscardMode::DiscardAll` (also resets the session's role).
+const DISCARD_ALL: i64 = 1;
+/// `VariableSetKind`: SET TRANSACTION / SESSION CHARACTERISTICS, RESET ALL.
+const VAR_SET_MULTI: i64 = 4;
+const VAR_RESET_ALL: i64 = 6;
+
+/// Settings a session may change without approval. Any other `SET` can
+/// change what the server does (`session_replication_role` skips triggers,
+/// `log_statement` hides activity, `search_path` shadows functions): admin.
+const SAFE_SETTINGS: &[&str] = &[
+    "application_name",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "timezone",
+    "datestyle",
+    "intervalstyle",
+    "extra_float_digits",
+    "client_encoding",
+    "client_min_messages",
+    "bytea_output",
+    "standard_conforming_strings",
+    "transaction_isolation",
+    "transaction_read_only",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "work_mem",
+    "maintenance_work_mem",
+    "enable_seqscan",
+    "enable_indexscan",
+    "enable_bitmapscan",
+    "enable_hashjoin",
+    "enable_mergejoin",
+    "enable_nestloop",
+    "jit",
+    "row_security",
+];
+
+/// Operators PostgreSQL ships. Any other operator, or one qualified with a
+/// schema other than pg_catalog, runs whatever function its creator chose.
+const BUILTIN_OPERATORS: &[&str] = &[
+    "=",
+    "<>",
+    "!=",
+    "<",
+    ">",
+    "<=",
+    ">=",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    "^",
+    "||",
+    "|/",
+    "||/",
+    "@",
+    "&",
+    "|",
+    "#",
+    "~",
+    "<<",
+    ">>",
+    "->",
+    "->>",
+    "#>",
+    "#>>",
+    "@>",
+    "<@",
+    "?",
+    "?|",
+    "?&",
+    "&&",
+    "~*",
+    "!~",
+    "!~*",
+    "~~",
+    "!~~",
+    "~~*",
+    "!~~*",
+    "@@",
+    "@?",
+    "#-",
+    "<->",
+    "&<",
+    "&>",
+    "<<|",
+    "|>>",
+    "&<|",
+    "|&>",
+    "<^",
+    ">^",
+    "?#",
+    "?-",
+    "?-|",
+    "?||",
+    "~=",
+    "<<=",
+    ">>=",
+    "-|-",
+    "BETWEEN",
+    "NOT BETWEEN",
+    "BETWEEN SYMMETRIC",
+    "NOT BETWEEN SYMMETRIC",
+];
+
+/// Types PostgreSQL ships. A cast to any other type (or a domain) may run
+/// its creator's input function or CHECK expression.
+const BUILTIN_TYPES: &[&str] = &[
+    "bool",
+    "boolean",
+    "int2",
+    "int4",
+    "int8",
+    "smallint",
+    "integer",
+    "int",
+    "bigint",
+    "numeric",
+    "decimal",
+    "float4",
+    "float8",
+    "real",
+    "text",
+    "varchar",
+    "bpchar",
+    "char",
+    "name",
+    "date",
+    "time",
+    "timetz",
+    "timestamp",
+    "timestamptz",
+    "interval",
+    "uuid",
+    "json",
+    "jsonb",
+    "bytea",
+    "inet",
+    "cidr",
+    "macaddr",
+    "macaddr8",
+    "oid",
+    "regclass",
+    "regtype",
+    "regproc",
+    "regprocedure",
+    "regnamespace",
+    "regrole",
+    "money",
+    "xml",
+    "bit",
+    "varbit",
+    "tsvector",
+    "tsquery",
+    "point",
+    "line",
+    "lseg",
+    "box",
+    "path",
+    "polygon",
+    "circle",
+    "int4range",
+    "int8range",
+    "numrange",
+    "tsrange",
+    "tstzrange",
+    "daterange",
+    "record",
+];
+
+/// Catalogs whose contents are server configuration or credentials.
+const SENSITIVE_RELATIONS: &[&str] = &[
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+    "pg_file_settings",
+    "pg_authid",
+    "pg_shadow",
+    "pg_user_mappings",
+];
+
+/// The names in a list of `String` nodes (`funcname`, an operator, a type).
+fn names(list: Option<&Value>) -> Vec<String> {
+    list.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.pointer("/node/String/sval").and_then(Value::as_str))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `parts` (optionally schema-qualified) names a built-in in `list`.
+fn builtin(parts: &[String], list: &[&str]) -> bool {
+    match parts {
+        [name] => list.contains(&name.as_str()),
+        [schema, name] => schema == "pg_catalog" && list.contains(&name.as_str()),
+        _ => false,
+    }
+}
+
+/// Whether any data-modifying statement occurs inside `v`.
+fn contains_dml(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.iter().any(|(k, c)| {
+            matches!(
+                k.as_str(),
+                "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt"
+            ) || contains_dml(c)
+        }),
+        Value::Array(a) => a.iter().any(contains_dml),
+        _ => false,
+    }
+}
 
 /// Classifies query strings. Cheap to share.
 #[derive(Debug, Clone)]
@@ -386,6 +605,11 @@ impl Walk<'_> {
                 // A RangeVar, wrapped as a node or held directly (`relation`).
                 if let Some(name) = map.get("relname").and_then(Value::as_str) {
                     let schema = map.get("schemaname").and_then(Value::as_str).unwrap_or("");
+                    if SENSITIVE_RELATIONS.contains(&name) {
+                        self.raise(ActionClass::SqlAdmin, || {
+                            format!("{name} exposes server configuration or credentials")
+                        });
+                    }
                     if !name.is_empty() {
                         self.tables.insert(if schema.is_empty() {
                             name.to_owned()
@@ -429,15 +653,67 @@ impl Walk<'_> {
             }
             "CopyStmt" => self.copy(n),
             "VariableSetStmt" => {
-                let name = n.get("name").and_then(Value::as_str).unwrap_or("");
-                match name {
-                    "role" | "session_authorization" => self.raise(ActionClass::SqlDcl, || {
+                let name = n
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_lowercase();
+                let kind = n.get("kind").and_then(Value::as_i64).unwrap_or(0);
+                if kind == VAR_RESET_ALL {
+                    self.raise(ActionClass::SqlDcl, || {
+                        "RESET ALL also resets the role".into()
+                    });
+                } else if kind == VAR_SET_MULTI {
+                    // SET TRANSACTION … / SET SESSION CHARACTERISTICS …
+                } else if name == "role" || name == "session_authorization" {
+                    self.raise(ActionClass::SqlDcl, || {
                         format!("SET {name} changes identity")
-                    }),
-                    "search_path" => self.raise(ActionClass::SqlAdmin, || {
-                        "SET search_path can shadow built-in functions".into()
-                    }),
-                    _ => {}
+                    });
+                } else if !(name.starts_with("gavel.") || SAFE_SETTINGS.contains(&name.as_str())) {
+                    self.raise(ActionClass::SqlAdmin, || {
+                        format!("SET {name} changes how the server behaves")
+                    });
+                }
+            }
+            "TransactionStmt"
+                if n.get("kind")
+                    .and_then(Value::as_i64)
+                    .is_some_and(|k| TWO_PHASE.contains(&k)) =>
+            {
+                self.raise(ActionClass::SqlAdmin, || {
+                    "two-phase commit acts on prepared transactions of any session".into()
+                });
+            }
+            "DiscardStmt" if n.get("target").and_then(Value::as_i64) == Some(DISCARD_ALL) => {
+                self.raise(ActionClass::SqlDcl, || {
+                    "DISCARD ALL also resets the role".into()
+                });
+            }
+            "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
+                let target = n
+                    .pointer("/relation/relname")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                if target.starts_with("pg_") {
+                    self.raise(ActionClass::SqlAdmin, || {
+                        format!("writing the system catalog {target}")
+                    });
+                }
+            }
+            "A_Expr" | "AExpr" => {
+                let op = names(n.get("name"));
+                if !op.is_empty() && !builtin(&op, BUILTIN_OPERATORS) {
+                    self.raise(ActionClass::SqlUnknown, || {
+                        format!("operator {} is not a built-in", op.join("."))
+                    });
+                }
+            }
+            "TypeCast" => {
+                let ty = names(n.pointer("/type_name/names"));
+                if !ty.is_empty() && !builtin(&ty, BUILTIN_TYPES) {
+                    self.raise(ActionClass::SqlUnknown, || {
+                        format!("cast to {}, which is not a built-in type", ty.join("."))
+                    });
                 }
             }
             "ExecuteStmt" => {
@@ -466,6 +742,11 @@ impl Walk<'_> {
     }
 
     fn copy(&mut self, n: &Value) {
+        if n.get("query").is_some_and(contains_dml) {
+            self.raise(ActionClass::SqlAdmin, || {
+                "COPY of a data-modifying query".into()
+            });
+        }
         let from = n.get("is_from").and_then(Value::as_bool).unwrap_or(false);
         let program = n
             .get("is_program")
@@ -488,16 +769,7 @@ impl Walk<'_> {
     }
 
     fn function(&mut self, n: &Value) {
-        let parts: Vec<String> = n
-            .get("funcname")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|p| p.pointer("/node/String/sval").and_then(Value::as_str))
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let parts = names(n.get("funcname"));
         let Some(name) = parts.last() else {
             self.raise(ActionClass::SqlUnknown, || {
                 "a function call gavel cannot name".into()
