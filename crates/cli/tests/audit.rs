@@ -482,6 +482,19 @@ async fn a_restarted_gateway_refuses_to_sign_a_rewritten_log() {
             .contains("refusing to sign"),
         "{ready}"
     );
+    let metrics =
+        l.g.http
+            .get(format!("{}/metrics", l.g.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    assert!(
+        metrics.contains("gavel_audit_checkpoint_refused 1"),
+        "{metrics}"
+    );
     l.g.kill();
     // verify uses the witness checkpoint by default and names the range.
     assert_first_bad(l.verify(false), 0, "does not match the records");

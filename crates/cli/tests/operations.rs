@@ -451,6 +451,7 @@ async fn metrics_and_openapi() {
         "gavel_gate_check_seconds_bucket",
         "gavel_requests{state=\"pending\"} 1",
         "gavel_requests{state=\"approved\"} 0",
+        "gavel_audit_records 3",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }

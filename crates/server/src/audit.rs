@@ -74,6 +74,14 @@ impl Checkpointer {
     /// Returns the new checkpoint's size.
     pub async fn checkpoint_now(&self) -> Result<Option<u64>, gavel_core::Error> {
         let result = self.try_checkpoint().await;
+        metrics::gauge!("gavel_audit_checkpoint_refused").set(if result.is_err() {
+            1.0
+        } else {
+            0.0
+        });
+        if let Ok(Some(size)) = result {
+            metrics::gauge!("gavel_audit_signed_records").set(size as f64);
+        }
         let mut refusal = self.refusal.lock().unwrap_or_else(|e| e.into_inner());
         *refusal = result.as_ref().err().map(|e| e.to_string());
         result
