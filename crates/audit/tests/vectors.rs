@@ -177,3 +177,124 @@ fn proofs_equal_the_rfc_6962_definitions() {
         }
     }
 }
+
+// ---- RFC 9162 §2.1.3.2 and §2.1.4.2: proof verification, transcribed -----
+
+fn hash_children(l: &[u8; 32], r: &[u8; 32]) -> [u8; 32] {
+    sha(&[&[1], l, r])
+}
+
+/// Verifying an inclusion proof (RFC 9162 §2.1.3.2).
+fn rfc_verify_inclusion(
+    leaf_index: u64,
+    tree_size: u64,
+    leaf_hash: [u8; 32],
+    path: &[[u8; 32]],
+    root: [u8; 32],
+) -> bool {
+    if leaf_index >= tree_size {
+        return false;
+    }
+    let (mut fn_, mut sn) = (leaf_index, tree_size - 1);
+    let mut r = leaf_hash;
+    for p in path {
+        if sn == 0 {
+            return false;
+        }
+        if fn_ & 1 == 1 || fn_ == sn {
+            r = hash_children(p, &r);
+            if fn_ & 1 == 0 {
+                while fn_ & 1 == 0 && fn_ != 0 {
+                    fn_ >>= 1;
+                    sn >>= 1;
+                }
+            }
+        } else {
+            r = hash_children(&r, p);
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    sn == 0 && r == root
+}
+
+/// Verifying a consistency proof (RFC 9162 §2.1.4.2).
+fn rfc_verify_consistency(
+    first: u64,
+    second: u64,
+    first_hash: [u8; 32],
+    second_hash: [u8; 32],
+    proof: &[[u8; 32]],
+) -> bool {
+    if first == second {
+        return proof.is_empty() && first_hash == second_hash;
+    }
+    if first == 0 || first > second || proof.is_empty() {
+        return false;
+    }
+    let mut path: Vec<[u8; 32]> = proof.to_vec();
+    if first.is_power_of_two() {
+        path.insert(0, first_hash);
+    }
+    let (mut fn_, mut sn) = (first - 1, second - 1);
+    while fn_ & 1 == 1 {
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    let (mut fr, mut sr) = (path[0], path[0]);
+    for c in &path[1..] {
+        if sn == 0 {
+            return false;
+        }
+        if fn_ & 1 == 1 || fn_ == sn {
+            fr = hash_children(c, &fr);
+            sr = hash_children(c, &sr);
+            if fn_ & 1 == 0 {
+                while fn_ & 1 == 0 && fn_ != 0 {
+                    fn_ >>= 1;
+                    sn >>= 1;
+                }
+            }
+        } else {
+            sr = hash_children(&sr, c);
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    sn == 0 && fr == first_hash && sr == second_hash
+}
+
+#[test]
+fn proofs_verify_with_the_rfc_9162_algorithms() {
+    let data: Vec<Vec<u8>> = (0..40)
+        .map(|i| format!("record {i}").into_bytes())
+        .collect();
+    let leaves: Vec<[u8; 32]> = data.iter().map(|d| leaf_hash(d)).collect();
+    for n in 1..=leaves.len() as u64 {
+        let root = root_of(&leaves[..n as usize]);
+        for m in 0..n {
+            let proof = inclusion_proof(&leaves, m, n).unwrap();
+            assert!(
+                rfc_verify_inclusion(m, n, leaves[m as usize], &proof, root),
+                "inclusion {m} in {n}"
+            );
+            let wrong = leaves[((m + 1) % n) as usize];
+            assert!(n == 1 || !rfc_verify_inclusion(m, n, wrong, &proof, root));
+        }
+        for m in 1..=n {
+            let proof = consistency_proof(&leaves, m, n).unwrap();
+            let old = root_of(&leaves[..m as usize]);
+            assert!(
+                rfc_verify_consistency(m, n, old, root, &proof),
+                "consistency {m} -> {n}"
+            );
+            if m < n {
+                let forged = root_of(&leaves[1..=m as usize]);
+                assert!(
+                    !rfc_verify_consistency(m, n, forged, root, &proof),
+                    "forged {m} -> {n}"
+                );
+            }
+        }
+    }
+}
