@@ -797,6 +797,11 @@ impl Walk<'_> {
     }
 }
 
+/// Whether PostgreSQL's grammar accepts `sql` (for tests and fuzzing).
+pub fn parses(sql: &str) -> Result<(), String> {
+    pg_query::parse(sql, 0).map(|_| ()).map_err(|e| e.to_string())
+}
+
 impl Classifier {
     /// The built-in lists plus `side_effects` (name, class) and `read_only`
     /// names from the configuration. A configured side effect wins over the

@@ -1,0 +1,1 @@
+SELECT count(*), max(created_at) FROM orders GROUP BY customer_id HAVING count(*) > 3

@@ -1,0 +1,1 @@
+SELECT lower(email), coalesce(phone, 'n/a') FROM users

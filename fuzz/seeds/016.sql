@@ -1,0 +1,1 @@
+SELECT * FROM users WHERE id IN (SELECT user_id FROM orders)

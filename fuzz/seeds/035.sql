@@ -1,0 +1,1 @@
+SELECT $1::int, CAST('1' AS bigint), 'x'::pg_catalog.text

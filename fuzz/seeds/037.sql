@@ -1,0 +1,1 @@
+SELECT * FROM users WHERE name LIKE 'a%' AND id BETWEEN 1 AND 9

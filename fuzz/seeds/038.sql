@@ -1,0 +1,1 @@
+SELECT data->>'k', data @> '{}'::jsonb FROM docs

@@ -1,0 +1,1 @@
+EXECUTE known_read(1)

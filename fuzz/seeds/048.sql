@@ -1,0 +1,1 @@
+UPDATE users SET email = 'b@x' WHERE id = 1

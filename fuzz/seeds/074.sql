@@ -1,0 +1,1 @@
+copy users to stdout

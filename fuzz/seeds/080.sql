@@ -1,0 +1,1 @@
+CREATE INDEX CONCURRENTLY i ON users (email)

@@ -1,0 +1,1 @@
+ALTER ROLE mallory WITH PASSWORD 'x'

@@ -1,0 +1,1 @@
+ALTER ROLE analyst SET search_path = public

@@ -1,0 +1,1 @@
+SELECT query_to_xml('DELETE FROM users RETURNING *', true, false, '')

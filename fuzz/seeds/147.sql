@@ -1,0 +1,1 @@
+SELECT U&"pg_terminate_\0062ackend"(1)

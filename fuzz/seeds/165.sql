@@ -1,0 +1,1 @@
+SET log_statement = 'none'

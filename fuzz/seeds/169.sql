@@ -1,0 +1,1 @@
+UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'

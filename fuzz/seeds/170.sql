@@ -1,0 +1,1 @@
+SELECT * FROM pg_hba_file_rules

@@ -1,0 +1,1 @@
+SELECT * FROM users WHERE audit.log_access(id)

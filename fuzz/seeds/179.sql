@@ -1,0 +1,1 @@
+SELECT evil.pg_backend_pid()

@@ -1,0 +1,1 @@
+EXECUTE never_prepared

@@ -1,0 +1,1 @@
+VACUUM users; SELECT my_func()
