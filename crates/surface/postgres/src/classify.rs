@@ -799,7 +799,9 @@ impl Walk<'_> {
 
 /// Whether PostgreSQL's grammar accepts `sql` (for tests and fuzzing).
 pub fn parses(sql: &str) -> Result<(), String> {
-    pg_query::parse(sql, 0).map(|_| ()).map_err(|e| e.to_string())
+    pg_query::parse(sql, 0)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 impl Classifier {
