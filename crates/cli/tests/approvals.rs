@@ -146,22 +146,7 @@ async fn one_deny_beats_earlier_approvals_and_reaches_the_waiting_agent() {
         .await;
     let id = request_id(&v);
 
-    let waiting = {
-        let http = g.http.clone();
-        let url = format!("{}/api/v1/actions?wait=60s", g.base);
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            http.post(url)
-                .bearer_auth(agent)
-                .json(&json!({"resource": "prod-db", "action": "sql.dcl", "operation": "GRANT ALL ON t TO mallory"}))
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let waiting = g.act_waiting(&agent, "sql.dcl", "prod-db", "GRANT ALL ON t TO mallory");
     let (s, r) = g.approve(ALICE, &id).await;
     assert_eq!(s, 200);
     assert_eq!(
@@ -217,22 +202,7 @@ async fn long_polled_action_is_allowed_once_approved() {
         .act(&agent, "sql.ddl", "db", "CREATE INDEX i ON t (c)")
         .await;
     let id = request_id(&first);
-    let waiting = {
-        let http = g.http.clone();
-        let url = format!("{}/api/v1/actions?wait=60s", g.base);
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            http.post(url)
-                .bearer_auth(agent)
-                .json(&json!({"resource": "db", "action": "sql.ddl", "operation": "CREATE INDEX i ON t (c)"}))
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let waiting = g.act_waiting(&agent, "sql.ddl", "db", "CREATE INDEX i ON t (c)");
     tokio::time::sleep(Duration::from_millis(200)).await;
     g.approve(BOB, &id).await;
     let answer = waiting.await.unwrap();

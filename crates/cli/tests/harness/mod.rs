@@ -275,6 +275,23 @@ tags = {{ env = "prod" }}
         v
     }
 
+    /// `POST /api/v1/actions?wait=60s` in the background: the agent holds
+    /// its action until a decision lands.
+    pub fn act_waiting(
+        &self,
+        token: &str,
+        action: &str,
+        resource: &str,
+        operation: &str,
+    ) -> tokio::task::JoinHandle<Value> {
+        let request = self
+            .http
+            .post(format!("{}/api/v1/actions?wait=60s", self.base))
+            .bearer_auth(token)
+            .json(&json!({"resource": resource, "action": action, "operation": operation}));
+        tokio::spawn(async move { request.send().await.unwrap().json::<Value>().await.unwrap() })
+    }
+
     pub async fn approve(&self, token: &str, id: &str) -> (u16, Value) {
         self.call(
             reqwest::Method::POST,
