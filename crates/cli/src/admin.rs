@@ -245,6 +245,7 @@ pub async fn policy_explain(file: Option<&Path>, a: ExplainArgs) -> anyhow::Resu
         operation,
         details: context,
         intent,
+        data_context: serde_json::Value::Null,
         surface: "explain".into(),
         source: None,
     };

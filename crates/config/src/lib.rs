@@ -134,6 +134,72 @@ pub struct ApprovalsConfig {
 pub struct ResourcesConfig {
     /// `[[resources.api]]`: names agents use with `POST /api/v1/actions`.
     pub api: Vec<ApiResourceConfig>,
+    /// `[[resources.postgres]]`: PostgreSQL servers reached through gavel's
+    /// wire-protocol proxy.
+    pub postgres: Vec<PostgresResourceConfig>,
+}
+
+/// One `[[resources.postgres]]` entry: a listener that speaks PostgreSQL's
+/// protocol to agents and forwards to `upstream` with gavel's credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresResourceConfig {
+    /// The resource name (`resource.name` in policies).
+    pub name: String,
+    /// Where agents connect.
+    pub listen: SocketAddr,
+    /// `postgres://USER@HOST:PORT/DATABASE`: the real server and gavel's own
+    /// role there. A password in the URL is refused: use
+    /// `upstream_password_env` or `upstream_password_file`.
+    pub upstream: String,
+    /// Environment variable holding gavel's upstream password.
+    pub upstream_password_env: Option<String>,
+    /// File holding gavel's upstream password (trailing newline ignored).
+    pub upstream_password_file: Option<PathBuf>,
+    /// `disable` (default) or `require`: TLS to the upstream, verified
+    /// against `upstream_ca_file`.
+    #[serde(default)]
+    pub upstream_tls: UpstreamTls,
+    /// PEM bundle of the CA(s) that sign the upstream's certificate.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// The name the upstream certificate must carry; default the URL's host.
+    pub upstream_tls_server_name: Option<String>,
+    /// PEM certificate chain offered to clients that ask for TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse clients that do not use TLS.
+    #[serde(default)]
+    pub require_tls: bool,
+    /// Extra functions with side effects, name → action class (e.g.
+    /// `{ "app.purge_tenant" = "sql.admin" }`), on top of the built-in list.
+    #[serde(default)]
+    pub side_effect_functions: BTreeMap<String, String>,
+    /// Extra functions known to be read-only.
+    #[serde(default)]
+    pub read_only_functions: Vec<String>,
+    /// Estimate the rows an UPDATE or DELETE would touch with `EXPLAIN`
+    /// on a separate gavel-owned connection, for reviewers (default true).
+    #[serde(default = "default_true")]
+    pub explain_estimates: bool,
+    /// Cedar entity tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// TLS to a PostgreSQL upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    /// Plain TCP (loopback or a trusted network).
+    #[default]
+    Disable,
+    /// TLS, certificate verified against `upstream_ca_file`.
+    Require,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// One `[[resources.api]]` entry.
@@ -302,6 +368,16 @@ pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigError> {
     config.data_dir = base.join(&config.data_dir);
     config.policy.dir = base.join(&config.policy.dir);
     config.audit.key_file = config.audit.key_file.map(|k| base.join(k));
+    for pg in &mut config.resources.postgres {
+        for path in [
+            &mut pg.upstream_password_file,
+            &mut pg.upstream_ca_file,
+            &mut pg.tls_cert_file,
+            &mut pg.tls_key_file,
+        ] {
+            *path = path.take().map(|p| base.join(p));
+        }
+    }
     if let Some(path) = config
         .storage
         .url
@@ -424,6 +500,57 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
             return Err(fail(
                 format!("resources.api[{i}].name"),
                 format!("{:?} is configured twice", r.name),
+            ));
+        }
+    }
+    let mut listens = HashSet::new();
+    for (i, r) in c.resources.postgres.iter().enumerate() {
+        let key = |field: &str| format!("resources.postgres[{i}].{field}");
+        if r.name.trim().is_empty() {
+            return Err(fail(key("name"), "must not be empty".into()));
+        }
+        if !names.insert(r.name.as_str()) {
+            return Err(fail(
+                key("name"),
+                format!("{:?} names another resource too", r.name),
+            ));
+        }
+        if r.listen == c.server.listen || !listens.insert(r.listen) {
+            return Err(fail(
+                key("listen"),
+                format!("{} is already used by another listener", r.listen),
+            ));
+        }
+        if !(r.upstream.starts_with("postgres://") || r.upstream.starts_with("postgresql://")) {
+            // Not echoed: it may carry a password.
+            return Err(fail(
+                key("upstream"),
+                "must be a postgres://USER@HOST:PORT/DATABASE URL".into(),
+            ));
+        }
+        if r.upstream_password_env.is_some() && r.upstream_password_file.is_some() {
+            return Err(fail(
+                key("upstream_password_env"),
+                "set upstream_password_env or upstream_password_file, not both".into(),
+            ));
+        }
+        if r.tls_cert_file.is_some() != r.tls_key_file.is_some() {
+            return Err(fail(
+                key("tls_cert_file"),
+                "tls_cert_file and tls_key_file go together".into(),
+            ));
+        }
+        if r.require_tls && r.tls_cert_file.is_none() {
+            return Err(fail(
+                key("require_tls"),
+                "needs tls_cert_file and tls_key_file".into(),
+            ));
+        }
+        if r.upstream_tls == UpstreamTls::Require && r.upstream_ca_file.is_none() {
+            return Err(fail(
+                key("upstream_ca_file"),
+                "upstream_tls = \"require\" needs the CA that signs the upstream's certificate"
+                    .into(),
             ));
         }
     }

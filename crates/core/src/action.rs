@@ -53,6 +53,29 @@ impl ActionClass {
         ActionClass::ExecRun,
     ];
 
+    /// Whether forwarding it changes nothing where it goes (`sql.read`,
+    /// `mcp.read`, `http.read`): what it releases is data to the client.
+    pub const fn is_read(self) -> bool {
+        matches!(
+            self,
+            ActionClass::SqlRead | ActionClass::McpRead | ActionClass::HttpRead
+        )
+    }
+
+    /// Whether it is one of the SQL classes.
+    pub const fn is_sql(self) -> bool {
+        matches!(
+            self,
+            ActionClass::SqlRead
+                | ActionClass::SqlWrite
+                | ActionClass::SqlDdl
+                | ActionClass::SqlDcl
+                | ActionClass::SqlExport
+                | ActionClass::SqlAdmin
+                | ActionClass::SqlUnknown
+        )
+    }
+
     /// The stable name, e.g. `sql.ddl`.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -138,6 +161,11 @@ pub struct Action {
     pub details: serde_json::Value,
     /// The initiator's stated reason (may be empty).
     pub intent: String,
+    /// What reviewers see beside the operation: estimated row counts, the
+    /// session's recent statements. Neither bound into the fingerprint (it
+    /// changes between identical retries) nor seen by policy.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub data_context: serde_json::Value,
     /// Which surface produced it (`api`, `postgres`, `mcp`, …).
     pub surface: String,
     /// The client's network address, when known.

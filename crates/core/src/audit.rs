@@ -91,10 +91,31 @@ pub struct AuditRecord {
     pub gateway_id: String,
 }
 
+/// A record on its way to disk: resolves to its sequence number once it is
+/// durable.
+pub type AuditReceipt =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, Error>> + Send + 'static>>;
+
 /// Where audit records go. `append` returns only once the record is durable:
 /// the gate forwards nothing before that.
 #[async_trait::async_trait]
 pub trait AuditSink: Send + Sync {
     /// Appends one record durably and returns its sequence number.
     async fn append(&self, record: AuditRecord) -> Result<u64, Error>;
+
+    /// Queues `record` and returns at once; the receipt resolves once the
+    /// record is durable. Lets a surface overlap the disk write with work
+    /// that releases nothing (a read sent upstream whose result is held
+    /// back until the receipt resolves). Dropping the receipt does not
+    /// cancel the write. The default runs `append` as a task of its own.
+    fn submit(self: std::sync::Arc<Self>, record: AuditRecord) -> AuditReceipt
+    where
+        Self: 'static,
+    {
+        let task = tokio::spawn(async move { self.append(record).await });
+        Box::pin(async move {
+            task.await
+                .map_err(|e| Error::Audit(format!("audit append task failed: {e}")))?
+        })
+    }
 }

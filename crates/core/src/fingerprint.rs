@@ -172,6 +172,7 @@ mod tests {
             operation: op.into(),
             details,
             intent: "cleanup".into(),
+            data_context: serde_json::Value::Null,
             surface: "api".into(),
             source: None,
         }

@@ -3,7 +3,7 @@ use crate::approval::{
     ApprovalRequest, ApprovalRoute, Approver, DecideError, Decision, GrantUse, RequestId,
     RequestState,
 };
-use crate::audit::{AuditEvent, AuditRecord, AuditSink};
+use crate::audit::{AuditEvent, AuditReceipt, AuditRecord, AuditSink};
 use crate::error::Error;
 use crate::fingerprint::Fingerprint;
 use crate::principal::Principal;
@@ -299,6 +299,49 @@ impl Gate {
         result
     }
 
+    /// As [`Gate::check`], for a surface that can hold an allowed read's
+    /// result back: when policy alone allows an action of a read class
+    /// (`sql.read`, `mcp.read`, `http.read`), the decision record is queued
+    /// and its receipt returned instead of awaited, so the disk write
+    /// overlaps the read. The surface must await the receipt before it
+    /// releases any part of the result, and drop the result if it fails: no
+    /// data reaches a client without a durable record. Every other verdict
+    /// is durable before this returns, exactly as with `check`.
+    pub async fn check_read(
+        &self,
+        action: Action,
+    ) -> Result<(Verdict, Option<AuditReceipt>), Error> {
+        let started = std::time::Instant::now();
+        let result = if action.class.is_read() {
+            let decision = self.policy.evaluate(&action);
+            if decision.verdict == PolicyVerdict::Allow {
+                let shared = &self.approvals.shared;
+                let mut record = shared.record(&action, AuditEvent::Decision);
+                record.policies = decision.policies.clone();
+                record.decision = Some("allow".into());
+                let receipt = shared.audit.clone().submit(record);
+                Ok((
+                    Verdict::Allow(Permit {
+                        policies: decision.policies,
+                        request_id: None,
+                    }),
+                    Some(receipt),
+                ))
+            } else {
+                self.decide(action).await.map(|v| (v, None))
+            }
+        } else {
+            self.decide(action).await.map(|v| (v, None))
+        };
+        let outcome = match &result {
+            Ok((v, _)) => v.as_str(),
+            Err(_) => "error",
+        };
+        metrics::histogram!("gavel_gate_check_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("gavel_decisions_total", "verdict" => outcome).increment(1);
+        result
+    }
+
     async fn decide(&self, action: Action) -> Result<Verdict, Error> {
         let shared = &self.approvals.shared;
         let decision = self.policy.evaluate(&action);
@@ -487,6 +530,24 @@ impl Gate {
         record.request_id = request_id.cloned();
         shared.audit.append(record).await?;
         Ok(())
+    }
+}
+
+impl Gate {
+    /// Records the outcome of an action that policy alone allowed (no
+    /// grant, so no request changes state) without waiting for the disk:
+    /// the hot path of wire-speed surfaces. The record is queued in order
+    /// with every other; a crash before its batch is written can lose an
+    /// outcome, never a decision.
+    pub fn note_outcome(&self, action: &Action, outcome: &Outcome) {
+        let shared = &self.approvals.shared;
+        let mut record = shared.record(action, AuditEvent::Outcome);
+        record.outcome = Some(match outcome {
+            Outcome::Succeeded { detail } => format!("succeeded: {detail}"),
+            Outcome::Failed { detail } => format!("failed: {detail}"),
+        });
+        // Dropping the receipt does not cancel the write.
+        drop(shared.audit.clone().submit(record));
     }
 }
 

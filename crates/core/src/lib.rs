@@ -32,7 +32,7 @@ pub use approval::{
     ApprovalRequest, ApprovalRoute, Approver, DecideError, Decision, GrantUse, RequestId,
     RequestState, Review,
 };
-pub use audit::{AuditEvent, AuditRecord, AuditSink};
+pub use audit::{AuditEvent, AuditReceipt, AuditRecord, AuditSink};
 pub use error::{Error, ErrorSource};
 pub use fingerprint::{Fingerprint, canonical_json};
 pub use gate::{

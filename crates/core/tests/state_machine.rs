@@ -53,6 +53,7 @@ fn request(quorum: u32) -> ApprovalRequest {
         operation: "DROP TABLE t".into(),
         details: serde_json::json!({}),
         intent: String::new(),
+        data_context: serde_json::Value::Null,
         surface: "test".into(),
         source: None,
     };

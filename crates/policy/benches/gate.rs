@@ -61,6 +61,7 @@ fn action() -> Action {
         operation: "SELECT id, name FROM customers WHERE id = $1".into(),
         details: serde_json::json!({"tables": ["customers"]}),
         intent: "look up a customer".into(),
+        data_context: serde_json::Value::Null,
         surface: "bench".into(),
         source: Some("127.0.0.1".into()),
     }

@@ -69,7 +69,24 @@ impl KeyHasher {
 }
 
 impl DecisionKey {
-    pub(crate) fn of(action: &Action) -> DecisionKey {
+    /// The key of `action`'s decision. With `reads_operation` false (no
+    /// policy mentions `operation`), a SQL action's key leaves out the
+    /// operation and every detail but `tables`: the Cedar context of a SQL
+    /// class is exactly `operation`, `intent` and `tables`.
+    pub(crate) fn of(action: &Action, reads_operation: bool) -> DecisionKey {
+        if !reads_operation && action.class.is_sql() {
+            let mut h = KeyHasher::new(b"gavel-decision-sql-v1");
+            h.entities(action);
+            h.field(action.class.as_str().as_bytes());
+            h.field(action.intent.as_bytes());
+            let tables = action
+                .details
+                .get("tables")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null);
+            h.field(&gavel_core::canonical_json(&tables));
+            return DecisionKey(h.finish());
+        }
         let mut h = KeyHasher::new(b"gavel-decision-v1");
         h.entities(action);
         h.field(action.class.as_str().as_bytes());
@@ -155,6 +172,7 @@ mod tests {
             operation: "SELECT 1".into(),
             details: serde_json::json!({"tables": ["t"]}),
             intent: "i".into(),
+            data_context: serde_json::Value::Null,
             surface: "test".into(),
             source: None,
         }
@@ -163,7 +181,7 @@ mod tests {
     #[test]
     fn every_input_cedar_sees_changes_the_key() {
         let base = action();
-        let k = DecisionKey::of(&base);
+        let k = DecisionKey::of(&base, true);
         let mut variants: Vec<Action> = Vec::new();
         let mut v = base.clone();
         v.principal = Principal::Agent {
@@ -203,14 +221,51 @@ mod tests {
         let mut v = base.clone();
         v.details = serde_json::json!({"tables": ["u"]});
         variants.push(v);
-        for v in variants {
-            assert_ne!(DecisionKey::of(&v), k, "{v:?}");
+        let short = DecisionKey::of(&base, false);
+        for v in &variants {
+            assert_ne!(DecisionKey::of(v, true), k, "{v:?}");
+            // Without policies that read the operation, only the operation
+            // (and details other than tables) may share a key.
+            if v.operation == base.operation {
+                assert_ne!(DecisionKey::of(v, false), short, "{v:?}");
+            } else {
+                assert_eq!(DecisionKey::of(v, false), short, "{v:?}");
+            }
         }
         // Fields Cedar never sees do not split the cache.
         let mut v = base.clone();
         v.source = Some("10.0.0.1".into());
         v.surface = "other".into();
-        assert_eq!(DecisionKey::of(&v), k);
+        v.data_context = serde_json::json!({"estimated_rows": 5});
+        assert_eq!(DecisionKey::of(&v, true), k);
+        let mut v = base.clone();
+        v.details = serde_json::json!({"tables": ["t"], "params": ["1"]});
+        assert_eq!(DecisionKey::of(&v, false), short);
+        assert_ne!(DecisionKey::of(&v, true), k);
+        // A non-SQL class always keys on everything.
+        let mut v = base.clone();
+        v.class = ActionClass::McpCall;
+        let mut w = v.clone();
+        w.operation = "other_tool".into();
+        assert_ne!(DecisionKey::of(&v, false), DecisionKey::of(&w, false));
+    }
+
+    #[test]
+    fn a_policy_that_reads_the_operation_keeps_it_in_the_key() {
+        let reads = "@id(\"r\") permit(principal, action == Action::\"sql.read\", resource) when { !(context.operation like \"*pg_sleep*\") };";
+        let bundle = load_sources(&[(PathBuf::from("c.cedar"), reads.into())]).unwrap();
+        assert!(bundle.reads_operation);
+        let a = action();
+        assert_eq!(decide(&bundle, &a).verdict, PolicyVerdict::Allow);
+        let mut sleepy = a.clone();
+        sleepy.operation = "SELECT pg_sleep(10)".into();
+        assert_eq!(decide(&bundle, &sleepy).verdict, PolicyVerdict::Deny);
+        let blind = "@id(\"r\") permit(principal, action == Action::\"sql.read\", resource);";
+        let bundle = load_sources(&[(PathBuf::from("c.cedar"), blind.into())]).unwrap();
+        assert!(!bundle.reads_operation);
+        assert_eq!(decide(&bundle, &a).verdict, PolicyVerdict::Allow);
+        assert_eq!(decide(&bundle, &sleepy).verdict, PolicyVerdict::Allow);
+        assert_eq!(bundle.cache.len(), 1, "one decision serves both statements");
     }
 
     #[test]

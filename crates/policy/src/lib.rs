@@ -187,7 +187,7 @@ fn cedar_request(
 /// Decides `action` against `bundle` (SPEC §3 decision order), reusing an
 /// earlier decision for an action identical in every input Cedar sees.
 pub fn decide(bundle: &PolicyBundle, action: &Action) -> PolicyDecision {
-    let key = cache::DecisionKey::of(action);
+    let key = cache::DecisionKey::of(action, bundle.reads_operation);
     if let Some(hit) = bundle.cache.get(&key) {
         return hit;
     }

@@ -114,6 +114,11 @@ pub struct PolicyBundle {
     /// Entities by principal and resource, shared by decisions that differ
     /// only in their context.
     pub(crate) entities: crate::cache::EntitiesCache,
+    /// Whether any policy may read `context.operation`: if none does, SQL
+    /// decisions do not depend on the statement text (only on its class,
+    /// tables and intent) and are cached without it, so statements that
+    /// differ only in their literals share one decision.
+    pub reads_operation: bool,
 }
 
 /// The policies that can match one action class: those for any resource,
@@ -177,7 +182,13 @@ impl PolicyBundle {
             let base = slice.any_resource.clone();
             add(slice.by_resource.entry(name).or_insert(base), policy);
         }
+        // Conservative: the word anywhere in a policy's text (a comment,
+        // a string) counts as a read.
+        let reads_operation = policies
+            .iter()
+            .any(|(p, _)| p.to_string().contains("operation"));
         PolicyBundle {
+            reads_operation,
             version: Arc::from(if hash_hex.is_empty() {
                 "empty".to_owned()
             } else {

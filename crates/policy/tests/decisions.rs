@@ -85,6 +85,7 @@ fn action(
         operation: op.into(),
         details,
         intent: String::new(),
+        data_context: serde_json::Value::Null,
         surface: "test".into(),
         source: None,
     }

@@ -19,6 +19,7 @@ fn read() -> Action {
         operation: "SELECT 1".into(),
         details: serde_json::json!({}),
         intent: String::new(),
+        data_context: serde_json::Value::Null,
         surface: "test".into(),
         source: None,
     }

@@ -249,6 +249,7 @@ pub(crate) async fn post_outcome(
         operation: report.operation,
         details: serde_json::json!({}),
         intent: String::new(),
+        data_context: serde_json::Value::Null,
         surface: "api".into(),
         source: Some(peer.ip().to_string()),
     };
@@ -314,6 +315,7 @@ pub(crate) async fn post_action(
         operation: body.operation,
         details,
         intent: body.intent,
+        data_context: serde_json::Value::Null,
         surface: "api".into(),
         source: Some(peer.ip().to_string()),
     };

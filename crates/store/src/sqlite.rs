@@ -2,9 +2,9 @@ use crate::{AuditFilter, db_err};
 use async_trait::async_trait;
 use gavel_audit::{Hash, StoredCheckpoint, StoredRecord};
 use gavel_core::{
-    Action, AgentRecord, AgentRegistry, ApprovalRequest, ApprovalRoute, AuditRecord, AuditSink,
-    Decision, Error, Fingerprint, HumanId, RequestFilter, RequestId, RequestState, Review, Store,
-    Timestamp,
+    Action, AgentRecord, AgentRegistry, ApprovalRequest, ApprovalRoute, AuditReceipt, AuditRecord,
+    AuditSink, Decision, Error, Fingerprint, HumanId, RequestFilter, RequestId, RequestState,
+    Review, Store, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{
@@ -14,6 +14,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The parts of a request fixed at creation, kept as one JSON column.
@@ -651,5 +652,30 @@ impl AuditSink for SqliteStore {
         done.await
             .map_err(|_| Error::Audit("the audit writer has stopped".into()))?
             .map_err(Error::Audit)
+    }
+
+    fn submit(self: Arc<Self>, record: AuditRecord) -> AuditReceipt {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let stopped = || Error::Audit("the audit writer has stopped".into());
+        match self.appends.try_send((record, reply)) {
+            Ok(()) => {
+                Box::pin(async move { done.await.map_err(|_| stopped())?.map_err(Error::Audit) })
+            }
+            // Queue full: wait for room in a task of its own, so the write
+            // still happens if the receipt is dropped.
+            Err(tokio::sync::mpsc::error::TrySendError::Full(item)) => {
+                let appends = self.appends.clone();
+                let task = tokio::spawn(async move { appends.send(item).await.is_ok() });
+                Box::pin(async move {
+                    if !task.await.unwrap_or(false) {
+                        return Err(stopped());
+                    }
+                    done.await.map_err(|_| stopped())?.map_err(Error::Audit)
+                })
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                Box::pin(async move { Err(stopped()) })
+            }
+        }
     }
 }

@@ -95,6 +95,7 @@ fn ddl(op: &str) -> Action {
         operation: op.into(),
         details: serde_json::json!({}),
         intent: "migrate".into(),
+        data_context: serde_json::Value::Null,
         surface: "test".into(),
         source: Some("127.0.0.1".into()),
     }
