@@ -149,6 +149,28 @@ fn print_request(r: &Value) {
     if r["details"].as_object().is_some_and(|d| !d.is_empty()) {
         println!("details    {}", r["details"]);
     }
+    if let Some(context) = r["data_context"].as_object() {
+        for (k, v) in context {
+            match v {
+                serde_json::Value::Array(items) => {
+                    println!("{k}:");
+                    for item in items {
+                        println!(
+                            "  {}",
+                            item.as_str()
+                                .map_or_else(|| item.to_string(), str::to_owned)
+                        );
+                    }
+                }
+                other => println!(
+                    "{k}  {}",
+                    other
+                        .as_str()
+                        .map_or_else(|| other.to_string(), str::to_owned)
+                ),
+            }
+        }
+    }
     let approvers: Vec<&str> = r["approvers"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())

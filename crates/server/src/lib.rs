@@ -40,6 +40,7 @@ pub struct Gateway {
     pub(crate) metrics: PrometheusHandle,
     pub(crate) sqlite: SqliteStore,
     pub(crate) checkpointer: Arc<Checkpointer>,
+    pub(crate) postgres: Vec<Arc<gavel_postgres::PostgresSurface>>,
 }
 
 /// Opens the configured store (SQLite only in this build).
@@ -124,6 +125,22 @@ impl Gateway {
             },
             Vec::new(),
         );
+        let file = loaded
+            .file
+            .as_deref()
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "<defaults>".into());
+        let mut postgres = Vec::new();
+        for (i, pg) in loaded.config.resources.postgres.iter().enumerate() {
+            let surface = gavel_postgres::PostgresSurface::from_config(
+                i,
+                pg,
+                loaded.config.approvals.hold,
+                &loaded.config.server.public_url,
+            )
+            .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            postgres.push(Arc::new(surface));
+        }
         let auth = Arc::new(Authenticator::new(
             &loaded.config.identity.humans,
             store.clone(),
@@ -138,6 +155,7 @@ impl Gateway {
             metrics: metrics_handle()?,
             sqlite,
             checkpointer,
+            postgres,
         })
     }
 
@@ -157,6 +175,19 @@ impl Gateway {
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let bound = listener.local_addr()?;
+        let mut surfaces = Vec::new();
+        for pg in &self.postgres {
+            let addr = pg.listen_addr();
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("resource {}: cannot listen on {addr}", pg.name()))?;
+            tracing::info!(resource = %pg.name(), listen = %listener.local_addr()?, "postgres listener ready");
+            surfaces.push(tokio::spawn(pg.clone().serve(
+                listener,
+                self.gate.clone(),
+                self.auth.clone(),
+            )));
+        }
         let bundle = self.policy.bundle();
         tracing::info!(
             listen = %bound,
@@ -176,6 +207,9 @@ impl Gateway {
             .with_graceful_shutdown(shutdown)
             .await
             .context("serving the API");
+        for s in surfaces {
+            s.abort();
+        }
         sweeper.abort();
         reloader.abort();
         checkpoints.abort();

@@ -233,9 +233,14 @@ pub(crate) struct RequestView {
     pub operation: String,
     /// The initiator's stated intent.
     pub intent: String,
-    /// Data context from the surface (tables, row estimates, arguments).
+    /// What the decision was bound to beside the operation (tables, bound
+    /// parameters, arguments).
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
+    /// Data context for reviewers from the surface (estimated rows, the
+    /// session's recent statements); not part of the approval's binding.
+    #[schema(value_type = Object)]
+    pub data_context: serde_json::Value,
     /// Which surface.
     pub surface: String,
     /// Client address.
@@ -282,6 +287,7 @@ impl RequestView {
             operation: r.action.operation.clone(),
             intent: r.action.intent.clone(),
             details: r.action.details.clone(),
+            data_context: r.action.data_context.clone(),
             surface: r.action.surface.clone(),
             source: r.action.source.clone(),
             policies: r.policies.clone(),

@@ -44,7 +44,7 @@ pub fn sha(token: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -77,6 +77,12 @@ impl Gavel {
 
     /// As [`Gavel::start`], with `approvals.hold` set to `hold`.
     pub async fn start_with_hold(hold: &str) -> Gavel {
+        Gavel::start_custom(hold, POLICIES, "").await
+    }
+
+    /// A gateway with the four humans and `bot`, `policies` as its only
+    /// policy file and `extra` appended to the configuration.
+    pub async fn start_custom(hold: &str, policies: &str, extra: &str) -> Gavel {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = format!(
@@ -126,10 +132,10 @@ tags = {{ env = "prod" }}
             bob = sha(BOB),
             carol = sha(CAROL),
             owner = sha(OWNER),
-        );
+        ) + extra;
         std::fs::write(dir.path().join("gavel.toml"), config).unwrap();
         std::fs::create_dir(dir.path().join("policies")).unwrap();
-        std::fs::write(dir.path().join("policies/main.cedar"), POLICIES).unwrap();
+        std::fs::write(dir.path().join("policies/main.cedar"), policies).unwrap();
         let mut g = Gavel {
             dir,
             base: format!("http://127.0.0.1:{port}"),

@@ -1,0 +1,283 @@
+//! PostgreSQL protocol framing and the few messages gavel writes itself.
+//!
+//! Frontend messages are decoded with `pgwire`'s codec; gavel forwards the
+//! original bytes, never a re-encoding, so whatever it does not need to
+//! understand reaches the server exactly as the client sent it.
+
+use bytes::{Buf, BufMut, BytesMut};
+use pgwire::messages::response::{
+    CommandComplete, ErrorResponse, ReadyForQuery, TransactionStatus,
+};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
+};
+use pgwire::messages::{
+    DecodeContext, PgWireBackendMessage, PgWireFrontendMessage, ProtocolVersion,
+};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Startup-phase request codes (the protocol version field).
+pub const SSL_REQUEST: u32 = 80_877_103;
+/// GSSAPI encryption request (declined).
+pub const GSSENC_REQUEST: u32 = 80_877_104;
+/// A cancel request on a fresh connection.
+pub const CANCEL_REQUEST: u32 = 80_877_102;
+/// Protocol 3.0.
+pub const PROTOCOL_3_0: u32 = 196_608;
+
+/// Longest startup packet accepted (PostgreSQL's own limit).
+pub const MAX_STARTUP: usize = 10_000;
+/// Longest message accepted from an authenticated client. PostgreSQL
+/// allows up to 1 GB; gavel holds a statement whole while it decides, so it
+/// caps memory per connection lower.
+pub const MAX_MESSAGE: usize = 256 << 20;
+/// Longest message accepted before authentication (a password).
+pub const MAX_AUTH_MESSAGE: usize = 4_096;
+
+/// A protocol error: the peer sent something gavel will not pass on.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The connection failed or closed.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The bytes are not a valid message.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+/// Reads one startup-phase packet (length-prefixed, no type byte) and
+/// returns it whole, length included.
+pub async fn read_startup_packet<R: AsyncRead + Unpin>(r: &mut R) -> Result<BytesMut, WireError> {
+    let len = r.read_u32().await? as usize;
+    if !(8..=MAX_STARTUP).contains(&len) {
+        return Err(WireError::Protocol(format!(
+            "invalid startup packet length {len}"
+        )));
+    }
+    let mut buf = BytesMut::with_capacity(len);
+    buf.put_u32(len as u32);
+    buf.resize(len, 0);
+    r.read_exact(&mut buf[4..]).await?;
+    Ok(buf)
+}
+
+/// The code in a startup packet (protocol version or request code).
+pub fn startup_code(packet: &[u8]) -> u32 {
+    u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]])
+}
+
+/// Decodes a startup packet's parameters.
+pub fn decode_startup(packet: &BytesMut) -> Result<pgwire::messages::startup::Startup, WireError> {
+    let mut buf = packet.clone();
+    let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
+    ctx.awaiting_frontend_ssl = false;
+    match PgWireFrontendMessage::decode(&mut buf, &ctx) {
+        Ok(Some(PgWireFrontendMessage::Startup(s))) => Ok(s),
+        Ok(_) => Err(WireError::Protocol("not a startup message".into())),
+        Err(e) => Err(WireError::Protocol(e.to_string())),
+    }
+}
+
+/// Decodes a cancel request: (process id, secret key).
+pub fn decode_cancel(packet: &BytesMut) -> Result<(i32, i32), WireError> {
+    if packet.len() != 16 {
+        return Err(WireError::Protocol("a cancel request is 16 bytes".into()));
+    }
+    let mut b = &packet[8..];
+    Ok((b.get_i32(), b.get_i32()))
+}
+
+/// Splits one whole message (type byte, length, body) off the front of
+/// `buf`, or returns `None` until it has fully arrived.
+pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, WireError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len < 4 {
+        return Err(WireError::Protocol(format!(
+            "message {:?} has invalid length {len}",
+            buf[0] as char
+        )));
+    }
+    if len > max {
+        return Err(WireError::Protocol(format!(
+            "message {:?} of {len} bytes exceeds the limit of {max}",
+            buf[0] as char
+        )));
+    }
+    if buf.len() < len + 1 {
+        buf.reserve(len + 1 - buf.len());
+        return Ok(None);
+    }
+    Ok(Some(buf.split_to(len + 1)))
+}
+
+/// Decodes one whole frontend message (after startup).
+pub fn decode_frontend(frame: &[u8]) -> Result<PgWireFrontendMessage, WireError> {
+    let mut buf = BytesMut::from(frame);
+    let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
+    ctx.awaiting_frontend_ssl = false;
+    ctx.awaiting_frontend_startup = false;
+    match PgWireFrontendMessage::decode(&mut buf, &ctx) {
+        Ok(Some(m)) if buf.is_empty() => Ok(m),
+        Ok(Some(_)) => Err(WireError::Protocol(format!(
+            "message {:?} has trailing bytes",
+            frame[0] as char
+        ))),
+        Ok(None) => Err(WireError::Protocol(format!(
+            "message {:?} is truncated",
+            frame[0] as char
+        ))),
+        Err(e) => Err(WireError::Protocol(e.to_string())),
+    }
+}
+
+/// Reads the NUL-terminated string at the start of `body`.
+pub fn cstr(body: &[u8]) -> Option<&str> {
+    let end = body.iter().position(|&b| b == 0)?;
+    std::str::from_utf8(&body[..end]).ok()
+}
+
+fn encode(msg: PgWireBackendMessage, out: &mut BytesMut) {
+    // Encoding into a BytesMut cannot fail for these messages; a failure
+    // would mean a pgwire bug, and the connection then sees a short reply.
+    if let Err(e) = msg.encode(out) {
+        tracing::error!(error = %e, "encoding a backend message failed");
+    }
+}
+
+/// An `ErrorResponse`.
+pub fn error(
+    out: &mut BytesMut,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+) {
+    let mut fields = vec![
+        (b'S', "ERROR".to_owned()),
+        (b'V', "ERROR".to_owned()),
+        (b'C', code.to_owned()),
+        (b'M', message.to_owned()),
+    ];
+    if let Some(d) = detail {
+        fields.push((b'D', d.to_owned()));
+    }
+    if let Some(h) = hint {
+        fields.push((b'H', h.to_owned()));
+    }
+    encode(
+        PgWireBackendMessage::ErrorResponse(ErrorResponse::new(fields)),
+        out,
+    );
+}
+
+/// A `FATAL` `ErrorResponse` (the connection ends after it).
+pub fn fatal(out: &mut BytesMut, code: &str, message: &str) {
+    let fields = vec![
+        (b'S', "FATAL".to_owned()),
+        (b'V', "FATAL".to_owned()),
+        (b'C', code.to_owned()),
+        (b'M', message.to_owned()),
+    ];
+    encode(
+        PgWireBackendMessage::ErrorResponse(ErrorResponse::new(fields)),
+        out,
+    );
+}
+
+/// `ReadyForQuery` with the given transaction status byte.
+pub fn ready(out: &mut BytesMut, status: u8) {
+    let status = match status {
+        b'T' => TransactionStatus::Transaction,
+        b'E' => TransactionStatus::Error,
+        _ => TransactionStatus::Idle,
+    };
+    encode(
+        PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(status)),
+        out,
+    );
+}
+
+/// `CommandComplete`.
+pub fn command_complete(out: &mut BytesMut, tag: &str) {
+    encode(
+        PgWireBackendMessage::CommandComplete(CommandComplete::new(tag.to_owned())),
+        out,
+    );
+}
+
+/// `AuthenticationCleartextPassword`.
+pub fn ask_password(out: &mut BytesMut) {
+    encode(
+        PgWireBackendMessage::Authentication(Authentication::CleartextPassword),
+        out,
+    );
+}
+
+/// `AuthenticationOk`.
+pub fn auth_ok(out: &mut BytesMut) {
+    encode(
+        PgWireBackendMessage::Authentication(Authentication::Ok),
+        out,
+    );
+}
+
+/// `ParameterStatus`.
+pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
+    encode(
+        PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
+            name.to_owned(),
+            value.to_owned(),
+        )),
+        out,
+    );
+}
+
+/// `BackendKeyData`.
+pub fn backend_key(out: &mut BytesMut, pid: i32, secret: i32) {
+    encode(
+        PgWireBackendMessage::BackendKeyData(BackendKeyData::new(pid, SecretKey::I32(secret))),
+        out,
+    );
+}
+
+/// `NegotiateProtocolVersion`: gavel speaks 3.0 and none of `options`.
+pub fn negotiate_protocol(out: &mut BytesMut, options: Vec<String>) {
+    encode(
+        PgWireBackendMessage::NegotiateProtocolVersion(NegotiateProtocolVersion::new(0, options)),
+        out,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_only_when_whole_and_lengths_are_checked() {
+        let mut b = BytesMut::from(&b"Q\x00\x00\x00\x0dSELECT 1\x00X"[..]);
+        let f = split_frame(&mut b, MAX_MESSAGE).unwrap().unwrap();
+        assert_eq!(&f[..], b"Q\x00\x00\x00\x0dSELECT 1\x00");
+        assert_eq!(&b[..], b"X");
+        assert!(split_frame(&mut b, MAX_MESSAGE).unwrap().is_none());
+        let mut bad = BytesMut::from(&b"Q\x00\x00\x00\x02"[..]);
+        assert!(split_frame(&mut bad, MAX_MESSAGE).is_err());
+        let mut big = BytesMut::from(&b"Q\x7f\x00\x00\x00"[..]);
+        assert!(split_frame(&mut big, MAX_MESSAGE).is_err());
+    }
+
+    #[test]
+    fn decode_rejects_trailing_and_truncated_bodies() {
+        assert!(matches!(
+            decode_frontend(b"Q\x00\x00\x00\x0dSELECT 1\x00"),
+            Ok(PgWireFrontendMessage::Query(_))
+        ));
+        assert!(decode_frontend(b"Q\x00\x00\x00\x0cSELECT 1").is_err());
+        assert!(decode_frontend(b"Z\x00\x00\x00\x04").is_err());
+        // A length that disagrees with the content.
+        assert!(decode_frontend(b"Q\x00\x00\x00\x0cDROP\x00abc").is_err());
+        assert!(decode_frontend(b"E\x00\x00\x00\x0a\x00\x00\x00\x00\x00\x00").is_err());
+    }
+}
