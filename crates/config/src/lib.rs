@@ -49,6 +49,24 @@ pub struct AuditConfig {
     /// The Ed25519 signing key (created on first start, mode 0600);
     /// default `{data_dir}/audit.key`.
     pub key_file: Option<PathBuf>,
+    /// When the record of a read that policy alone allowed must be durable:
+    /// `before_release` (default: before any of the result reaches the
+    /// client) or `buffered` (queued in order with every other record and
+    /// written within one group commit; a crash can lose the last batch of
+    /// such records, never the record of a write, a refusal, an approval or
+    /// a grant).
+    pub read_durability: ReadDurability,
+}
+
+/// See [`AuditConfig::read_durability`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadDurability {
+    /// Durable before the result is released.
+    #[default]
+    BeforeRelease,
+    /// Written by the next group commit, not awaited.
+    Buffered,
 }
 
 impl Default for AuditConfig {
@@ -57,6 +75,7 @@ impl Default for AuditConfig {
             origin: "gavel.local/audit".into(),
             checkpoint_interval: Duration::from_secs(5),
             key_file: None,
+            read_durability: ReadDurability::BeforeRelease,
         }
     }
 }

@@ -137,6 +137,7 @@ impl Gateway {
                 pg,
                 loaded.config.approvals.hold,
                 &loaded.config.server.public_url,
+                loaded.config.audit.read_durability == gavel_config::ReadDurability::BeforeRelease,
             )
             .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
             postgres.push(Arc::new(surface));

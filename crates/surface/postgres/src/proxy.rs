@@ -78,6 +78,9 @@ pub struct PostgresSurface {
     classifier: Classifier,
     classes: ShapeCache<Arc<Classified>>,
     explain: bool,
+    /// Whether allowed reads wait for their record to be durable before
+    /// their result is released (`audit.read_durability`).
+    durable_reads: bool,
     explainer: tokio::sync::Mutex<Option<Stream>>,
     hold: Duration,
     public_url: String,
@@ -129,6 +132,7 @@ impl PostgresSurface {
         config: &PostgresResourceConfig,
         hold: Duration,
         public_url: &str,
+        durable_reads: bool,
     ) -> Result<PostgresSurface, String> {
         let upstream = Upstream::from_config(i, config)?;
         let tls = match (&config.tls_cert_file, &config.tls_key_file) {
@@ -155,6 +159,7 @@ impl PostgresSurface {
             classifier: Classifier::new(&side_effects, &config.read_only_functions),
             classes: ShapeCache::default(),
             explain: config.explain_estimates,
+            durable_reads,
             explainer: tokio::sync::Mutex::new(None),
             hold,
             public_url: public_url.trim_end_matches('/').to_owned(),
@@ -220,9 +225,12 @@ impl PostgresSurface {
             classes: c.statements.iter().map(|s| s.class).collect(),
         });
         // EXECUTE depends on the session's prepared statements, not on the
-        // text alone.
-        let depends_on_session = classified.kinds.iter().any(|k| k == "ExecuteStmt");
-        if let (Some(k), false) = (key, depends_on_session) {
+        // text alone. What the parser rejects is not cached either: a value
+        // the grammar refuses (`SECOND(1.5)`) must not make a valid
+        // statement of the same shape unknown.
+        let cacheable =
+            !classified.kinds.is_empty() && !classified.kinds.iter().any(|k| k == "ExecuteStmt");
+        if let (Some(k), true) = (key, cacheable) {
             self.classes.insert(k, classified.clone());
         }
         classified
@@ -1177,7 +1185,7 @@ impl Session {
                     tags: Vec::new(),
                     error: None,
                 });
-                if let Some(r) = receipt {
+                if let Some(r) = receipt.filter(|_| self.surface.durable_reads) {
                     self.receipts.push_back(r);
                 }
             }
@@ -1528,7 +1536,7 @@ impl Session {
                                 tags: Vec::new(),
                                 error: None,
                             });
-                            receipts.extend(receipt);
+                            receipts.extend(receipt.filter(|_| self.surface.durable_reads));
                         }
                         Decided::Refuse(r) => {
                             self.remember(classified.class, &text, "refused");

@@ -25,6 +25,17 @@ fn is_ident(b: u8) -> bool {
 
 /// The shape of `sql`, or `None` when the scan cannot be sure of it.
 pub fn shape(sql: &str) -> Option<String> {
+    scan(sql, "?", "?")
+}
+
+/// `sql` with every string literal replaced by `string` and every number
+/// by `number`, under the same rules as [`shape`]: for fuzzing the claim
+/// that literals never change a classification.
+pub fn with_literals(sql: &str, string: &str, number: &str) -> Option<String> {
+    scan(sql, string, number)
+}
+
+fn scan(sql: &str, string: &str, number: &str) -> Option<String> {
     let s = sql.as_bytes();
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
@@ -47,7 +58,7 @@ pub fn shape(sql: &str) -> Option<String> {
                     }
                 }
                 i += 1;
-                out.push(b'?');
+                out.extend_from_slice(string.as_bytes());
             }
             b'"' => {
                 if prev_ident(i) {
@@ -139,7 +150,7 @@ pub fn shape(sql: &str) -> Option<String> {
                 if s.get(i).is_some_and(|&c| is_ident(c) || c == b'.') {
                     return None;
                 }
-                out.push(b'?');
+                out.extend_from_slice(number.as_bytes());
             }
             _ => {
                 out.push(b);
