@@ -500,7 +500,12 @@ async fn tokio_postgres_extended_protocol_pipelines_and_refusals() {
         e.as_db_error().unwrap().message().contains("no-admin"),
         "{e}"
     );
-    assert_eq!(c.unwrap().get::<_, i64>(0), 10);
+    assert_eq!(
+        c.map_err(|e| format!("{e}\n{}", pg.g.log()))
+            .unwrap()
+            .get::<_, i64>(0),
+        10
+    );
 
     // A held statement inside a transaction: refused, the transaction lives.
     client.batch_execute("BEGIN").await.unwrap();
@@ -821,4 +826,202 @@ async fn tls_is_served_and_can_be_required() {
     ));
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over tls");
+}
+
+/// A client that speaks the protocol message by message, for sequences no
+/// library sends.
+struct Raw {
+    s: tokio::net::TcpStream,
+    inbox: bytes::BytesMut,
+}
+
+impl Raw {
+    async fn login(pg: &Pg) -> Raw {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", pg.port))
+            .await
+            .unwrap();
+        s.write_all(&startup(&[("user", "bot"), ("database", "test")]))
+            .await
+            .unwrap();
+        let mut raw = Raw {
+            s,
+            inbox: bytes::BytesMut::new(),
+        };
+        let ask = raw.message().await;
+        assert_eq!(ask.0, b'R');
+        let mut out = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::password_message(
+            pg.g.agent_token.as_bytes(),
+            &mut out,
+        )
+        .unwrap();
+        raw.send(&out).await;
+        raw.until_ready().await;
+        raw
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.s.write_all(bytes).await.unwrap();
+    }
+
+    async fn message(&mut self) -> (u8, Vec<u8>) {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.inbox.len() >= 5 {
+                let len = u32::from_be_bytes([
+                    self.inbox[1],
+                    self.inbox[2],
+                    self.inbox[3],
+                    self.inbox[4],
+                ]) as usize;
+                if self.inbox.len() > len {
+                    let frame = self.inbox.split_to(len + 1);
+                    return (frame[0], frame[5..].to_vec());
+                }
+            }
+            let n = tokio::time::timeout(Duration::from_secs(20), self.s.read_buf(&mut self.inbox))
+                .await
+                .expect("an answer within 20 s")
+                .unwrap();
+            assert!(n > 0, "connection closed");
+        }
+    }
+
+    /// Messages up to and including the next ReadyForQuery.
+    async fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut got = Vec::new();
+        loop {
+            let m = self.message().await;
+            let done = m.0 == b'Z';
+            got.push(m);
+            if done {
+                return got;
+            }
+        }
+    }
+
+    fn error(messages: &[(u8, Vec<u8>)]) -> Option<String> {
+        messages
+            .iter()
+            .find(|(t, _)| *t == b'E')
+            .map(|(_, body)| String::from_utf8_lossy(body).into_owned())
+    }
+
+    async fn query(&mut self, sql: &str) -> Vec<(u8, Vec<u8>)> {
+        let mut out = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::query(sql, &mut out).unwrap();
+        self.send(&out).await;
+        self.until_ready().await
+    }
+
+    /// Parse (and optionally Bind) then Sync.
+    async fn parse_bind(
+        &mut self,
+        statement: &str,
+        sql: &str,
+        portal: Option<&str>,
+    ) -> Vec<(u8, Vec<u8>)> {
+        use postgres_protocol::message::frontend;
+        let mut out = bytes::BytesMut::new();
+        frontend::parse(statement, sql, std::iter::empty(), &mut out).unwrap();
+        if let Some(portal) = portal {
+            bind(&mut out, portal, statement);
+        }
+        frontend::sync(&mut out);
+        self.send(&out).await;
+        self.until_ready().await
+    }
+
+    async fn bind_execute(&mut self, statement: &str) -> Vec<(u8, Vec<u8>)> {
+        use postgres_protocol::message::frontend;
+        let mut out = bytes::BytesMut::new();
+        bind(&mut out, "", statement);
+        frontend::execute("", 0, &mut out).unwrap();
+        frontend::sync(&mut out);
+        self.send(&out).await;
+        self.until_ready().await
+    }
+}
+
+fn bind(out: &mut bytes::BytesMut, portal: &str, statement: &str) {
+    postgres_protocol::message::frontend::bind(
+        portal,
+        statement,
+        std::iter::empty::<i16>(),
+        std::iter::empty::<i32>(),
+        |_: i32,
+         _: &mut bytes::BytesMut|
+         -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+            Ok(postgres_protocol::IsNull::No)
+        },
+        std::iter::empty::<i16>(),
+        out,
+    )
+    .map_err(|_| "bind")
+    .unwrap();
+}
+
+#[tokio::test]
+async fn statement_names_cannot_be_swapped_behind_gavels_back() {
+    let pg = Pg::start("1s").await;
+    let mut raw = Raw::login(&pg).await;
+
+    // A Parse the server refuses (the name exists) must not replace what
+    // gavel believes the name holds.
+    let r = raw.parse_bind("s", "SELECT pg_reload_conf()", None).await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let r = raw.parse_bind("s", "SELECT 1", None).await;
+    assert!(Raw::error(&r).unwrap().contains("already exists"), "{r:?}");
+    let r = raw.bind_execute("s").await;
+    let e = Raw::error(&r).expect("refused");
+    assert!(e.contains("no-admin"), "{e}");
+
+    // FETCH from a protocol-level portal runs the statement bound to it.
+    assert!(Raw::error(&raw.query("BEGIN").await).is_none());
+    let r = raw
+        .parse_bind("", "SELECT pg_reload_conf()", Some("c"))
+        .await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let r = raw.query("FETCH ALL FROM c").await;
+    let e = Raw::error(&r).expect("refused");
+    assert!(e.contains("no-admin"), "{e}");
+    assert!(Raw::error(&raw.query("ROLLBACK").await).is_none());
+
+    // A PREPARE that never ran names nothing; EXECUTE of a protocol-level
+    // statement takes that statement's class.
+    let r = raw.query("SELECT 1/0; PREPARE p AS SELECT 1").await;
+    assert!(Raw::error(&r).unwrap().contains("division by zero"));
+    let r = raw.parse_bind("p", "SELECT pg_reload_conf()", None).await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let r = raw.query("EXECUTE p").await;
+    let e = Raw::error(&r).expect("refused");
+    assert!(e.contains("no-admin"), "{e}");
+
+    // Settings that change how the server reads bytes are not harmless.
+    let r = raw.query("SET client_encoding = 'SJIS'").await;
+    assert!(Raw::error(&r).unwrap().contains("no-admin"), "{r:?}");
+    let r = raw.query("SET standard_conforming_strings = off").await;
+    assert!(Raw::error(&r).unwrap().contains("no-admin"), "{r:?}");
+
+    // And the session is still fine.
+    let r = raw.query("SELECT 42").await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+
+    // A client encoding other than UTF-8 is refused at startup, and text
+    // that is not UTF-8 never reaches the server.
+    let out = Command::new("psql")
+        .args(["-X", &pg.conninfo(), "-c", "SELECT 1"])
+        .env("PGPASSWORD", &pg.g.agent_token)
+        .env("PGCLIENTENCODING", "SJIS")
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("client_encoding"), "{}", text(&out));
+    let mut out = bytes::BytesMut::new();
+    out.extend_from_slice(b"Q\x00\x00\x00\x0dSELECT\x951\x00");
+    raw.send(&out).await;
+    let m = raw.message().await;
+    assert_eq!(m.0, b'E');
+    assert!(String::from_utf8_lossy(&m.1).contains("UTF-8"), "{m:?}");
 }

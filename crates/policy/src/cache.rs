@@ -260,6 +260,12 @@ mod tests {
         let mut sleepy = a.clone();
         sleepy.operation = "SELECT pg_sleep(10)".into();
         assert_eq!(decide(&bundle, &sleepy).verdict, PolicyVerdict::Deny);
+        let escaped = "@id(\"r\") permit(principal, action == Action::\"sql.read\", resource) when { !(context[\"\\u{6f}peration\"] like \"*pg_sleep*\") };";
+        let bundle = load_sources(&[(PathBuf::from("c.cedar"), escaped.into())]).unwrap();
+        assert!(
+            bundle.reads_operation,
+            "an escaped attribute name still counts"
+        );
         let blind = "@id(\"r\") permit(principal, action == Action::\"sql.read\", resource);";
         let bundle = load_sources(&[(PathBuf::from("c.cedar"), blind.into())]).unwrap();
         assert!(!bundle.reads_operation);

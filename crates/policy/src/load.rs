@@ -182,11 +182,13 @@ impl PolicyBundle {
             let base = slice.any_resource.clone();
             add(slice.by_resource.entry(name).or_insert(base), policy);
         }
-        // Conservative: the word anywhere in a policy's text (a comment,
-        // a string) counts as a read.
-        let reads_operation = policies
-            .iter()
-            .any(|(p, _)| p.to_string().contains("operation"));
+        // Conservative: the word anywhere in a policy's parsed form (an
+        // attribute, a string) counts as a read; the parsed form has string
+        // escapes (`context["\u{6f}peration"]`) already decoded.
+        let reads_operation = policies.iter().any(|(p, _)| match p.to_json() {
+            Ok(json) => json.to_string().contains("operation"),
+            Err(_) => true,
+        });
         PolicyBundle {
             reads_operation,
             version: Arc::from(if hash_hex.is_empty() {

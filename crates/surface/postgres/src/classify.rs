@@ -18,7 +18,8 @@ use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// How privileged a class is; a query string takes its highest.
-fn rank(class: ActionClass) -> u8 {
+/// How privileged a class is, for "most privileged wins".
+pub(crate) fn rank(class: ActionClass) -> u8 {
     match class {
         ActionClass::SqlRead => 0,
         ActionClass::SqlWrite => 1,
@@ -371,10 +372,12 @@ const SAFE_SETTINGS: &[&str] = &[
     "datestyle",
     "intervalstyle",
     "extra_float_digits",
-    "client_encoding",
+    // Not client_encoding nor standard_conforming_strings: both change how
+    // the server splits the bytes of a statement into tokens, so a gateway
+    // that parsed in UTF-8 with standard strings could be shown one
+    // statement while the server runs another.
     "client_min_messages",
     "bytea_output",
-    "standard_conforming_strings",
     "transaction_isolation",
     "transaction_read_only",
     "default_transaction_isolation",

@@ -54,6 +54,15 @@ const PASSED_PARAMETERS: &[&str] = &[
     "intervalstyle",
 ];
 
+/// How long a client may take to log in.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Most bytes of extended-protocol messages queued before a Sync or Flush.
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// Most messages queued before a Sync or Flush.
+const MAX_BATCH_MESSAGES: usize = 10_000;
+
 /// How many of a session's statements reviewers see.
 const RECENT: usize = 10;
 
@@ -209,14 +218,16 @@ impl PostgresSurface {
         }
     }
 
-    fn classify(&self, sql: &str, prepared: &HashMap<String, ActionClass>) -> Arc<Classified> {
+    fn classify(
+        &self,
+        sql: &str,
+        prepared: &dyn Fn(&str) -> Option<ActionClass>,
+    ) -> Arc<Classified> {
         let key = shape(sql);
         if let Some(hit) = key.as_deref().and_then(|k| self.classes.get(k)) {
             return hit;
         }
-        let c = self
-            .classifier
-            .classify(sql, &|name| prepared.get(name).copied());
+        let c = self.classifier.classify(sql, prepared);
         let classified = Arc::new(Classified {
             class: c.class,
             tables: c.tables,
@@ -228,8 +239,12 @@ impl PostgresSurface {
         // text alone. What the parser rejects is not cached either: a value
         // the grammar refuses (`SECOND(1.5)`) must not make a valid
         // statement of the same shape unknown.
-        let cacheable =
-            !classified.kinds.is_empty() && !classified.kinds.iter().any(|k| k == "ExecuteStmt");
+        // COPY is not cached at all: `FROM ''` parses like `FROM STDIN`, so
+        // its file name is a literal that changes the class. EXECUTE can
+        // hide inside EXPLAIN, hence the textual test.
+        let cacheable = !classified.kinds.is_empty()
+            && !classified.kinds.iter().any(|k| k == "CopyStmt")
+            && !sql.to_ascii_lowercase().contains("execute");
         if let (Some(k), true) = (key, cacheable) {
             self.classes.insert(k, classified.clone());
         }
@@ -322,13 +337,22 @@ impl PostgresSurface {
         tcp.set_nodelay(true)?;
         let mut client = Stream::Plain(tcp);
         let mut tls = false;
+        // Like PostgreSQL's authentication_timeout: a client that does not
+        // finish logging in does not hold a connection for ever.
+        let deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
+        let late = |_| WireError::Protocol("login timed out".into());
         let startup = loop {
-            let packet = wire::read_startup_packet(&mut client).await?;
+            let packet = tokio::time::timeout_at(deadline, wire::read_startup_packet(&mut client))
+                .await
+                .map_err(late)??;
             match wire::startup_code(&packet) {
                 wire::SSL_REQUEST if !tls => match (&self.tls, client) {
                     (Some(acceptor), Stream::Plain(mut tcp)) => {
                         tcp.write_all(b"S").await?;
-                        client = Stream::Server(Box::new(acceptor.accept(tcp).await?));
+                        let accepted = tokio::time::timeout_at(deadline, acceptor.accept(tcp))
+                            .await
+                            .map_err(late)??;
+                        client = Stream::Server(Box::new(accepted));
                         tls = true;
                     }
                     (_, mut other) => {
@@ -423,6 +447,23 @@ impl PostgresSurface {
             if lower == "options" && v.trim().is_empty() {
                 continue;
             }
+            if lower == "client_encoding" {
+                // gavel reads statements as UTF-8; under another encoding
+                // the server could split the same bytes into other tokens.
+                let value = v.to_ascii_lowercase();
+                if !matches!(value.as_str(), "utf8" | "utf-8" | "unicode") {
+                    refuse(
+                        &mut out,
+                        "0A000",
+                        &format!(
+                            "client_encoding \"{v}\" is not supported through gavel: use UTF8"
+                        ),
+                    );
+                    client.write_all(&out).await?;
+                    return Ok(());
+                }
+                continue;
+            }
             if !PASSED_PARAMETERS.contains(&lower.as_str()) {
                 refuse(
                     &mut out,
@@ -437,6 +478,7 @@ impl PostgresSurface {
             }
             passed.push((k.clone(), v.clone()));
         }
+        passed.push(("client_encoding".into(), "UTF8".into()));
         wire::ask_password(&mut out);
         client.write_all(&out).await?;
         out.clear();
@@ -445,7 +487,11 @@ impl PostgresSurface {
             if let Some(f) = wire::split_frame(&mut inbox, wire::MAX_AUTH_MESSAGE)? {
                 break f;
             }
-            if client.read_buf(&mut inbox).await? == 0 {
+            if tokio::time::timeout_at(deadline, client.read_buf(&mut inbox))
+                .await
+                .map_err(late)??
+                == 0
+            {
                 return Ok(());
             }
         };
@@ -498,10 +544,17 @@ impl PostgresSurface {
             slots: VecDeque::new(),
             receipts: VecDeque::new(),
             batch: Vec::new(),
+            batch_bytes: 0,
             forwarded_since_sync: false,
             discard: Discard::No,
             statements: HashMap::new(),
             portals: HashMap::new(),
+            pending_ops: VecDeque::new(),
+            segments_sent: 0,
+            segments_closed: 0,
+            upstream_error: false,
+            copy_in: false,
+            last_segment_synced: false,
             sql_prepared: HashMap::new(),
             intent: String::new(),
             recent: VecDeque::new(),
@@ -519,17 +572,23 @@ impl PostgresSurface {
             .clone();
         let parameters = match cached {
             Some(p) => p,
-            None => {
-                if let Err(e) = session.connect_upstream().await {
+            None => match self.learn_server_parameters().await {
+                Ok(p) => p,
+                Err(e) => {
                     tracing::error!(error = %e, resource = %self.resource.name, "cannot open the upstream connection");
+                    let mut out = BytesMut::new();
+                    wire::fatal(
+                        &mut out,
+                        "08006",
+                        &format!(
+                            "gavel cannot reach the database behind resource {}; the gateway log has the reason",
+                            self.resource.name
+                        ),
+                    );
+                    session.client.write_all(&out).await?;
                     return Ok(());
                 }
-                self.server_parameters
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone()
-                    .unwrap_or_default()
-            }
+            },
         };
         let key = self.register(session.cancel.clone());
         let _registered = Registered {
@@ -553,6 +612,25 @@ impl PostgresSurface {
         session.client.write_all(&out).await?;
         tracing::debug!(%peer, principal = %session.principal.qualified_id(), resource = %self.resource.name, "postgres session started");
         session.run().await
+    }
+
+    /// The server's default parameters, from a connection of gavel's own
+    /// (never from a client's session, whose settings are its own).
+    async fn learn_server_parameters(
+        &self,
+    ) -> Result<Vec<(String, String)>, crate::upstream::UpstreamError> {
+        let mut started = self
+            .upstream
+            .connect(&[("client_encoding".into(), "UTF8".into())])
+            .await?;
+        let mut bye = BytesMut::new();
+        postgres_protocol::message::frontend::terminate(&mut bye);
+        let _ = started.stream.write_all(&bye).await;
+        *self
+            .server_parameters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(started.parameters.clone());
+        Ok(started.parameters)
     }
 
     fn register(&self, target: Arc<CancelTarget>) -> (i32, i32) {
@@ -596,6 +674,16 @@ struct Prepared {
 struct Portal {
     statement: Option<Arc<Prepared>>,
     params: Arc<Vec<serde_json::Value>>,
+    /// Each parameter's format code (0 text, 1 binary): part of what an
+    /// approval binds, so `\\x41` as text and `A` in binary differ.
+    formats: Arc<Vec<i16>>,
+}
+
+/// A change to the statement and portal tables, applied when the server
+/// confirms it.
+enum TableOp {
+    Statement(String, Option<Arc<Prepared>>),
+    Portal(String, Option<Portal>),
 }
 
 /// A forwarded statement whose outcome is still to come.
@@ -606,6 +694,8 @@ struct Slot {
     simple: bool,
     tags: Vec<String>,
     error: Option<String>,
+    /// SQL `PREPARE`s in a simple query, recorded once it succeeds.
+    prepares: Vec<(String, ActionClass)>,
 }
 
 /// After a refused statement in an extended-protocol pipeline, the rest up
@@ -661,10 +751,24 @@ struct Session {
     receipts: VecDeque<AuditReceipt>,
     /// Extended-protocol messages since the last Sync or Flush.
     batch: Vec<BytesMut>,
+    batch_bytes: usize,
     forwarded_since_sync: bool,
     discard: Discard,
     statements: HashMap<String, Arc<Prepared>>,
     portals: HashMap<String, Portal>,
+    /// Parse, Bind and Close sent and not yet confirmed, in order.
+    pending_ops: VecDeque<(u64, TableOp)>,
+    /// Queries and Syncs sent (each ends a segment with one
+    /// ReadyForQuery) and ReadyForQuery messages seen: an op of segment
+    /// `n` that is unconfirmed when segment `n` closes was skipped.
+    segments_sent: u64,
+    segments_closed: u64,
+    /// The server reported an error and skips to the next Sync.
+    upstream_error: bool,
+    /// The server is in COPY FROM STDIN.
+    copy_in: bool,
+    /// Whether the last forwarded extended-protocol segment ended in Sync.
+    last_segment_synced: bool,
     /// SQL-level PREPARE names and their classes, for EXECUTE.
     sql_prepared: HashMap<String, ActionClass>,
     intent: String,
@@ -722,6 +826,18 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// Each parameter's format code, from Bind's list (empty: all text; one:
+/// all the same).
+fn param_formats(count: usize, formats: &[i16]) -> Vec<i16> {
+    (0..count)
+        .map(|i| match formats {
+            [] => 0,
+            [one] => *one,
+            many => many.get(i).copied().unwrap_or(0),
+        })
+        .collect()
+}
+
 fn param_values(params: &[Option<Bytes>], formats: &[i16]) -> Vec<serde_json::Value> {
     params
         .iter()
@@ -748,11 +864,6 @@ impl Session {
     async fn connect_upstream(&mut self) -> Result<(), WireError> {
         match self.surface.upstream.connect(&self.passed).await {
             Ok(started) => {
-                *self
-                    .surface
-                    .server_parameters
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(started.parameters);
                 *self
                     .cancel
                     .upstream
@@ -893,7 +1004,10 @@ impl Session {
                 }
                 break;
             }
-            if matches!(tag, b'Z' | b'C' | b'E' | b'I' | b's') {
+            if matches!(
+                tag,
+                b'Z' | b'C' | b'E' | b'I' | b's' | b'1' | b'2' | b'3' | b'G'
+            ) {
                 observed.push((tag, at + 5..at + len + 1));
             }
             at += len + 1;
@@ -936,13 +1050,32 @@ impl Session {
             b'Z' => {
                 self.tx_status = body.first().copied().unwrap_or(b'I');
                 self.pending_ready = self.pending_ready.saturating_sub(1);
+                // What the server did not confirm of the segment this ends,
+                // it skipped; later segments' changes are still to come.
+                let closed = self.segments_closed;
+                self.segments_closed += 1;
+                while self
+                    .pending_ops
+                    .front()
+                    .is_some_and(|(seg, _)| *seg <= closed)
+                {
+                    self.pending_ops.pop_front();
+                }
+                self.upstream_error = false;
+                self.copy_in = false;
                 if self.tx_status == b'I' {
-                    self.portals.retain(|name, _| !name.is_empty());
+                    // Portals end with their transaction.
+                    self.portals.clear();
                 }
                 // Everything before this ReadyForQuery has ended; Executes
                 // still waiting were skipped after an error.
-                while let Some(slot) = self.slots.pop_front() {
+                while let Some(mut slot) = self.slots.pop_front() {
                     let simple = slot.simple;
+                    if simple && slot.error.is_none() {
+                        for (name, class) in std::mem::take(&mut slot.prepares) {
+                            self.sql_prepared.insert(name, class);
+                        }
+                    }
                     let skipped = (!simple && slot.tags.is_empty() && slot.error.is_none())
                         .then(|| "not run: an earlier message of the pipeline failed".to_owned());
                     self.finish(slot, skipped);
@@ -966,7 +1099,34 @@ impl Session {
                     }
                 }
             }
+            b'1' | b'2' | b'3' => match self.pending_ops.pop_front().map(|(_, op)| op) {
+                Some(TableOp::Statement(name, Some(p))) => {
+                    self.statements.insert(name, p);
+                }
+                Some(TableOp::Statement(name, None)) => {
+                    self.statements.remove(&name);
+                }
+                Some(TableOp::Portal(name, Some(p))) => {
+                    self.portals.insert(name, p);
+                }
+                Some(TableOp::Portal(name, None)) => {
+                    self.portals.remove(&name);
+                }
+                None => {}
+            },
+            b'G' => {
+                self.copy_in = true;
+                // In the extended protocol the Sync sent with the Execute
+                // that started COPY is ignored by the server: the client's
+                // Sync after CopyDone gets the ReadyForQuery instead.
+                if self.slots.front().is_some_and(|s| !s.simple) && self.last_segment_synced {
+                    self.pending_ready = self.pending_ready.saturating_sub(1);
+                    self.segments_sent = self.segments_sent.saturating_sub(1);
+                    self.last_segment_synced = false;
+                }
+            }
             b'E' => {
+                self.upstream_error = true;
                 let mut message = String::new();
                 let mut code = String::new();
                 let mut fields = body;
@@ -1036,6 +1196,11 @@ impl Session {
         };
         match message {
             PgWireFrontendMessage::Query(q) => {
+                if self.discard != Discard::No || self.upstream_error {
+                    // The server ignores a Query while it skips to Sync;
+                    // so does gavel.
+                    return Ok(true);
+                }
                 if !self.batch.is_empty() {
                     self.run_batch(false).await?;
                 }
@@ -1047,8 +1212,22 @@ impl Session {
             | PgWireFrontendMessage::Execute(_)
             | PgWireFrontendMessage::Close(_) => {
                 if self.discard == Discard::No {
+                    self.batch_bytes += frame.len();
                     self.batch.push(frame);
+                    if self.batch.len() > MAX_BATCH_MESSAGES || self.batch_bytes > MAX_BATCH_BYTES {
+                        wire::fatal(
+                            &mut self.cout,
+                            "54000",
+                            "too many extended-protocol messages without a Sync or Flush",
+                        );
+                        self.flush_client().await?;
+                        return Ok(false);
+                    }
                 }
+            }
+            PgWireFrontendMessage::Flush(_) | PgWireFrontendMessage::Sync(_) if self.copy_in => {
+                // Ignored by the server during COPY FROM STDIN.
+                self.uout.extend_from_slice(&frame);
             }
             PgWireFrontendMessage::Flush(_) => match self.discard {
                 Discard::No => {
@@ -1070,12 +1249,13 @@ impl Session {
                     }
                     Discard::ForwardSync => {
                         self.uout.extend_from_slice(&frame);
-                        self.pending_ready += 1;
+                        self.sent_sync();
                         self.forwarded_since_sync = false;
                     }
                 }
             }
             PgWireFrontendMessage::CopyDone(_) | PgWireFrontendMessage::CopyFail(_) => {
+                self.copy_in = false;
                 self.uout.extend_from_slice(&frame);
             }
             PgWireFrontendMessage::Terminate(_) => return Ok(false),
@@ -1121,6 +1301,61 @@ impl Session {
         Ok(())
     }
 
+    /// Classifies `sql` in this session: `EXECUTE` resolves names from SQL
+    /// `PREPARE` and protocol-level Parse alike (they share one namespace on
+    /// the server), and `FETCH`/`MOVE` on a protocol-level portal takes the
+    /// class of the statement bound to it, which that FETCH runs.
+    fn classify(&self, sql: &str) -> Arc<Classified> {
+        let prepared = |name: &str| {
+            self.sql_prepared
+                .get(name)
+                .copied()
+                .or_else(|| self.statements.get(name).map(|p| p.classified.class))
+        };
+        let classified = self.surface.classify(sql, &prepared);
+        if !classified.kinds.iter().any(|k| k == "FetchStmt") || self.portals.is_empty() {
+            return classified;
+        }
+        let Ok(parsed) = pg_query::parse(sql, 0) else {
+            return classified;
+        };
+        let mut raised: Option<Classified> = None;
+        for stmt in &parsed.protobuf.stmts {
+            let Ok(tree) = serde_json::to_value(stmt) else {
+                continue;
+            };
+            let Some(name) = tree
+                .pointer("/stmt/node/FetchStmt/portalname")
+                .and_then(|n| n.as_str())
+            else {
+                continue;
+            };
+            let Some(bound) = self.portals.get(name).and_then(|p| p.statement.clone()) else {
+                continue;
+            };
+            let current = raised.as_ref().map_or(classified.class, |c| c.class);
+            if crate::classify::rank(bound.classified.class) > crate::classify::rank(current) {
+                raised = Some(Classified {
+                    class: bound.classified.class,
+                    tables: bound.classified.tables.clone(),
+                    reason: format!(
+                        "FETCH from portal {name:?} runs {}",
+                        truncate(&bound.text, 200)
+                    ),
+                    kinds: classified.kinds.clone(),
+                    classes: classified.classes.clone(),
+                });
+            }
+        }
+        raised.map_or(classified, Arc::new)
+    }
+
+    /// Notes a Query or Sync sent: the server owes one more ReadyForQuery.
+    fn sent_sync(&mut self) {
+        self.pending_ready += 1;
+        self.segments_sent += 1;
+    }
+
     fn remember(&mut self, class: ActionClass, sql: &str, verdict: &str) {
         if self.recent.len() == RECENT {
             self.recent.pop_front();
@@ -1134,12 +1369,13 @@ impl Session {
         classified: &Classified,
         sql: &str,
         intent: String,
-        params: Option<&Arc<Vec<serde_json::Value>>>,
+        params: Option<&Portal>,
     ) -> Action {
         let mut details = serde_json::Map::new();
         details.insert("tables".into(), serde_json::json!(classified.tables));
-        if let Some(p) = params {
-            details.insert("params".into(), serde_json::Value::Array(p.to_vec()));
+        if let Some(p) = params.filter(|p| !p.params.is_empty()) {
+            details.insert("params".into(), serde_json::Value::Array(p.params.to_vec()));
+            details.insert("param_formats".into(), serde_json::json!(*p.formats));
         }
         Action {
             principal: self.principal.clone(),
@@ -1169,21 +1405,22 @@ impl Session {
             wire::ready(&mut self.cout, self.tx_status);
             return self.flush_client().await;
         }
-        let classified = self.surface.classify(sql, &self.sql_prepared);
+        let classified = self.classify(sql);
         let intent = comment_intent(sql).unwrap_or_else(|| self.intent.clone());
         let action = self.action(&classified, sql, intent, None);
         match self.decide(action.clone(), &classified, sql, false).await? {
             Decided::Allow { request, receipt } => {
                 self.remember(classified.class, sql, "allowed");
-                self.track_sql_prepare(sql, &classified);
+                let prepares = self.track_sql_prepare(sql, &classified);
                 self.uout.extend_from_slice(&frame);
-                self.pending_ready += 1;
+                self.sent_sync();
                 self.slots.push_back(Slot {
                     action,
                     request,
                     simple: true,
                     tags: Vec::new(),
                     error: None,
+                    prepares,
                 });
                 if let Some(r) = receipt.filter(|_| self.surface.durable_reads) {
                     self.receipts.push_back(r);
@@ -1212,16 +1449,24 @@ impl Session {
 
     /// Keeps the names of SQL-level `PREPARE`d statements (for classifying
     /// `EXECUTE`) in step with `PREPARE` and `DEALLOCATE`.
-    fn track_sql_prepare(&mut self, sql: &str, classified: &Classified) {
+    /// Applies `DEALLOCATE`s at once (forgetting a name only makes gavel
+    /// stricter) and returns the `PREPARE`s, recorded once the query
+    /// succeeds: a PREPARE the server never ran must not name anything.
+    fn track_sql_prepare(
+        &mut self,
+        sql: &str,
+        classified: &Classified,
+    ) -> Vec<(String, ActionClass)> {
+        let mut prepares = Vec::new();
         if !classified
             .kinds
             .iter()
             .any(|k| k == "PrepareStmt" || k == "DeallocateStmt")
         {
-            return;
+            return prepares;
         }
         let Ok(parsed) = pg_query::parse(sql, 0) else {
-            return;
+            return prepares;
         };
         for (i, stmt) in parsed.protobuf.stmts.iter().enumerate() {
             let Ok(tree) = serde_json::to_value(stmt) else {
@@ -1236,7 +1481,7 @@ impl Session {
                     .get(i)
                     .copied()
                     .unwrap_or(ActionClass::SqlUnknown);
-                self.sql_prepared.insert(name.to_owned(), class);
+                prepares.push((name.to_owned(), class));
             } else if let Some(d) = tree.pointer("/stmt/node/DeallocateStmt") {
                 match d.get("name").and_then(|n| n.as_str()) {
                     Some(name) => {
@@ -1246,6 +1491,7 @@ impl Session {
                 }
             }
         }
+        prepares
     }
 
     /// Asks the gate; holds a statement that needs approval.
@@ -1432,6 +1678,25 @@ impl Session {
     /// forwards them all, or none.
     async fn run_batch(&mut self, sync: bool) -> Result<(), WireError> {
         let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        // Decide against the server's real tables: wait for the answers to
+        // Parse, Bind and Close already sent (a Parse the server refused must
+        // not count). While the server skips to Sync after an error, nothing
+        // sent now runs, so there is nothing to wait for.
+        self.send_upstream().await?;
+        while !self.pending_ops.is_empty() && !self.upstream_error {
+            let Some(up) = self.upstream.as_mut() else {
+                break;
+            };
+            if up.read_buf(&mut self.ubuf).await? == 0 {
+                self.upstream_closed().await?;
+                return Err(WireError::Protocol(
+                    "the server closed the connection".into(),
+                ));
+            }
+            self.relay().await?;
+        }
+        let mut ops: Vec<TableOp> = Vec::new();
         let mut statements: Vec<(String, Option<Arc<Prepared>>)> = Vec::new();
         let mut portals: Vec<(String, Option<Portal>)> = Vec::new();
         let mut slots = Vec::new();
@@ -1444,13 +1709,16 @@ impl Session {
             };
             match message {
                 PgWireFrontendMessage::Parse(p) => {
-                    let classified = self.surface.classify(&p.query, &self.sql_prepared);
+                    let classified = self.classify(&p.query);
                     let prepared = Prepared {
                         text: Arc::from(p.query.as_str()),
                         classified,
                         intent: comment_intent(&p.query),
                     };
-                    statements.push((p.name.unwrap_or_default(), Some(Arc::new(prepared))));
+                    let name = p.name.unwrap_or_default();
+                    let prepared = Arc::new(prepared);
+                    ops.push(TableOp::Statement(name.clone(), Some(prepared.clone())));
+                    statements.push((name, Some(prepared)));
                 }
                 PgWireFrontendMessage::Bind(b) => {
                     let name = b.statement_name.unwrap_or_default();
@@ -1461,19 +1729,23 @@ impl Session {
                         .map(|(_, s)| s.clone())
                         .unwrap_or_else(|| self.statements.get(&name).cloned());
                     let params = param_values(&b.parameters, &b.parameter_format_codes);
-                    portals.push((
-                        b.portal_name.unwrap_or_default(),
-                        Some(Portal {
-                            statement,
-                            params: Arc::new(params),
-                        }),
-                    ));
+                    let formats = param_formats(b.parameters.len(), &b.parameter_format_codes);
+                    let portal = Portal {
+                        statement,
+                        params: Arc::new(params),
+                        formats: Arc::new(formats),
+                    };
+                    let name = b.portal_name.unwrap_or_default();
+                    ops.push(TableOp::Portal(name.clone(), Some(portal.clone())));
+                    portals.push((name, Some(portal)));
                 }
                 PgWireFrontendMessage::Close(c) => {
                     let name = c.name.unwrap_or_default();
                     if c.target_type == b'S' {
+                        ops.push(TableOp::Statement(name.clone(), None));
                         statements.push((name, None));
                     } else {
+                        ops.push(TableOp::Portal(name.clone(), None));
                         portals.push((name, None));
                     }
                 }
@@ -1487,42 +1759,40 @@ impl Session {
                         .unwrap_or_else(|| self.portals.get(&name).cloned());
                     let (classified, text, stmt_intent, params) = match portal
                         .as_ref()
-                        .and_then(|p| p.statement.as_ref().map(|s| (s, &p.params)))
+                        .and_then(|p| p.statement.as_ref().map(|s| (s, p)))
                     {
-                        Some((s, params)) => (
+                        Some((s, portal)) => (
                             s.classified.clone(),
                             s.text.clone(),
                             s.intent.clone(),
-                            Some(params.clone()),
+                            Some(portal.clone()),
                         ),
                         // Unknown to gavel: the server will refuse it too,
                         // but it is not forwarded on faith.
-                        None => (
-                            Arc::new(Classified {
-                                class: ActionClass::SqlUnknown,
-                                tables: Vec::new(),
-                                reason: format!(
-                                    "Execute of portal {name:?}, which gavel never saw bound"
-                                ),
-                                kinds: Vec::new(),
-                                classes: Vec::new(),
-                            }),
-                            Arc::from(format!("<portal {name:?}>").as_str()),
-                            None,
-                            None,
-                        ),
+                        None => {
+                            tracing::debug!(portal = %name, known = ?portal.as_ref().map(|p| p.statement.is_some()), statements = ?self.statements.keys().collect::<Vec<_>>(), pending = self.pending_ops.len(), "Execute of an unknown portal");
+                            (
+                                Arc::new(Classified {
+                                    class: ActionClass::SqlUnknown,
+                                    tables: Vec::new(),
+                                    reason: format!(
+                                        "Execute of portal {name:?}, which gavel never saw bound"
+                                    ),
+                                    kinds: Vec::new(),
+                                    classes: Vec::new(),
+                                }),
+                                Arc::from(format!("<portal {name:?}>").as_str()),
+                                None,
+                                None,
+                            )
+                        }
                     };
                     if let Some(intent) = intent_setting(&text) {
                         self.intent = intent;
                     }
                     let intent = stmt_intent.unwrap_or_else(|| self.intent.clone());
-                    let has_params = params.as_ref().is_some_and(|p| !p.is_empty());
-                    let action = self.action(
-                        &classified,
-                        &text,
-                        intent,
-                        params.as_ref().filter(|p| !p.is_empty()),
-                    );
+                    let has_params = params.as_ref().is_some_and(|p| !p.params.is_empty());
+                    let action = self.action(&classified, &text, intent, params.as_ref());
                     match self
                         .decide(action.clone(), &classified, &text, has_params)
                         .await?
@@ -1535,6 +1805,7 @@ impl Session {
                                 simple: false,
                                 tags: Vec::new(),
                                 error: None,
+                                prepares: Vec::new(),
                             });
                             receipts.extend(receipt.filter(|_| self.surface.durable_reads));
                         }
@@ -1549,29 +1820,22 @@ impl Session {
             }
         }
         let Some(refusal) = refused else {
-            for (name, s) in statements {
-                match s {
-                    Some(s) => self.statements.insert(name, s),
-                    None => self.statements.remove(&name),
-                };
-            }
-            for (name, p) in portals {
-                match p {
-                    Some(p) => self.portals.insert(name, p),
-                    None => self.portals.remove(&name),
-                };
-            }
+            // Applied as the server confirms each (ParseComplete, …).
+            let segment = self.segments_sent;
+            self.pending_ops
+                .extend(ops.into_iter().map(|op| (segment, op)));
             for frame in &batch {
                 self.uout.extend_from_slice(frame);
             }
             self.slots.extend(slots);
             self.receipts.extend(receipts);
             if sync {
-                self.pending_ready += 1;
+                self.sent_sync();
                 self.forwarded_since_sync = false;
             } else {
                 self.forwarded_since_sync = true;
             }
+            self.last_segment_synced = sync;
             return Ok(());
         };
         // Statements allowed earlier in this batch are not run either.
@@ -1602,7 +1866,7 @@ impl Session {
                 let mut s = BytesMut::new();
                 postgres_protocol::message::frontend::sync(&mut s);
                 self.uout.extend_from_slice(&s);
-                self.pending_ready += 1;
+                self.sent_sync();
                 self.forwarded_since_sync = false;
             } else {
                 let mut f = BytesMut::new();

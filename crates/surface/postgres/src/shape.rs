@@ -3,7 +3,7 @@
 //! Parsing every statement with PostgreSQL's grammar costs tens of
 //! microseconds; an agent's statements mostly repeat with other literals.
 //! A statement's shape is its text with each string and number literal
-//! replaced by `?`. The classification does not depend on literal values
+//! replaced by a NUL byte. The classification does not depend on literal values
 //! (only on the grammar's structure and on identifiers), so statements of
 //! one shape share one classification.
 //!
@@ -25,7 +25,9 @@ fn is_ident(b: u8) -> bool {
 
 /// The shape of `sql`, or `None` when the scan cannot be sure of it.
 pub fn shape(sql: &str) -> Option<String> {
-    scan(sql, "?", "?")
+    // NUL cannot occur in a statement (the protocol sends C strings), so a
+    // placeholder can never read as part of an operator or identifier.
+    scan(sql, "\0", "\0")
 }
 
 /// `sql` with every string literal replaced by `string` and every number
@@ -208,12 +210,14 @@ mod tests {
     fn literals_become_placeholders() {
         assert_eq!(
             shape("SELECT abalance FROM pgbench_accounts WHERE aid = 4711;").as_deref(),
-            Some("SELECT abalance FROM pgbench_accounts WHERE aid = ?;")
+            Some("SELECT abalance FROM pgbench_accounts WHERE aid = \0;")
         );
         assert_eq!(
             shape("select * from t1 where a = 'it''s' and b > -1.5e3 and c = $1").as_deref(),
-            Some("select * from t1 where a = ? and b > -? and c = $1")
+            Some("select * from t1 where a = \0 and b > -\0 and c = $1")
         );
+        // A placeholder never fuses with operator characters.
+        assert_ne!(shape("SELECT 1 =1- 2"), shape("SELECT 1 =?- 2"));
         assert_eq!(
             shape("SELECT \"x'1\" /* a 'comment' /* nested */ */ -- it's\nFROM t").as_deref(),
             Some("SELECT \"x'1\" /* a 'comment' /* nested */ */ -- it's\nFROM t")

@@ -288,6 +288,7 @@ impl Upstream {
         stream.write_all(&buf).await?;
         let mut inbox = BytesMut::with_capacity(4096);
         let mut scram: Option<ScramSha256> = None;
+        let mut scram_finished = false;
         let mut started_params = Vec::new();
         let mut key = (0, 0);
         let password = || {
@@ -310,8 +311,22 @@ impl Upstream {
             };
             let mut out = BytesMut::new();
             match msg {
-                Message::AuthenticationOk => {}
+                Message::AuthenticationOk => {
+                    // A server that started SCRAM must prove it knows the
+                    // password before gavel accepts it as the upstream.
+                    if scram.is_some() && !scram_finished {
+                        return Err(UpstreamError::Protocol(
+                            "the server ended SCRAM authentication early".into(),
+                        ));
+                    }
+                }
                 Message::AuthenticationCleartextPassword => {
+                    // Over plain TCP, anyone in the path could ask for it.
+                    if self.tls.is_none() {
+                        return Err(UpstreamError::Refused(
+                            "the server asks for the password in cleartext; gavel sends it only over TLS (upstream_tls = \"require\")".into(),
+                        ));
+                    }
                     frontend::password_message(password()?.as_bytes(), &mut out)?;
                 }
                 Message::AuthenticationMd5Password(body) => {
@@ -351,6 +366,7 @@ impl Upstream {
                     // Verifies the server's signature: a server that does
                     // not know the password cannot impersonate the upstream.
                     s.finish(body.data())?;
+                    scram_finished = true;
                 }
                 Message::ParameterStatus(p) => {
                     started_params.push((p.name()?.to_owned(), p.value()?.to_owned()));

@@ -113,8 +113,39 @@ pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, W
     Ok(Some(buf.split_to(len + 1)))
 }
 
+/// Whether the statement text and the statement and portal names of a
+/// message are valid UTF-8. pgwire decodes strings lossily, while gavel
+/// forwards the original bytes: two names that decode alike, or a statement
+/// gavel reads differently from the server, must never get through.
+fn strings_are_utf8(frame: &[u8]) -> bool {
+    let body = &frame[5.min(frame.len())..];
+    let (mut rest, count) = match frame[0] {
+        b'Q' | b'E' => (body, 1),
+        b'P' | b'B' => (body, 2),
+        b'D' | b'C' => (body.get(1..).unwrap_or(&[]), 1),
+        _ => (body, 0),
+    };
+    for _ in 0..count {
+        let Some(end) = rest.iter().position(|&b| b == 0) else {
+            // Unterminated: the decoder refuses it.
+            return true;
+        };
+        if std::str::from_utf8(&rest[..end]).is_err() {
+            return false;
+        }
+        rest = &rest[end + 1..];
+    }
+    true
+}
+
 /// Decodes one whole frontend message (after startup).
 pub fn decode_frontend(frame: &[u8]) -> Result<PgWireFrontendMessage, WireError> {
+    if !strings_are_utf8(frame) {
+        return Err(WireError::Protocol(format!(
+            "message {:?} carries text that is not valid UTF-8",
+            frame[0] as char
+        )));
+    }
     let mut buf = BytesMut::from(frame);
     let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
     ctx.awaiting_frontend_ssl = false;
@@ -276,6 +307,11 @@ mod tests {
         ));
         assert!(decode_frontend(b"Q\x00\x00\x00\x0cSELECT 1").is_err());
         assert!(decode_frontend(b"Z\x00\x00\x00\x04").is_err());
+        // Text that is not UTF-8 (pgwire would decode it lossily).
+        assert!(decode_frontend(b"Q\x00\x00\x00\x0dSELECT\x951\x00").is_err());
+        assert!(decode_frontend(b"P\x00\x00\x00\x0e\xff\x00SELECT\x00\x00\x00").is_err());
+        // FunctionCall is not passed on.
+        assert!(decode_frontend(b"F\x00\x00\x00\x04").is_err());
         // A length that disagrees with the content.
         assert!(decode_frontend(b"Q\x00\x00\x00\x0cDROP\x00abc").is_err());
         assert!(decode_frontend(b"E\x00\x00\x00\x0a\x00\x00\x00\x00\x00\x00").is_err());

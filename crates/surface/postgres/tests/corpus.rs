@@ -168,6 +168,15 @@ const CASES: &[(ActionClass, &str)] = &[
     (SqlDcl, "ALTER ROLE mallory WITH PASSWORD 'x'"),
     (SqlDcl, "ALTER USER mallory SUPERUSER"),
     (SqlDcl, "DROP ROLE analyst"),
+    // Settings that change how the server tokenizes the next statement.
+    (SqlAdmin, "SET client_encoding = 'SJIS'"),
+    (SqlAdmin, "SET NAMES 'LATIN1'"),
+    (SqlAdmin, "SET standard_conforming_strings = off"),
+    (SqlAdmin, "RESET standard_conforming_strings"),
+    (
+        SqlAdmin,
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+    ),
     (SqlDcl, "SET ROLE admin"),
     (SqlDcl, "SET LOCAL ROLE admin"),
     (SqlDcl, "RESET ROLE"),
