@@ -1025,3 +1025,35 @@ async fn statement_names_cannot_be_swapped_behind_gavels_back() {
     assert_eq!(m.0, b'E');
     assert!(String::from_utf8_lossy(&m.1).contains("UTF-8"), "{m:?}");
 }
+
+#[tokio::test]
+async fn buffered_reads_are_recorded_once_with_their_outcome() {
+    let pg = Pg::start_with("1s", "\n[audit]\nread_durability = \"buffered\"\n").await;
+    let out = pg.psql(&["-tA", "-c", "SELECT 'buffered' AS how"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "buffered",
+        "{}",
+        text(&out)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = pg.audit().await;
+        let reads: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["operation"] == "SELECT 'buffered' AS how")
+            .collect();
+        if let [one] = reads.as_slice() {
+            assert_eq!(one["event"], "decision", "{one}");
+            assert_eq!(one["decision"], "allow", "{one}");
+            assert_eq!(one["outcome"], "succeeded: SELECT 1", "{one}");
+            break;
+        }
+        assert!(reads.len() < 2, "one record per read: {reads:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "the record was written: {records:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -307,10 +307,16 @@ impl Gate {
     /// releases any part of the result, and drop the result if it fails: no
     /// data reaches a client without a durable record. Every other verdict
     /// is durable before this returns, exactly as with `check`.
+    ///
+    /// With [`ReadAudit::Deferred`] (the opt-in `audit.read_durability =
+    /// "buffered"`), such a decision record is not written yet: the surface
+    /// completes it with the outcome through [`Gate::finish_read`], one
+    /// record per read, written without waiting.
     pub async fn check_read(
         &self,
         action: Action,
-    ) -> Result<(Verdict, Option<AuditReceipt>), Error> {
+        mode: ReadAudit,
+    ) -> Result<(Verdict, ReadRecord), Error> {
         let started = std::time::Instant::now();
         let result = if action.class.is_read() {
             let decision = self.policy.evaluate(&action);
@@ -319,19 +325,24 @@ impl Gate {
                 let mut record = shared.record(&action, AuditEvent::Decision);
                 record.policies = decision.policies.clone();
                 record.decision = Some("allow".into());
-                let receipt = shared.audit.clone().submit(record);
+                let pending = match mode {
+                    ReadAudit::BeforeRelease => {
+                        ReadRecord::Receipt(shared.audit.clone().submit(record))
+                    }
+                    ReadAudit::Deferred => ReadRecord::Deferred(Box::new(record)),
+                };
                 Ok((
                     Verdict::Allow(Permit {
                         policies: decision.policies,
                         request_id: None,
                     }),
-                    Some(receipt),
+                    pending,
                 ))
             } else {
-                self.decide(action).await.map(|v| (v, None))
+                self.decide(action).await.map(|v| (v, ReadRecord::Written))
             }
         } else {
-            self.decide(action).await.map(|v| (v, None))
+            self.decide(action).await.map(|v| (v, ReadRecord::Written))
         };
         let outcome = match &result {
             Ok((v, _)) => v.as_str(),
@@ -533,7 +544,38 @@ impl Gate {
     }
 }
 
+/// How [`Gate::check_read`] records an allowed read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAudit {
+    /// Queue the decision record now; the surface awaits its receipt
+    /// before releasing the result.
+    BeforeRelease,
+    /// Hand the decision record back, to be written with the outcome.
+    Deferred,
+}
+
+/// What remains to be done for the record of a decision.
+pub enum ReadRecord {
+    /// Nothing: the record is durable already.
+    Written,
+    /// Resolves once the decision record is durable; await it before any
+    /// of the result is released.
+    Receipt(AuditReceipt),
+    /// Not written yet: pass it to [`Gate::finish_read`] with the outcome.
+    Deferred(Box<AuditRecord>),
+}
+
 impl Gate {
+    /// Completes a deferred read record with its outcome and queues it
+    /// (not awaited).
+    pub fn finish_read(&self, mut record: AuditRecord, outcome: &Outcome) {
+        record.outcome = Some(match outcome {
+            Outcome::Succeeded { detail } => format!("succeeded: {detail}"),
+            Outcome::Failed { detail } => format!("failed: {detail}"),
+        });
+        drop(self.approvals.shared.audit.clone().submit(record));
+    }
+
     /// Records the outcome of an action that policy alone allowed (no
     /// grant, so no request changes state) without waiting for the disk:
     /// the hot path of wire-speed surfaces. The record is queued in order

@@ -37,7 +37,7 @@ pub use error::{Error, ErrorSource};
 pub use fingerprint::{Fingerprint, canonical_json};
 pub use gate::{
     Approvals, DecideFailure, Gate, GateConfig, Notifier, Outcome, Permit, PolicyDecision,
-    PolicyEngine, PolicyVerdict, RequestFilter, Store, Verdict,
+    PolicyEngine, PolicyVerdict, ReadAudit, ReadRecord, RequestFilter, Store, Verdict,
 };
 pub use principal::{Human, HumanId, Principal};
 pub use time::{Clock, SystemClock, Timestamp};

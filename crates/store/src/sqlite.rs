@@ -48,10 +48,15 @@ const MAX_BATCH: usize = 2_048;
 /// records. Each caller is answered only after its batch's commit (and so
 /// its fsync) returned: group commit, no weaker durability.
 async fn group_commit(pool: SqlitePool, mut queue: tokio::sync::mpsc::Receiver<PendingAppend>) {
+    let mut writer = BatchWriter {
+        pool,
+        conn: None,
+        next: None,
+    };
     let mut batch: Vec<PendingAppend> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let records: Vec<&AuditRecord> = batch.iter().map(|(r, _)| r).collect();
-        let result = write_batch(&pool, &records).await;
+        let result = writer.write(&records).await;
         for (i, (_, reply)) in batch.drain(..).enumerate() {
             // A caller that gave up waiting has dropped its receiver.
             let _ = reply.send(match &result {
@@ -62,45 +67,76 @@ async fn group_commit(pool: SqlitePool, mut queue: tokio::sync::mpsc::Receiver<P
     }
 }
 
-/// Appends `records` at consecutive positions in one write transaction.
-async fn write_batch(pool: &SqlitePool, records: &[&AuditRecord]) -> Result<u64, Error> {
-    let audit_err = |e: &dyn std::fmt::Display| Error::Audit(e.to_string());
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| audit_err(&e))?;
-    let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_log")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| audit_err(&e))?;
-    // SQLite binds at most 32,766 parameters: 4 per row.
-    for (chunk_index, chunk) in records.chunks(8_000).enumerate() {
-        let base = next as u64 + (chunk_index * 8_000) as u64;
-        let rows: Vec<(i64, i64, Vec<u8>, Vec<u8>)> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let seq = base + i as u64;
+/// The group-commit writer's own connection and its idea of the next
+/// position.
+struct BatchWriter {
+    pool: SqlitePool,
+    /// Taken out of the pool for good: no acquire per batch.
+    conn: Option<sqlx::SqliteConnection>,
+    /// The next free position, as of this writer's last append. Other
+    /// writers (request transitions) append too; then the batch's first
+    /// position is taken, the insert fails on the primary key, and the
+    /// writer reads the real next position and tries again. Positions stay
+    /// contiguous: nobody can append past a free position.
+    next: Option<u64>,
+}
+
+impl BatchWriter {
+    /// Appends `records` at consecutive positions in one statement (one
+    /// implicit transaction, one commit): a single round trip to SQLite in
+    /// the common case.
+    async fn write(&mut self, records: &[&AuditRecord]) -> Result<u64, Error> {
+        let audit_err = |e: &dyn std::fmt::Display| Error::Audit(e.to_string());
+        if self.conn.is_none() {
+            let conn = self.pool.acquire().await.map_err(|e| audit_err(&e))?;
+            self.conn = Some(conn.detach());
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(Error::Audit("no audit writer connection".into()));
+        };
+        for _ in 0..8 {
+            let first = match self.next {
+                Some(n) => n,
+                None => {
+                    let next: i64 =
+                        sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_log")
+                            .fetch_one(&mut *conn)
+                            .await
+                            .map_err(|e| audit_err(&e))?;
+                    next as u64
+                }
+            };
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO audit_log (seq, time, record, leaf_hash) ");
+            q.push_values(records.iter().enumerate(), |mut b, (i, r)| {
+                let seq = first + i as u64;
                 let data = gavel_audit::leaf_data(seq, r);
                 let hash = gavel_audit::leaf_hash(&data).to_vec();
-                (seq as i64, r.time.0, data, hash)
-            })
-            .collect();
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO audit_log (seq, time, record, leaf_hash) ");
-        q.push_values(rows, |mut b, (seq, time, data, hash)| {
-            b.push_bind(seq)
-                .push_bind(time)
-                .push_bind(data)
-                .push_bind(hash);
-        });
-        q.build()
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| audit_err(&e))?;
+                b.push_bind(seq as i64)
+                    .push_bind(r.time.0)
+                    .push_bind(data)
+                    .push_bind(hash);
+            });
+            match q.build().execute(&mut *conn).await {
+                Ok(_) => {
+                    self.next = Some(first + records.len() as u64);
+                    return Ok(first);
+                }
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    // Another writer appended since: read the position again.
+                    self.next = None;
+                }
+                Err(e) => {
+                    self.next = None;
+                    self.conn = None;
+                    return Err(audit_err(&e));
+                }
+            }
+        }
+        Err(Error::Audit(
+            "could not find a free audit position after 8 attempts".into(),
+        ))
     }
-    tx.commit().await.map_err(|e| audit_err(&e))?;
-    Ok(next as u64)
 }
 
 const REQUEST_COLUMNS: &str =

@@ -14,8 +14,8 @@ use crate::wire::{self, WireError};
 use bytes::{Bytes, BytesMut};
 use gavel_config::PostgresResourceConfig;
 use gavel_core::{
-    Action, ActionClass, ApprovalRequest, AuditReceipt, Decision, Gate, Outcome, PolicyVerdict,
-    Principal, RequestId, RequestState, Resource, Verdict,
+    Action, ActionClass, ApprovalRequest, AuditReceipt, AuditRecord, Decision, Gate, Outcome,
+    PolicyVerdict, Principal, ReadAudit, ReadRecord, RequestId, RequestState, Resource, Verdict,
 };
 use gavel_identity::{AuthError, Authenticator};
 use pgwire::messages::PgWireFrontendMessage;
@@ -696,6 +696,9 @@ struct Slot {
     error: Option<String>,
     /// SQL `PREPARE`s in a simple query, recorded once it succeeds.
     prepares: Vec<(String, ActionClass)>,
+    /// An allowed read's decision record, written with the outcome
+    /// (`audit.read_durability = "buffered"`).
+    deferred: Option<Box<AuditRecord>>,
 }
 
 /// After a refused statement in an extended-protocol pipeline, the rest up
@@ -720,7 +723,7 @@ struct Refusal {
 enum Decided {
     Allow {
         request: Option<RequestId>,
-        receipt: Option<AuditReceipt>,
+        record: ReadRecord,
     },
     Refuse(Refusal),
 }
@@ -893,6 +896,9 @@ impl Session {
 
     async fn run(mut self) -> Result<(), WireError> {
         let result = self.run_inner().await;
+        for slot in std::mem::take(&mut self.slots) {
+            self.finish(slot, Some("the connection ended before the result".into()));
+        }
         if let Some(mut up) = self.upstream.take() {
             let mut bye = BytesMut::new();
             postgres_protocol::message::frontend::terminate(&mut bye);
@@ -1164,6 +1170,10 @@ impl Session {
                 detail: slot.tags.join(", "),
             },
         };
+        if let Some(record) = slot.deferred {
+            self.gate.finish_read(*record, &outcome);
+            return;
+        }
         match slot.request {
             None => self.gate.note_outcome(&slot.action, &outcome),
             Some(id) => {
@@ -1350,6 +1360,14 @@ impl Session {
         raised.map_or(classified, Arc::new)
     }
 
+    fn read_audit(&self) -> ReadAudit {
+        if self.surface.durable_reads {
+            ReadAudit::BeforeRelease
+        } else {
+            ReadAudit::Deferred
+        }
+    }
+
     /// Notes a Query or Sync sent: the server owes one more ReadyForQuery.
     fn sent_sync(&mut self) {
         self.pending_ready += 1;
@@ -1409,11 +1427,19 @@ impl Session {
         let intent = comment_intent(sql).unwrap_or_else(|| self.intent.clone());
         let action = self.action(&classified, sql, intent, None);
         match self.decide(action.clone(), &classified, sql, false).await? {
-            Decided::Allow { request, receipt } => {
+            Decided::Allow { request, record } => {
                 self.remember(classified.class, sql, "allowed");
                 let prepares = self.track_sql_prepare(sql, &classified);
                 self.uout.extend_from_slice(&frame);
                 self.sent_sync();
+                let deferred = match record {
+                    ReadRecord::Receipt(r) => {
+                        self.receipts.push_back(r);
+                        None
+                    }
+                    ReadRecord::Deferred(r) => Some(r),
+                    ReadRecord::Written => None,
+                };
                 self.slots.push_back(Slot {
                     action,
                     request,
@@ -1421,10 +1447,8 @@ impl Session {
                     tags: Vec::new(),
                     error: None,
                     prepares,
+                    deferred,
                 });
-                if let Some(r) = receipt.filter(|_| self.surface.durable_reads) {
-                    self.receipts.push_back(r);
-                }
             }
             Decided::Refuse(refusal) => {
                 self.remember(classified.class, sql, "refused");
@@ -1506,7 +1530,11 @@ impl Session {
         if matches!(decision.verdict, PolicyVerdict::NeedsApproval { .. }) {
             action.data_context = self.data_context(classified, sql, has_params).await;
         }
-        let verdict = match self.gate.check_read(action.clone()).await {
+        let verdict = match self
+            .gate
+            .check_read(action.clone(), self.read_audit())
+            .await
+        {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, "the gate failed; refusing");
@@ -1521,9 +1549,9 @@ impl Session {
             }
         };
         match verdict {
-            (Verdict::Allow(permit), receipt) => Ok(Decided::Allow {
+            (Verdict::Allow(permit), record) => Ok(Decided::Allow {
                 request: permit.request_id().cloned(),
-                receipt,
+                record,
             }),
             (Verdict::Deny { policies, reason }, _) => Ok(Decided::Refuse(Refusal {
                 code: "42501",
@@ -1638,10 +1666,10 @@ impl Session {
             Some(Ok(Some(r))) => r,
         };
         match request.state {
-            RequestState::Approved => match self.gate.check_read(action).await {
-                Ok((Verdict::Allow(permit), receipt)) => Ok(Decided::Allow {
+            RequestState::Approved => match self.gate.check_read(action, self.read_audit()).await {
+                Ok((Verdict::Allow(permit), record)) => Ok(Decided::Allow {
                     request: permit.request_id().cloned(),
-                    receipt,
+                    record,
                 }),
                 Ok(_) | Err(_) => Ok(Decided::Refuse(pending(
                     "the approval was used or changed before this statement could run",
@@ -1797,8 +1825,16 @@ impl Session {
                         .decide(action.clone(), &classified, &text, has_params)
                         .await?
                     {
-                        Decided::Allow { request, receipt } => {
+                        Decided::Allow { request, record } => {
                             self.remember(classified.class, &text, "allowed");
+                            let deferred = match record {
+                                ReadRecord::Receipt(r) => {
+                                    receipts.push(r);
+                                    None
+                                }
+                                ReadRecord::Deferred(r) => Some(r),
+                                ReadRecord::Written => None,
+                            };
                             slots.push(Slot {
                                 action,
                                 request,
@@ -1806,8 +1842,8 @@ impl Session {
                                 tags: Vec::new(),
                                 error: None,
                                 prepares: Vec::new(),
+                                deferred,
                             });
-                            receipts.extend(receipt.filter(|_| self.surface.durable_reads));
                         }
                         Decided::Refuse(r) => {
                             self.remember(classified.class, &text, "refused");
