@@ -1057,3 +1057,53 @@ async fn buffered_reads_are_recorded_once_with_their_outcome() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn gavel_reaches_the_server_over_verified_tls() {
+    // The machine's PostgreSQL serves TLS with Debian's snakeoil
+    // certificate (CN=localhost): trust exactly that certificate.
+    let ca = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    assert!(
+        std::path::Path::new(ca).exists(),
+        "the test PostgreSQL's certificate is missing"
+    );
+    assert_eq!(
+        admin("SELECT setting FROM pg_settings WHERE name = 'ssl'"),
+        "on",
+        "the machine's PostgreSQL serves TLS"
+    );
+    let listener = format!(
+        "upstream_tls = \"require\"\nupstream_ca_file = \"{ca}\"\nupstream_tls_server_name = \"localhost\"\n"
+    );
+    let pg = Pg::start_with("1s", &listener).await;
+    let out = pg.psql(&[
+        "-tA",
+        "-c",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "t",
+        "{}",
+        text(&out)
+    );
+
+    // A name the certificate does not carry: no connection, and the client
+    // learns only that the upstream is unavailable.
+    let wrong = format!(
+        "upstream_tls = \"require\"\nupstream_ca_file = \"{ca}\"\nupstream_tls_server_name = \"db.example.com\"\n"
+    );
+    let pg = Pg::start_with("1s", &wrong).await;
+    let out = pg.psql(&["-c", "SELECT 1"]);
+    let err = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot reach the database behind resource app-db"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("certificate"),
+        "details stay in the gateway log: {err}"
+    );
+    assert!(pg.g.log().contains("certificate"), "{}", pg.g.log());
+}
