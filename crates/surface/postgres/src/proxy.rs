@@ -1582,7 +1582,10 @@ impl Session {
             "recent_statements".into(),
             serde_json::Value::Array(self.recent.iter().cloned().map(Into::into).collect()),
         );
-        let estimable = classified.kinds.len() == 1
+        // Only a plain write: nothing the classifier saw calls a function
+        // with side effects (the planner may fold immutable functions).
+        let estimable = classified.class == ActionClass::SqlWrite
+            && classified.kinds.len() == 1
             && matches!(classified.kinds[0].as_str(), "UpdateStmt" | "DeleteStmt")
             && !has_params;
         if self.surface.explain && estimable {
