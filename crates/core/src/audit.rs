@@ -118,4 +118,14 @@ pub trait AuditSink: Send + Sync {
                 .map_err(|e| Error::Audit(format!("audit append task failed: {e}")))?
         })
     }
+
+    /// Queues `record` with nobody waiting for it (an outcome): the sink may
+    /// hold it briefly to write it with others. Written in order with every
+    /// other record. The default is [`AuditSink::submit`], receipt dropped.
+    fn enqueue(self: std::sync::Arc<Self>, record: AuditRecord)
+    where
+        Self: 'static,
+    {
+        drop(self.submit(record));
+    }
 }

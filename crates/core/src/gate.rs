@@ -573,7 +573,7 @@ impl Gate {
             Outcome::Succeeded { detail } => format!("succeeded: {detail}"),
             Outcome::Failed { detail } => format!("failed: {detail}"),
         });
-        drop(self.approvals.shared.audit.clone().submit(record));
+        self.approvals.shared.audit.clone().enqueue(record);
     }
 
     /// Records the outcome of an action that policy alone allowed (no
@@ -588,8 +588,7 @@ impl Gate {
             Outcome::Succeeded { detail } => format!("succeeded: {detail}"),
             Outcome::Failed { detail } => format!("failed: {detail}"),
         });
-        // Dropping the receipt does not cancel the write.
-        drop(shared.audit.clone().submit(record));
+        shared.audit.clone().enqueue(record);
     }
 }
 

@@ -34,11 +34,16 @@ pub struct SqliteStore {
     appends: tokio::sync::mpsc::Sender<PendingAppend>,
 }
 
-/// One caller waiting for its record to be durable.
+/// A record to write, and whom to tell when it is durable (nobody, for a
+/// record nobody waits on).
 type PendingAppend = (
     AuditRecord,
-    tokio::sync::oneshot::Sender<Result<u64, String>>,
+    Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
 );
+
+/// How long the writer holds a batch that nobody waits on, to gather more
+/// records into one commit.
+const LINGER: Duration = Duration::from_millis(2);
 
 /// Most records written in one transaction.
 const MAX_BATCH: usize = 2_048;
@@ -55,9 +60,28 @@ async fn group_commit(pool: SqlitePool, mut queue: tokio::sync::mpsc::Receiver<P
     };
     let mut batch: Vec<PendingAppend> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Only records nobody waits on (outcomes): gather more for a moment,
+        // unless a waited-on record arrives.
+        if batch.iter().all(|(_, reply)| reply.is_none()) {
+            let deadline = tokio::time::Instant::now() + LINGER;
+            while batch.len() < MAX_BATCH {
+                let room = MAX_BATCH - batch.len();
+                match tokio::time::timeout_at(deadline, queue.recv_many(&mut batch, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if batch.iter().any(|(_, reply)| reply.is_some()) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
         let records: Vec<&AuditRecord> = batch.iter().map(|(r, _)| r).collect();
         let result = writer.write(&records).await;
         for (i, (_, reply)) in batch.drain(..).enumerate() {
+            let Some(reply) = reply else {
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "writing an audit record nobody waited for failed");
+                }
+                continue;
+            };
             // A caller that gave up waiting has dropped its receiver.
             let _ = reply.send(match &result {
                 Ok(first) => Ok(first + i as u64),
@@ -682,7 +706,7 @@ impl AuditSink for SqliteStore {
     async fn append(&self, record: AuditRecord) -> Result<u64, Error> {
         let (reply, done) = tokio::sync::oneshot::channel();
         self.appends
-            .send((record, reply))
+            .send((record, Some(reply)))
             .await
             .map_err(|_| Error::Audit("the audit writer has stopped".into()))?;
         done.await
@@ -693,7 +717,7 @@ impl AuditSink for SqliteStore {
     fn submit(self: Arc<Self>, record: AuditRecord) -> AuditReceipt {
         let (reply, done) = tokio::sync::oneshot::channel();
         let stopped = || Error::Audit("the audit writer has stopped".into());
-        match self.appends.try_send((record, reply)) {
+        match self.appends.try_send((record, Some(reply))) {
             Ok(()) => {
                 Box::pin(async move { done.await.map_err(|_| stopped())?.map_err(Error::Audit) })
             }
@@ -711,6 +735,25 @@ impl AuditSink for SqliteStore {
             }
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
                 Box::pin(async move { Err(stopped()) })
+            }
+        }
+    }
+
+    fn enqueue(self: Arc<Self>, record: AuditRecord) {
+        match self.appends.try_send((record, None)) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(item)) => {
+                // The writer is behind: wait for room without holding up the
+                // caller (it may then land after records queued later).
+                let appends = self.appends.clone();
+                tokio::spawn(async move {
+                    if appends.send(item).await.is_err() {
+                        tracing::error!("the audit writer has stopped; an outcome record is lost");
+                    }
+                });
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("the audit writer has stopped; an outcome record is lost");
             }
         }
     }
