@@ -1,4 +1,5 @@
-//! Cost of classifying one statement from scratch (no cache):
+//! Cost of classifying one statement from scratch (no cache), and of the
+//! shape scan that keys the cache:
 //! `cargo bench -p gavel-postgres --bench classify`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -25,6 +26,11 @@ fn bench(c: &mut Criterion) {
         group.bench_function(name, |b| b.iter(|| classifier.classify(sql, &none)));
         group.bench_function(format!("{name}/parse_only"), |b| {
             b.iter(|| pg_query::parse(sql, 0).unwrap())
+        });
+        // What the proxy pays on a cache hit: the shape scan (the map
+        // lookup comes on top).
+        group.bench_function(format!("{name}/shape"), |b| {
+            b.iter(|| gavel_postgres::shape::shape(sql))
         });
     }
     group.finish();
