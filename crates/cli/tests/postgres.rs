@@ -1009,6 +1009,22 @@ async fn statement_names_cannot_be_swapped_behind_gavels_back() {
     let r = raw.query("SELECT 42").await;
     assert!(Raw::error(&r).is_none(), "{r:?}");
 
+    // Pipelined simple queries: an error in the first does not swallow the
+    // second (the server runs each Query on its own).
+    let mut out = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query("SELECT 1/0", &mut out).unwrap();
+    postgres_protocol::message::frontend::query("SELECT 'second'", &mut out).unwrap();
+    raw.send(&out).await;
+    let first = raw.until_ready().await;
+    assert!(Raw::error(&first).unwrap().contains("division by zero"));
+    let second = raw.until_ready().await;
+    assert!(Raw::error(&second).is_none(), "{second:?}");
+    assert!(
+        second
+            .iter()
+            .any(|(t, b)| *t == b'D' && String::from_utf8_lossy(b).contains("second"))
+    );
+
     // A client encoding other than UTF-8 is refused at startup, and text
     // that is not UTF-8 never reaches the server.
     let out = Command::new("psql")

@@ -766,7 +766,8 @@ struct Session {
     /// `n` that is unconfirmed when segment `n` closes was skipped.
     segments_sent: u64,
     segments_closed: u64,
-    /// The server reported an error and skips to the next Sync.
+    /// The server reported an error in the segment not yet closed by a
+    /// Sync, and skips everything until that Sync.
     upstream_error: bool,
     /// The server is in COPY FROM STDIN.
     copy_in: bool,
@@ -1132,7 +1133,12 @@ impl Session {
                 }
             }
             b'E' => {
-                self.upstream_error = true;
+                // The server skips what follows only up to the next Sync:
+                // if one is already on its way (every sent segment not yet
+                // closed ends in one), later messages run normally.
+                if self.segments_sent == self.segments_closed {
+                    self.upstream_error = true;
+                }
                 let mut message = String::new();
                 let mut code = String::new();
                 let mut fields = body;
