@@ -999,6 +999,48 @@ async fn statement_names_cannot_be_swapped_behind_gavels_back() {
     let e = Raw::error(&r).expect("refused");
     assert!(e.contains("no-admin"), "{e}");
 
+    // A Query right behind a redefinition it depends on is classified
+    // against the redefinition (gavel waits for the server to confirm it).
+    use postgres_protocol::message::frontend;
+    let r = raw.parse_bind("x", "SELECT 1", None).await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let mut out = bytes::BytesMut::new();
+    frontend::close(b'S', "x", &mut out).unwrap();
+    frontend::parse("x", "SELECT pg_reload_conf()", std::iter::empty(), &mut out).unwrap();
+    frontend::sync(&mut out);
+    frontend::query("EXECUTE x", &mut out).unwrap();
+    raw.send(&out).await;
+    assert!(Raw::error(&raw.until_ready().await).is_none());
+    let e = Raw::error(&raw.until_ready().await).expect("refused");
+    assert!(e.contains("no-admin"), "{e}");
+
+    // EXECUTE inside a protocol statement, after a redefinition in the same
+    // batch, is judged by the redefinition.
+    let r = raw.parse_bind("y", "SELECT 1", None).await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let mut out = bytes::BytesMut::new();
+    frontend::close(b'S', "y", &mut out).unwrap();
+    frontend::parse("y", "SELECT pg_reload_conf()", std::iter::empty(), &mut out).unwrap();
+    frontend::parse("", "EXECUTE y", std::iter::empty(), &mut out).unwrap();
+    bind(&mut out, "", "");
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    let e = Raw::error(&raw.until_ready().await).expect("refused");
+    assert!(e.contains("no-admin"), "{e}");
+
+    // SQL PREPARE and protocol Parse share one namespace.
+    assert!(Raw::error(&raw.query("PREPARE z AS SELECT 1").await).is_none());
+    let mut out = bytes::BytesMut::new();
+    frontend::close(b'S', "z", &mut out).unwrap();
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    assert!(Raw::error(&raw.until_ready().await).is_none());
+    let r = raw.parse_bind("z", "SELECT pg_reload_conf()", None).await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let e = Raw::error(&raw.query("EXECUTE z").await).expect("refused");
+    assert!(e.contains("no-admin"), "{e}");
+
     // Settings that change how the server reads bytes are not harmless.
     let r = raw.query("SET client_encoding = 'SJIS'").await;
     assert!(Raw::error(&r).unwrap().contains("no-admin"), "{r:?}");

@@ -555,7 +555,6 @@ impl PostgresSurface {
             upstream_error: false,
             copy_in: false,
             last_segment_synced: false,
-            sql_prepared: HashMap::new(),
             intent: String::new(),
             recent: VecDeque::new(),
             cancel: Arc::new(CancelTarget {
@@ -694,8 +693,6 @@ struct Slot {
     simple: bool,
     tags: Vec<String>,
     error: Option<String>,
-    /// SQL `PREPARE`s in a simple query, recorded once it succeeds.
-    prepares: Vec<(String, ActionClass)>,
     /// An allowed read's decision record, written with the outcome
     /// (`audit.read_durability = "buffered"`).
     deferred: Option<Box<AuditRecord>>,
@@ -773,8 +770,6 @@ struct Session {
     copy_in: bool,
     /// Whether the last forwarded extended-protocol segment ended in Sync.
     last_segment_synced: bool,
-    /// SQL-level PREPARE names and their classes, for EXECUTE.
-    sql_prepared: HashMap<String, ActionClass>,
     intent: String,
     recent: VecDeque<String>,
     cancel: Arc<CancelTarget>,
@@ -1059,14 +1054,21 @@ impl Session {
                 self.pending_ready = self.pending_ready.saturating_sub(1);
                 // What the server did not confirm of the segment this ends,
                 // it skipped; later segments' changes are still to come.
-                let closed = self.segments_closed;
-                self.segments_closed += 1;
-                while self
-                    .pending_ops
-                    .front()
-                    .is_some_and(|(seg, _)| *seg <= closed)
-                {
-                    self.pending_ops.pop_front();
+                if self.segments_closed >= self.segments_sent {
+                    // A ReadyForQuery gavel did not expect: resynchronize
+                    // rather than match later answers to the wrong ops.
+                    self.pending_ops.clear();
+                    self.segments_closed = self.segments_sent;
+                } else {
+                    let closed = self.segments_closed;
+                    self.segments_closed += 1;
+                    while self
+                        .pending_ops
+                        .front()
+                        .is_some_and(|(seg, _)| *seg <= closed)
+                    {
+                        self.pending_ops.pop_front();
+                    }
                 }
                 self.upstream_error = false;
                 self.copy_in = false;
@@ -1076,13 +1078,9 @@ impl Session {
                 }
                 // Everything before this ReadyForQuery has ended; Executes
                 // still waiting were skipped after an error.
-                while let Some(mut slot) = self.slots.pop_front() {
+                while let Some(slot) = self.slots.pop_front() {
                     let simple = slot.simple;
-                    if simple && slot.error.is_none() {
-                        for (name, class) in std::mem::take(&mut slot.prepares) {
-                            self.sql_prepared.insert(name, class);
-                        }
-                    }
+
                     let skipped = (!simple && slot.tags.is_empty() && slot.error.is_none())
                         .then(|| "not run: an earlier message of the pipeline failed".to_owned());
                     self.finish(slot, skipped);
@@ -1133,6 +1131,7 @@ impl Session {
                 }
             }
             b'E' => {
+                self.copy_in = false;
                 // The server skips what follows only up to the next Sync:
                 // if one is already on its way (every sent segment not yet
                 // closed ends in one), later messages run normally.
@@ -1210,15 +1209,37 @@ impl Session {
                 return Ok(false);
             }
         };
+        if self.copy_in
+            && !matches!(
+                message,
+                PgWireFrontendMessage::CopyData(_)
+                    | PgWireFrontendMessage::CopyDone(_)
+                    | PgWireFrontendMessage::CopyFail(_)
+                    | PgWireFrontendMessage::Sync(_)
+                    | PgWireFrontendMessage::Flush(_)
+            )
+        {
+            wire::fatal(
+                &mut self.cout,
+                "08P01",
+                &format!(
+                    "unexpected message type {:?} during COPY FROM STDIN",
+                    tag as char
+                ),
+            );
+            self.flush_client().await?;
+            return Ok(false);
+        }
         match message {
             PgWireFrontendMessage::Query(q) => {
+                if !self.batch.is_empty() && self.discard == Discard::No {
+                    self.run_batch(false).await?;
+                }
+                self.settle().await?;
                 if self.discard != Discard::No || self.upstream_error {
                     // The server ignores a Query while it skips to Sync;
                     // so does gavel.
                     return Ok(true);
-                }
-                if !self.batch.is_empty() {
-                    self.run_batch(false).await?;
                 }
                 self.simple_query(frame, &q.query).await?;
             }
@@ -1322,14 +1343,34 @@ impl Session {
     /// the server), and `FETCH`/`MOVE` on a protocol-level portal takes the
     /// class of the statement bound to it, which that FETCH runs.
     fn classify(&self, sql: &str) -> Arc<Classified> {
-        let prepared = |name: &str| {
-            self.sql_prepared
-                .get(name)
-                .copied()
-                .or_else(|| self.statements.get(name).map(|p| p.classified.class))
+        self.classify_staged(sql, &[], &[])
+    }
+
+    /// As [`Session::classify`], seeing first the statements and portals
+    /// staged earlier in the batch being decided.
+    fn classify_staged(
+        &self,
+        sql: &str,
+        staged_statements: &[(String, Option<Arc<Prepared>>)],
+        staged_portals: &[(String, Option<Portal>)],
+    ) -> Arc<Classified> {
+        let statement = |name: &str| -> Option<Arc<Prepared>> {
+            match staged_statements.iter().rev().find(|(n, _)| n == name) {
+                Some((_, s)) => s.clone(),
+                None => self.statements.get(name).cloned(),
+            }
         };
+        let portal = |name: &str| -> Option<Portal> {
+            match staged_portals.iter().rev().find(|(n, _)| n == name) {
+                Some((_, p)) => p.clone(),
+                None => self.portals.get(name).cloned(),
+            }
+        };
+        let prepared = |name: &str| statement(name).map(|p| p.classified.class);
         let classified = self.surface.classify(sql, &prepared);
-        if !classified.kinds.iter().any(|k| k == "FetchStmt") || self.portals.is_empty() {
+        if !classified.kinds.iter().any(|k| k == "FetchStmt")
+            || (self.portals.is_empty() && staged_portals.is_empty())
+        {
             return classified;
         }
         let Ok(parsed) = pg_query::parse(sql, 0) else {
@@ -1346,7 +1387,7 @@ impl Session {
             else {
                 continue;
             };
-            let Some(bound) = self.portals.get(name).and_then(|p| p.statement.clone()) else {
+            let Some(bound) = portal(name).and_then(|p| p.statement) else {
                 continue;
             };
             let current = raised.as_ref().map_or(classified.class, |c| c.class);
@@ -1372,6 +1413,32 @@ impl Session {
         } else {
             ReadAudit::Deferred
         }
+    }
+
+    /// Waits until the server has answered every Parse, Bind and Close sent
+    /// (a Parse it refused must not count) and, while a segment without
+    /// Sync is open, every Execute in it (an error there makes the server
+    /// skip what follows). Then gavel decides against the server's real
+    /// tables. While the server skips to Sync after an error, nothing sent
+    /// now runs, so there is nothing to wait for.
+    async fn settle(&mut self) -> Result<(), WireError> {
+        self.send_upstream().await?;
+        while !self.upstream_error
+            && (!self.pending_ops.is_empty()
+                || (self.forwarded_since_sync && self.slots.iter().any(|s| !s.simple)))
+        {
+            let Some(up) = self.upstream.as_mut() else {
+                break;
+            };
+            if up.read_buf(&mut self.ubuf).await? == 0 {
+                self.upstream_closed().await?;
+                return Err(WireError::Protocol(
+                    "the server closed the connection".into(),
+                ));
+            }
+            self.relay().await?;
+        }
+        Ok(())
     }
 
     /// Notes a Query or Sync sent: the server owes one more ReadyForQuery.
@@ -1435,7 +1502,7 @@ impl Session {
         match self.decide(action.clone(), &classified, sql, false).await? {
             Decided::Allow { request, record } => {
                 self.remember(classified.class, sql, "allowed");
-                let prepares = self.track_sql_prepare(sql, &classified);
+                self.track_sql_prepare(sql, &classified);
                 self.uout.extend_from_slice(&frame);
                 self.sent_sync();
                 let deferred = match record {
@@ -1452,7 +1519,6 @@ impl Session {
                     simple: true,
                     tags: Vec::new(),
                     error: None,
-                    prepares,
                     deferred,
                 });
             }
@@ -1477,26 +1543,24 @@ impl Session {
         );
     }
 
-    /// Keeps the names of SQL-level `PREPARE`d statements (for classifying
-    /// `EXECUTE`) in step with `PREPARE` and `DEALLOCATE`.
-    /// Applies `DEALLOCATE`s at once (forgetting a name only makes gavel
-    /// stricter) and returns the `PREPARE`s, recorded once the query
-    /// succeeds: a PREPARE the server never ran must not name anything.
-    fn track_sql_prepare(
-        &mut self,
-        sql: &str,
-        classified: &Classified,
-    ) -> Vec<(String, ActionClass)> {
-        let mut prepares = Vec::new();
+    /// Keeps the one table of prepared statement names (SQL PREPARE and
+    /// protocol Parse share it on the server) in step with a query string
+    /// being forwarded. `DEALLOCATE` forgets at once (only stricter). A
+    /// `PREPARE` is recorded whether or not it will run (a later error in
+    /// the string does not undo it on the server), as the more privileged
+    /// of the old and the new class: a phantom entry only makes gavel
+    /// stricter.
+    fn track_sql_prepare(&mut self, sql: &str, classified: &Classified) {
+        let mut prepares: Vec<(String, ActionClass)> = Vec::new();
         if !classified
             .kinds
             .iter()
             .any(|k| k == "PrepareStmt" || k == "DeallocateStmt")
         {
-            return prepares;
+            return;
         }
         let Ok(parsed) = pg_query::parse(sql, 0) else {
-            return prepares;
+            return;
         };
         for (i, stmt) in parsed.protobuf.stmts.iter().enumerate() {
             let Ok(tree) = serde_json::to_value(stmt) else {
@@ -1515,13 +1579,35 @@ impl Session {
             } else if let Some(d) = tree.pointer("/stmt/node/DeallocateStmt") {
                 match d.get("name").and_then(|n| n.as_str()) {
                     Some(name) => {
-                        self.sql_prepared.remove(name);
+                        self.statements.remove(name);
                     }
-                    None => self.sql_prepared.clear(),
+                    None => self.statements.clear(),
                 }
             }
         }
-        prepares
+        for (name, class) in &prepares {
+            let class = match self.statements.get(name) {
+                Some(old)
+                    if crate::classify::rank(old.classified.class)
+                        > crate::classify::rank(*class) =>
+                {
+                    old.classified.class
+                }
+                _ => *class,
+            };
+            let entry = Prepared {
+                text: Arc::from(sql),
+                classified: Arc::new(Classified {
+                    class,
+                    tables: classified.tables.clone(),
+                    reason: format!("prepared by SQL PREPARE {name}"),
+                    kinds: vec!["PrepareStmt".into()],
+                    classes: vec![class],
+                }),
+                intent: None,
+            };
+            self.statements.insert(name.clone(), Arc::new(entry));
+        }
     }
 
     /// Asks the gate; holds a statement that needs approval.
@@ -1716,23 +1802,7 @@ impl Session {
     async fn run_batch(&mut self, sync: bool) -> Result<(), WireError> {
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
-        // Decide against the server's real tables: wait for the answers to
-        // Parse, Bind and Close already sent (a Parse the server refused must
-        // not count). While the server skips to Sync after an error, nothing
-        // sent now runs, so there is nothing to wait for.
-        self.send_upstream().await?;
-        while !self.pending_ops.is_empty() && !self.upstream_error {
-            let Some(up) = self.upstream.as_mut() else {
-                break;
-            };
-            if up.read_buf(&mut self.ubuf).await? == 0 {
-                self.upstream_closed().await?;
-                return Err(WireError::Protocol(
-                    "the server closed the connection".into(),
-                ));
-            }
-            self.relay().await?;
-        }
+        self.settle().await?;
         let mut ops: Vec<TableOp> = Vec::new();
         let mut statements: Vec<(String, Option<Arc<Prepared>>)> = Vec::new();
         let mut portals: Vec<(String, Option<Portal>)> = Vec::new();
@@ -1824,6 +1894,19 @@ impl Session {
                             )
                         }
                     };
+                    // EXECUTE and FETCH name other statements and portals:
+                    // classify them against the tables as they are now,
+                    // this batch's own changes included, not as they were
+                    // at Parse.
+                    let lower = text.to_ascii_lowercase();
+                    let classified = if ["execute", "fetch", "move"]
+                        .iter()
+                        .any(|w| lower.contains(w))
+                    {
+                        self.classify_staged(&text, &statements, &portals)
+                    } else {
+                        classified
+                    };
                     if let Some(intent) = intent_setting(&text) {
                         self.intent = intent;
                     }
@@ -1850,7 +1933,6 @@ impl Session {
                                 simple: false,
                                 tags: Vec::new(),
                                 error: None,
-                                prepares: Vec::new(),
                                 deferred,
                             });
                         }
@@ -1957,6 +2039,27 @@ impl Session {
         .map_err(|_| WireError::Protocol("encoding a Bind failed".into()))?;
         frontend::execute("", 0, &mut b)?;
         self.uout.extend_from_slice(&b);
+        // Its ParseComplete and BindComplete come back like any other: the
+        // unnamed statement becomes the DO block (never allowed), the
+        // unnamed portal is gone.
+        let segment = self.segments_sent;
+        let raised = Prepared {
+            text: Arc::from(sql.as_str()),
+            classified: Arc::new(Classified {
+                class: ActionClass::SqlUnknown,
+                tables: Vec::new(),
+                reason: "gavel's own refusal".into(),
+                kinds: Vec::new(),
+                classes: Vec::new(),
+            }),
+            intent: None,
+        };
+        self.pending_ops.push_back((
+            segment,
+            TableOp::Statement(String::new(), Some(Arc::new(raised))),
+        ));
+        self.pending_ops
+            .push_back((segment, TableOp::Portal(String::new(), None)));
         Ok(())
     }
 }
