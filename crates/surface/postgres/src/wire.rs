@@ -71,7 +71,11 @@ pub fn decode_startup(packet: &BytesMut) -> Result<pgwire::messages::startup::St
     let mut buf = packet.clone();
     let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
     ctx.awaiting_frontend_ssl = false;
-    match PgWireFrontendMessage::decode(&mut buf, &ctx) {
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        PgWireFrontendMessage::decode(&mut buf, &ctx)
+    }))
+    .map_err(|_| WireError::Protocol("malformed startup message".into()))?;
+    match decoded {
         Ok(Some(PgWireFrontendMessage::Startup(s))) => Ok(s),
         Ok(_) => Err(WireError::Protocol("not a startup message".into())),
         Err(e) => Err(WireError::Protocol(e.to_string())),
@@ -117,7 +121,7 @@ pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, W
 /// message are valid UTF-8. pgwire decodes strings lossily, while gavel
 /// forwards the original bytes: two names that decode alike, or a statement
 /// gavel reads differently from the server, must never get through.
-fn strings_are_utf8(frame: &[u8]) -> bool {
+fn strings_are_utf8(frame: &[u8]) -> Result<(), &'static str> {
     let body = &frame[5.min(frame.len())..];
     let (mut rest, count) = match frame[0] {
         b'Q' | b'E' => (body, 1),
@@ -127,30 +131,35 @@ fn strings_are_utf8(frame: &[u8]) -> bool {
     };
     for _ in 0..count {
         let Some(end) = rest.iter().position(|&b| b == 0) else {
-            // Unterminated: the decoder refuses it.
-            return true;
+            return Err("carries an unterminated string");
         };
         if std::str::from_utf8(&rest[..end]).is_err() {
-            return false;
+            return Err("carries text that is not valid UTF-8");
         }
         rest = &rest[end + 1..];
     }
-    true
+    Ok(())
 }
 
 /// Decodes one whole frontend message (after startup).
 pub fn decode_frontend(frame: &[u8]) -> Result<PgWireFrontendMessage, WireError> {
-    if !strings_are_utf8(frame) {
-        return Err(WireError::Protocol(format!(
-            "message {:?} carries text that is not valid UTF-8",
-            frame[0] as char
-        )));
+    if let Err(why) = strings_are_utf8(frame) {
+        return Err(WireError::Protocol(format!("message {:?} {why}", frame[0] as char)));
     }
     let mut buf = BytesMut::from(frame);
     let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
     ctx.awaiting_frontend_ssl = false;
     ctx.awaiting_frontend_startup = false;
-    match PgWireFrontendMessage::decode(&mut buf, &ctx) {
+    // pgwire 0.42 can panic on some malformed bodies (found by the
+    // `frontend` fuzz target: `P\0\0\0\x06;\x80`); a hostile client must
+    // get a protocol error, never a panicking task.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        PgWireFrontendMessage::decode(&mut buf, &ctx)
+    }))
+    .map_err(|_| {
+        WireError::Protocol(format!("message {:?} is malformed", frame[0] as char))
+    })?;
+    match decoded {
         Ok(Some(m)) if buf.is_empty() => Ok(m),
         Ok(Some(_)) => Err(WireError::Protocol(format!(
             "message {:?} has trailing bytes",
@@ -310,6 +319,8 @@ mod tests {
         // Text that is not UTF-8 (pgwire would decode it lossily).
         assert!(decode_frontend(b"Q\x00\x00\x00\x0dSELECT\x951\x00").is_err());
         assert!(decode_frontend(b"P\x00\x00\x00\x0e\xff\x00SELECT\x00\x00\x00").is_err());
+        // Found by the fuzzer: pgwire panicked on this Parse body.
+        assert!(decode_frontend(b"P\x00\x00\x00\x06;\x80").is_err());
         // FunctionCall is not passed on.
         assert!(decode_frontend(b"F\x00\x00\x00\x04").is_err());
         // A length that disagrees with the content.
