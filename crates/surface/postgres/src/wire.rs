@@ -144,7 +144,10 @@ fn strings_are_utf8(frame: &[u8]) -> Result<(), &'static str> {
 /// Decodes one whole frontend message (after startup).
 pub fn decode_frontend(frame: &[u8]) -> Result<PgWireFrontendMessage, WireError> {
     if let Err(why) = strings_are_utf8(frame) {
-        return Err(WireError::Protocol(format!("message {:?} {why}", frame[0] as char)));
+        return Err(WireError::Protocol(format!(
+            "message {:?} {why}",
+            frame[0] as char
+        )));
     }
     let mut buf = BytesMut::from(frame);
     let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
@@ -156,9 +159,7 @@ pub fn decode_frontend(frame: &[u8]) -> Result<PgWireFrontendMessage, WireError>
     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         PgWireFrontendMessage::decode(&mut buf, &ctx)
     }))
-    .map_err(|_| {
-        WireError::Protocol(format!("message {:?} is malformed", frame[0] as char))
-    })?;
+    .map_err(|_| WireError::Protocol(format!("message {:?} is malformed", frame[0] as char)))?;
     match decoded {
         Ok(Some(m)) if buf.is_empty() => Ok(m),
         Ok(Some(_)) => Err(WireError::Protocol(format!(
