@@ -21,9 +21,10 @@ fn disposition(r: &AuditRecord) -> (u8, &'static str, u8) {
         (AuditEvent::Decision, Some("allow")) => (1, "Allowed", 1),
         (AuditEvent::Decision, _) => (2, "Blocked", 2),
         (AuditEvent::GrantUsed, _) | (AuditEvent::Approved, _) => (8, "Approved", 1),
-        (AuditEvent::Denied, _) | (AuditEvent::Expired, _) | (AuditEvent::ReviewRefused, _) => {
-            (2, "Blocked", 2)
-        }
+        (AuditEvent::Denied, _)
+        | (AuditEvent::Expired, _)
+        | (AuditEvent::Withdrawn, _)
+        | (AuditEvent::ReviewRefused, _) => (2, "Blocked", 2),
         (AuditEvent::RequestCreated, _) | (AuditEvent::RequestPending, _) => {
             (99, "Pending approval", 0)
         }

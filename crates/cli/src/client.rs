@@ -310,3 +310,27 @@ pub async fn whoami(server: &str) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `gavel mcp`: MCP on stdio, relayed to the gateway's `/mcp`.
+pub async fn mcp(server: &str, token_env: &str) -> anyhow::Result<ExitCode> {
+    // stdout carries MCP; diagnostics go to stderr only.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let token = std::env::var(token_env)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| {
+            Fail::with(
+                exit::USAGE,
+                format!("set {token_env} to the agent's gavel token (or name another variable with --token-env)"),
+            )
+        })?;
+    let url = format!("{}/mcp", server.trim_end_matches('/'));
+    gavel_mcp::bridge_stdio(&url, token.trim()).await?;
+    Ok(ExitCode::SUCCESS)
+}

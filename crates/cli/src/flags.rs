@@ -88,6 +88,14 @@ pub enum Command {
     },
     /// Show who GAVEL_TOKEN authenticates as.
     Whoami,
+    /// Speak MCP on stdio for clients that only launch local servers, and
+    /// relay everything to the gateway's /mcp (at --server) as the agent
+    /// whose token is in the variable --token-env names.
+    Mcp {
+        /// The environment variable that holds the agent's gavel token.
+        #[arg(long, default_value = "GAVEL_TOKEN", value_name = "NAME")]
+        token_env: String,
+    },
     /// Manage agents in the store (works while `serve` runs).
     #[command(subcommand)]
     Agent(AgentCommand),

@@ -156,6 +156,47 @@ pub struct ResourcesConfig {
     /// `[[resources.postgres]]`: PostgreSQL servers reached through gavel's
     /// wire-protocol proxy.
     pub postgres: Vec<PostgresResourceConfig>,
+    /// `[[resources.mcp]]`: MCP servers reached through gavel's MCP gateway
+    /// at `/mcp`.
+    pub mcp: Vec<McpResourceConfig>,
+}
+
+/// One `[[resources.mcp]]` entry: an upstream MCP server, launched as a
+/// child process (`command`) or reached over streamable HTTP (`url`).
+/// Its tools appear to agents as `NAME__TOOL`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpResourceConfig {
+    /// The resource name (`resource.name` in policies), also the tool
+    /// prefix: letters, digits, `-` and `_`, without `__`.
+    pub name: String,
+    /// The program and its arguments, spoken to over stdio.
+    pub command: Option<Vec<String>>,
+    /// Working directory of the child process.
+    pub cwd: Option<PathBuf>,
+    /// Variables set in the child's environment. Nothing else reaches it
+    /// but the variables named in `inherit_env` and `env_from`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Child variable → gavel's own variable to copy it from (secrets
+    /// stay out of the config file).
+    #[serde(default)]
+    pub env_from: BTreeMap<String, String>,
+    /// gavel's variables copied unchanged into the child (default `PATH`
+    /// and `HOME`, which `npx` and most runtimes need).
+    #[serde(default = "default_inherit_env")]
+    pub inherit_env: Vec<String>,
+    /// A streamable HTTP endpoint, e.g. `https://mcp.example.com/mcp`.
+    pub url: Option<String>,
+    /// Environment variable holding a bearer token for `url`.
+    pub bearer_token_env: Option<String>,
+    /// Cedar entity tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+fn default_inherit_env() -> Vec<String> {
+    vec!["PATH".into(), "HOME".into()]
 }
 
 /// One `[[resources.postgres]]` entry: a listener that speaks PostgreSQL's
@@ -397,6 +438,9 @@ pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigError> {
             *path = path.take().map(|p| base.join(p));
         }
     }
+    for mcp in &mut config.resources.mcp {
+        mcp.cwd = mcp.cwd.take().map(|p| base.join(p));
+    }
     if let Some(path) = config
         .storage
         .url
@@ -573,6 +617,63 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
             ));
         }
     }
+    for (i, r) in c.resources.mcp.iter().enumerate() {
+        let key = |field: &str| format!("resources.mcp[{i}].{field}");
+        let valid_name = !r.name.is_empty()
+            && !r.name.contains("__")
+            && r.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_name {
+            return Err(fail(
+                key("name"),
+                format!(
+                    "{:?} must be letters, digits, '-' and '_' without \"__\" (it prefixes tool names)",
+                    r.name
+                ),
+            ));
+        }
+        if !names.insert(r.name.as_str()) {
+            return Err(fail(
+                key("name"),
+                format!("{:?} names another resource too", r.name),
+            ));
+        }
+        match (&r.command, &r.url) {
+            (Some(cmd), None) if cmd.is_empty() || cmd[0].is_empty() => {
+                return Err(fail(key("command"), "must name a program".into()));
+            }
+            (Some(_), None) => {
+                if r.bearer_token_env.is_some() {
+                    return Err(fail(
+                        key("bearer_token_env"),
+                        "goes with url, not command".into(),
+                    ));
+                }
+            }
+            (None, Some(url)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(fail(
+                        key("url"),
+                        "must be an http:// or https:// URL".into(),
+                    ));
+                }
+                if !r.env.is_empty() || !r.env_from.is_empty() || r.cwd.is_some() {
+                    return Err(fail(
+                        key("env"),
+                        "env, env_from and cwd go with command, not url".into(),
+                    ));
+                }
+            }
+            _ => {
+                return Err(fail(
+                    key("command"),
+                    "set exactly one of command (a child process over stdio) or url (streamable HTTP)"
+                        .into(),
+                ));
+            }
+        }
+    }
     if let Some(url) = c
         .storage
         .url
@@ -646,6 +747,30 @@ mod tests {
         assert!(e.contains("storage.url") && !e.contains("s3cret"), "{e}");
         let e = err("data_dir = [\n");
         assert!(e.starts_with("gavel.toml:"), "{e}");
+    }
+
+    #[test]
+    fn mcp_resources_are_checked() {
+        let ok = parse(
+            "[[resources.mcp]]\nname = \"fs\"\ncommand = [\"npx\", \"x\"]\n[[resources.mcp]]\nname = \"web\"\nurl = \"http://127.0.0.1:1/mcp\"\nbearer_token_env = \"T\"\n",
+            Path::new("gavel.toml"),
+        )
+        .unwrap();
+        assert_eq!(ok.resources.mcp[0].inherit_env, ["PATH", "HOME"]);
+        let e = err("[[resources.mcp]]\nname = \"a__b\"\ncommand = [\"x\"]\n");
+        assert!(e.contains("resources.mcp[0].name"), "{e}");
+        let e = err("[[resources.mcp]]\nname = \"a\"\n");
+        assert!(e.contains("exactly one of command"), "{e}");
+        let e = err("[[resources.mcp]]\nname = \"a\"\ncommand = [\"x\"]\nurl = \"http://h/mcp\"\n");
+        assert!(e.contains("exactly one of command"), "{e}");
+        let e = err("[[resources.mcp]]\nname = \"a\"\ncommand = []\n");
+        assert!(e.contains("must name a program"), "{e}");
+        let e = err("[[resources.mcp]]\nname = \"a\"\nurl = \"ftp://h\"\n");
+        assert!(e.contains("resources.mcp[0].url"), "{e}");
+        let e = err(
+            "[[resources.api]]\nname = \"a\"\n[[resources.mcp]]\nname = \"a\"\ncommand = [\"x\"]\n",
+        );
+        assert!(e.contains("names another resource"), "{e}");
     }
 
     #[test]

@@ -317,6 +317,21 @@ impl ApprovalRequest {
         due
     }
 
+    /// The initiator gave up on the action while it was held (an MCP
+    /// `notifications/cancelled`): a pending request ends as `expired`, so
+    /// nobody approves an action no one will run. Only the initiator may
+    /// withdraw; returns whether the request changed.
+    pub fn withdraw(&mut self, initiator: &Principal, now: Timestamp) -> bool {
+        if self.state != RequestState::Pending
+            || self.action.principal.qualified_id() != initiator.qualified_id()
+        {
+            return false;
+        }
+        self.state = RequestState::Expired;
+        self.updated_at = now;
+        true
+    }
+
     /// Checks that `reviewer` may decide this request at all, without
     /// looking at its state.
     pub fn check_reviewer(&self, reviewer: &Principal) -> Result<(), DecideError> {

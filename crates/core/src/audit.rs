@@ -24,6 +24,8 @@ pub enum AuditEvent {
     ReviewRefused,
     /// A pending request or an unused grant ran out of time.
     Expired,
+    /// The initiator withdrew its pending request (state: expired).
+    Withdrawn,
     /// A grant let an action through (decision: allow).
     GrantUsed,
     /// The surface reported how a forwarded action ended.
@@ -44,6 +46,7 @@ impl AuditEvent {
             AuditEvent::Denied => "denied",
             AuditEvent::ReviewRefused => "review_refused",
             AuditEvent::Expired => "expired",
+            AuditEvent::Withdrawn => "withdrawn",
             AuditEvent::GrantUsed => "grant_used",
             AuditEvent::Outcome => "outcome",
             AuditEvent::Failed => "failed",

@@ -49,6 +49,17 @@ pub trait PolicyEngine: Send + Sync {
     /// Decides `action`. Must never fail open: anything it cannot evaluate
     /// is [`PolicyVerdict::Deny`].
     fn evaluate(&self, action: &Action) -> PolicyDecision;
+
+    /// Whether `denial` of `action` (an MCP call made without arguments)
+    /// could turn out otherwise with some arguments: a `forbid` behind it
+    /// reads `context.args`, or, for a default deny, a `permit` that could
+    /// apply does. When not, the call is denied whatever its arguments and
+    /// a gateway may hide the tool. Defaults to the answer that hides
+    /// nothing, `true`.
+    fn denial_depends_on_arguments(&self, action: &Action, denial: &PolicyDecision) -> bool {
+        let _ = (action, denial);
+        true
+    }
 }
 
 /// Which requests to list.
@@ -664,6 +675,31 @@ impl Approvals {
             "request {id} is changing too fast to decide; try again"
         ))
         .into())
+    }
+
+    /// `initiator` withdraws its pending request `id` (it stopped waiting
+    /// for the action). Returns whether the request was withdrawn; a
+    /// request that is no longer pending, or another principal's, is left
+    /// alone.
+    pub async fn withdraw(&self, id: &RequestId, initiator: &Principal) -> Result<bool, Error> {
+        let shared = &self.shared;
+        for _ in 0..8 {
+            let Some(before) = shared.store.get_request(id).await? else {
+                return Ok(false);
+            };
+            let mut after = before.clone();
+            if !after.withdraw(initiator, shared.clock.now()) {
+                return Ok(false);
+            }
+            let mut record = shared.request_record(&after, AuditEvent::Withdrawn);
+            record.comment = Some("withdrawn by the initiator".into());
+            if shared.commit(&before, &after, record).await? {
+                return Ok(true);
+            }
+        }
+        Err(Error::Store(format!(
+            "request {id} is changing too fast to withdraw; try again"
+        )))
     }
 
     /// Loads a request, expiring it first if its time is up.

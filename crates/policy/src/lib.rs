@@ -35,9 +35,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn uid(type_name: &str, id: &str) -> EntityUid {
-    static TYPES: std::sync::OnceLock<[EntityTypeName; 5]> = std::sync::OnceLock::new();
+    static TYPES: std::sync::OnceLock<[EntityTypeName; 6]> = std::sync::OnceLock::new();
     let types = TYPES.get_or_init(|| {
-        ["User", "Agent", "Group", "Resource", "Action"]
+        ["User", "Agent", "Group", "Resource", "Action", "Arguments"]
             .map(|t| EntityTypeName::from_str(t).unwrap_or_else(|e| panic!("entity type {t}: {e}")))
     });
     let t = match type_name {
@@ -45,6 +45,7 @@ fn uid(type_name: &str, id: &str) -> EntityUid {
         "Agent" => &types[1],
         "Group" => &types[2],
         "Resource" => &types[3],
+        "Arguments" => &types[5],
         _ => &types[4],
     };
     EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id))
@@ -110,6 +111,10 @@ pub fn context_pairs(action: &Action) -> Result<Vec<(String, RestrictedExpressio
         }
         ActionClass::McpCall | ActionClass::McpRead => {
             pairs.push(("tool".into(), text("tool", Some(op))?));
+            pairs.push((
+                "args".into(),
+                RestrictedExpression::new_entity_uid(uid("Arguments", ARGUMENTS_ID)),
+            ));
         }
         ActionClass::HttpRead | ActionClass::HttpWrite => {
             let (method, path) = op.split_once(' ').unwrap_or(("", ""));
@@ -123,6 +128,35 @@ pub fn context_pairs(action: &Action) -> Result<Vec<(String, RestrictedExpressio
         }
     }
     Ok(pairs)
+}
+
+/// The id of the one `Arguments` entity of an MCP request.
+const ARGUMENTS_ID: &str = "call";
+
+/// An MCP action's arguments (`details.args`, a JSON object) as the tags of
+/// an `Arguments` entity, which is how a strictly validated schema carries
+/// values of any shape: `context.args.hasTag("path") &&
+/// context.args.getTag("path") like "/srv/data/*"`. A string argument is
+/// its text; any other value is its canonical JSON (`true`, `42`,
+/// `["a","b"]`).
+fn arguments_entity(action: &Action) -> Result<Entity, String> {
+    let tags: Vec<(String, RestrictedExpression)> = match action.details.get("args") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => {
+                        String::from_utf8_lossy(&gavel_core::canonical_json(other)).into_owned()
+                    }
+                };
+                (k.clone(), string(&text))
+            })
+            .collect(),
+        Some(_) => return Err("details.args must be a JSON object".into()),
+    };
+    Entity::new_with_tags(uid("Arguments", ARGUMENTS_ID), [], [], tags).map_err(|e| e.to_string())
 }
 
 fn entities(action: &Action) -> Result<Entities, String> {
@@ -171,6 +205,18 @@ fn cedar_request(
             bundle.entities.insert(key, e.clone());
             e
         }
+    };
+    let entities = if matches!(action.class, ActionClass::McpCall | ActionClass::McpRead) {
+        // Arguments differ per call, so they join a copy of the cached set.
+        Arc::new(
+            entities
+                .as_ref()
+                .clone()
+                .add_entities([arguments_entity(action)?], None)
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        entities
     };
     let context = Context::from_pairs(context_pairs(action)?).map_err(|e| e.to_string())?;
     let request = Request::new(
@@ -428,6 +474,33 @@ fn stamp(dir: &Path) -> DirStamp {
 impl PolicyEngine for CedarEngine {
     fn evaluate(&self, action: &Action) -> PolicyDecision {
         decide(&self.live.load(), action)
+    }
+
+    fn denial_depends_on_arguments(&self, action: &Action, denial: &PolicyDecision) -> bool {
+        let bundle = self.live.load();
+        if denial.policy_version != bundle.version {
+            // Decided under another set: no claim either way.
+            return true;
+        }
+        if denial.policies.is_empty() {
+            // Default deny: only a permit that reads the arguments could
+            // have matched with other ones.
+            let Some(slice) = bundle.slice(action.class, &action.resource.name) else {
+                return false;
+            };
+            return slice.policies().any(|p| {
+                bundle
+                    .policies
+                    .get(p.id().to_string().as_str())
+                    .is_none_or(|info| {
+                        info.reads_args && info.effect == cedar_policy::Effect::Permit
+                    })
+            });
+        }
+        denial
+            .policies
+            .iter()
+            .any(|id| bundle.policies.get(id).is_none_or(|p| p.reads_args))
     }
 }
 

@@ -95,6 +95,9 @@ pub struct PolicyInfo {
     pub effect: Effect,
     /// Present on approval policies.
     pub approval: Option<ApprovalSpec>,
+    /// Whether it may read an MCP call's arguments (`context.args`):
+    /// conservatively, whether `args` appears anywhere in its parsed form.
+    pub reads_args: bool,
 }
 
 /// A validated, indexed policy set: what the engine evaluates.
@@ -119,6 +122,8 @@ pub struct PolicyBundle {
     /// tables and intent) and are cached without it, so statements that
     /// differ only in their literals share one decision.
     pub reads_operation: bool,
+    /// Whether any policy may read `context.args` (same conservative test).
+    pub reads_args: bool,
 }
 
 /// The policies that can match one action class: those for any resource,
@@ -185,12 +190,17 @@ impl PolicyBundle {
         // Conservative: the word anywhere in a policy's parsed form (an
         // attribute, a string) counts as a read; the parsed form has string
         // escapes (`context["\u{6f}peration"]`) already decoded.
-        let reads_operation = policies.iter().any(|(p, _)| match p.to_json() {
-            Ok(json) => json.to_string().contains("operation"),
-            Err(_) => true,
-        });
+        let mentions = |word: &str| {
+            policies.iter().any(|(p, _)| match p.to_json() {
+                Ok(json) => json.to_string().contains(word),
+                Err(_) => true,
+            })
+        };
+        let reads_operation = mentions("operation");
+        let reads_args = policies.iter().any(|(_, info)| info.reads_args);
         PolicyBundle {
             reads_operation,
+            reads_args,
             version: Arc::from(if hash_hex.is_empty() {
                 "empty".to_owned()
             } else {
@@ -384,12 +394,16 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicyBundle, Polic
                     continue;
                 }
             };
+            let reads_args = policy
+                .to_json()
+                .map_or(true, |json| json.to_string().contains("args"));
             let info = PolicyInfo {
                 id: id.clone(),
                 file: file.clone(),
                 line,
                 effect: policy.effect(),
                 approval,
+                reads_args,
             };
             loaded.push((policy.new_id(PolicyId::new(&id)), info, source_index));
         }

@@ -424,3 +424,78 @@ fn index_gives_the_same_answer_as_the_whole_set() {
         }
     }
 }
+
+#[test]
+fn mcp_arguments_reach_policy_as_context_args() {
+    // The issue's example: write_file outside /srv/data is forbidden,
+    // inside it needs approval.
+    let text = r#"
+@id("fs-reads") permit(principal, action == Action::"mcp.call", resource == Resource::"fs")
+  when { context.tool == "read_file" };
+@id("fs-writes-need-approval") @approval("group:ops")
+permit(principal, action == Action::"mcp.call", resource == Resource::"fs")
+  when { context.tool == "write_file" };
+@id("fs-writes-only-in-srv-data")
+forbid(principal, action == Action::"mcp.call", resource == Resource::"fs")
+  when { context.tool == "write_file" &&
+         !(context.args.hasTag("path") && context.args.getTag("path") like "/srv/data/*") };
+@id("no-recursive") forbid(principal, action == Action::"mcp.call", resource)
+  when { context.args.hasTag("recursive") && context.args.getTag("recursive") == "true" };
+"#
+    .to_owned();
+    let bundle = load_sources(&[(PathBuf::from("m.cedar"), text)]).unwrap();
+    let call = |tool: &str, args: serde_json::Value| {
+        let mut a = action(
+            agent("a@x", &[]),
+            "mcp.call",
+            "fs",
+            "",
+            tool,
+            serde_json::json!({ "args": args }),
+        );
+        a.resource.kind = "mcp".into();
+        summary(&decide(&bundle, &a))
+    };
+    use serde_json::json as j;
+    assert_eq!(
+        call(
+            "write_file",
+            j!({"path": "/srv/data/a.txt", "content": "x"})
+        ),
+        "approval fs-writes-need-approval by group:ops quorum 1 timeout "
+    );
+    assert_eq!(
+        call("write_file", j!({"path": "/etc/passwd", "content": "x"})),
+        "deny fs-writes-only-in-srv-data"
+    );
+    assert_eq!(
+        call("write_file", j!({"content": "x"})),
+        "deny fs-writes-only-in-srv-data"
+    );
+    // A path that only starts like the allowed directory.
+    assert_eq!(
+        call("write_file", j!({"path": "/srv/database/x"})),
+        "deny fs-writes-only-in-srv-data"
+    );
+    assert_eq!(
+        call("read_file", j!({"path": "/etc/hosts"})),
+        "allow fs-reads"
+    );
+    // Non-string values are their JSON text.
+    assert_eq!(
+        call("read_file", j!({"path": "/x", "recursive": true})),
+        "deny no-recursive"
+    );
+    assert_eq!(call("read_file", j!({})), "allow fs-reads");
+    // Arguments that are not an object fail closed.
+    let mut a = action(
+        agent("a@x", &[]),
+        "mcp.call",
+        "fs",
+        "",
+        "read_file",
+        j!({ "args": [1, 2] }),
+    );
+    a.resource.kind = "mcp".into();
+    assert_eq!(decide(&bundle, &a).verdict, PolicyVerdict::Deny);
+}

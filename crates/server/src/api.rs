@@ -130,6 +130,7 @@ pub(crate) async fn healthz() -> Json<Health> {
         policy: None,
         storage_error: None,
         audit_error: None,
+        mcp_upstreams: Vec::new(),
     })
 }
 
@@ -149,9 +150,21 @@ pub(crate) async fn readyz(State(gw): State<Gateway>) -> Response {
         reload_error: reload_error.clone(),
     };
     let audit_error = gw.checkpointer.refusal();
+    let mcp_upstreams: Vec<McpUpstreamHealth> = gw
+        .mcp
+        .health()
+        .into_iter()
+        .map(|h| McpUpstreamHealth {
+            name: h.name,
+            up: h.up,
+            connects: h.connects,
+            last_error: h.last_error,
+        })
+        .collect();
+    let upstream_down = mcp_upstreams.iter().any(|u| !u.up);
     match gw.store.count_by_state().await {
         Ok(_) => Json(Health {
-            status: if reload_error.is_some() || audit_error.is_some() {
+            status: if reload_error.is_some() || audit_error.is_some() || upstream_down {
                 "degraded"
             } else {
                 "ready"
@@ -159,6 +172,7 @@ pub(crate) async fn readyz(State(gw): State<Gateway>) -> Response {
             policy: Some(policy),
             storage_error: None,
             audit_error,
+            mcp_upstreams,
         })
         .into_response(),
         Err(e) => {
@@ -170,6 +184,7 @@ pub(crate) async fn readyz(State(gw): State<Gateway>) -> Response {
                     policy: Some(policy),
                     storage_error: Some("storage does not answer; see the gateway log".into()),
                     audit_error,
+                    mcp_upstreams,
                 }),
             )
                 .into_response()

@@ -41,6 +41,7 @@ pub struct Gateway {
     pub(crate) sqlite: SqliteStore,
     pub(crate) checkpointer: Arc<Checkpointer>,
     pub(crate) postgres: Vec<Arc<gavel_postgres::PostgresSurface>>,
+    pub(crate) mcp: gavel_mcp::McpGateway,
 }
 
 /// Opens the configured store (SQLite only in this build).
@@ -142,6 +143,13 @@ impl Gateway {
             .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
             postgres.push(Arc::new(surface));
         }
+        let mcp = gavel_mcp::McpGateway::from_config(
+            &loaded.config.resources.mcp,
+            gate.clone(),
+            loaded.config.approvals.hold,
+            &loaded.config.server.public_url,
+        )
+        .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
         let auth = Arc::new(Authenticator::new(
             &loaded.config.identity.humans,
             store.clone(),
@@ -157,6 +165,7 @@ impl Gateway {
             sqlite,
             checkpointer,
             postgres,
+            mcp,
         })
     }
 
@@ -189,6 +198,13 @@ impl Gateway {
                 self.auth.clone(),
             )));
         }
+        surfaces.extend(self.mcp.start());
+        if !self.mcp.is_empty() {
+            tracing::info!(
+                upstreams = self.mcp.upstreams().len(),
+                "MCP gateway at /mcp"
+            );
+        }
         let bundle = self.policy.bundle();
         tracing::info!(
             listen = %bound,
@@ -203,7 +219,12 @@ impl Gateway {
         let reloader = tokio::spawn(reload(self.clone()));
         let checkpoints = tokio::spawn(checkpoint(self.clone()));
         let checkpointer = self.checkpointer.clone();
-        let app = api::router(self).into_make_service_with_connect_info::<SocketAddr>();
+        let mcp = self
+            .mcp
+            .router(self.auth.clone(), allowed_hosts(&self.config, bound));
+        let app = api::router(self)
+            .merge(mcp)
+            .into_make_service_with_connect_info::<SocketAddr>();
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
@@ -222,6 +243,33 @@ impl Gateway {
         tracing::info!("gavel stopped");
         result
     }
+}
+
+/// The `Host` values `/mcp` accepts (DNS-rebinding protection): loopback
+/// names, the bound address, and the host of `server.public_url`.
+fn allowed_hosts(config: &Loaded, bound: SocketAddr) -> Vec<String> {
+    let mut hosts = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+        bound.ip().to_string(),
+    ];
+    let public = &config.config.server.public_url;
+    if let Some(rest) = public.split_once("://").map(|(_, r)| r) {
+        let authority = rest.split('/').next().unwrap_or("");
+        let host = authority
+            .rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(authority, |(h, _)| h);
+        if !host.is_empty() {
+            hosts.push(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+            );
+        }
+    }
+    hosts
 }
 
 /// Expires due requests and unused grants, so waiters and channels hear

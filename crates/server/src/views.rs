@@ -350,6 +350,22 @@ pub(crate) struct Health {
     /// Why the audit checkpointer refuses to sign, if it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_error: Option<String>,
+    /// The MCP upstreams: connected or not, restarts, last error.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mcp_upstreams: Vec<McpUpstreamHealth>,
+}
+
+/// One MCP upstream, as its supervisor sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct McpUpstreamHealth {
+    /// The resource name.
+    pub name: String,
+    /// Connected and listed.
+    pub up: bool,
+    /// Connections made so far (1 + restarts).
+    pub connects: u64,
+    /// Why the last attempt or connection ended.
+    pub last_error: Option<String>,
 }
 
 /// The live policy set and the last reload error.

@@ -141,9 +141,60 @@ fn strings_are_utf8(frame: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Whether a message's fields (strings, fixed-size integers, the counted
+/// arrays of Parse and Bind) fill its body exactly. pgwire 0.42 reads them
+/// without checking and panics past the end (found by the `frontend` fuzz
+/// target, for Parse and Execute); checking first turns such a message into
+/// a protocol error.
+fn counts_fit(frame: &[u8]) -> Result<(), &'static str> {
+    fn skip_cstr(rest: &[u8]) -> Option<&[u8]> {
+        let end = rest.iter().position(|&b| b == 0)?;
+        Some(&rest[end + 1..])
+    }
+    fn take(rest: &[u8], n: usize) -> Option<(&[u8], &[u8])> {
+        (rest.len() >= n).then(|| rest.split_at(n))
+    }
+    fn count(rest: &[u8]) -> Option<(usize, &[u8])> {
+        let (n, rest) = take(rest, 2)?;
+        let n = i16::from_be_bytes([n[0], n[1]]);
+        (n >= 0).then_some((n as usize, rest))
+    }
+    let body = &frame[5.min(frame.len())..];
+    let fits = match frame[0] {
+        b'P' => (|| {
+            let rest = skip_cstr(skip_cstr(body)?)?;
+            let (n, rest) = count(rest)?;
+            (rest.len() == n * 4).then_some(())
+        })(),
+        b'B' => (|| {
+            let rest = skip_cstr(skip_cstr(body)?)?;
+            let (formats, rest) = count(rest)?;
+            let (_, rest) = take(rest, formats * 2)?;
+            let (params, mut rest) = count(rest)?;
+            for _ in 0..params {
+                let (len, after) = take(rest, 4)?;
+                let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+                rest = match len {
+                    -1 => after,
+                    n if n >= 0 => take(after, n as usize)?.1,
+                    _ => return None,
+                };
+            }
+            let (results, rest) = count(rest)?;
+            (rest.len() == results * 2).then_some(())
+        })(),
+        b'E' => (|| (skip_cstr(body)?.len() == 4).then_some(()))(),
+        b'Q' | b'f' => (|| skip_cstr(body)?.is_empty().then_some(()))(),
+        b'D' | b'C' => (|| skip_cstr(body.get(1..)?)?.is_empty().then_some(()))(),
+        b'S' | b'H' | b'X' | b'c' => body.is_empty().then_some(()),
+        _ => Some(()),
+    };
+    fits.ok_or("has fields that do not match its length")
+}
+
 /// Decodes one whole frontend message (after startup).
 pub fn decode_frontend(frame: &[u8]) -> Result<PgWireFrontendMessage, WireError> {
-    if let Err(why) = strings_are_utf8(frame) {
+    if let Err(why) = strings_are_utf8(frame).and_then(|()| counts_fit(frame)) {
         return Err(WireError::Protocol(format!(
             "message {:?} {why}",
             frame[0] as char
@@ -327,5 +378,49 @@ mod tests {
         // A length that disagrees with the content.
         assert!(decode_frontend(b"Q\x00\x00\x00\x0cDROP\x00abc").is_err());
         assert!(decode_frontend(b"E\x00\x00\x00\x0a\x00\x00\x00\x00\x00\x00").is_err());
+    }
+
+    #[test]
+    fn counts_beyond_the_body_are_protocol_errors() {
+        // Found by the fuzzer: a Parse whose parameter count runs past its
+        // end made pgwire panic.
+        let crash = b"P\x00\x00\x00$SELDOP  C1TERQ\x00\x00\x00\x16NOTIFY jobs, '";
+        assert!(decode_frontend(&crash[..]).is_err());
+        // Parse: two parameter types declared, one present.
+        assert!(
+            decode_frontend(b"P\x00\x00\x00\x12\x00SELECT $1\x00\x00\x02\x00\x00\x00\x17").is_err()
+        );
+        assert!(matches!(
+            decode_frontend(
+                b"P\x00\x00\x00\x16\x00SELECT $1\x00\x00\x02\x00\x00\x00\x17\x00\x00\x00\x19"
+            ),
+            Ok(PgWireFrontendMessage::Parse(_))
+        ));
+        // Bind: one parameter of 5 bytes declared, 2 present.
+        assert!(
+            decode_frontend(b"B\x00\x00\x00\x10\x00\x00\x00\x00\x00\x01\x00\x00\x00\x05ab")
+                .is_err()
+        );
+        // Found by the fuzzer: an Execute without its row limit.
+        assert!(decode_frontend(b"E\x00\x00\x00\x05\x00").is_err());
+        assert!(matches!(
+            decode_frontend(b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00"),
+            Ok(PgWireFrontendMessage::Execute(_))
+        ));
+        assert!(decode_frontend(b"S\x00\x00\x00\x05\x00").is_err());
+        assert!(decode_frontend(b"D\x00\x00\x00\x04").is_err());
+        // A negative length other than -1 (NULL).
+        assert!(
+            decode_frontend(b"B\x00\x00\x00\x10\x00\x00\x00\x00\x00\x01\xff\xff\xff\xfe\x00\x00")
+                .is_err()
+        );
+        assert!(matches!(
+            decode_frontend(b"B\x00\x00\x00\x12\x00\x00\x00\x00\x00\x01\x00\x00\x00\x02ab\x00\x00"),
+            Ok(PgWireFrontendMessage::Bind(_))
+        ));
+        assert!(matches!(
+            decode_frontend(b"B\x00\x00\x00\x10\x00\x00\x00\x00\x00\x01\xff\xff\xff\xff\x00\x00"),
+            Ok(PgWireFrontendMessage::Bind(_))
+        ));
     }
 }

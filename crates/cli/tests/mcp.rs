@@ -1,0 +1,654 @@
+//! The MCP gateway against real MCP servers from npm
+//! (`@modelcontextprotocol/server-everything`,
+//! `@modelcontextprotocol/server-filesystem`), over stdio and streamable
+//! HTTP, driven by a client gavel did not write: the official Python SDK
+//! (PyPI `mcp`). `scripts/setup` installs all of them.
+
+mod harness;
+
+use harness::{ALICE, BIN, BOB, Gavel, OWNER, free_port};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn npm_bin(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.tools/npm/node_modules/.bin")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+fn client_script() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/mcp/client.py")
+        .display()
+        .to_string()
+}
+
+/// Policies over the two upstreams. `DATA` is replaced by the test's data
+/// directory.
+const MCP_POLICIES: &str = r#"
+@id("everything-tools") permit(principal, action == Action::"mcp.call", resource == Resource::"everything");
+@id("no-env") forbid(principal, action == Action::"mcp.call", resource)
+  when { context.tool == "get-env" };
+@id("fs-reads") permit(principal, action == Action::"mcp.call", resource == Resource::"fs")
+  when { context.tool like "read*" || context.tool like "list*" };
+@id("fs-writes-need-a-dba") @approval("group:dba")
+permit(principal, action == Action::"mcp.call", resource == Resource::"fs")
+  when { context.tool == "write_file" };
+@id("fs-writes-only-in-allowed")
+forbid(principal, action == Action::"mcp.call", resource == Resource::"fs")
+  when { context.tool == "write_file" &&
+         !(context.args.hasTag("path") && context.args.getTag("path") like "DATA/allowed/*") };
+@id("resources-and-prompts") permit(principal, action == Action::"mcp.read", resource);
+"#;
+
+struct Mcp {
+    g: Gavel,
+    data: tempfile::TempDir,
+}
+
+impl Mcp {
+    async fn start(hold: &str) -> Mcp {
+        Mcp::start_with(hold, "").await
+    }
+
+    async fn start_with(hold: &str, extra: &str) -> Mcp {
+        let data = tempfile::tempdir().unwrap();
+        std::fs::create_dir(data.path().join("allowed")).unwrap();
+        std::fs::write(data.path().join("allowed/hello.txt"), "hello from disk\n").unwrap();
+        let dir = data.path().display().to_string();
+        let config = format!(
+            r#"
+[[resources.mcp]]
+name = "everything"
+command = ["{everything}"]
+tags = {{ env = "prod" }}
+
+[[resources.mcp]]
+name = "fs"
+command = ["{fs}", "{dir}"]
+{extra}
+"#,
+            everything = npm_bin("mcp-server-everything"),
+            fs = npm_bin("mcp-server-filesystem"),
+        );
+        let g = Gavel::start_custom(hold, &MCP_POLICIES.replace("DATA", &dir), &config).await;
+        let m = Mcp { g, data };
+        m.wait_ready().await;
+        m
+    }
+
+    /// Waits until `/readyz` reports every MCP upstream connected.
+    async fn wait_ready(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, v) = self.g.get("/readyz", ALICE).await;
+            let ups = v["mcp_upstreams"].as_array().cloned().unwrap_or_default();
+            if !ups.is_empty() && ups.iter().all(|u| u["up"] == true) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "MCP upstreams did not come up: {v}\n{}",
+                self.g.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("{}/mcp", self.g.base)
+    }
+
+    fn path(&self, rel: &str) -> String {
+        self.data.path().join(rel).display().to_string()
+    }
+
+    /// Runs the Python SDK client over streamable HTTP as `token`.
+    async fn client(&self, token: &str, steps: Value) -> Vec<Value> {
+        run_client(json!({
+            "transport": "http", "url": self.url(), "token": token, "steps": steps,
+        }))
+        .await
+    }
+
+    /// The one pending request, once it exists.
+    async fn pending_request(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, list) = self.g.get("/api/v1/requests?state=pending", ALICE).await;
+            if let Some(r) = list["requests"].as_array().and_then(|a| a.first()) {
+                return r.clone();
+            }
+            assert!(Instant::now() < deadline, "no pending request: {list}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn audit_events(&self, query: &str) -> Vec<Value> {
+        let (_, page) = self.g.get(&format!("/api/v1/audit?{query}"), ALICE).await;
+        page["records"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{page}"))
+            .iter()
+            .map(|r| r["record"].clone())
+            .collect()
+    }
+}
+
+async fn run_client(script: Value) -> Vec<Value> {
+    let out = tokio::process::Command::new("python3")
+        .arg(client_script())
+        .arg(script.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python client failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tools_are_namespaced_filtered_and_annotated() {
+    let m = Mcp::start("60s").await;
+    let out = m
+        .client(&m.g.agent_token, json!([{"op": "list_tools"}]))
+        .await;
+    let tools = out[0]["tools"].as_object().unwrap();
+    assert!(tools.contains_key("everything__echo"), "{tools:?}");
+    assert!(tools.contains_key("fs__read_text_file"), "{tools:?}");
+    // Forbidden whatever the arguments: never shown.
+    assert!(!tools.contains_key("everything__get-env"), "{tools:?}");
+    // Not permitted at all (fs only permits reads, lists and writes).
+    assert!(!tools.contains_key("fs__move_file"), "{tools:?}");
+    // Held or refused depending on the path: shown, and it says so.
+    let write = tools["fs__write_file"].as_str().unwrap();
+    assert!(write.starts_with("[gavel:"), "{write}");
+    // Nothing leaks unprefixed.
+    assert!(tools.keys().all(|k| k.contains("__")), "{tools:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allowed_calls_pass_and_denied_ones_name_the_policy() {
+    let m = Mcp::start("60s").await;
+    let out = m
+        .client(
+            &m.g.agent_token,
+            json!([
+                {"op": "call", "tool": "everything__echo", "args": {"message": "hi"}, "meta": {"intent": "saying hello"}},
+                {"op": "call", "tool": "fs__read_text_file", "args": {"path": m.path("allowed/hello.txt")}},
+                {"op": "call", "tool": "everything__get-env", "args": {}},
+                {"op": "call", "tool": "fs__write_file", "args": {"path": "/etc/gavel-test", "content": "x"}},
+                {"op": "call", "tool": "nosuch__tool", "args": {}},
+                {"op": "call", "tool": "everything__nosuch", "args": {}},
+            ]),
+        )
+        .await;
+    assert_eq!(out[0]["is_error"], false, "{}", out[0]);
+    assert_eq!(out[0]["text"], "Echo: hi");
+    assert_eq!(out[1]["text"], "hello from disk\n", "{}", out[1]);
+    assert_eq!(out[2]["is_error"], true);
+    assert!(
+        out[2]["text"]
+            .as_str()
+            .unwrap()
+            .contains("denied by policy no-env"),
+        "{}",
+        out[2]
+    );
+    assert!(
+        out[3]["text"]
+            .as_str()
+            .unwrap()
+            .contains("fs-writes-only-in-allowed"),
+        "{}",
+        out[3]
+    );
+    assert!(!std::path::Path::new("/etc/gavel-test").exists());
+    // Unknown tools are JSON-RPC invalid params (-32602).
+    assert_eq!(out[4]["code"], -32602, "{}", out[4]);
+    assert_eq!(out[5]["code"], -32602, "{}", out[5]);
+    // Every decision and outcome is audited, with the intent.
+    let records = m.audit_events("resource=everything").await;
+    let echo: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["operation"] == "echo")
+        .collect();
+    assert!(
+        echo.iter()
+            .any(|r| r["event"] == "decision" && r["decision"] == "allow"),
+        "{records:?}"
+    );
+    assert!(echo.iter().all(|r| r["intent"] == "saying hello"));
+    assert!(echo.iter().all(|r| r["surface"] == "mcp"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let outcomes = m.audit_events("resource=everything&event=outcome").await;
+        if outcomes
+            .iter()
+            .any(|r| r["operation"] == "echo" && r["outcome"] == "succeeded: 1 content block(s)")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{outcomes:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let denied = m.audit_events("resource=everything&event=decision").await;
+    assert!(
+        denied
+            .iter()
+            .any(|r| r["operation"] == "get-env" && r["decision"] == "deny"),
+        "{denied:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_call_approved_while_waiting_returns_the_real_result() {
+    let m = Mcp::start("60s").await;
+    let target = m.path("allowed/new.txt");
+    let script = json!({
+        "transport": "http", "url": m.url(), "token": m.g.agent_token,
+        "steps": [{"op": "call", "tool": "fs__write_file",
+                   "args": {"path": target, "content": "approved content"},
+                   "meta": {"intent": "write the report"},
+                   "progress": true}],
+    });
+    let call = tokio::spawn(run_client(script));
+    let request = m.pending_request().await;
+    let id = request["id"].as_str().unwrap().to_owned();
+    assert_eq!(request["action"], "mcp.call");
+    assert_eq!(request["operation"], "write_file");
+    assert_eq!(request["intent"], "write the report");
+    assert_eq!(request["details"]["args"]["content"], "approved content");
+    assert_eq!(request["data_context"]["upstream"], "fs");
+    assert!(
+        !std::path::Path::new(&target).exists(),
+        "ran before approval"
+    );
+    // The agent's owner may not approve; another dba may.
+    let (status, _) = m.g.approve(OWNER, &id).await;
+    assert_eq!(status, 403);
+    let (status, v) = m.g.approve(BOB, &id).await;
+    assert_eq!(status, 200, "{v}");
+    let out = call.await.unwrap();
+    assert_eq!(out[0]["is_error"], false, "{}", out[0]);
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "approved content"
+    );
+    // The held call heard it was waiting, naming the request.
+    let progress = out[0]["progress"].as_array().unwrap();
+    assert!(
+        progress.iter().any(|p| p.as_str().unwrap().contains(&id)),
+        "{progress:?}"
+    );
+    let (_, r) = m.g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
+    assert_eq!(r["state"], "executed", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_hold_timeout_the_identical_call_passes_once_and_changed_arguments_do_not() {
+    let m = Mcp::start("1s").await;
+    let target = m.path("allowed/later.txt");
+    let call = |content: &str| {
+        json!({"op": "call", "tool": "fs__write_file",
+               "args": {"path": target, "content": content}})
+    };
+    let out = m.client(&m.g.agent_token, json!([call("v1")])).await;
+    assert_eq!(out[0]["is_error"], true);
+    let text = out[0]["text"].as_str().unwrap();
+    let request = m.pending_request().await;
+    let id = request["id"].as_str().unwrap();
+    assert!(text.contains(id), "{text}");
+    assert!(
+        text.contains(&format!("{}/requests/{id}", m.g.base)),
+        "{text}"
+    );
+    assert!(!std::path::Path::new(&target).exists());
+    let (status, v) = m.g.approve(ALICE, id).await;
+    assert_eq!(status, 200, "{v}");
+    // A changed argument is another action: held, not granted.
+    // The identical call passes once; a third identical call is held again.
+    let out = m
+        .client(
+            &m.g.agent_token,
+            json!([call("v2"), call("v1"), call("v1")]),
+        )
+        .await;
+    assert_eq!(out[0]["is_error"], true, "{}", out[0]);
+    assert!(out[0]["text"].as_str().unwrap().contains("needs approval"));
+    assert_eq!(out[1]["is_error"], false, "{}", out[1]);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "v1");
+    assert_eq!(out[2]["is_error"], true, "{}", out[2]);
+    assert!(out[2]["text"].as_str().unwrap().contains("needs approval"));
+    let (_, r) = m.g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
+    assert_eq!(r["state"], "executed", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_held_call_withdraws_its_request() {
+    let m = Mcp::start("60s").await;
+    let target = m.path("allowed/cancelled.txt");
+    let out = m
+        .client(
+            &m.g.agent_token,
+            json!([{"op": "cancel_call", "tool": "fs__write_file",
+                    "args": {"path": target, "content": "x"}, "after": 2}]),
+        )
+        .await;
+    assert_eq!(out[0]["cancelled"], true, "{}", out[0]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (id, state) = loop {
+        let (_, list) = m.g.get("/api/v1/requests", ALICE).await;
+        let r = &list["requests"][0];
+        if r["state"] == "expired" {
+            break (r["id"].as_str().unwrap().to_owned(), r["state"].clone());
+        }
+        assert!(Instant::now() < deadline, "not withdrawn: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(state, "expired");
+    let events: Vec<String> = m
+        .audit_events(&format!("request_id={id}"))
+        .await
+        .iter()
+        .map(|r| r["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events, ["request_created", "withdrawn"]);
+    // A late approval finds nothing to approve and nothing runs.
+    let (status, _) = m.g.approve(BOB, &id).await;
+    assert_eq!(status, 409);
+    assert!(!std::path::Path::new(&target).exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resources_and_prompts_pass_through_gated_as_mcp_read() {
+    let m = Mcp::start("60s").await;
+    let out = m
+        .client(
+            &m.g.agent_token,
+            json!([
+                {"op": "list_resources"},
+                {"op": "list_prompts"},
+                {"op": "get_prompt", "name": "everything__simple-prompt", "args": {}},
+            ]),
+        )
+        .await;
+    let uris = out[0]["uris"].as_array().unwrap();
+    assert!(!uris.is_empty(), "{}", out[0]);
+    let prompts = out[1]["prompts"].as_array().unwrap();
+    assert!(
+        prompts
+            .iter()
+            .all(|p| p.as_str().unwrap().starts_with("everything__")),
+        "{prompts:?}"
+    );
+    assert!(out[2]["messages"].as_u64().unwrap() >= 1, "{}", out[2]);
+    let uri = uris[0].as_str().unwrap().to_owned();
+    let out = m
+        .client(
+            &m.g.agent_token,
+            json!([{"op": "read_resource", "uri": uri}]),
+        )
+        .await;
+    assert!(out[0].get("error").is_none(), "{}", out[0]);
+    let reads = m.audit_events("resource=everything&event=decision").await;
+    assert!(
+        reads
+            .iter()
+            .any(|r| r["class"] == "mcp.read" && r["operation"] == uri.as_str()),
+        "{reads:?}"
+    );
+    // Without the permit, reads are refused with a JSON-RPC error.
+    m.g.write_policy(
+        "main.cedar",
+        &MCP_POLICIES
+            .replace("DATA", &m.data.path().display().to_string())
+            .replace(
+                "@id(\"resources-and-prompts\") permit",
+                "@id(\"resources-and-prompts\") forbid",
+            ),
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let out = m
+        .client(
+            &m.g.agent_token,
+            json!([{"op": "read_resource", "uri": uri}]),
+        )
+        .await;
+    assert!(
+        out[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("resources-and-prompts"),
+        "{}",
+        out[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stdio_clients_reach_the_gateway_through_gavel_mcp() {
+    let m = Mcp::start("60s").await;
+    let out = run_client(json!({
+        "transport": "stdio",
+        "command": [BIN, "mcp", "--token-env", "AGENT_TOKEN", "--server", m.g.base],
+        "env": {"AGENT_TOKEN": m.g.agent_token, "PATH": std::env::var("PATH").unwrap()},
+        "steps": [
+            {"op": "list_tools"},
+            {"op": "call", "tool": "everything__echo", "args": {"message": "over stdio"}},
+            {"op": "call", "tool": "everything__get-env", "args": {}},
+        ],
+    }))
+    .await;
+    assert!(
+        out[0]["tools"]
+            .as_object()
+            .unwrap()
+            .contains_key("everything__echo")
+    );
+    assert_eq!(out[1]["text"], "Echo: over stdio", "{}", out[1]);
+    assert!(
+        out[2]["text"].as_str().unwrap().contains("no-env"),
+        "{}",
+        out[2]
+    );
+    // A wrong token is refused in MCP's own terms, not with a crash.
+    let bad = run_client(json!({
+        "transport": "stdio",
+        "command": [BIN, "mcp", "--token-env", "AGENT_TOKEN", "--server", m.g.base],
+        "env": {"AGENT_TOKEN": "not-a-token", "PATH": std::env::var("PATH").unwrap()},
+        "steps": [],
+    }));
+    let result = tokio::time::timeout(Duration::from_secs(30), tokio::spawn(bad)).await;
+    // The SDK raises on the failed initialize: the client process fails.
+    assert!(matches!(result, Ok(Err(_))), "{result:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamable_http_upstreams_are_relayed_too() {
+    let port = free_port();
+    let mut upstream = Command::new(npm_bin("mcp-server-everything"))
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "upstream did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = Mcp::start_with(
+        "60s",
+        &format!("[[resources.mcp]]\nname = \"remote\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n"),
+    )
+    .await;
+    m.g.write_policy(
+        "remote.cedar",
+        "@id(\"remote-echo\") permit(principal, action == Action::\"mcp.call\", resource == Resource::\"remote\") when { context.tool == \"echo\" };",
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let out = m
+        .client(
+            &m.g.agent_token,
+            json!([
+                {"op": "list_tools"},
+                {"op": "call", "tool": "remote__echo", "args": {"message": "via http"}},
+                {"op": "call", "tool": "remote__get-sum", "args": {"a": 1, "b": 2}},
+            ]),
+        )
+        .await;
+    let tools = out[0]["tools"].as_object().unwrap();
+    assert!(tools.contains_key("remote__echo"));
+    assert!(!tools.contains_key("remote__get-sum"), "{tools:?}");
+    assert_eq!(out[1]["text"], "Echo: via http", "{}", out[1]);
+    assert_eq!(out[2]["is_error"], true);
+    upstream.kill().unwrap();
+    upstream.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_upstream_is_restarted_shown_in_readyz_and_lists_are_refreshed() {
+    let m = Mcp::start("60s").await;
+    let ready = m.wait_ready().await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    // A client that stays connected hears that the tool list changed.
+    let watcher = tokio::spawn(run_client(json!({
+        "transport": "http", "url": m.url(), "token": m.g.agent_token,
+        "steps": [{"op": "wait_list_changed", "timeout": 30}],
+    })));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Kill the filesystem server (gavel's child, found by its argument).
+    let dir = m.data.path().display().to_string();
+    let status = Command::new("pkill")
+        .args(["-f", &format!("mcp-server-filesystem {dir}")])
+        .status()
+        .unwrap();
+    assert!(status.success(), "no upstream process to kill");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = m.g.get("/readyz", ALICE).await;
+        let fs = v["mcp_upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == "fs")
+            .cloned()
+            .unwrap();
+        if fs["up"] == true && fs["connects"] == 2 {
+            assert!(
+                fs["last_error"].is_null(),
+                "a live upstream shows no error: {fs}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not restarted: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = watcher.await.unwrap();
+    assert_eq!(out[0]["seen"], true, "{}", out[0]);
+    // And it works again.
+    let out = m
+        .client(
+            &m.g.agent_token,
+            json!([{"op": "call", "tool": "fs__read_text_file",
+                    "args": {"path": m.path("allowed/hello.txt")}}]),
+        )
+        .await;
+    assert_eq!(out[0]["text"], "hello from disk\n", "{}", out[0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_tokens_malformed_json_rpc_and_session_theft_are_refused() {
+    let m = Mcp::start("60s").await;
+    let post = |token: Option<&str>, body: &str, session: Option<&str>| {
+        let mut req =
+            m.g.http
+                .post(m.url())
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .body(body.to_owned());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(s) = session {
+            req = req
+                .header("mcp-session-id", s)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        req.send()
+    };
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"0"}}}"#;
+    let r = post(None, init, None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let r = post(Some("wrong-token"), init, None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32001, "{body}");
+    // What is not JSON-RPC gets JSON-RPC's own error codes.
+    for (body, code) in [
+        ("{not json", -32700),
+        ("[]", -32600),
+        (r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#, -32600),
+        (r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#, -32600),
+        (r#"{"jsonrpc":"2.0","id":{"x":1},"method":"ping"}"#, -32600),
+        (r#"{"jsonrpc":"2.0","id":1,"method":7}"#, -32600),
+        (
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":"everything__echo"}"#,
+            -32602,
+        ),
+    ] {
+        let r = post(Some(&m.g.agent_token), body, None).await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], code, "{body}: {v}");
+        assert_eq!(v["jsonrpc"], "2.0");
+    }
+    // A session opened by the agent cannot be used by another principal.
+    let r = post(Some(&m.g.agent_token), init, None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let session = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let _ = r.text().await;
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let r = post(Some(&m.g.agent_token), initialized, Some(&session))
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let r = post(Some(BOB), list, Some(&session)).await.unwrap();
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("belongs to another principal") && !text.contains("everything__echo"),
+        "{text}"
+    );
+    let r = post(Some(&m.g.agent_token), list, Some(&session))
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(text.contains("everything__echo"), "{text}");
+    // An unknown method is -32601 from the session itself.
+    let unknown = r#"{"jsonrpc":"2.0","id":4,"method":"tools/frobnicate","params":{}}"#;
+    let r = post(Some(&m.g.agent_token), unknown, Some(&session))
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(text.contains("-32601"), "{text}");
+}

@@ -1,0 +1,117 @@
+"""An MCP client gavel did not write: the official Python SDK (PyPI `mcp`).
+
+Usage: client.py SCRIPT_JSON
+The script is a JSON object: {"transport": "http"|"stdio", "url", "token",
+"command": [...], "env": {...}, "steps": [...]}. Each step is one of
+  {"op": "list_tools"}
+  {"op": "call", "tool", "args", "meta"?, "progress"?: bool, "timeout"?: s}
+  {"op": "cancel_call", "tool", "args", "after": s}
+  {"op": "read_resource", "uri"}
+  {"op": "list_resources"} / {"op": "list_prompts"}
+  {"op": "get_prompt", "name", "args"}
+  {"op": "wait_list_changed", "timeout": s}
+  {"op": "sleep", "seconds"}
+and prints one JSON line per step with what came back.
+"""
+import asyncio
+import json
+import sys
+
+import anyio
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
+
+
+def content_text(result):
+    out = []
+    for c in getattr(result, "content", []) or []:
+        t = getattr(c, "text", None)
+        if t is not None:
+            out.append(t)
+    return "\n".join(out)
+
+
+async def run(script):
+    list_changed = anyio.Event()
+
+    async def on_message(message):
+        root = getattr(message, "root", message)
+        method = getattr(root, "method", None)
+        if method == "notifications/tools/list_changed":
+            list_changed.set()
+
+    async def steps(session):
+        await session.initialize()
+        for step in script["steps"]:
+            op = step["op"]
+            out = {"op": op}
+            try:
+                if op == "list_tools":
+                    r = await session.list_tools()
+                    out["tools"] = {t.name: (t.description or "") for t in r.tools}
+                elif op == "call":
+                    progress = []
+
+                    async def on_progress(p, total, message):
+                        progress.append(message)
+
+                    r = await session.call_tool(
+                        step["tool"],
+                        step.get("args") or {},
+                        read_timeout_seconds=step.get("timeout", 60),
+                        progress_callback=on_progress if step.get("progress") else None,
+                        meta=step.get("meta"),
+                    )
+                    out["is_error"] = bool(getattr(r, "isError", False) or getattr(r, "is_error", False))
+                    out["text"] = content_text(r)
+                    out["progress"] = progress
+                elif op == "cancel_call":
+                    # Cancelling the awaiting task makes the SDK send
+                    # notifications/cancelled for the request.
+                    with anyio.move_on_after(step["after"]) as scope:
+                        await session.call_tool(step["tool"], step.get("args") or {})
+                    out["cancelled"] = scope.cancelled_caught
+                elif op == "read_resource":
+                    r = await session.read_resource(step["uri"])
+                    out["text"] = "\n".join(getattr(c, "text", "") or "" for c in r.contents)
+                elif op == "list_resources":
+                    r = await session.list_resources()
+                    out["uris"] = [str(x.uri) for x in r.resources]
+                elif op == "list_prompts":
+                    r = await session.list_prompts()
+                    out["prompts"] = [p.name for p in r.prompts]
+                elif op == "get_prompt":
+                    r = await session.get_prompt(step["name"], step.get("args") or {})
+                    out["messages"] = len(r.messages)
+                elif op == "wait_list_changed":
+                    with anyio.move_on_after(step["timeout"]):
+                        await list_changed.wait()
+                    out["seen"] = list_changed.is_set()
+                elif op == "sleep":
+                    await anyio.sleep(step["seconds"])
+            except Exception as e:  # JSON-RPC errors come back as exceptions
+                out["error"] = str(e)
+                code = getattr(getattr(e, "error", None), "code", None)
+                if code is not None:
+                    out["code"] = code
+            print(json.dumps(out), flush=True)
+
+    if script["transport"] == "http":
+        headers = {"Authorization": f"Bearer {script['token']}"}
+        async with create_mcp_http_client(headers=headers) as http:
+            async with streamable_http_client(script["url"], http_client=http) as streams:
+                read, write = streams[0], streams[1]
+                async with ClientSession(read, write, message_handler=on_message) as session:
+                    await steps(session)
+    else:
+        params = StdioServerParameters(
+            command=script["command"][0], args=script["command"][1:], env=script.get("env")
+        )
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write, message_handler=on_message) as session:
+                await steps(session)
+
+
+if __name__ == "__main__":
+    asyncio.run(run(json.loads(sys.argv[1])))

@@ -1,0 +1,400 @@
+//! gavel's MCP gateway (SPEC §1–4): one MCP endpoint, `/mcp` over
+//! streamable HTTP, that aggregates the configured upstream MCP servers
+//! and gates every tool call, resource read and prompt.
+//!
+//! Tools and prompts appear as `UPSTREAM__NAME`. `tools/list` shows a
+//! principal only the tools policy could let it call, and says which need
+//! approval. `tools/call` becomes `Action{mcp.call, resource = upstream,
+//! operation = tool, details = {args}}`; `resources/read` and
+//! `prompts/get` become `mcp.read`. Allowed → forwarded; denied → a tool
+//! error (for reads, a JSON-RPC error) naming the policy; needs approval →
+//! held for `approvals.hold`, with progress notifications when the client
+//! sent a progress token, then forwarded or refused with the request id
+//! and URL. Both sides use the official Rust SDK, `rmcp`.
+#![deny(missing_docs)]
+
+mod bridge;
+mod session;
+mod upstream;
+
+pub use bridge::bridge_stdio;
+pub use upstream::{Health, Offer, Transport, Upstream};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use gavel_config::McpResourceConfig;
+use gavel_core::{Gate, Principal, Resource};
+use gavel_identity::{AuthError, Authenticator};
+use rmcp::model::{NumberOrString, ProgressNotificationParam, ProgressToken};
+use rmcp::service::{Peer, RoleServer};
+use rmcp::transport::StreamableHttpService;
+use rmcp::transport::streamable_http_server::StreamableHttpServerConfig;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The separator between an upstream's name and its tool or prompt name.
+pub const SEPARATOR: &str = "__";
+
+/// Who called, as the `/mcp` middleware authenticated them.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub principal: Principal,
+    pub source: Option<String>,
+}
+
+/// State every MCP session of the gateway shares.
+pub(crate) struct Hub {
+    pub gate: Gate,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub hold: Duration,
+    pub public_url: String,
+    /// Downstream peers, told when an upstream's lists change.
+    peers: Mutex<Vec<Peer<RoleServer>>>,
+    /// gavel's progress token for an upstream call → the client that
+    /// waits and the token it chose.
+    progress: Mutex<HashMap<String, (Peer<RoleServer>, ProgressToken)>>,
+}
+
+fn token_key(t: &ProgressToken) -> String {
+    match &t.0 {
+        NumberOrString::Number(n) => format!("n:{n}"),
+        NumberOrString::String(s) => format!("s:{s}"),
+    }
+}
+
+/// Removes a progress relay when the call it serves ends.
+pub(crate) struct ProgressRelay {
+    hub: Arc<Hub>,
+    key: String,
+    /// The token sent upstream.
+    pub token: ProgressToken,
+}
+
+impl Drop for ProgressRelay {
+    fn drop(&mut self) {
+        self.hub
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+impl Hub {
+    pub(crate) fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    pub(crate) fn register(&self, peer: Peer<RoleServer>) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.retain(|p| !p.is_transport_closed());
+        peers.push(peer);
+    }
+
+    /// Relays an upstream call's progress under a token of gavel's, so two
+    /// clients that chose the same token never see each other's progress.
+    pub(crate) fn progress_relay(
+        self: &Arc<Self>,
+        peer: Peer<RoleServer>,
+        theirs: ProgressToken,
+    ) -> ProgressRelay {
+        let token = ProgressToken(NumberOrString::String(
+            format!("gavel-{}", uuid::Uuid::now_v7()).into(),
+        ));
+        let key = token_key(&token);
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), (peer, theirs));
+        ProgressRelay {
+            hub: self.clone(),
+            key,
+            token,
+        }
+    }
+
+    pub(crate) async fn relay_progress(&self, mut params: ProgressNotificationParam) {
+        let target = self
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&token_key(&params.progress_token))
+            .cloned();
+        if let Some((peer, theirs)) = target {
+            params.progress_token = theirs;
+            if let Err(e) = peer.notify_progress(params).await {
+                tracing::debug!(error = %e, "relaying progress failed");
+            }
+        }
+    }
+
+    /// An upstream (re)connected or went away: every client re-lists.
+    pub(crate) fn lists_changed(&self, offer: &Offer) {
+        let _ = offer;
+        self.notify_lists(true, true, true);
+    }
+
+    /// An upstream re-listed: tell clients about the lists that differ.
+    pub(crate) fn lists_changed_between(&self, before: &Offer, after: &Offer) {
+        self.notify_lists(
+            before.tools != after.tools,
+            before.resources != after.resources || before.templates != after.templates,
+            before.prompts != after.prompts,
+        );
+    }
+
+    fn notify_lists(&self, tools: bool, resources: bool, prompts: bool) {
+        let peers: Vec<Peer<RoleServer>> = {
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            peers.retain(|p| !p.is_transport_closed());
+            peers.clone()
+        };
+        for peer in peers {
+            tokio::spawn(async move {
+                // A client that went away meanwhile is dropped at the next
+                // registration; a failed send changes nothing else.
+                if tools {
+                    let _ = peer.notify_tool_list_changed().await;
+                }
+                if resources {
+                    let _ = peer.notify_resource_list_changed().await;
+                }
+                if prompts {
+                    let _ = peer.notify_prompt_list_changed().await;
+                }
+            });
+        }
+    }
+}
+
+/// The MCP gateway: upstreams, their supervisors and the `/mcp` service.
+#[derive(Clone)]
+pub struct McpGateway {
+    hub: Arc<Hub>,
+}
+
+impl McpGateway {
+    /// Builds the gateway over the configured upstreams (not connected
+    /// until [`McpGateway::start`]). Fails naming a missing secret.
+    pub fn from_config(
+        resources: &[McpResourceConfig],
+        gate: Gate,
+        hold: Duration,
+        public_url: &str,
+    ) -> Result<McpGateway, String> {
+        let mut upstreams = Vec::new();
+        for r in resources {
+            let transport = Transport::from_config(r)?;
+            upstreams.push(Upstream::new(
+                r.name.clone(),
+                Resource {
+                    name: r.name.clone(),
+                    kind: "mcp".into(),
+                    tags: r.tags.clone(),
+                },
+                transport,
+            ));
+        }
+        Ok(McpGateway {
+            hub: Arc::new(Hub {
+                gate,
+                upstreams,
+                hold,
+                public_url: public_url.trim_end_matches('/').to_owned(),
+                peers: Mutex::new(Vec::new()),
+                progress: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Whether any upstream is configured.
+    pub fn is_empty(&self) -> bool {
+        self.hub.upstreams.is_empty()
+    }
+
+    /// Starts one supervisor per upstream; each connects, and reconnects
+    /// with backoff whenever its upstream goes away.
+    pub fn start(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.hub
+            .upstreams
+            .iter()
+            .map(|u| tokio::spawn(u.clone().supervise(Arc::downgrade(&self.hub))))
+            .collect()
+    }
+
+    /// Each upstream's state, for `/readyz`.
+    pub fn health(&self) -> Vec<Health> {
+        self.hub.upstreams.iter().map(|u| u.health()).collect()
+    }
+
+    /// The upstreams.
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.hub.upstreams
+    }
+
+    /// The `/mcp` endpoint (streamable HTTP, MCP sessions with
+    /// `Mcp-Session-Id`) behind bearer authentication. `allowed_hosts` are
+    /// the `Host` values accepted (DNS-rebinding protection).
+    pub fn router(&self, auth: Arc<Authenticator>, allowed_hosts: Vec<String>) -> axum::Router {
+        let hub = self.hub.clone();
+        let mut config = StreamableHttpServerConfig::default();
+        config.allowed_hosts = allowed_hosts;
+        config.sse_keep_alive = Some(Duration::from_secs(15));
+        let service = StreamableHttpService::new(
+            move || Ok(session::Session::new(hub.clone())),
+            Arc::new(LocalSessionManager::default()),
+            config,
+        );
+        axum::Router::new()
+            .route_service("/mcp", service)
+            .layer(axum::middleware::from_fn(check_json_rpc))
+            .layer(axum::middleware::from_fn_with_state(auth, authenticate))
+    }
+}
+
+/// Authenticates every `/mcp` request by its bearer token; the principal
+/// travels to the session in the request's extensions.
+async fn authenticate(
+    State(auth): State<Arc<Authenticator>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let token = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::to_owned);
+    let Some(token) = token else {
+        return unauthorized("missing bearer token: send Authorization: Bearer <gavel token>");
+    };
+    let principal = match auth.authenticate(&token).await {
+        Ok(p) => p,
+        Err(AuthError::Internal(e)) => {
+            tracing::error!(error = %e, "authenticating an MCP request failed");
+            return (
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(jsonrpc_error(-32603, "gavel could not check the token")),
+            )
+                .into_response();
+        }
+        Err(e) => return unauthorized(&e.to_string()),
+    };
+    let source = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string());
+    request
+        .extensions_mut()
+        .insert(Caller { principal, source });
+    next.run(request).await
+}
+
+fn jsonrpc_error(code: i64, message: &str) -> serde_json::Value {
+    jsonrpc_error_for(serde_json::Value::Null, code, message)
+}
+
+fn jsonrpc_error_for(id: serde_json::Value, code: i64, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": { "code": code, "message": message },
+    })
+}
+
+/// The largest JSON-RPC message `/mcp` accepts.
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Answers what is not one well-formed JSON-RPC 2.0 message with JSON-RPC's
+/// own error codes (-32700 parse error, -32600 invalid request, -32602
+/// invalid params), before the SDK sees it: the SDK would answer an HTTP
+/// error without a JSON-RPC body.
+async fn check_json_rpc(request: Request, next: Next) -> Response {
+    if request.method() != http::Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_MESSAGE).await {
+        Ok(b) => b,
+        Err(_) => {
+            return bad_message(
+                serde_json::Value::Null,
+                -32600,
+                &format!(
+                    "Invalid Request: the body is unreadable or larger than {MAX_MESSAGE} bytes"
+                ),
+            );
+        }
+    };
+    let value: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return bad_message(
+                serde_json::Value::Null,
+                -32700,
+                &format!("Parse error: {e}"),
+            );
+        }
+    };
+    let id = value
+        .get("id")
+        .filter(|id| id.is_string() || id.is_i64() || id.is_u64())
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let Some(object) = value.as_object() else {
+        return bad_message(
+            id,
+            -32600,
+            "Invalid Request: expected one JSON-RPC 2.0 object (MCP has no batches)",
+        );
+    };
+    if object.get("jsonrpc").and_then(|v| v.as_str()) != Some("2.0") {
+        return bad_message(id, -32600, "Invalid Request: \"jsonrpc\" must be \"2.0\"");
+    }
+    if let Some(method) = object.get("method") {
+        if !method.is_string() {
+            return bad_message(id, -32600, "Invalid Request: \"method\" must be a string");
+        }
+        if object.contains_key("id") && id.is_null() {
+            return bad_message(
+                id,
+                -32600,
+                "Invalid Request: \"id\" must be a string or an integer",
+            );
+        }
+    }
+    if let Err(e) = serde_json::from_value::<rmcp::model::ClientJsonRpcMessage>(value.clone()) {
+        let (code, what) = if object.contains_key("method") {
+            (-32602, "Invalid params")
+        } else {
+            (-32600, "Invalid Request")
+        };
+        return bad_message(id, code, &format!("{what}: {e}"));
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+fn bad_message(id: serde_json::Value, code: i64, message: &str) -> Response {
+    (
+        http::StatusCode::BAD_REQUEST,
+        axum::Json(jsonrpc_error_for(id, code, message)),
+    )
+        .into_response()
+}
+
+fn unauthorized(message: &str) -> Response {
+    (
+        http::StatusCode::UNAUTHORIZED,
+        [(http::header::WWW_AUTHENTICATE, "Bearer realm=\"gavel\"")],
+        axum::Json(jsonrpc_error(-32001, &format!("gavel: {message}"))),
+    )
+        .into_response()
+}

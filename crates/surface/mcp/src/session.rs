@@ -1,0 +1,671 @@
+//! One downstream MCP session: the server side a client talks to. Every
+//! request is tied to the principal the `/mcp` middleware authenticated,
+//! and a session stays with the principal that opened it.
+
+use crate::{Caller, Hub, SEPARATOR, Upstream};
+use gavel_core::{
+    Action, ActionClass, ApprovalRequest, Decision, Outcome, Permit, PolicyVerdict, RequestState,
+    Verdict,
+};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
+    GetPromptRequestParams, GetPromptResponse, Implementation, InitializeRequestParams,
+    InitializeResult, JsonObject, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
+    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, RequestMetaObject,
+    ServerCapabilities, ServerConfig,
+};
+use rmcp::service::{RequestContext, RoleServer, ServiceError};
+use rmcp::{ErrorData as McpError, ServerHandler};
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// JSON-RPC error code of a gavel refusal of a read (server-defined range).
+const REFUSED: ErrorCode = ErrorCode(-32050);
+/// How often a held call with a progress token hears that it still waits.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Recent calls kept per session for reviewers.
+const RECENT: usize = 10;
+/// The longest text of a tool description or result kept in a record.
+const EXCERPT: usize = 500;
+
+pub(crate) struct Session {
+    hub: Arc<Hub>,
+    /// The principal that opened the session (qualified id).
+    owner: OnceLock<String>,
+    recent: Mutex<VecDeque<String>>,
+}
+
+/// What policy lets a principal do with a tool, for `tools/list`.
+enum Visibility {
+    Hidden,
+    Allowed,
+    NeedsApproval,
+    /// Denied without arguments, but policy reads arguments: some
+    /// arguments may be allowed.
+    DependsOnArguments,
+}
+
+/// Why a held or refused action does not run, for the client.
+struct Refusal(String);
+
+fn excerpt(s: &str) -> String {
+    if s.len() <= EXCERPT {
+        return s.to_owned();
+    }
+    let mut end = EXCERPT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn service_error(e: ServiceError) -> McpError {
+    match e {
+        ServiceError::McpError(e) => e,
+        other => McpError::internal_error(format!("upstream: {other}"), None),
+    }
+}
+
+fn tool_error(text: String) -> CallToolResponse {
+    CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(text)]))
+}
+
+impl Session {
+    pub(crate) fn new(hub: Arc<Hub>) -> Session {
+        Session {
+            hub,
+            owner: OnceLock::new(),
+            recent: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The authenticated caller of this request; a session never changes
+    /// hands.
+    fn caller(&self, ctx: &RequestContext<RoleServer>) -> Result<Caller, McpError> {
+        let caller = ctx
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Caller>())
+            .cloned()
+            .ok_or_else(|| McpError::internal_error("request was not authenticated", None))?;
+        let id = caller.principal.qualified_id();
+        if self.owner.get_or_init(|| id.clone()) != &id {
+            return Err(McpError::invalid_request(
+                "this MCP session belongs to another principal",
+                None,
+            ));
+        }
+        Ok(caller)
+    }
+
+    fn visibility(&self, caller: &Caller, upstream: &Upstream, tool: &str) -> Visibility {
+        let action = self.action(
+            caller,
+            upstream,
+            ActionClass::McpCall,
+            tool,
+            serde_json::Value::Object(Default::default()),
+            String::new(),
+        );
+        let policy = self.hub.gate.policy();
+        let decision = policy.evaluate(&action);
+        match decision.verdict {
+            PolicyVerdict::Allow => Visibility::Allowed,
+            PolicyVerdict::NeedsApproval { .. } => Visibility::NeedsApproval,
+            PolicyVerdict::Deny if policy.denial_depends_on_arguments(&action, &decision) => {
+                Visibility::DependsOnArguments
+            }
+            PolicyVerdict::Deny => Visibility::Hidden,
+        }
+    }
+
+    fn action(
+        &self,
+        caller: &Caller,
+        upstream: &Upstream,
+        class: ActionClass,
+        operation: &str,
+        args: serde_json::Value,
+        intent: String,
+    ) -> Action {
+        Action {
+            principal: caller.principal.clone(),
+            resource: upstream.resource.clone(),
+            class,
+            operation: operation.to_owned(),
+            details: serde_json::json!({ "args": args }),
+            intent,
+            data_context: serde_json::Value::Null,
+            surface: "mcp".into(),
+            source: caller.source.clone(),
+        }
+    }
+
+    fn remember(&self, line: String) -> Vec<String> {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let before: Vec<String> = recent.iter().cloned().collect();
+        recent.push_back(line);
+        while recent.len() > RECENT {
+            recent.pop_front();
+        }
+        before
+    }
+
+    /// The gate's answer for `action`, holding it while a human decides.
+    /// `Ok(permit)` means forward.
+    async fn decide(
+        &self,
+        action: Action,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<Permit, Refusal> {
+        let verdict = match self.hub.gate.check(action.clone()).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "gate check failed; refusing (fail closed)");
+                return Err(Refusal(
+                    "gavel: could not decide (internal error); refused (fail closed)".into(),
+                ));
+            }
+        };
+        match verdict {
+            Verdict::Allow(permit) => Ok(permit),
+            Verdict::Deny { policies, reason } => Err(Refusal(if policies.is_empty() {
+                format!("gavel: denied: {reason}")
+            } else {
+                format!("gavel: denied by policy {}: {reason}", policies.join(", "))
+            })),
+            Verdict::Pending(request) => self.hold(*request, action, ctx).await,
+        }
+    }
+
+    async fn hold(
+        &self,
+        request: ApprovalRequest,
+        action: Action,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<Permit, Refusal> {
+        let id = request.id.clone();
+        let url = format!("{}/requests/{}", self.hub.public_url, id);
+        let hold = self.hub.hold;
+        let approvals = self.hub.gate.approvals().clone();
+        let progress = ctx.meta.get_progress_token();
+        let wait = approvals.wait(&id, hold);
+        tokio::pin!(wait);
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        let mut step = 0.0;
+        let waited = loop {
+            tokio::select! {
+                r = &mut wait => break r,
+                _ = ctx.ct.cancelled() => {
+                    // notifications/cancelled: nobody will run the action,
+                    // so nobody should approve it.
+                    match approvals.withdraw(&id, &action.principal).await {
+                        Ok(true) => tracing::info!(request = %id, "held MCP call cancelled; request withdrawn"),
+                        Ok(false) => {}
+                        Err(e) => tracing::error!(request = %id, error = %e, "withdrawing a cancelled request failed"),
+                    }
+                    return Err(Refusal(format!("gavel: cancelled by the client; request {id} withdrawn")));
+                }
+                _ = tick.tick(), if progress.is_some() => {
+                    if let Some(token) = &progress {
+                        step += 1.0;
+                        let mut p = ProgressNotificationParam::new(token.clone(), step);
+                        p.message = Some(format!("waiting for approval of gavel request {id}: {url}"));
+                        if let Err(e) = ctx.peer.notify_progress(p).await {
+                            tracing::debug!(error = %e, "progress notification failed");
+                        }
+                    }
+                }
+            }
+        };
+        let class = action.class;
+        let pending = |what: &str| {
+            Refusal(format!(
+                "gavel: {what}: request {id} needs approval: {url} — nothing was run. Once it is approved, repeat the identical call (same arguments) within the grant's lifetime and it passes once. Classified as {class}."
+            ))
+        };
+        let request = match waited {
+            Err(e) => {
+                tracing::error!(error = %e, request = %id, "waiting for a decision failed");
+                return Err(pending("could not wait for the decision"));
+            }
+            Ok(None) => return Err(pending("the request vanished")),
+            Ok(Some(r)) => r,
+        };
+        match request.state {
+            RequestState::Approved => match self.hub.gate.check(action).await {
+                Ok(Verdict::Allow(permit)) => Ok(permit),
+                Ok(_) | Err(_) => Err(pending(
+                    "the approval was used or changed before this call could run",
+                )),
+            },
+            RequestState::Denied => {
+                let by = request
+                    .reviews
+                    .iter()
+                    .find(|r| r.decision == Decision::Deny)
+                    .map(|r| format!("{}: {}", r.reviewer.0, r.comment))
+                    .unwrap_or_default();
+                Err(Refusal(format!(
+                    "gavel: request {id} was denied by {by} ({url})"
+                )))
+            }
+            RequestState::Expired => Err(Refusal(format!(
+                "gavel: request {id} expired without a decision: {url}"
+            ))),
+            _ => Err(pending(&format!("no decision within {}", humanize(hold)))),
+        }
+    }
+
+    async fn record(&self, action: &Action, permit: &Permit, outcome: Outcome) {
+        match permit.request_id() {
+            // A grant was spent: its request moves on with the outcome.
+            Some(id) => {
+                if let Err(e) = self
+                    .hub
+                    .gate
+                    .record_outcome(action, Some(id), &outcome)
+                    .await
+                {
+                    tracing::error!(error = %e, request = %id, "recording an outcome failed");
+                }
+            }
+            None => self.hub.gate.note_outcome(action, &outcome),
+        }
+    }
+
+    fn split<'a>(&self, name: &'a str) -> Result<(&Arc<Upstream>, &'a str), McpError> {
+        name.split_once(SEPARATOR)
+            .and_then(|(up, rest)| self.hub.upstream(up).map(|u| (u, rest)))
+            .ok_or_else(|| {
+                McpError::invalid_params(
+                    format!("unknown name {name:?}: gavel names are UPSTREAM{SEPARATOR}NAME"),
+                    None,
+                )
+            })
+    }
+
+    /// The upstream that serves `uri`: the one that listed it, else the
+    /// one with a template whose fixed prefix it starts with.
+    fn resource_owner(&self, uri: &str) -> Option<&Arc<Upstream>> {
+        let ups = &self.hub.upstreams;
+        ups.iter()
+            .find(|u| u.offer().resources.iter().any(|r| r.uri == uri))
+            .or_else(|| {
+                ups.iter().find(|u| {
+                    u.offer().templates.iter().any(|t| {
+                        let prefix = t.uri_template.split('{').next().unwrap_or("");
+                        !prefix.is_empty() && uri.starts_with(prefix)
+                    })
+                })
+            })
+    }
+}
+
+/// Takes the agent's intent from `_meta.intent`, else from an `intent`
+/// argument, which is removed unless the tool declares it.
+fn take_intent(
+    meta: &RequestMetaObject,
+    args: &mut Option<JsonObject>,
+    schema: Option<&JsonObject>,
+) -> String {
+    if let Some(intent) = meta.get("intent").and_then(|v| v.as_str()) {
+        return intent.to_owned();
+    }
+    let declared = schema
+        .and_then(|s| s.get("properties"))
+        .and_then(|p| p.as_object())
+        .is_some_and(|p| p.contains_key("intent"));
+    let Some(map) = args.as_mut() else {
+        return String::new();
+    };
+    match map
+        .get("intent")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+    {
+        Some(intent) => {
+            if !declared {
+                map.remove("intent");
+            }
+            intent
+        }
+        None => String::new(),
+    }
+}
+
+/// `_meta` for the upstream: the client's, without gavel's `intent` and
+/// with gavel's own progress token in place of the client's.
+fn upstream_meta(
+    meta: &RequestMetaObject,
+    progress: Option<&crate::ProgressRelay>,
+) -> Option<RequestMetaObject> {
+    let mut out = RequestMetaObject::default();
+    for (k, v) in meta.iter() {
+        if k != "intent" && k != "progressToken" {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    if let Some(relay) = progress {
+        out.set_progress_token(relay.token.clone());
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+impl ServerHandler for Session {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .enable_resources()
+                .enable_resources_list_changed()
+                .enable_prompts()
+                .enable_prompts_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("gavel", env!("CARGO_PKG_VERSION")))
+        .with_instructions(format!(
+            "gavel gateway: tools and prompts are named UPSTREAM{SEPARATOR}NAME. Every call is checked against policy; some wait for a human's approval. State why you act in _meta.intent."
+        ))
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        // Sessions (Mcp-Session-Id) and list_changed notifications on them.
+        Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, McpError> {
+        self.caller(&context)?;
+        context.peer.set_peer_info(request.clone());
+        self.hub.register(context.peer.clone());
+        self.negotiate_initialize(&request)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let caller = self.caller(&context)?;
+        let mut tools = Vec::new();
+        for upstream in &self.hub.upstreams {
+            for tool in &upstream.offer().tools {
+                let note = match self.visibility(&caller, upstream, &tool.name) {
+                    Visibility::Hidden => continue,
+                    Visibility::Allowed => None,
+                    Visibility::NeedsApproval => {
+                        Some("[gavel: needs a human's approval; the call waits for it]")
+                    }
+                    Visibility::DependsOnArguments => Some(
+                        "[gavel: allowed only for some arguments; others are refused or need approval]",
+                    ),
+                };
+                let mut tool = tool.clone();
+                tool.name = format!("{}{SEPARATOR}{}", upstream.name, tool.name).into();
+                if let Some(note) = note {
+                    tool.description = Some(
+                        match tool.description.as_deref() {
+                            Some(d) if !d.is_empty() => format!("{note} {d}"),
+                            _ => note.to_owned(),
+                        }
+                        .into(),
+                    );
+                }
+                tools.push(tool);
+            }
+        }
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let caller = self.caller(&context)?;
+        let (upstream, tool_name) = self.split(&request.name)?;
+        let offer = upstream.offer();
+        let Some(tool) = offer.tools.iter().find(|t| t.name == tool_name) else {
+            if upstream.peer().is_none() {
+                return Ok(tool_error(format!(
+                    "gavel: upstream {} is not connected (it is being restarted); try again shortly",
+                    upstream.name
+                )));
+            }
+            return Err(McpError::invalid_params(
+                format!("unknown tool {:?}", request.name),
+                None,
+            ));
+        };
+        let mut args = request.arguments.clone();
+        let mut meta = request.meta.clone().unwrap_or_default();
+        for (k, v) in context.meta.iter() {
+            meta.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        let intent = take_intent(&meta, &mut args, Some(tool.input_schema.as_ref()));
+        let args_json = serde_json::Value::Object(args.clone().unwrap_or_default());
+        let mut action = self.action(
+            &caller,
+            upstream,
+            ActionClass::McpCall,
+            tool_name,
+            args_json.clone(),
+            intent,
+        );
+        let line = format!(
+            "{}{SEPARATOR}{tool_name} {}",
+            upstream.name,
+            excerpt(&args_json.to_string())
+        );
+        action.data_context = serde_json::json!({
+            "upstream": upstream.name,
+            "tool_description": excerpt(tool.description.as_deref().unwrap_or("")),
+            "read_only_hint": tool.annotations.as_ref().and_then(|a| a.read_only_hint),
+            "destructive_hint": tool.annotations.as_ref().and_then(|a| a.destructive_hint),
+            "recent_calls": self.remember(line),
+        });
+        let permit = match self.decide(action.clone(), &context).await {
+            Ok(p) => p,
+            Err(Refusal(text)) => return Ok(tool_error(text)),
+        };
+        let Some(peer) = upstream.peer() else {
+            let detail = format!("upstream {} is not connected", upstream.name);
+            self.record(
+                &action,
+                &permit,
+                Outcome::Failed {
+                    detail: detail.clone(),
+                },
+            )
+            .await;
+            return Ok(tool_error(format!("gavel: {detail}; try again shortly")));
+        };
+        let relay = context
+            .meta
+            .get_progress_token()
+            .or_else(|| meta.get_progress_token())
+            .map(|t| self.hub.progress_relay(context.peer.clone(), t));
+        let mut forwarded = CallToolRequestParams::new(tool_name.to_owned());
+        forwarded.arguments = args;
+        forwarded.meta = upstream_meta(&meta, relay.as_ref());
+        let result = tokio::select! {
+            r = peer.call_tool_once(forwarded) => r,
+            _ = context.ct.cancelled() => Err(ServiceError::Cancelled { reason: Some("cancelled by the client".into()) }),
+        };
+        drop(relay);
+        let outcome = match &result {
+            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => Outcome::Failed {
+                detail: excerpt(
+                    &r.content
+                        .iter()
+                        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+            },
+            Ok(CallToolResponse::Complete(r)) => Outcome::Succeeded {
+                detail: format!("{} content block(s)", r.content.len()),
+            },
+            Ok(_) => Outcome::Succeeded {
+                detail: "incomplete result (input required or task)".into(),
+            },
+            Err(e) => Outcome::Failed {
+                detail: excerpt(&e.to_string()),
+            },
+        };
+        self.record(&action, &permit, outcome).await;
+        result.map_err(service_error)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        self.caller(&context)?;
+        let resources = self
+            .hub
+            .upstreams
+            .iter()
+            .flat_map(|u| u.offer().resources.clone())
+            .collect();
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        self.caller(&context)?;
+        let templates = self
+            .hub
+            .upstreams
+            .iter()
+            .flat_map(|u| u.offer().templates.clone())
+            .collect();
+        Ok(ListResourceTemplatesResult::with_all_items(templates))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let caller = self.caller(&context)?;
+        let upstream = self.resource_owner(&request.uri).ok_or_else(|| {
+            McpError::resource_not_found(format!("no upstream offers {:?}", request.uri), None)
+        })?;
+        let meta = request.meta.clone().unwrap_or_default();
+        let intent = take_intent(&meta, &mut None, None);
+        let action = self.action(
+            &caller,
+            upstream,
+            ActionClass::McpRead,
+            &request.uri,
+            serde_json::Value::Object(Default::default()),
+            intent,
+        );
+        let permit = self
+            .decide(action.clone(), &context)
+            .await
+            .map_err(|Refusal(text)| McpError::new(REFUSED, text, None))?;
+        let peer = upstream.peer().ok_or_else(|| {
+            McpError::internal_error(format!("upstream {} is not connected", upstream.name), None)
+        })?;
+        let mut forwarded = request.clone();
+        forwarded.meta = upstream_meta(&meta, None);
+        let result = peer.read_resource_once(forwarded).await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Succeeded {
+                detail: "read".into(),
+            },
+            Err(e) => Outcome::Failed {
+                detail: excerpt(&e.to_string()),
+            },
+        };
+        self.record(&action, &permit, outcome).await;
+        result.map_err(service_error)
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        self.caller(&context)?;
+        let mut prompts = Vec::new();
+        for upstream in &self.hub.upstreams {
+            for prompt in &upstream.offer().prompts {
+                let mut prompt = prompt.clone();
+                prompt.name = format!("{}{SEPARATOR}{}", upstream.name, prompt.name);
+                prompts.push(prompt);
+            }
+        }
+        Ok(ListPromptsResult::with_all_items(prompts))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let caller = self.caller(&context)?;
+        let (upstream, prompt) = self.split(&request.name)?;
+        if !upstream.offer().prompts.iter().any(|p| p.name == prompt) {
+            return Err(McpError::invalid_params(
+                format!("unknown prompt {:?}", request.name),
+                None,
+            ));
+        }
+        let meta = request.meta.clone().unwrap_or_default();
+        let intent = take_intent(&meta, &mut None, None);
+        let args = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
+        let action = self.action(
+            &caller,
+            upstream,
+            ActionClass::McpRead,
+            prompt,
+            args,
+            intent,
+        );
+        let permit = self
+            .decide(action.clone(), &context)
+            .await
+            .map_err(|Refusal(text)| McpError::new(REFUSED, text, None))?;
+        let peer = upstream.peer().ok_or_else(|| {
+            McpError::internal_error(format!("upstream {} is not connected", upstream.name), None)
+        })?;
+        let mut forwarded = request.clone();
+        forwarded.name = prompt.to_owned();
+        forwarded.meta = upstream_meta(&meta, None);
+        let result = peer.get_prompt_once(forwarded).await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Succeeded {
+                detail: "prompt".into(),
+            },
+            Err(e) => Outcome::Failed {
+                detail: excerpt(&e.to_string()),
+            },
+        };
+        self.record(&action, &permit, outcome).await;
+        result.map_err(service_error)
+    }
+}

@@ -1,0 +1,402 @@
+//! One upstream MCP server: how to reach it, a supervisor that keeps a
+//! connection up (restarting with backoff), and what it offers (tools,
+//! resources, prompts), re-listed whenever it says its lists changed.
+
+use crate::Hub;
+use gavel_config::McpResourceConfig;
+use gavel_core::Resource;
+use rmcp::model::{
+    ClientCapabilities, ClientConfig, Implementation, ProgressNotificationParam, Prompt,
+    ProtocolVersion, Resource as McpResource, ResourceTemplate, Tool,
+};
+use rmcp::service::{NotificationContext, Peer, RoleClient, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientHandler, ServiceExt};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
+
+/// The first pause before reconnecting; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A connection that lived this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(30);
+/// How long connecting and listing may take before the attempt counts as
+/// failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How gavel reaches an upstream.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// A child process spoken to over stdio.
+    Command {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// The child's whole environment (nothing else is inherited).
+        env: Vec<(String, String)>,
+        /// Working directory.
+        cwd: Option<std::path::PathBuf>,
+    },
+    /// Streamable HTTP.
+    Http {
+        /// Endpoint URL.
+        url: String,
+        /// Bearer token sent upstream (never logged).
+        bearer: Option<String>,
+    },
+}
+
+impl Transport {
+    /// The transport of a `[[resources.mcp]]` entry, reading the secrets it
+    /// names from gavel's environment. Fails naming the missing variable.
+    pub fn from_config(c: &McpResourceConfig) -> Result<Transport, String> {
+        if let Some(argv) = &c.command {
+            let mut env: Vec<(String, String)> = Vec::new();
+            for name in &c.inherit_env {
+                if let Ok(v) = std::env::var(name) {
+                    env.push((name.clone(), v));
+                }
+            }
+            for (child, ours) in &c.env_from {
+                let v = std::env::var(ours).map_err(|_| {
+                    format!(
+                        "resource {}: env_from.{child} names ${ours}, which is not set",
+                        c.name
+                    )
+                })?;
+                env.push((child.clone(), v));
+            }
+            for (k, v) in &c.env {
+                env.push((k.clone(), v.clone()));
+            }
+            return Ok(Transport::Command {
+                argv: argv.clone(),
+                env,
+                cwd: c.cwd.clone(),
+            });
+        }
+        let url = c
+            .url
+            .clone()
+            .ok_or_else(|| format!("resource {}: needs command or url", c.name))?;
+        let bearer = match &c.bearer_token_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                format!(
+                    "resource {}: bearer_token_env names ${var}, which is not set",
+                    c.name
+                )
+            })?),
+            None => None,
+        };
+        Ok(Transport::Http { url, bearer })
+    }
+}
+
+/// What an upstream offers, as last listed.
+#[derive(Debug, Clone, Default)]
+pub struct Offer {
+    /// Its tools, unprefixed.
+    pub tools: Vec<Tool>,
+    /// Its resources.
+    pub resources: Vec<McpResource>,
+    /// Its resource templates.
+    pub templates: Vec<ResourceTemplate>,
+    /// Its prompts, unprefixed.
+    pub prompts: Vec<Prompt>,
+}
+
+/// The supervisor's view of an upstream, for `/readyz`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    /// The resource name.
+    pub name: String,
+    /// Connected and listed.
+    pub up: bool,
+    /// Connections made so far (1 + restarts).
+    pub connects: u64,
+    /// Why the last attempt or connection ended, if it did.
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    peer: Option<Peer<RoleClient>>,
+    offer: Arc<Offer>,
+    connects: u64,
+    last_error: Option<String>,
+}
+
+/// One upstream MCP server.
+pub struct Upstream {
+    /// The resource name (tool prefix).
+    pub name: String,
+    /// The resource as policy sees it.
+    pub resource: Resource,
+    transport: Transport,
+    state: Mutex<State>,
+    changed: tokio::sync::Notify,
+}
+
+impl Upstream {
+    /// An upstream that is not connected yet.
+    pub fn new(name: String, resource: Resource, transport: Transport) -> Arc<Upstream> {
+        Arc::new(Upstream {
+            name,
+            resource,
+            transport,
+            state: Mutex::new(State::default()),
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live connection, if there is one.
+    pub fn peer(&self) -> Option<Peer<RoleClient>> {
+        self.state().peer.clone()
+    }
+
+    /// What it offers (empty while it is down).
+    pub fn offer(&self) -> Arc<Offer> {
+        self.state().offer.clone()
+    }
+
+    /// For `/readyz`.
+    pub fn health(&self) -> Health {
+        let s = self.state();
+        Health {
+            name: self.name.clone(),
+            up: s.peer.is_some(),
+            connects: s.connects,
+            last_error: s.last_error.clone(),
+        }
+    }
+
+    /// Waits until the upstream is connected or `timeout` passes.
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if self.peer().is_some() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.peer().is_some();
+            }
+        }
+    }
+
+    fn set_down(&self, why: String) {
+        let mut s = self.state();
+        s.peer = None;
+        s.offer = Arc::new(Offer::default());
+        s.last_error = Some(why);
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    /// Keeps a connection up for as long as the gateway runs: connects,
+    /// lists, waits for the connection to end, and starts over with
+    /// exponential backoff.
+    pub(crate) async fn supervise(self: Arc<Self>, hub: Weak<Hub>) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let started = Instant::now();
+            match tokio::time::timeout(CONNECT_TIMEOUT, self.connect(hub.clone())).await {
+                Ok(Ok(running)) => {
+                    tracing::info!(upstream = %self.name, "MCP upstream connected");
+                    if let Some(hub) = hub.upgrade() {
+                        hub.lists_changed(self.offer().as_ref());
+                    }
+                    let why = match running.waiting().await {
+                        Ok(reason) => format!("connection ended: {reason:?}"),
+                        Err(e) => format!("connection task failed: {e}"),
+                    };
+                    tracing::warn!(upstream = %self.name, reason = %why, "MCP upstream went away; restarting");
+                    metrics::counter!("gavel_mcp_upstream_restarts_total", "upstream" => self.name.clone()).increment(1);
+                    self.set_down(why);
+                    if let Some(hub) = hub.upgrade() {
+                        hub.lists_changed(&Offer::default());
+                    }
+                    if started.elapsed() >= STABLE {
+                        backoff = MIN_BACKOFF;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(upstream = %self.name, error = %e, "cannot connect to MCP upstream");
+                    self.set_down(e);
+                }
+                Err(_) => {
+                    let why = format!("no answer within {}s", CONNECT_TIMEOUT.as_secs());
+                    tracing::warn!(upstream = %self.name, error = %why, "cannot connect to MCP upstream");
+                    self.set_down(why);
+                }
+            }
+            if hub.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn connect(
+        self: &Arc<Self>,
+        hub: Weak<Hub>,
+    ) -> Result<RunningService<RoleClient, Events>, String> {
+        let events = Events {
+            upstream: Arc::downgrade(self),
+            hub,
+        };
+        let running = match &self.transport {
+            Transport::Command { argv, env, cwd } => {
+                let mut cmd = tokio::process::Command::new(&argv[0]);
+                cmd.args(&argv[1..]).env_clear().envs(env.iter().cloned());
+                if let Some(dir) = cwd {
+                    cmd.current_dir(dir);
+                }
+                let (child, stderr) = TokioChildProcess::builder(cmd)
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| format!("cannot start {:?}: {e}", argv[0]))?;
+                if let Some(stderr) = stderr {
+                    // The child's diagnostics go to gavel's log, line by line.
+                    let name = self.name.clone();
+                    tokio::spawn(async move {
+                        let mut lines = tokio::io::BufReader::new(stderr).lines();
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            tracing::debug!(upstream = %name, "{line}");
+                        }
+                    });
+                }
+                events
+                    .serve(child)
+                    .await
+                    .map_err(|e| format!("initialize failed: {e}"))?
+            }
+            Transport::Http { url, bearer } => {
+                let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+                if let Some(token) = bearer {
+                    config = config.auth_header(token.clone());
+                }
+                events
+                    .serve(StreamableHttpClientTransport::from_config(config))
+                    .await
+                    .map_err(|e| format!("initialize failed: {e}"))?
+            }
+        };
+        let peer = running.peer().clone();
+        let offer = list(&peer).await?;
+        {
+            let mut s = self.state();
+            s.peer = Some(peer);
+            s.offer = Arc::new(offer);
+            s.connects += 1;
+            s.last_error = None;
+        }
+        self.changed.notify_waiters();
+        Ok(running)
+    }
+
+    /// Lists again after the upstream said a list changed.
+    async fn refresh(&self) -> Result<(), String> {
+        let Some(peer) = self.peer() else {
+            return Ok(());
+        };
+        let offer = list(&peer).await?;
+        self.state().offer = Arc::new(offer);
+        Ok(())
+    }
+}
+
+async fn list(peer: &Peer<RoleClient>) -> Result<Offer, String> {
+    let caps = peer
+        .peer_info()
+        .map(|i| i.capabilities.clone())
+        .unwrap_or_default();
+    let mut offer = Offer::default();
+    if caps.tools.is_some() {
+        offer.tools = peer
+            .list_all_tools()
+            .await
+            .map_err(|e| format!("tools/list failed: {e}"))?;
+    }
+    if caps.resources.is_some() {
+        offer.resources = peer
+            .list_all_resources()
+            .await
+            .map_err(|e| format!("resources/list failed: {e}"))?;
+        offer.templates = peer
+            .list_all_resource_templates()
+            .await
+            .map_err(|e| format!("resources/templates/list failed: {e}"))?;
+    }
+    if caps.prompts.is_some() {
+        offer.prompts = peer
+            .list_all_prompts()
+            .await
+            .map_err(|e| format!("prompts/list failed: {e}"))?;
+    }
+    Ok(offer)
+}
+
+/// gavel as an MCP client of one upstream: relays progress to whoever
+/// waits for it and re-lists when the upstream's lists change.
+#[derive(Clone)]
+pub(crate) struct Events {
+    upstream: Weak<Upstream>,
+    hub: Weak<Hub>,
+}
+
+impl Events {
+    async fn relist(&self) {
+        let (Some(upstream), Some(hub)) = (self.upstream.upgrade(), self.hub.upgrade()) else {
+            return;
+        };
+        let before = upstream.offer();
+        if let Err(e) = upstream.refresh().await {
+            tracing::warn!(upstream = %upstream.name, error = %e, "re-listing failed");
+            return;
+        }
+        let after = upstream.offer();
+        hub.lists_changed_between(before.as_ref(), after.as_ref());
+    }
+}
+
+impl ClientHandler for Events {
+    fn get_info(&self) -> ClientConfig {
+        // The session lifecycle (initialize, list_changed notifications on
+        // the connection) is what gavel relays; the stateless 2026-07-28
+        // lifecycle is not negotiated upstream.
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("gavel", env!("CARGO_PKG_VERSION")),
+        )
+        .with_protocol_version(ProtocolVersion::V_2025_11_25)
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.relay_progress(params).await;
+        }
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.relist().await;
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.relist().await;
+    }
+
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.relist().await;
+    }
+}
