@@ -634,11 +634,29 @@ async fn bad_tokens_malformed_json_rpc_and_session_theft_are_refused() {
     assert!(r.status().is_success(), "{}", r.status());
     let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
     let r = post(Some(BOB), list, Some(&session)).await.unwrap();
+    assert_eq!(r.status(), 403);
     let text = r.text().await.unwrap();
     assert!(
         text.contains("belongs to another principal") && !text.contains("everything__echo"),
         "{text}"
     );
+    // Nor its notifications (a cancel), its event stream or its end.
+    let cancel = r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":2}}"#;
+    let r = post(Some(BOB), cancel, Some(&session)).await.unwrap();
+    assert_eq!(r.status(), 403);
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let r =
+            m.g.http
+                .request(method.clone(), m.url())
+                .bearer_auth(BOB)
+                .header("accept", "text/event-stream")
+                .header("mcp-session-id", &session)
+                .header("mcp-protocol-version", "2025-11-25")
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(r.status(), 403, "{method}");
+    }
     let r = post(Some(&m.g.agent_token), list, Some(&session))
         .await
         .unwrap();

@@ -404,9 +404,29 @@ impl Loaded {
         self.audit_key_file().with_file_name("audit.checkpoint")
     }
 
-    /// The resource named `name` among the configured ones: its kind and tags.
-    pub fn resource(&self, name: &str) -> Option<&ApiResourceConfig> {
-        self.config.resources.api.iter().find(|r| r.name == name)
+    /// The resource named `name` among every configured kind (`api`
+    /// entries, `postgres` proxies, `mcp` upstreams): its kind and tags, as
+    /// the surfaces describe it to policy.
+    pub fn resource(&self, name: &str) -> Option<ApiResourceConfig> {
+        let r = &self.config.resources;
+        if let Some(api) = r.api.iter().find(|r| r.name == name) {
+            return Some(api.clone());
+        }
+        let found = |kind: &str, tags: &BTreeMap<String, String>| ApiResourceConfig {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            tags: tags.clone(),
+        };
+        r.postgres
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| found("postgres", &p.tags))
+            .or_else(|| {
+                r.mcp
+                    .iter()
+                    .find(|m| m.name == name)
+                    .map(|m| found("mcp", &m.tags))
+            })
     }
 }
 
@@ -621,6 +641,8 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
         let key = |field: &str| format!("resources.mcp[{i}].{field}");
         let valid_name = !r.name.is_empty()
             && !r.name.contains("__")
+            && !r.name.starts_with('_')
+            && !r.name.ends_with('_')
             && r.name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
@@ -628,7 +650,7 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
             return Err(fail(
                 key("name"),
                 format!(
-                    "{:?} must be letters, digits, '-' and '_' without \"__\" (it prefixes tool names)",
+                    "{:?} must be letters, digits, '-' and '_', without \"__\" and not starting or ending with '_' (it prefixes tool names as NAME__TOOL)",
                     r.name
                 ),
             ));
@@ -757,8 +779,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.resources.mcp[0].inherit_env, ["PATH", "HOME"]);
-        let e = err("[[resources.mcp]]\nname = \"a__b\"\ncommand = [\"x\"]\n");
-        assert!(e.contains("resources.mcp[0].name"), "{e}");
+        for bad in ["a__b", "files_", "_x", "a b", ""] {
+            let e = err(&format!(
+                "[[resources.mcp]]\nname = \"{bad}\"\ncommand = [\"x\"]\n"
+            ));
+            assert!(e.contains("resources.mcp[0].name"), "{bad}: {e}");
+        }
         let e = err("[[resources.mcp]]\nname = \"a\"\n");
         assert!(e.contains("exactly one of command"), "{e}");
         let e = err("[[resources.mcp]]\nname = \"a\"\ncommand = [\"x\"]\nurl = \"http://h/mcp\"\n");

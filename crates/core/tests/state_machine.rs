@@ -292,3 +292,40 @@ fn who_may_decide_is_checked_before_the_state() {
         Err(DecideError::NotPending(RequestState::Denied))
     );
 }
+
+#[test]
+fn only_the_initiator_withdraws_and_only_while_pending() {
+    let cast = cast();
+    for other in &cast[1..] {
+        let mut r = request(1);
+        assert!(!r.withdraw(other, Timestamp(1)), "{other:?} withdrew");
+        assert_eq!(r.state, RequestState::Pending);
+    }
+    let mut r = request(1);
+    assert!(r.withdraw(&cast[0], Timestamp(1)));
+    assert_eq!(r.state, RequestState::Expired);
+    // Nothing can be approved after it.
+    assert!(
+        r.decide(
+            &cast[4],
+            Decision::Approve,
+            "",
+            Timestamp(2),
+            Duration::from_secs(60)
+        )
+        .is_err()
+    );
+    // An approved request is no longer the initiator's to withdraw: its
+    // grant expires or is used.
+    let mut r = request(1);
+    r.decide(
+        &cast[4],
+        Decision::Approve,
+        "",
+        Timestamp(1),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(!r.withdraw(&cast[0], Timestamp(2)));
+    assert_eq!(r.state, RequestState::Approved);
+}

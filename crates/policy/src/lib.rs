@@ -497,10 +497,12 @@ impl PolicyEngine for CedarEngine {
                     })
             });
         }
+        // Each forbid behind the denial matched; one that ignores the
+        // arguments matches whatever they are.
         denial
             .policies
             .iter()
-            .any(|id| bundle.policies.get(id).is_none_or(|p| p.reads_args))
+            .all(|id| bundle.policies.get(id).is_none_or(|p| p.reads_args))
     }
 }
 

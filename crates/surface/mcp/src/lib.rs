@@ -57,6 +57,10 @@ pub(crate) struct Hub {
     /// gavel's progress token for an upstream call → the client that
     /// waits and the token it chose.
     progress: Mutex<HashMap<String, (Peer<RoleServer>, ProgressToken)>>,
+    /// `Mcp-Session-Id` → the principal that opened it and when it was
+    /// last used: every request that names a session, whatever its method,
+    /// must come from that principal.
+    session_owners: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 fn token_key(t: &ProgressToken) -> String {
@@ -207,6 +211,7 @@ impl McpGateway {
                 public_url: public_url.trim_end_matches('/').to_owned(),
                 peers: Mutex::new(Vec::new()),
                 progress: Mutex::new(HashMap::new()),
+                session_owners: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -244,22 +249,72 @@ impl McpGateway {
         let mut config = StreamableHttpServerConfig::default();
         config.allowed_hosts = allowed_hosts;
         config.sse_keep_alive = Some(Duration::from_secs(15));
+        let mut sessions = LocalSessionManager::default();
+        // An idle session is closed, and closing cancels its requests; a
+        // held call must outlive its hold.
+        sessions.session_config.keep_alive = Some(self.hub.session_idle());
         let service = StreamableHttpService::new(
             move || Ok(session::Session::new(hub.clone())),
-            Arc::new(LocalSessionManager::default()),
+            Arc::new(sessions),
             config,
         );
         axum::Router::new()
             .route_service("/mcp", service)
             .layer(axum::middleware::from_fn(check_json_rpc))
-            .layer(axum::middleware::from_fn_with_state(auth, authenticate))
+            .layer(axum::middleware::from_fn_with_state(
+                (auth, self.hub.clone()),
+                authenticate,
+            ))
+    }
+}
+
+impl Hub {
+    /// How long an MCP session may stay idle: well past the longest hold.
+    fn session_idle(&self) -> Duration {
+        self.hold.max(Duration::from_secs(240)) + Duration::from_secs(60)
+    }
+
+    /// Whether `principal` may use session `id`; an unknown id is left to
+    /// the SDK (which answers 404).
+    fn session_allowed(&self, id: &str, principal: &str) -> bool {
+        let mut owners = self
+            .session_owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match owners.get_mut(id) {
+            Some((owner, seen)) if owner == principal => {
+                *seen = std::time::Instant::now();
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
+    fn session_opened(&self, id: String, principal: String) {
+        let idle = self.session_idle();
+        let mut owners = self
+            .session_owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        owners.retain(|_, (_, seen)| seen.elapsed() < idle);
+        owners.insert(id, (principal, std::time::Instant::now()));
+    }
+
+    fn session_closed(&self, id: &str) {
+        self.session_owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 }
 
 /// Authenticates every `/mcp` request by its bearer token; the principal
-/// travels to the session in the request's extensions.
+/// travels to the session in the request's extensions. A request that
+/// names a session (`Mcp-Session-Id`), whatever its method (POST, the GET
+/// stream, DELETE), must come from the principal that opened it.
 async fn authenticate(
-    State(auth): State<Arc<Authenticator>>,
+    State((auth, hub)): State<(Arc<Authenticator>, Arc<Hub>)>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -291,11 +346,42 @@ async fn authenticate(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string());
+    let who = principal.qualified_id();
+    let session = request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(id) = &session
+        && !hub.session_allowed(id, &who)
+    {
+        return (
+            http::StatusCode::FORBIDDEN,
+            axum::Json(jsonrpc_error(
+                -32600,
+                "gavel: this MCP session belongs to another principal",
+            )),
+        )
+            .into_response();
+    }
+    let closing = request.method() == http::Method::DELETE;
     request
         .extensions_mut()
         .insert(Caller { principal, source });
-    next.run(request).await
+    let response = next.run(request).await;
+    match (&session, response.headers().get(SESSION_HEADER)) {
+        (None, Some(opened)) if response.status().is_success() => {
+            if let Ok(id) = opened.to_str() {
+                hub.session_opened(id.to_owned(), who);
+            }
+        }
+        (Some(id), _) if closing && response.status().is_success() => hub.session_closed(id),
+        _ => {}
+    }
+    response
 }
+
+const SESSION_HEADER: &str = "mcp-session-id";
 
 fn jsonrpc_error(code: i64, message: &str) -> serde_json::Value {
     jsonrpc_error_for(serde_json::Value::Null, code, message)
@@ -309,8 +395,26 @@ fn jsonrpc_error_for(id: serde_json::Value, code: i64, message: &str) -> serde_j
     })
 }
 
-/// The largest JSON-RPC message `/mcp` accepts.
-const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// The largest JSON-RPC message `/mcp` accepts (the SDK's own limit).
+const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+
+/// The requests of the MCP revisions gavel serves; any other method is
+/// unknown (-32601), whatever its params.
+const KNOWN_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+];
 
 /// Answers what is not one well-formed JSON-RPC 2.0 message with JSON-RPC's
 /// own error codes (-32700 parse error, -32600 invalid request, -32602
@@ -370,13 +474,25 @@ async fn check_json_rpc(request: Request, next: Next) -> Response {
             );
         }
     }
-    if let Err(e) = serde_json::from_value::<rmcp::model::ClientJsonRpcMessage>(value.clone()) {
-        let (code, what) = if object.contains_key("method") {
-            (-32602, "Invalid params")
-        } else {
-            (-32600, "Invalid Request")
-        };
-        return bad_message(id, code, &format!("{what}: {e}"));
+    let method = object.get("method").and_then(|m| m.as_str());
+    match serde_json::from_value::<rmcp::model::ClientJsonRpcMessage>(value.clone()) {
+        // The SDK reads a request it cannot type as a custom one: for a
+        // method MCP defines, that means its params are wrong.
+        Ok(rmcp::model::JsonRpcMessage::Request(r))
+            if matches!(r.request, rmcp::model::ClientRequest::CustomRequest(_))
+                && method.is_some_and(|m| KNOWN_METHODS.contains(&m)) =>
+        {
+            return bad_message(id, -32602, "Invalid params for this method");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let (code, what) = match method {
+                Some(m) if KNOWN_METHODS.contains(&m) => (-32602, "Invalid params"),
+                Some(_) => (-32601, "Method not found"),
+                None => (-32600, "Invalid Request"),
+            };
+            return bad_message(id, code, &format!("{what}: {e}"));
+        }
     }
     next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await

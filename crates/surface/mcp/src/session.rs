@@ -35,6 +35,8 @@ pub(crate) struct Session {
     hub: Arc<Hub>,
     /// The principal that opened the session (qualified id).
     owner: OnceLock<String>,
+    /// Set once the session's peer is registered for list changes.
+    registered: OnceLock<()>,
     recent: Mutex<VecDeque<String>>,
 }
 
@@ -87,6 +89,7 @@ impl Session {
         Session {
             hub,
             owner: OnceLock::new(),
+            registered: OnceLock::new(),
             recent: Mutex::new(VecDeque::new()),
         }
     }
@@ -110,12 +113,18 @@ impl Session {
         Ok(caller)
     }
 
-    fn visibility(&self, caller: &Caller, upstream: &Upstream, tool: &str) -> Visibility {
+    fn visibility(
+        &self,
+        caller: &Caller,
+        upstream: &Upstream,
+        class: ActionClass,
+        name: &str,
+    ) -> Visibility {
         let action = self.action(
             caller,
             upstream,
-            ActionClass::McpCall,
-            tool,
+            class,
+            name,
             serde_json::Value::Object(Default::default()),
             String::new(),
         );
@@ -247,9 +256,20 @@ impl Session {
         match request.state {
             RequestState::Approved => match self.hub.gate.check(action).await {
                 Ok(Verdict::Allow(permit)) => Ok(permit),
-                Ok(_) | Err(_) => Err(pending(
-                    "the approval was used or changed before this call could run",
-                )),
+                // Another identical call spent the grant first (or policy
+                // changed): the gate opened a new request; name that one.
+                Ok(Verdict::Pending(new)) => {
+                    let new_url = format!("{}/requests/{}", self.hub.public_url, new.id);
+                    Err(Refusal(format!(
+                        "gavel: the approval of request {id} was used by an identical call first; this call needs request {} approved: {new_url}",
+                        new.id
+                    )))
+                }
+                Ok(Verdict::Deny { policies, reason }) => Err(Refusal(format!(
+                    "gavel: request {id} was approved, but policy now denies the call ({}): {reason}",
+                    policies.join(", ")
+                ))),
+                Err(_) => Err(pending("could not use the approval")),
             },
             RequestState::Denied => {
                 let by = request
@@ -297,20 +317,43 @@ impl Session {
             })
     }
 
-    /// The upstream that serves `uri`: the one that listed it, else the
-    /// one with a template whose fixed prefix it starts with.
-    fn resource_owner(&self, uri: &str) -> Option<&Arc<Upstream>> {
+    /// The one upstream that serves `uri`: the one that listed it, else
+    /// the one with a template whose fixed prefix it starts with. A URI two
+    /// upstreams claim is refused rather than guessed.
+    fn resource_owner(&self, uri: &str) -> Result<&Arc<Upstream>, McpError> {
         let ups = &self.hub.upstreams;
-        ups.iter()
-            .find(|u| u.offer().resources.iter().any(|r| r.uri == uri))
-            .or_else(|| {
-                ups.iter().find(|u| {
+        let mut owners: Vec<&Arc<Upstream>> = ups
+            .iter()
+            .filter(|u| u.offer().resources.iter().any(|r| r.uri == uri))
+            .collect();
+        if owners.is_empty() {
+            owners = ups
+                .iter()
+                .filter(|u| {
                     u.offer().templates.iter().any(|t| {
                         let prefix = t.uri_template.split('{').next().unwrap_or("");
                         !prefix.is_empty() && uri.starts_with(prefix)
                     })
                 })
-            })
+                .collect();
+        }
+        match owners.as_slice() {
+            [one] => Ok(one),
+            [] => Err(McpError::resource_not_found(
+                format!("no upstream offers {uri:?}"),
+                None,
+            )),
+            many => Err(McpError::invalid_params(
+                format!(
+                    "{uri:?} is offered by several upstreams ({}); gavel will not guess",
+                    many.iter()
+                        .map(|u| u.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None,
+            )),
+        }
     }
 }
 
@@ -346,22 +389,25 @@ fn take_intent(
     }
 }
 
-/// `_meta` for the upstream: the client's, without gavel's `intent` and
-/// with gavel's own progress token in place of the client's.
-fn upstream_meta(
-    meta: &RequestMetaObject,
-    progress: Option<&crate::ProgressRelay>,
-) -> Option<RequestMetaObject> {
+/// `_meta` for the upstream: only gavel's own progress token. Nothing of
+/// the client's `_meta` passes, since none of it is gated.
+fn upstream_meta(progress: Option<&crate::ProgressRelay>) -> Option<RequestMetaObject> {
+    let relay = progress?;
     let mut out = RequestMetaObject::default();
-    for (k, v) in meta.iter() {
-        if k != "intent" && k != "progressToken" {
-            out.insert(k.clone(), v.clone());
-        }
+    out.set_progress_token(relay.token.clone());
+    Some(out)
+}
+
+/// The request's `_meta`: rmcp moves it into the context.
+fn request_meta(
+    context: &RequestContext<RoleServer>,
+    own: Option<&RequestMetaObject>,
+) -> RequestMetaObject {
+    let mut meta = own.cloned().unwrap_or_default();
+    for (k, v) in context.meta.iter() {
+        meta.entry(k.clone()).or_insert_with(|| v.clone());
     }
-    if let Some(relay) = progress {
-        out.set_progress_token(relay.token.clone());
-    }
-    (!out.is_empty()).then_some(out)
+    meta
 }
 
 impl ServerHandler for Session {
@@ -383,8 +429,9 @@ impl ServerHandler for Session {
     }
 
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
-        // Sessions (Mcp-Session-Id) and list_changed notifications on them.
-        Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+        // Sessions (Mcp-Session-Id) with list_changed notifications on
+        // them, and no JSON-RPC batches (which 2025-03-26 allowed).
+        Cow::Borrowed(&[ProtocolVersion::V_2025_06_18, ProtocolVersion::V_2025_11_25])
     }
 
     async fn initialize(
@@ -394,7 +441,9 @@ impl ServerHandler for Session {
     ) -> Result<InitializeResult, McpError> {
         self.caller(&context)?;
         context.peer.set_peer_info(request.clone());
-        self.hub.register(context.peer.clone());
+        if self.registered.set(()).is_ok() {
+            self.hub.register(context.peer.clone());
+        }
         self.negotiate_initialize(&request)
     }
 
@@ -407,7 +456,12 @@ impl ServerHandler for Session {
         let mut tools = Vec::new();
         for upstream in &self.hub.upstreams {
             for tool in &upstream.offer().tools {
-                let note = match self.visibility(&caller, upstream, &tool.name) {
+                let note = match self.visibility(
+                    &caller,
+                    upstream,
+                    ActionClass::McpCall,
+                    &tool.name,
+                ) {
                     Visibility::Hidden => continue,
                     Visibility::Allowed => None,
                     Visibility::NeedsApproval => {
@@ -455,10 +509,7 @@ impl ServerHandler for Session {
             ));
         };
         let mut args = request.arguments.clone();
-        let mut meta = request.meta.clone().unwrap_or_default();
-        for (k, v) in context.meta.iter() {
-            meta.entry(k.clone()).or_insert_with(|| v.clone());
-        }
+        let meta = request_meta(&context, request.meta.as_ref());
         let intent = take_intent(&meta, &mut args, Some(tool.input_schema.as_ref()));
         let args_json = serde_json::Value::Object(args.clone().unwrap_or_default());
         let mut action = self.action(
@@ -504,10 +555,17 @@ impl ServerHandler for Session {
             .map(|t| self.hub.progress_relay(context.peer.clone(), t));
         let mut forwarded = CallToolRequestParams::new(tool_name.to_owned());
         forwarded.arguments = args;
-        forwarded.meta = upstream_meta(&meta, relay.as_ref());
+        forwarded.meta = upstream_meta(relay.as_ref());
         let result = tokio::select! {
             r = peer.call_tool_once(forwarded) => r,
-            _ = context.ct.cancelled() => Err(ServiceError::Cancelled { reason: Some("cancelled by the client".into()) }),
+            _ = context.ct.cancelled() => {
+                drop(relay);
+                // It was forwarded: the upstream may well have run it.
+                self.record(&action, &permit, Outcome::Succeeded {
+                    detail: "forwarded; the client cancelled before the result, so the outcome is unknown".into(),
+                }).await;
+                return Err(McpError::internal_error("cancelled by the client", None));
+            }
         };
         drop(relay);
         let outcome = match &result {
@@ -539,13 +597,18 @@ impl ServerHandler for Session {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        self.caller(&context)?;
-        let resources = self
-            .hub
-            .upstreams
-            .iter()
-            .flat_map(|u| u.offer().resources.clone())
-            .collect();
+        let caller = self.caller(&context)?;
+        let mut resources = Vec::new();
+        for upstream in &self.hub.upstreams {
+            for r in &upstream.offer().resources {
+                if !matches!(
+                    self.visibility(&caller, upstream, ActionClass::McpRead, &r.uri),
+                    Visibility::Hidden
+                ) {
+                    resources.push(r.clone());
+                }
+            }
+        }
         Ok(ListResourcesResult::with_all_items(resources))
     }
 
@@ -570,10 +633,8 @@ impl ServerHandler for Session {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let caller = self.caller(&context)?;
-        let upstream = self.resource_owner(&request.uri).ok_or_else(|| {
-            McpError::resource_not_found(format!("no upstream offers {:?}", request.uri), None)
-        })?;
-        let meta = request.meta.clone().unwrap_or_default();
+        let upstream = self.resource_owner(&request.uri)?;
+        let meta = request_meta(&context, request.meta.as_ref());
         let intent = take_intent(&meta, &mut None, None);
         let action = self.action(
             &caller,
@@ -587,11 +648,20 @@ impl ServerHandler for Session {
             .decide(action.clone(), &context)
             .await
             .map_err(|Refusal(text)| McpError::new(REFUSED, text, None))?;
-        let peer = upstream.peer().ok_or_else(|| {
-            McpError::internal_error(format!("upstream {} is not connected", upstream.name), None)
-        })?;
-        let mut forwarded = request.clone();
-        forwarded.meta = upstream_meta(&meta, None);
+        let Some(peer) = upstream.peer() else {
+            let detail = format!("upstream {} is not connected", upstream.name);
+            self.record(
+                &action,
+                &permit,
+                Outcome::Failed {
+                    detail: detail.clone(),
+                },
+            )
+            .await;
+            return Err(McpError::internal_error(detail, None));
+        };
+        // Exactly what was gated: the URI, nothing else of the client's.
+        let forwarded = ReadResourceRequestParams::new(request.uri.clone());
         let result = peer.read_resource_once(forwarded).await;
         let outcome = match &result {
             Ok(_) => Outcome::Succeeded {
@@ -610,10 +680,16 @@ impl ServerHandler for Session {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
-        self.caller(&context)?;
+        let caller = self.caller(&context)?;
         let mut prompts = Vec::new();
         for upstream in &self.hub.upstreams {
             for prompt in &upstream.offer().prompts {
+                if matches!(
+                    self.visibility(&caller, upstream, ActionClass::McpRead, &prompt.name),
+                    Visibility::Hidden
+                ) {
+                    continue;
+                }
                 let mut prompt = prompt.clone();
                 prompt.name = format!("{}{SEPARATOR}{}", upstream.name, prompt.name);
                 prompts.push(prompt);
@@ -635,7 +711,7 @@ impl ServerHandler for Session {
                 None,
             ));
         }
-        let meta = request.meta.clone().unwrap_or_default();
+        let meta = request_meta(&context, request.meta.as_ref());
         let intent = take_intent(&meta, &mut None, None);
         let args = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
         let action = self.action(
@@ -650,12 +726,21 @@ impl ServerHandler for Session {
             .decide(action.clone(), &context)
             .await
             .map_err(|Refusal(text)| McpError::new(REFUSED, text, None))?;
-        let peer = upstream.peer().ok_or_else(|| {
-            McpError::internal_error(format!("upstream {} is not connected", upstream.name), None)
-        })?;
-        let mut forwarded = request.clone();
-        forwarded.name = prompt.to_owned();
-        forwarded.meta = upstream_meta(&meta, None);
+        let Some(peer) = upstream.peer() else {
+            let detail = format!("upstream {} is not connected", upstream.name);
+            self.record(
+                &action,
+                &permit,
+                Outcome::Failed {
+                    detail: detail.clone(),
+                },
+            )
+            .await;
+            return Err(McpError::internal_error(detail, None));
+        };
+        // Exactly what was gated: the name and the arguments.
+        let mut forwarded = GetPromptRequestParams::new(prompt.to_owned());
+        forwarded.arguments = request.arguments.clone();
         let result = peer.get_prompt_once(forwarded).await;
         let outcome = match &result {
             Ok(_) => Outcome::Succeeded {

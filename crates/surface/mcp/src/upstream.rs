@@ -26,8 +26,9 @@ const STABLE: Duration = Duration::from_secs(30);
 /// failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How gavel reaches an upstream.
-#[derive(Debug, Clone)]
+/// How gavel reaches an upstream. Its `Debug` leaves out environment
+/// values and the bearer token.
+#[derive(Clone)]
 pub enum Transport {
     /// A child process spoken to over stdio.
     Command {
@@ -45,6 +46,24 @@ pub enum Transport {
         /// Bearer token sent upstream (never logged).
         bearer: Option<String>,
     },
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Command { argv, env, cwd } => f
+                .debug_struct("Command")
+                .field("argv", argv)
+                .field("env", &env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+                .field("cwd", cwd)
+                .finish(),
+            Transport::Http { url, bearer } => f
+                .debug_struct("Http")
+                .field("url", url)
+                .field("bearer", &bearer.as_ref().map(|_| "<redacted>"))
+                .finish(),
+        }
+    }
 }
 
 impl Transport {
