@@ -680,6 +680,18 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
                         "must be an http:// or https:// URL".into(),
                     ));
                 }
+                let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                    .iter()
+                    .any(|p| {
+                        url.strip_prefix(p)
+                            .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
+                    });
+                if r.bearer_token_env.is_some() && url.starts_with("http://") && !loopback {
+                    return Err(fail(
+                        key("bearer_token_env"),
+                        "a bearer token is sent only over https:// or to loopback".into(),
+                    ));
+                }
                 if !r.env.is_empty() || !r.env_from.is_empty() || r.cwd.is_some() {
                     return Err(fail(
                         key("env"),
@@ -791,6 +803,14 @@ mod tests {
         assert!(e.contains("exactly one of command"), "{e}");
         let e = err("[[resources.mcp]]\nname = \"a\"\ncommand = []\n");
         assert!(e.contains("must name a program"), "{e}");
+        let e = err(
+            "[[resources.mcp]]\nname = \"a\"\nurl = \"http://mcp.example.com/mcp\"\nbearer_token_env = \"T\"\n",
+        );
+        assert!(e.contains("https://"), "{e}");
+        let e = err(
+            "[[resources.mcp]]\nname = \"a\"\nurl = \"http://localhost.evil.com/mcp\"\nbearer_token_env = \"T\"\n",
+        );
+        assert!(e.contains("https://"), "{e}");
         let e = err("[[resources.mcp]]\nname = \"a\"\nurl = \"ftp://h\"\n");
         assert!(e.contains("resources.mcp[0].url"), "{e}");
         let e = err(
