@@ -14,7 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CALLS=${CALLS:-10000}
 scripts/setup
-cargo build --release --locked -p gavel -p gavel-mcp --example mcp_latency >&2
+cargo build --release --locked -p gavel >&2
+cargo build --release --locked -p gavel-mcp --example mcp_latency >&2
 BIN=target/release/gavel
 CLIENT=target/release/examples/mcp_latency
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -43,9 +44,10 @@ dir = "policies"
 name = "everything"
 url = "http://127.0.0.1:$up_port/mcp"
 TOML
-token=$("$BIN" -c "$work/gavel.toml" agent create bench --owner bench@example.com 2>/dev/null | tail -1)
+token=$("$BIN" -c "$work/gavel.toml" agent create bench --owner bench@example.com | tail -1)
 RUST_LOG=warn "$BIN" -c "$work/gavel.toml" serve >"$work/gavel.log" 2>&1 &
-pids+=($!)
+gavel_pid=$!
+pids+=($gavel_pid)
 wait_port "$api_port"
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$api_port/readyz" | grep -q '"up":true' && break
@@ -54,8 +56,15 @@ done
 
 args='{"message":"benchmark"}'
 direct=$("$CLIENT" "http://127.0.0.1:$up_port/mcp" echo "$args" "$CALLS")
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$gavel_pid/stat"; }
+before=$(cpu_ticks)
 gavel=$(MCP_TOKEN=$token "$CLIENT" "http://127.0.0.1:$api_port/mcp" everything__echo "$args" "$CALLS")
-python3 - "$direct" "$gavel" <<'PY'
+after=$(cpu_ticks)
+ticks_per_s=$(getconf CLK_TCK)
+metrics=$(curl -fsS "http://127.0.0.1:$api_port/metrics")
+gate_sum=$(echo "$metrics" | awk '/^gavel_gate_check_seconds_sum/ {print $2}')
+gate_count=$(echo "$metrics" | awk '/^gavel_gate_check_seconds_count/ {print $2}')
+python3 - "$direct" "$gavel" "$gate_sum" "$gate_count" "$((after - before))" "$ticks_per_s" <<'PY'
 import json, sys
 d, g = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"{'':14}{'p50 µs':>10}{'p90 µs':>10}{'p99 µs':>10}{'calls/s':>10}")
@@ -64,4 +73,9 @@ for name, r in (("direct", d), ("through gavel", g)):
 print(f"added by gavel: p50 {g['p50_us'] - d['p50_us']:.0f} µs (target < 500), "
       f"p99 {g['p99_us'] - d['p99_us']:.0f} µs (target < 2000); "
       f"throughput {g['calls_per_s'] / d['calls_per_s']:.2f}x direct ({d['calls']} calls each)")
+if sys.argv[4] not in ("", "0"):
+    print(f"of which Gate::check (policy + durable audit record): mean "
+          f"{float(sys.argv[3]) / float(sys.argv[4]) * 1e6:.0f} µs over {int(float(sys.argv[4]))} checks")
+cpu = int(sys.argv[5]) / int(sys.argv[6])
+print(f"gavel's CPU: {cpu * 1e6 / (g['calls'] + 200):.0f} µs per call (user + system, warm-up included)")
 PY
