@@ -443,6 +443,44 @@ async fn resources_and_prompts_pass_through_gated_as_mcp_read() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn resource_updates_reach_only_the_sessions_that_subscribed() {
+    let m = Mcp::start("60s").await;
+    let uri = "demo://resource/static/document/architecture.md";
+    // The subscriber turns on the upstream's simulated updates (every 5 s
+    // for each URI subscribed on gavel's upstream session).
+    let subscriber = tokio::spawn(run_client(json!({
+        "transport": "http", "url": m.url(), "token": m.g.agent_token,
+        "steps": [
+            {"op": "call", "tool": "everything__toggle-subscriber-updates", "args": {}},
+            {"op": "subscribe", "uri": uri},
+            {"op": "wait_updated", "uri": uri, "timeout": 20},
+            {"op": "unsubscribe", "uri": uri},
+        ],
+    })));
+    // Another agent's session, connected all along, subscribed to nothing.
+    let bystander_token = m.g.create_agent("bystander", "owner@x", &[]);
+    let bystander = run_client(json!({
+        "transport": "http", "url": m.url(), "token": bystander_token,
+        "steps": [{"op": "wait_updated", "uri": uri, "timeout": 12}],
+    }))
+    .await;
+    let out = subscriber.await.unwrap();
+    assert_eq!(out[1]["ok"], true, "{}", out[1]);
+    let updated = out[2]["updated"].as_array().unwrap();
+    assert!(updated.iter().any(|u| u == uri), "{}", out[2]);
+    assert_eq!(out[3]["ok"], true, "{}", out[3]);
+    assert_eq!(bystander[0]["updated"], json!([]), "{}", bystander[0]);
+    // A subscription is gated as a read of the resource.
+    let reads = m.audit_events("resource=everything&event=decision").await;
+    assert!(
+        reads
+            .iter()
+            .any(|r| r["class"] == "mcp.read" && r["operation"] == uri),
+        "{reads:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn stdio_clients_reach_the_gateway_through_gavel_mcp() {
     let m = Mcp::start("60s").await;
     let out = run_client(json!({

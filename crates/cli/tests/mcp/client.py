@@ -10,6 +10,8 @@ The script is a JSON object: {"transport": "http"|"stdio", "url", "token",
   {"op": "list_resources"} / {"op": "list_prompts"}
   {"op": "get_prompt", "name", "args"}
   {"op": "wait_list_changed", "timeout": s}
+  {"op": "subscribe", "uri"} / {"op": "unsubscribe", "uri"}
+  {"op": "wait_updated", "uri", "timeout": s}
   {"op": "sleep", "seconds"}
 and prints one JSON line per step with what came back.
 """
@@ -34,12 +36,15 @@ def content_text(result):
 
 async def run(script):
     list_changed = anyio.Event()
+    updated = []
 
     async def on_message(message):
         root = getattr(message, "root", message)
         method = getattr(root, "method", None)
         if method == "notifications/tools/list_changed":
             list_changed.set()
+        if method == "notifications/resources/updated":
+            updated.append(str(root.params.uri))
 
     async def steps(session):
         await session.initialize()
@@ -88,6 +93,17 @@ async def run(script):
                     with anyio.move_on_after(step["timeout"]):
                         await list_changed.wait()
                     out["seen"] = list_changed.is_set()
+                elif op == "subscribe":
+                    await session.subscribe_resource(step["uri"])
+                    out["ok"] = True
+                elif op == "unsubscribe":
+                    await session.unsubscribe_resource(step["uri"])
+                    out["ok"] = True
+                elif op == "wait_updated":
+                    with anyio.move_on_after(step["timeout"]):
+                        while step["uri"] not in updated:
+                            await anyio.sleep(0.1)
+                    out["updated"] = sorted(set(updated))
                 elif op == "sleep":
                     await anyio.sleep(step["seconds"])
             except Exception as e:  # JSON-RPC errors come back as exceptions

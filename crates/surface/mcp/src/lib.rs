@@ -61,7 +61,14 @@ pub(crate) struct Hub {
     /// last used: every request that names a session, whatever its method,
     /// must come from that principal.
     session_owners: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// (upstream, URI) → the sessions subscribed to it (session id, peer).
+    /// gavel holds one upstream subscription per URI and fans its updates
+    /// out to exactly these sessions.
+    subscriptions: Mutex<HashMap<(String, String), Subscribers>>,
 }
+
+/// The sessions subscribed to one URI: (session id, its peer).
+type Subscribers = Vec<(u64, Peer<RoleServer>)>;
 
 fn token_key(t: &ProgressToken) -> String {
     match &t.0 {
@@ -132,6 +139,78 @@ impl Hub {
             params.progress_token = theirs;
             if let Err(e) = peer.notify_progress(params).await {
                 tracing::debug!(error = %e, "relaying progress failed");
+            }
+        }
+    }
+
+    /// Adds a session's subscription; true when it is the first for this
+    /// URI of this upstream (gavel then subscribes upstream).
+    pub(crate) fn subscribe(
+        &self,
+        upstream: &str,
+        uri: &str,
+        session: u64,
+        peer: Peer<RoleServer>,
+    ) -> bool {
+        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        let list = subs
+            .entry((upstream.to_owned(), uri.to_owned()))
+            .or_default();
+        let first = list.is_empty();
+        if !list.iter().any(|(id, _)| *id == session) {
+            list.push((session, peer));
+        }
+        first
+    }
+
+    /// Removes a session's subscription; true when none is left (gavel
+    /// then unsubscribes upstream).
+    pub(crate) fn unsubscribe(&self, upstream: &str, uri: &str, session: u64) -> bool {
+        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (upstream.to_owned(), uri.to_owned());
+        let Some(list) = subs.get_mut(&key) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|(id, _)| *id != session);
+        let last = before > 0 && list.is_empty();
+        if list.is_empty() {
+            subs.remove(&key);
+        }
+        last
+    }
+
+    /// The URIs some session is subscribed to at `upstream`.
+    pub(crate) fn subscribed_uris(&self, upstream: &str) -> Vec<String> {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .filter(|(u, _)| u == upstream)
+            .map(|(_, uri)| uri.clone())
+            .collect()
+    }
+
+    /// Relays `notifications/resources/updated` from `upstream` to the
+    /// sessions subscribed to that URI there, and to no one else.
+    pub(crate) async fn relay_update(&self, upstream: &str, uri: &str) {
+        let peers: Vec<Peer<RoleServer>> = {
+            let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (upstream.to_owned(), uri.to_owned());
+            let Some(list) = subs.get_mut(&key) else {
+                return;
+            };
+            list.retain(|(_, p)| !p.is_transport_closed());
+            let peers = list.iter().map(|(_, p)| p.clone()).collect();
+            if list.is_empty() {
+                subs.remove(&key);
+            }
+            peers
+        };
+        for peer in peers {
+            let param = rmcp::model::ResourceUpdatedNotificationParam::new(uri);
+            if let Err(e) = peer.notify_resource_updated(param).await {
+                tracing::debug!(error = %e, "relaying a resource update failed");
             }
         }
     }
@@ -212,6 +291,7 @@ impl McpGateway {
                 peers: Mutex::new(Vec::new()),
                 progress: Mutex::new(HashMap::new()),
                 session_owners: Mutex::new(HashMap::new()),
+                subscriptions: Mutex::new(HashMap::new()),
             }),
         })
     }

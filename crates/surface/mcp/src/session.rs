@@ -13,7 +13,7 @@ use rmcp::model::{
     InitializeResult, JsonObject, ListPromptsResult, ListResourceTemplatesResult,
     ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
     ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, RequestMetaObject,
-    ServerCapabilities, ServerConfig,
+    ServerCapabilities, ServerConfig, SubscribeRequestParams, UnsubscribeRequestParams,
 };
 use rmcp::service::{RequestContext, RoleServer, ServiceError};
 use rmcp::{ErrorData as McpError, ServerHandler};
@@ -37,6 +37,8 @@ pub(crate) struct Session {
     owner: OnceLock<String>,
     /// Set once the session's peer is registered for list changes.
     registered: OnceLock<()>,
+    /// Tells this session's subscriptions apart from others'.
+    id: u64,
     recent: Mutex<VecDeque<String>>,
 }
 
@@ -90,6 +92,10 @@ impl Session {
             hub,
             owner: OnceLock::new(),
             registered: OnceLock::new(),
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
             recent: Mutex::new(VecDeque::new()),
         }
     }
@@ -318,8 +324,9 @@ impl Session {
     }
 
     /// The one upstream that serves `uri`: the one that listed it, else
-    /// the one with a template whose fixed prefix it starts with. A URI two
-    /// upstreams claim is refused rather than guessed.
+    /// the one with a template whose fixed prefix it starts with, else the
+    /// only upstream that offers resources at all. A URI two upstreams
+    /// claim is refused rather than guessed.
     fn resource_owner(&self, uri: &str) -> Result<&Arc<Upstream>, McpError> {
         let ups = &self.hub.upstreams;
         let mut owners: Vec<&Arc<Upstream>> = ups
@@ -336,6 +343,19 @@ impl Session {
                     })
                 })
                 .collect();
+        }
+        if owners.is_empty() {
+            let with_resources: Vec<&Arc<Upstream>> = ups
+                .iter()
+                .filter(|u| {
+                    u.peer()
+                        .and_then(|p| p.peer_info())
+                        .is_some_and(|i| i.capabilities.resources.is_some())
+                })
+                .collect();
+            if let [only] = with_resources.as_slice() {
+                owners.push(only);
+            }
         }
         match owners.as_slice() {
             [one] => Ok(one),
@@ -418,6 +438,7 @@ impl ServerHandler for Session {
                 .enable_tool_list_changed()
                 .enable_resources()
                 .enable_resources_list_changed()
+                .enable_resources_subscribe()
                 .enable_prompts()
                 .enable_prompts_list_changed()
                 .build(),
@@ -673,6 +694,84 @@ impl ServerHandler for Session {
         };
         self.record(&action, &permit, outcome).await;
         result.map_err(service_error)
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let caller = self.caller(&context)?;
+        let upstream = self.resource_owner(&request.uri)?;
+        let supports = upstream
+            .peer()
+            .and_then(|p| p.peer_info())
+            .and_then(|i| i.capabilities.resources.as_ref().and_then(|r| r.subscribe))
+            .unwrap_or(false);
+        if !supports {
+            return Err(McpError::invalid_params(
+                format!("upstream {} does not offer subscriptions", upstream.name),
+                None,
+            ));
+        }
+        // Updates say only that a resource changed; a subscription is
+        // gated as a read of it all the same.
+        let meta = request_meta(&context, request.meta.as_ref());
+        let intent = take_intent(&meta, &mut None, None);
+        let action = self.action(
+            &caller,
+            upstream,
+            ActionClass::McpRead,
+            &request.uri,
+            serde_json::Value::Object(Default::default()),
+            intent,
+        );
+        let permit = self
+            .decide(action.clone(), &context)
+            .await
+            .map_err(|Refusal(text)| McpError::new(REFUSED, text, None))?;
+        if self
+            .hub
+            .subscribe(&upstream.name, &request.uri, self.id, context.peer.clone())
+            && let Some(peer) = upstream.peer()
+            && let Err(e) = peer
+                .subscribe(SubscribeRequestParams::new(request.uri.clone()))
+                .await
+        {
+            self.hub.unsubscribe(&upstream.name, &request.uri, self.id);
+            let detail = excerpt(&e.to_string());
+            self.record(&action, &permit, Outcome::Failed { detail })
+                .await;
+            return Err(service_error(e));
+        }
+        self.record(
+            &action,
+            &permit,
+            Outcome::Succeeded {
+                detail: "subscribed".into(),
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.caller(&context)?;
+        let upstream = self.resource_owner(&request.uri)?;
+        if self.hub.unsubscribe(&upstream.name, &request.uri, self.id)
+            && let Some(peer) = upstream.peer()
+        {
+            peer.unsubscribe(UnsubscribeRequestParams::new(request.uri.clone()))
+                .await
+                .map_err(service_error)?;
+        }
+        Ok(())
     }
 
     async fn list_prompts(

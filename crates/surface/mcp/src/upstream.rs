@@ -7,7 +7,8 @@ use gavel_config::McpResourceConfig;
 use gavel_core::Resource;
 use rmcp::model::{
     ClientCapabilities, ClientConfig, Implementation, ProgressNotificationParam, Prompt,
-    ProtocolVersion, Resource as McpResource, ResourceTemplate, Tool,
+    ProtocolVersion, Resource as McpResource, ResourceTemplate, ResourceUpdatedNotificationParam,
+    SubscribeRequestParams, Tool,
 };
 use rmcp::service::{NotificationContext, Peer, RoleClient, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -270,6 +271,7 @@ impl Upstream {
             upstream: Arc::downgrade(self),
             hub,
         };
+        let hub_for_resubscribe = events.hub.clone();
         let running = match &self.transport {
             Transport::Command { argv, env, cwd } => {
                 let mut cmd = tokio::process::Command::new(&argv[0]);
@@ -309,6 +311,18 @@ impl Upstream {
         };
         let peer = running.peer().clone();
         let offer = list(&peer).await?;
+        // A new connection has none of the old one's subscriptions.
+        if let Some(hub) = hub_for_resubscribe.upgrade() {
+            for uri in hub.subscribed_uris(&self.name) {
+                #[allow(deprecated)]
+                let resubscribed = peer
+                    .subscribe(SubscribeRequestParams::new(uri.clone()))
+                    .await;
+                if let Err(e) = resubscribed {
+                    tracing::warn!(upstream = %self.name, %uri, error = %e, "re-subscribing failed");
+                }
+            }
+        }
         {
             let mut s = self.state();
             s.peer = Some(peer);
@@ -404,6 +418,16 @@ impl ClientHandler for Events {
     ) {
         if let Some(hub) = self.hub.upgrade() {
             hub.relay_progress(params).await;
+        }
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let (Some(upstream), Some(hub)) = (self.upstream.upgrade(), self.hub.upgrade()) {
+            hub.relay_update(&upstream.name, &params.uri).await;
         }
     }
 
