@@ -256,6 +256,20 @@ async fn allowed_calls_pass_and_denied_ones_name_the_policy() {
             .any(|r| r["operation"] == "get-env" && r["decision"] == "deny"),
         "{denied:?}"
     );
+    // An agent that asks through the REST API about an MCP resource is
+    // judged with the resource's real kind and tags.
+    m.g.write_policy(
+        "kinds.cedar",
+        r#"@id("prod-mcp-needs-a-dba") @approval("group:dba")
+permit(principal, action == Action::"mcp.call", resource)
+  when { resource.kind == "mcp" && resource.hasTag("env") && resource.getTag("env") == "prod"
+         && context.tool == "deploy" };"#,
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let v =
+        m.g.act(&m.g.agent_token, "mcp.call", "everything", "deploy")
+            .await;
+    assert_eq!(harness::verdict(&v), "pending", "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
