@@ -106,6 +106,65 @@ pub struct StorageConfig {
 pub struct IdentityConfig {
     /// `[[identity.humans]]`: humans with API tokens, for small setups.
     pub humans: Vec<HumanConfig>,
+    /// `[[identity.oidc]]`: OpenID Connect issuers whose tokens gavel
+    /// accepts (humans, and agents through `agents`).
+    pub oidc: Vec<OidcIssuerConfig>,
+}
+
+/// One `[[identity.oidc]]` entry: an issuer whose signed JWTs (ID or
+/// access tokens) authenticate humans, and agents by client credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcIssuerConfig {
+    /// The issuer URL, exactly as the tokens' `iss` and the discovery
+    /// document say it (`https://…`; `http://` only for loopback).
+    pub issuer: String,
+    /// The audience gavel's tokens must carry in `aud`.
+    pub audience: String,
+    /// The claim that lists the human's groups (default `groups`).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// The claim that names the human (default `email`, accepted only with
+    /// `email_verified: true`; `sub` or any other claim is taken as is).
+    #[serde(default = "default_human_id_claim")]
+    pub human_id_claim: String,
+    /// How far `exp` and `nbf` may be off (default 60 s, at most 5 min).
+    #[serde(with = "duration", default = "default_clock_skew")]
+    pub clock_skew: Duration,
+    /// Signature algorithms accepted (default RS256, ES256 and EdDSA; only
+    /// these asymmetric ones are supported).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// The least time between two JWKS fetches caused by a token with an
+    /// unknown `kid` (default 30 s): rotation is picked up, a flood of
+    /// made-up key ids costs the issuer one request per interval.
+    #[serde(with = "duration", default = "default_jwks_refresh")]
+    pub jwks_min_refresh_interval: Duration,
+    /// Client-credentials tokens → agents: the token's `client_id` (or
+    /// `azp`, else `sub`) → the name of an agent in gavel's store, which
+    /// gives it its owner and groups.
+    #[serde(default)]
+    pub agents: BTreeMap<String, String>,
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+fn default_human_id_claim() -> String {
+    "email".into()
+}
+
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
 }
 
 /// One `[[identity.humans]]` entry.
@@ -550,6 +609,49 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
             ));
         }
     }
+    let mut issuers = HashSet::new();
+    for (i, o) in c.identity.oidc.iter().enumerate() {
+        let key = |field: &str| format!("identity.oidc[{i}].{field}");
+        let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+            .iter()
+            .any(|p| {
+                o.issuer
+                    .strip_prefix(p)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
+            });
+        if !(o.issuer.starts_with("https://") || loopback) {
+            return Err(fail(
+                key("issuer"),
+                format!(
+                    "{:?} must be an https:// URL (http:// only for loopback)",
+                    o.issuer
+                ),
+            ));
+        }
+        if !issuers.insert(o.issuer.trim_end_matches('/')) {
+            return Err(fail(
+                key("issuer"),
+                format!("{:?} is listed twice", o.issuer),
+            ));
+        }
+        if o.audience.trim().is_empty() {
+            return Err(fail(key("audience"), "must not be empty".into()));
+        }
+        if o.clock_skew > Duration::from_secs(300) {
+            return Err(fail(key("clock_skew"), "must be at most 5m".into()));
+        }
+        if o.algorithms.is_empty() {
+            return Err(fail(key("algorithms"), "must name at least one".into()));
+        }
+        for alg in &o.algorithms {
+            if !matches!(alg.as_str(), "RS256" | "ES256" | "EdDSA") {
+                return Err(fail(
+                    key("algorithms"),
+                    format!("{alg:?} is not supported (RS256, ES256, EdDSA)"),
+                ));
+            }
+        }
+    }
     for (key, d) in [
         ("approvals.hold", c.approvals.hold),
         ("approvals.timeout", c.approvals.timeout),
@@ -781,6 +883,54 @@ mod tests {
         assert!(e.contains("storage.url") && !e.contains("s3cret"), "{e}");
         let e = err("data_dir = [\n");
         assert!(e.starts_with("gavel.toml:"), "{e}");
+    }
+
+    #[test]
+    fn oidc_issuers_are_checked() {
+        let ok = parse(
+            "[[identity.oidc]]\nissuer = \"https://idp.example.com\"\naudience = \"gavel\"\n",
+            Path::new("gavel.toml"),
+        )
+        .unwrap();
+        let o = &ok.identity.oidc[0];
+        assert_eq!(
+            (o.groups_claim.as_str(), o.human_id_claim.as_str()),
+            ("groups", "email")
+        );
+        assert_eq!(o.clock_skew, Duration::from_secs(60));
+        for (text, key) in [
+            (
+                "issuer = \"http://idp.example.com\"\naudience = \"g\"",
+                "issuer",
+            ),
+            (
+                "issuer = \"http://localhost.evil.com\"\naudience = \"g\"",
+                "issuer",
+            ),
+            ("issuer = \"https://i\"\naudience = \"\"", "audience"),
+            (
+                "issuer = \"https://i\"\naudience = \"g\"\nclock_skew = \"1h\"",
+                "clock_skew",
+            ),
+            (
+                "issuer = \"https://i\"\naudience = \"g\"\nalgorithms = [\"HS256\"]",
+                "algorithms",
+            ),
+            (
+                "issuer = \"https://i\"\naudience = \"g\"\nalgorithms = []",
+                "algorithms",
+            ),
+        ] {
+            let e = err(&format!("[[identity.oidc]]\n{text}\n"));
+            assert!(
+                e.contains(&format!("identity.oidc[0].{key}")),
+                "{text}: {e}"
+            );
+        }
+        let e = err(
+            "[[identity.oidc]]\nissuer = \"https://i\"\naudience = \"g\"\n[[identity.oidc]]\nissuer = \"https://i/\"\naudience = \"h\"\n",
+        );
+        assert!(e.contains("twice"), "{e}");
     }
 
     #[test]

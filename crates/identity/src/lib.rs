@@ -1,12 +1,16 @@
 //! Who is calling: turns a presented token into a [`Principal`].
 //!
-//! [`Authenticator`] is the one place every surface asks. Today it knows
-//! human API tokens from `[[identity.humans]]` (stored as SHA-256 hashes in
-//! the config) and agent tokens from the store (hashed, revocable, with an
-//! optional expiry). Tokens are never logged and never stored in plaintext.
+//! [`Authenticator`] is the one place every surface asks (REST bearer,
+//! PostgreSQL password, MCP bearer). It knows human API tokens from
+//! `[[identity.humans]]` (stored as SHA-256 hashes in the config), agent
+//! tokens from the store (hashed, revocable, with an optional expiry), and
+//! JWTs from the `[[identity.oidc]]` issuers ([`oidc`]). Tokens are never
+//! logged and never stored in plaintext.
 #![deny(missing_docs)]
 
-use gavel_config::HumanConfig;
+pub mod oidc;
+
+use gavel_config::{HumanConfig, OidcIssuerConfig};
 use gavel_core::{AgentRegistry, Clock, Error, Human, HumanId, Principal};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -44,6 +48,12 @@ pub enum AuthError {
     /// The agent's token has expired.
     #[error("the token of agent {0} has expired")]
     Expired(String),
+    /// An OIDC token was refused (signature, issuer, audience, time, …).
+    #[error("{0}")]
+    Oidc(String),
+    /// An OIDC client-credentials token maps to an agent gavel does not have.
+    #[error("the token maps to agent {0}, which does not exist")]
+    UnknownAgent(String),
     /// The store could not be asked.
     #[error("cannot check credentials: {0}")]
     Internal(#[from] Error),
@@ -54,6 +64,7 @@ pub struct Authenticator {
     humans_by_hash: HashMap<String, Human>,
     agents: Arc<dyn AgentRegistry>,
     clock: Arc<dyn Clock>,
+    issuers: Vec<oidc::Issuer>,
 }
 
 impl Authenticator {
@@ -79,6 +90,68 @@ impl Authenticator {
             humans_by_hash,
             agents,
             clock,
+            issuers: Vec::new(),
+        }
+    }
+
+    /// Also accepts JWTs from these OpenID Connect issuers.
+    pub fn with_oidc(mut self, issuers: &[OidcIssuerConfig]) -> Authenticator {
+        let http = reqwest::Client::new();
+        self.issuers = issuers
+            .iter()
+            .map(|c| oidc::Issuer::new(c.clone(), http.clone()))
+            .collect();
+        self
+    }
+
+    async fn authenticate_jwt(&self, token: &str) -> Result<Principal, AuthError> {
+        // The unverified `iss` only picks the issuer whose keys must then
+        // verify the whole token, `iss` included.
+        let iss = oidc::unverified_issuer(token).ok_or(AuthError::Invalid)?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.issuer() == iss)
+            .ok_or(AuthError::Invalid)?;
+        let subject = issuer.verify(token).await.map_err(|e| match e {
+            oidc::OidcError::Refused(why) => AuthError::Oidc(why),
+            unavailable @ oidc::OidcError::Unavailable { .. } => {
+                tracing::error!(error = %unavailable, "cannot verify an OIDC token");
+                AuthError::Oidc(
+                    "the identity provider cannot be reached to verify the token".into(),
+                )
+            }
+        })?;
+        match subject {
+            oidc::Subject::Human { id, groups } => {
+                // Groups configured for the same human add to the token's.
+                let mut groups = groups;
+                if let Some(known) = self.human(&id) {
+                    for g in &known.groups {
+                        if !groups.contains(g) {
+                            groups.push(g.clone());
+                        }
+                    }
+                }
+                Ok(Principal::Human(Human {
+                    id: HumanId(id),
+                    groups,
+                }))
+            }
+            oidc::Subject::Agent { name } => {
+                let agents = self.agents.list_agents().await?;
+                let agent = agents
+                    .into_iter()
+                    .find(|a| a.name == name)
+                    .ok_or_else(|| AuthError::UnknownAgent(name.clone()))?;
+                if agent.revoked_at.is_some() {
+                    return Err(AuthError::Revoked(agent.name));
+                }
+                if !agent.is_active(self.clock.now()) {
+                    return Err(AuthError::Expired(agent.name));
+                }
+                Ok(agent.principal())
+            }
         }
     }
 
@@ -90,6 +163,9 @@ impl Authenticator {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::Missing);
+        }
+        if !self.issuers.is_empty() && oidc::looks_like_jwt(token) {
+            return self.authenticate_jwt(token).await;
         }
         let hash = token_sha256(token);
         if let Some(human) = self.humans_by_hash.get(&hash) {

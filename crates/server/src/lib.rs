@@ -150,11 +150,10 @@ impl Gateway {
             &loaded.config.server.public_url,
         )
         .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
-        let auth = Arc::new(Authenticator::new(
-            &loaded.config.identity.humans,
-            store.clone(),
-            clock,
-        ));
+        let auth = Arc::new(
+            Authenticator::new(&loaded.config.identity.humans, store.clone(), clock)
+                .with_oidc(&loaded.config.identity.oidc),
+        );
         Ok(Gateway {
             gate,
             auth,

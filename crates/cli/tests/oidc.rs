@@ -1,0 +1,391 @@
+//! OpenID Connect tokens against a provider gavel did not write: a small
+//! OIDC provider on joserfc (the Authlib project's JOSE library),
+//! `tests/oidc/provider.py`, serving discovery and JWKS and minting tokens
+//! (RS256, ES256, EdDSA), plus the attacks a verifier must refuse.
+
+mod harness;
+
+use harness::{BOB, Gavel, free_port};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Provider {
+    child: Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Provider {
+    async fn start() -> Provider {
+        let port = free_port();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc/provider.py");
+        let child = Command::new("python3")
+            .args(["-W", "ignore"])
+            .arg(script)
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let p = Provider {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = p
+                .http
+                .get(format!("{}/.well-known/openid-configuration", p.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "the OIDC provider did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn mint(&self, alg: &str, claims: Value) -> String {
+        let v = self
+            .post("/mint", json!({"alg": alg, "claims": claims}))
+            .await;
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn forge(&self, kind: &str, claims: Value) -> String {
+        let v = self
+            .post("/forge", json!({"kind": kind, "claims": claims}))
+            .await;
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn jwks_fetches(&self) -> u64 {
+        let v: Value = self
+            .http
+            .get(format!("{}/stats", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["jwks_fetches"].as_u64().unwrap()
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn human(email: &str) -> Value {
+    json!({"sub": format!("sub-{email}"), "email": email, "email_verified": true, "groups": ["dba"]})
+}
+
+async fn start() -> (Provider, Gavel) {
+    let p = Provider::start().await;
+    let extra = format!(
+        r#"
+[[identity.oidc]]
+issuer = "{url}"
+audience = "gavel"
+clock_skew = "30s"
+jwks_min_refresh_interval = "2s"
+agents = {{ "ci-client" = "bot", "ghost-client" = "no-such-agent" }}
+"#,
+        url = p.url
+    );
+    let g = Gavel::start_custom("60s", harness::POLICIES, &extra).await;
+    (p, g)
+}
+
+async fn whoami(g: &Gavel, token: &str) -> (u16, Value) {
+    g.get("/api/v1/whoami", token).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_from_the_provider_authenticate_with_every_supported_algorithm() {
+    let (p, g) = start().await;
+    for alg in ["RS256", "ES256", "EdDSA"] {
+        let token = p.mint(alg, human("dana@x")).await;
+        let (status, v) = whoami(&g, &token).await;
+        assert_eq!(status, 200, "{alg}: {v}");
+        assert_eq!(v["principal"]["id"], "dana@x", "{v}");
+        assert_eq!(v["principal"]["groups"], json!(["dba"]), "{v}");
+    }
+    // Within the clock skew an expired token still passes; past it, not.
+    let token = p
+        .mint(
+            "RS256",
+            json!({"email": "dana@x", "email_verified": true, "exp": now() - 10}),
+        )
+        .await;
+    assert_eq!(whoami(&g, &token).await.0, 200);
+    // Static tokens keep working beside OIDC.
+    assert_eq!(whoami(&g, BOB).await.0, 200);
+    // Client credentials map to the agent `bot` (owner owner@x).
+    let token = p
+        .mint(
+            "ES256",
+            json!({"sub": "ci-client", "client_id": "ci-client"}),
+        )
+        .await;
+    let (status, v) = whoami(&g, &token).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["principal"]["id"], "bot", "{v}");
+    assert_eq!(v["principal"]["owner"], "owner@x", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_tokens_are_refused() {
+    let (p, g) = start().await;
+    let t = now();
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "expired",
+            p.mint(
+                "RS256",
+                json!({"email": "e@x", "email_verified": true, "exp": t - 120}),
+            )
+            .await,
+        ),
+        (
+            "not yet valid",
+            p.mint(
+                "RS256",
+                json!({"email": "e@x", "email_verified": true, "nbf": t + 120}),
+            )
+            .await,
+        ),
+        (
+            "wrong audience",
+            p.mint(
+                "ES256",
+                json!({"email": "e@x", "email_verified": true, "aud": "other"}),
+            )
+            .await,
+        ),
+        (
+            "wrong issuer",
+            p.mint(
+                "RS256",
+                json!({"email": "e@x", "email_verified": true, "iss": "https://evil.example"}),
+            )
+            .await,
+        ),
+        (
+            "email not verified",
+            p.mint("RS256", json!({"email": "e@x", "email_verified": false}))
+                .await,
+        ),
+        (
+            "email_verified missing",
+            p.mint("RS256", json!({"email": "e@x"})).await,
+        ),
+        (
+            "no exp",
+            p.mint(
+                "RS256",
+                json!({"email": "e@x", "email_verified": true, "exp": null}),
+            )
+            .await,
+        ),
+        ("alg none", p.forge("none", human("e@x")).await),
+        (
+            "HS256 signed with the RSA public key",
+            p.forge("hs256-public", human("e@x")).await,
+        ),
+        ("tampered payload", p.forge("tampered", human("e@x")).await),
+        (
+            "client mapped to a missing agent",
+            p.mint(
+                "RS256",
+                json!({"sub": "ghost-client", "client_id": "ghost-client"}),
+            )
+            .await,
+        ),
+        (
+            "unmapped client without a human claim",
+            p.mint(
+                "RS256",
+                json!({"sub": "other-client", "client_id": "other-client"}),
+            )
+            .await,
+        ),
+    ];
+    for (what, token) in &cases {
+        let (status, v) = whoami(&g, token).await;
+        assert_eq!(status, 401, "{what} was accepted: {v}");
+        let text = v.to_string();
+        assert!(
+            !text.contains(token.as_str()),
+            "{what}: the token was echoed"
+        );
+    }
+    // A kid the issuer does not have: refused, and a flood of them costs
+    // the issuer at most one JWKS fetch per refresh interval.
+    let good = p.mint("RS256", human("e@x")).await;
+    assert_eq!(whoami(&g, &good).await.0, 200);
+    let before = p.jwks_fetches().await;
+    let unknown = p
+        .post(
+            "/mint",
+            json!({"alg": "RS256", "kid": "made-up", "claims": human("e@x")}),
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..20 {
+        assert_eq!(whoami(&g, &unknown).await.0, 401);
+    }
+    let fetched = p.jwks_fetches().await - before;
+    assert!(fetched <= 2, "{fetched} JWKS fetches for 20 unknown kids");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_rotation_is_picked_up() {
+    let (p, g) = start().await;
+    let old = p.mint("RS256", human("r@x")).await;
+    assert_eq!(whoami(&g, &old).await.0, 200);
+    let rotated = p.post("/rotate", json!({})).await;
+    assert_eq!(rotated["kid"], "rsa-2");
+    // Past the refresh interval, a token with the new kid makes gavel
+    // fetch the JWKS again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let new = p.mint("RS256", human("r@x")).await;
+    let (status, v) = whoami(&g, &new).await;
+    assert_eq!(status, 200, "{v}");
+    // The retired key is gone from the set.
+    assert_eq!(whoami(&g, &old).await.0, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oidc_humans_decide_under_the_same_rules() {
+    let (p, g) = start().await;
+    let pending = g
+        .act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE orders")
+        .await;
+    let id = harness::request_id(&pending);
+    // The agent's owner, signed in through the IdP, may not approve.
+    let owner = p.mint("EdDSA", human("owner@x")).await;
+    let (status, _) = g.approve(&owner, &id).await;
+    assert_eq!(status, 403);
+    // A dba from the IdP may.
+    let dana = p.mint("ES256", human("dana@x")).await;
+    let (status, v) = g.approve(&dana, &id).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "approved", "{v}");
+    assert_eq!(v["reviews"][0]["reviewer"], "dana@x", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oidc_tokens_work_as_the_postgres_password_and_the_mcp_bearer() {
+    let p = Provider::start().await;
+    let pg_port = free_port();
+    let extra = format!(
+        r#"
+[[identity.oidc]]
+issuer = "{url}"
+audience = "gavel"
+
+[[resources.postgres]]
+name = "oidc-db"
+listen = "127.0.0.1:{pg_port}"
+upstream = "postgres://postgres@127.0.0.1:5432/test"
+"#,
+        url = p.url
+    );
+    let g = Gavel::start_custom(
+        "60s",
+        r#"@id("reads") permit(principal, action == Action::"sql.read", resource);"#,
+        &extra,
+    )
+    .await;
+    let token = p.mint("RS256", human("dana@x")).await;
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-t", "-A", "-c", "SELECT 40 + 2"])
+        .arg(format!(
+            "host=127.0.0.1 port={pg_port} user=dana dbname=test sslmode=disable"
+        ))
+        .env("PGPASSWORD", &token)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    let (_, page) = g.get("/api/v1/audit?resource=oidc-db", BOB).await;
+    assert_eq!(
+        page["records"][0]["record"]["initiator"], "human:dana@x",
+        "{page}"
+    );
+    // A tampered token is a failed login, in PostgreSQL's terms.
+    let forged = p.forge("tampered", human("dana@x")).await;
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-c", "SELECT 1"])
+        .arg(format!(
+            "host=127.0.0.1 port={pg_port} user=dana dbname=test sslmode=disable"
+        ))
+        .env("PGPASSWORD", &forged)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("password authentication failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The MCP endpoint takes it as its bearer.
+    let r = g
+        .http
+        .post(format!("{}/mcp", g.base))
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"0"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = g
+        .http
+        .post(format!("{}/mcp", g.base))
+        .bearer_auth(&forged)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

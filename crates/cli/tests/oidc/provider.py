@@ -1,0 +1,125 @@
+"""A small OpenID Connect provider for gavel's tests, built on joserfc
+(the JOSE library of the Authlib project), which gavel did not write.
+
+Usage: provider.py PORT
+Serves the discovery document and the JWKS, and for the tests:
+  POST /mint    {"alg", "kid"?, "claims"}   -> a token signed with that key
+  POST /forge   {"kind", "claims"}          -> a crafted attack token
+  POST /rotate  {}                          -> replaces the RSA key (new kid)
+  GET  /stats                               -> {"jwks_fetches": n}
+Default claims: iss, aud "gavel", sub, iat, nbf = now, exp = now + 300.
+"""
+import base64
+import hashlib
+import hmac
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from joserfc import jwt
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+
+PORT = int(sys.argv[1])
+ISSUER = f"http://127.0.0.1:{PORT}"
+lock = threading.Lock()
+keys = {
+    "RS256": RSAKey.generate_key(2048, parameters={"kid": "rsa-1"}),
+    "ES256": ECKey.generate_key("P-256", parameters={"kid": "ec-1"}),
+    "EdDSA": OKPKey.generate_key("Ed25519", parameters={"kid": "ed-1"}),
+}
+stats = {"jwks_fetches": 0, "rotations": 0}
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def claims_with_defaults(claims):
+    now = int(time.time())
+    out = {"iss": ISSUER, "aud": "gavel", "sub": "subject-1", "iat": now, "nbf": now, "exp": now + 300}
+    out.update(claims)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def mint(alg, kid, claims):
+    key = keys[alg]
+    header = {"alg": alg, "kid": kid or key.kid}
+    return jwt.encode(header, claims_with_defaults(claims), key, algorithms=[alg])
+
+
+def forge(kind, claims):
+    payload = claims_with_defaults(claims)
+    rsa = keys["RS256"]
+    if kind == "none":
+        header = {"alg": "none", "kid": rsa.kid, "typ": "JWT"}
+        return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}."
+    if kind == "hs256-public":
+        # Key confusion: HMAC keyed with the RSA public key, as a verifier
+        # that lets the token pick the algorithm would check it.
+        header = {"alg": "HS256", "kid": rsa.kid, "typ": "JWT"}
+        signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
+        secret = rsa.as_pem(private=False)
+        sig = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+        return f"{signing_input}.{b64(sig)}"
+    if kind == "tampered":
+        # Signed, then the payload swapped for another.
+        token = mint("RS256", None, claims)
+        head, _, sig = token.split(".")
+        forged = dict(payload, email="root@x", sub="root")
+        return f"{head}.{b64(json.dumps(forged).encode())}.{sig}"
+    raise ValueError(kind)
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def reply(self, body, status=200):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path == "/.well-known/openid-configuration":
+            self.reply({
+                "issuer": ISSUER,
+                "jwks_uri": f"{ISSUER}/jwks",
+                "authorization_endpoint": f"{ISSUER}/authorize",
+                "token_endpoint": f"{ISSUER}/token",
+                "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+            })
+        elif self.path == "/jwks":
+            with lock:
+                stats["jwks_fetches"] += 1
+                body = {"keys": [k.as_dict(private=False) for k in keys.values()]}
+            self.reply(body)
+        elif self.path == "/stats":
+            with lock:
+                self.reply(dict(stats))
+        else:
+            self.reply({"error": "not found"}, 404)
+
+    def do_POST(self):
+        length = int(self.headers.get("content-length") or 0)
+        req = json.loads(self.rfile.read(length) or b"{}")
+        with lock:
+            if self.path == "/mint":
+                self.reply({"token": mint(req["alg"], req.get("kid"), req.get("claims", {}))})
+            elif self.path == "/forge":
+                self.reply({"token": forge(req["kind"], req.get("claims", {}))})
+            elif self.path == "/rotate":
+                stats["rotations"] += 1
+                keys["RS256"] = RSAKey.generate_key(2048, parameters={"kid": f"rsa-{stats['rotations'] + 1}"})
+                self.reply({"kid": keys["RS256"].kid})
+            else:
+                self.reply({"error": "not found"}, 404)
+
+
+ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()

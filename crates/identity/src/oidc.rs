@@ -1,0 +1,366 @@
+//! OpenID Connect: verifies JWTs from the configured issuers with
+//! `jsonwebtoken` against the issuer's JWKS (found through its discovery
+//! document, cached, fetched again on an unknown `kid` at most once per
+//! `jwks_min_refresh_interval`).
+//!
+//! Only the algorithms an issuer's config allows (RS256, ES256, EdDSA) are
+//! accepted, and only with a key of the matching type: a token's `alg`
+//! header never chooses how its key is used (no `none`, no HMAC with a
+//! public key).
+
+use gavel_config::OidcIssuerConfig;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// How long a discovery or JWKS request may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a JWT was refused. The token itself never appears in it.
+#[derive(Debug, thiserror::Error)]
+pub enum OidcError {
+    /// Not signed by a key of the issuer, expired, wrong audience, …
+    #[error("token refused: {0}")]
+    Refused(String),
+    /// The issuer could not be reached or answered nonsense.
+    #[error("identity provider {issuer} unavailable: {reason}")]
+    Unavailable {
+        /// The issuer.
+        issuer: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+fn refused(reason: impl Into<String>) -> OidcError {
+    OidcError::Refused(reason.into())
+}
+
+/// What a verified token says about its subject.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Subject {
+    /// A person: the id from the configured claim, and groups.
+    Human {
+        /// From `human_id_claim`.
+        id: String,
+        /// From `groups_claim`.
+        groups: Vec<String>,
+    },
+    /// A client-credentials token mapped to an agent by name.
+    Agent {
+        /// The agent's name in gavel's store.
+        name: String,
+    },
+}
+
+struct Keys {
+    by_kid: HashMap<String, (DecodingKey, Algorithm)>,
+    /// Keys without a `kid`, used only when the set has exactly one key.
+    anonymous: Vec<(DecodingKey, Algorithm)>,
+    fetched_at: Option<Instant>,
+    jwks_uri: Option<String>,
+}
+
+/// One configured issuer and its cached keys.
+pub struct Issuer {
+    config: OidcIssuerConfig,
+    algorithms: Vec<Algorithm>,
+    http: reqwest::Client,
+    keys: Mutex<Keys>,
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+/// The algorithm a key is for, from its type (and curve), never from the
+/// token; a JWK's own `alg`, when present, must agree.
+fn key_algorithm(jwk: &Jwk) -> Option<Algorithm> {
+    let by_type = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        _ => return None,
+    };
+    let declared = match jwk.common.key_algorithm {
+        None => None,
+        Some(KeyAlgorithm::RS256) => Some(Algorithm::RS256),
+        Some(KeyAlgorithm::ES256) => Some(Algorithm::ES256),
+        Some(KeyAlgorithm::EdDSA) => Some(Algorithm::EdDSA),
+        Some(_) => return None,
+    };
+    match declared {
+        Some(a) if a != by_type => None,
+        _ => Some(by_type),
+    }
+}
+
+fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    match name {
+        "RS256" => Some(Algorithm::RS256),
+        "ES256" => Some(Algorithm::ES256),
+        "EdDSA" => Some(Algorithm::EdDSA),
+        _ => None,
+    }
+}
+
+impl Issuer {
+    /// An issuer from its config; keys are fetched on first use.
+    pub fn new(config: OidcIssuerConfig, http: reqwest::Client) -> Issuer {
+        let algorithms = config
+            .algorithms
+            .iter()
+            .filter_map(|a| parse_algorithm(a))
+            .collect();
+        Issuer {
+            config,
+            algorithms,
+            http,
+            keys: Mutex::new(Keys {
+                by_kid: HashMap::new(),
+                anonymous: Vec::new(),
+                fetched_at: None,
+                jwks_uri: None,
+            }),
+        }
+    }
+
+    /// The configured issuer URL.
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
+    fn unavailable(&self, reason: impl Into<String>) -> OidcError {
+        OidcError::Unavailable {
+            issuer: self.config.issuer.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, OidcError> {
+        let response = self
+            .http
+            .get(url)
+            .timeout(FETCH_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.unavailable(format!("GET {url}: {e}")))?;
+        if !response.status().is_success() {
+            return Err(self.unavailable(format!("GET {url}: HTTP {}", response.status())));
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| self.unavailable(format!("GET {url}: {e}")))
+    }
+
+    /// Fetches the discovery document (once) and the JWKS.
+    async fn refresh(&self, keys: &mut Keys) -> Result<(), OidcError> {
+        let jwks_uri = match &keys.jwks_uri {
+            Some(u) => u.clone(),
+            None => {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    self.config.issuer.trim_end_matches('/')
+                );
+                let discovery: Discovery = self.get_json(&url).await?;
+                // OpenID Connect Discovery §4.3: the document must name
+                // the issuer it was fetched for.
+                if discovery.issuer != self.config.issuer {
+                    return Err(self.unavailable(format!(
+                        "discovery document names issuer {:?}",
+                        discovery.issuer
+                    )));
+                }
+                keys.jwks_uri = Some(discovery.jwks_uri.clone());
+                discovery.jwks_uri
+            }
+        };
+        keys.fetched_at = Some(Instant::now());
+        let set: JwkSet = self.get_json(&jwks_uri).await?;
+        let mut by_kid = HashMap::new();
+        let mut anonymous = Vec::new();
+        for jwk in &set.keys {
+            let Some(alg) = key_algorithm(jwk) else {
+                continue;
+            };
+            if !self.algorithms.contains(&alg) {
+                continue;
+            }
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                continue;
+            };
+            match &jwk.common.key_id {
+                Some(kid) => {
+                    by_kid.insert(kid.clone(), (key, alg));
+                }
+                None => anonymous.push((key, alg)),
+            }
+        }
+        tracing::info!(issuer = %self.config.issuer, keys = by_kid.len() + anonymous.len(), "fetched OIDC signing keys");
+        keys.by_kid = by_kid;
+        keys.anonymous = anonymous;
+        Ok(())
+    }
+
+    /// The key for `kid`, fetching the JWKS when it is unknown (at most
+    /// once per `jwks_min_refresh_interval`, so key rotation is picked up
+    /// and a flood of made-up `kid`s is not).
+    async fn key(&self, kid: Option<&str>) -> Result<(DecodingKey, Algorithm), OidcError> {
+        let mut keys = self.keys.lock().await;
+        let lookup = |keys: &Keys| match kid {
+            Some(kid) => keys.by_kid.get(kid).cloned(),
+            None if keys.by_kid.len() + keys.anonymous.len() == 1 => keys
+                .anonymous
+                .first()
+                .or_else(|| keys.by_kid.values().next())
+                .cloned(),
+            None => None,
+        };
+        if let Some(found) = lookup(&keys) {
+            return Ok(found);
+        }
+        let due = keys
+            .fetched_at
+            .is_none_or(|t| t.elapsed() >= self.config.jwks_min_refresh_interval);
+        if due {
+            self.refresh(&mut keys).await?;
+            if let Some(found) = lookup(&keys) {
+                return Ok(found);
+            }
+        }
+        Err(refused(match kid {
+            Some(kid) => format!("no signing key {kid:?} at the issuer"),
+            None => "the token names no key (kid) and the issuer has several".into(),
+        }))
+    }
+
+    /// Verifies `token` (its signature, `iss`, `aud`, `exp`, `nbf`) and
+    /// says whom it identifies.
+    pub async fn verify(&self, token: &str) -> Result<Subject, OidcError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| refused(format!("malformed token header: {e}")))?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(refused(format!(
+                "algorithm {:?} is not accepted from this issuer",
+                header.alg
+            )));
+        }
+        let (key, key_alg) = self.key(header.kid.as_deref()).await?;
+        if key_alg != header.alg {
+            return Err(refused(format!(
+                "the token says {:?} but its key is for {key_alg:?}",
+                header.alg
+            )));
+        }
+        let mut validation = Validation::new(key_alg);
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[&self.config.audience]);
+        validation.leeway = self.config.clock_skew.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+            .map_err(|e| refused(e.to_string()))?;
+        self.subject(&data.claims)
+    }
+
+    fn subject(&self, claims: &serde_json::Value) -> Result<Subject, OidcError> {
+        let text = |name: &str| claims.get(name).and_then(|v| v.as_str());
+        // Client credentials: mapped agents first, by client id.
+        for claim in ["client_id", "azp", "sub"] {
+            if let Some(name) = text(claim).and_then(|c| self.config.agents.get(c)) {
+                return Ok(Subject::Agent { name: name.clone() });
+            }
+        }
+        let id_claim = self.config.human_id_claim.as_str();
+        let id = text(id_claim)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| refused(format!("the token has no {id_claim:?} claim")))?;
+        if id_claim == "email"
+            && claims.get("email_verified") != Some(&serde_json::Value::Bool(true))
+        {
+            return Err(refused(
+                "the token's email is not verified (email_verified is not true)",
+            ));
+        }
+        let groups = match claims.get(&self.config.groups_claim) {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .filter_map(|g| g.as_str().map(str::to_owned))
+                .collect(),
+            Some(serde_json::Value::String(one)) => vec![one.clone()],
+            Some(_) => {
+                return Err(refused(format!(
+                    "claim {:?} is not a list of group names",
+                    self.config.groups_claim
+                )));
+            }
+        };
+        Ok(Subject::Human {
+            id: id.to_owned(),
+            groups,
+        })
+    }
+}
+
+/// Whether `token` has the shape of a JWS compact serialization.
+pub fn looks_like_jwt(token: &str) -> bool {
+    let mut parts = token.split('.');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+/// The unverified `iss` of a JWT: only to pick which issuer verifies it.
+pub fn unverified_issuer(token: &str) -> Option<String> {
+    let claims: serde_json::Value = jsonwebtoken::dangerous::insecure_decode_claims(token).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_type_decides_the_algorithm() {
+        let jwk = |json: serde_json::Value| -> Jwk { serde_json::from_value(json).unwrap() };
+        let rsa = serde_json::json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"});
+        assert_eq!(key_algorithm(&jwk(rsa.clone())), Some(Algorithm::RS256));
+        let mut declared = rsa.clone();
+        declared["alg"] = "RS256".into();
+        assert_eq!(key_algorithm(&jwk(declared)), Some(Algorithm::RS256));
+        // A JWK that says it is for something else is not used at all.
+        let mut mismatch = rsa;
+        mismatch["alg"] = "ES256".into();
+        assert_eq!(key_algorithm(&jwk(mismatch)), None);
+        let hmac = serde_json::json!({"kty": "oct", "k": "c2VjcmV0"});
+        assert_eq!(key_algorithm(&jwk(hmac)), None);
+        let p384 = serde_json::json!({"kty": "EC", "crv": "P-384", "x": "AQAB", "y": "AQAB"});
+        assert_eq!(key_algorithm(&jwk(p384)), None);
+        let ed = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": "AQAB"});
+        assert_eq!(key_algorithm(&jwk(ed)), Some(Algorithm::EdDSA));
+    }
+
+    #[test]
+    fn only_jws_compact_shapes_count_as_jwts() {
+        assert!(looks_like_jwt("eyJh.eyJz.c2ln"));
+        assert!(!looks_like_jwt("gvl_agent_abc"));
+        assert!(!looks_like_jwt("a.b"));
+        assert!(!looks_like_jwt("a.b.c.d"));
+        assert!(!looks_like_jwt("a..c"));
+        assert!(!looks_like_jwt("a.b.c="));
+    }
+}
