@@ -23,6 +23,7 @@ fn records() -> (Vec<StoredRecord>, Vec<StoredCheckpoint>, NoteSigner) {
             event: AuditEvent::Decision,
             initiator: format!("agent:bot-{}", seq % 50),
             owner: Some("owner@example.com".into()),
+            on_behalf_of: None,
             reviewers: vec![],
             comment: None,
             resource: format!("db-{}", seq % 7),

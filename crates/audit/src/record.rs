@@ -87,6 +87,7 @@ mod tests {
             event: AuditEvent::Decision,
             initiator: "agent:a".into(),
             owner: None,
+            on_behalf_of: None,
             reviewers: vec![],
             comment: Some("{\"seq\":9,\"v\":1,".into()),
             resource: "db".into(),

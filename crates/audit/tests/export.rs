@@ -10,6 +10,7 @@ fn record(event: AuditEvent, decision: Option<&str>) -> AuditRecord {
         event,
         initiator: "agent:deploy-bot".into(),
         owner: Some("bob@example.com".into()),
+        on_behalf_of: None,
         reviewers: vec!["alice@example.com".into()],
         comment: Some("ok | fine = yes ] \"quoted\" \\ back\nslash".into()),
         resource: "prod-db".into(),

@@ -347,6 +347,7 @@ async fn explain_principal(
                 id: id.to_owned(),
                 owner: HumanId(owner),
                 groups,
+                on_behalf_of: None,
             })
         }
         other => Err(Fail::with(

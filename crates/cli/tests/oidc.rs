@@ -389,3 +389,40 @@ upstream = "postgres://postgres@127.0.0.1:5432/test"
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_acting_for_a_human_records_them_and_they_cannot_approve() {
+    let (p, g) = start().await;
+    // RFC 8693 delegation: the subject is dana (a dba), the actor the
+    // client mapped to agent `bot`.
+    let mut claims = human("dana@x");
+    claims["act"] = json!({"sub": "ci-client"});
+    let delegated = p.mint("RS256", claims).await;
+    let (status, v) = whoami(&g, &delegated).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["principal"]["id"], "bot");
+    assert_eq!(v["principal"]["on_behalf_of"], "dana@x", "{v}");
+    let pending = g
+        .act(&delegated, "sql.ddl", "prod-db", "DROP TABLE invoices")
+        .await;
+    let id = harness::request_id(&pending);
+    let (_, request) = g.get(&format!("/api/v1/requests/{id}"), BOB).await;
+    assert_eq!(request["initiator"]["on_behalf_of"], "dana@x", "{request}");
+    // dana is a dba, but the agent acts for her: she may not approve.
+    let dana = p.mint("ES256", human("dana@x")).await;
+    let (status, v) = g.approve(&dana, &id).await;
+    assert_eq!(status, 403, "{v}");
+    assert!(v.to_string().contains("acts for"), "{v}");
+    let (status, v) = g.approve(BOB, &id).await;
+    assert_eq!(status, 200, "{v}");
+    let (_, page) = g.get(&format!("/api/v1/audit?request_id={id}"), BOB).await;
+    assert_eq!(
+        page["records"][0]["record"]["on_behalf_of"], "dana@x",
+        "{page}"
+    );
+    // An actor gavel does not map is refused, not treated as the human.
+    let mut claims = human("dana@x");
+    claims["act"] = json!({"sub": "stranger"});
+    let token = p.mint("RS256", claims).await;
+    assert_eq!(whoami(&g, &token).await.0, 401);
+}

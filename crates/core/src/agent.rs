@@ -33,6 +33,7 @@ impl AgentRecord {
             id: self.name.clone(),
             owner: self.owner.clone(),
             groups: self.groups.clone(),
+            on_behalf_of: None,
         }
     }
 }

@@ -220,6 +220,9 @@ pub enum DecideError {
     /// The initiating agent's owner never decides its requests.
     #[error("the owner of the initiating agent cannot decide its requests")]
     Owner,
+    /// The human the initiating agent acts for never decides its requests.
+    #[error("the human the initiating agent acts for cannot decide its requests")]
+    Delegator,
     /// The reviewer is not in the approver set.
     #[error("not in this request's approver set ({0})")]
     NotApprover(String),
@@ -344,6 +347,12 @@ impl ApprovalRequest {
             }
             Principal::Agent { owner, .. } if owner.same_human(&human.id) => {
                 return Err(DecideError::Owner);
+            }
+            Principal::Agent {
+                on_behalf_of: Some(delegator),
+                ..
+            } if delegator.same_human(&human.id) => {
+                return Err(DecideError::Delegator);
             }
             _ => {}
         }

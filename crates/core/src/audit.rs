@@ -66,6 +66,9 @@ pub struct AuditRecord {
     pub initiator: String,
     /// The initiating agent's owner.
     pub owner: Option<String>,
+    /// The human the initiating agent acts for, when it acts for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
     /// Reviewers involved in this event.
     pub reviewers: Vec<String>,
     /// The reviewer's comment or refusal reason.

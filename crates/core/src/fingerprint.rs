@@ -36,6 +36,12 @@ impl Fingerprint {
         };
         field(b"gavel-fingerprint-v1");
         field(action.principal.qualified_id().as_bytes());
+        // An agent acting for someone is another accountability context:
+        // a grant for it acting for alice is not one for it acting for bob.
+        // (Bound only when present, so other fingerprints are unchanged.)
+        if let Some(human) = action.principal.on_behalf_of() {
+            field(format!("on_behalf_of:{human}").as_bytes());
+        }
         field(action.resource.name.as_bytes());
         field(action.resource.kind.as_bytes());
         field(&(action.resource.tags.len() as u64).to_be_bytes());
@@ -162,6 +168,7 @@ mod tests {
                 id: "bot".into(),
                 owner: HumanId::from("o@x"),
                 groups: vec![],
+                on_behalf_of: None,
             },
             resource: Resource {
                 name: "db".into(),

@@ -196,6 +196,7 @@ impl Shared {
             event,
             initiator: action.principal.qualified_id(),
             owner: action.principal.owner().map(|o| o.to_string()),
+            on_behalf_of: action.principal.on_behalf_of().map(|h| h.to_string()),
             reviewers: Vec::new(),
             comment: None,
             resource: action.resource.name.clone(),

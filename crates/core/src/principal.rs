@@ -52,6 +52,11 @@ pub enum Principal {
         owner: HumanId,
         /// Groups the agent belongs to.
         groups: Vec<String>,
+        /// The human the agent acts for in this session, when its token
+        /// says so (an RFC 8693 `act` claim): recorded on every action,
+        /// and, like the owner, never an approver of them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_behalf_of: Option<HumanId>,
     },
 }
 
@@ -77,6 +82,14 @@ impl Principal {
         match self {
             Principal::Human(_) => None,
             Principal::Agent { owner, .. } => Some(owner),
+        }
+    }
+
+    /// The human an agent acts for, when it acts for one.
+    pub fn on_behalf_of(&self) -> Option<&HumanId> {
+        match self {
+            Principal::Human(_) => None,
+            Principal::Agent { on_behalf_of, .. } => on_behalf_of.as_ref(),
         }
     }
 

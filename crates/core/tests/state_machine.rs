@@ -22,12 +22,14 @@ fn cast() -> Vec<Principal> {
             id: "bot".into(),
             owner: HumanId::from(OWNER),
             groups: vec!["dba".into()],
+            on_behalf_of: None,
         },
         human(OWNER, &["dba"]),
         Principal::Agent {
             id: "other-bot".into(),
             owner: HumanId::from("someone@x"),
             groups: vec!["dba".into()],
+            on_behalf_of: None,
         },
         human("outsider@x", &["dev"]),
         human("a@x", &["dba"]),
@@ -328,4 +330,46 @@ fn only_the_initiator_withdraws_and_only_while_pending() {
     .unwrap();
     assert!(!r.withdraw(&cast[0], Timestamp(2)));
     assert_eq!(r.state, RequestState::Approved);
+}
+
+#[test]
+fn the_human_an_agent_acts_for_never_decides_its_requests() {
+    let mut r = request(1);
+    if let Principal::Agent { on_behalf_of, .. } = &mut r.action.principal {
+        *on_behalf_of = Some(HumanId::from("A@X"));
+    }
+    // Case-insensitively the same person as a@x, an eligible dba.
+    let delegator = &cast()[4];
+    assert_eq!(
+        r.decide(
+            delegator,
+            Decision::Approve,
+            "",
+            Timestamp(1),
+            Duration::from_secs(60)
+        ),
+        Err(DecideError::Delegator)
+    );
+    assert_eq!(r.state, RequestState::Pending);
+    r.decide(
+        &cast()[5],
+        Decision::Approve,
+        "",
+        Timestamp(1),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(r.state, RequestState::Approved);
+}
+
+#[test]
+fn acting_for_someone_else_is_another_fingerprint() {
+    let plain = request(1);
+    let mut delegated = request(1);
+    if let Principal::Agent { on_behalf_of, .. } = &mut delegated.action.principal {
+        *on_behalf_of = Some(HumanId::from("a@x"));
+    }
+    let route = plain.route.clone();
+    let fp = |a: &Action| Fingerprint::of(a, "v", &["p".to_string()], &route);
+    assert_ne!(fp(&plain.action), fp(&delegated.action));
 }

@@ -138,7 +138,7 @@ impl Authenticator {
                     groups,
                 }))
             }
-            oidc::Subject::Agent { name } => {
+            oidc::Subject::Agent { name, on_behalf_of } => {
                 let agents = self.agents.list_agents().await?;
                 let agent = agents
                     .into_iter()
@@ -150,7 +150,14 @@ impl Authenticator {
                 if !agent.is_active(self.clock.now()) {
                     return Err(AuthError::Expired(agent.name));
                 }
-                Ok(agent.principal())
+                let mut principal = agent.principal();
+                if let Principal::Agent {
+                    on_behalf_of: slot, ..
+                } = &mut principal
+                {
+                    *slot = on_behalf_of.map(HumanId);
+                }
+                Ok(principal)
             }
         }
     }

@@ -49,10 +49,13 @@ pub enum Subject {
         /// From `groups_claim`.
         groups: Vec<String>,
     },
-    /// A client-credentials token mapped to an agent by name.
+    /// A client-credentials token mapped to an agent by name, or a
+    /// delegated token (RFC 8693 `act`) whose actor is such an agent.
     Agent {
         /// The agent's name in gavel's store.
         name: String,
+        /// For a delegated token, the human it acts for.
+        on_behalf_of: Option<String>,
     },
 }
 
@@ -273,12 +276,39 @@ impl Issuer {
 
     fn subject(&self, claims: &serde_json::Value) -> Result<Subject, OidcError> {
         let text = |name: &str| claims.get(name).and_then(|v| v.as_str());
+        // Delegation (RFC 8693 §4.1): `act` names the party acting for the
+        // token's subject; its outermost level is the current actor.
+        if let Some(act) = claims.get("act") {
+            let actor = ["client_id", "sub"]
+                .iter()
+                .find_map(|c| act.get(*c).and_then(|v| v.as_str()));
+            let name = actor
+                .and_then(|a| self.config.agents.get(a))
+                .ok_or_else(|| {
+                    refused("the token's act claim names an actor that is not mapped to an agent")
+                })?;
+            let (human, _) = self.human(claims)?;
+            return Ok(Subject::Agent {
+                name: name.clone(),
+                on_behalf_of: Some(human),
+            });
+        }
         // Client credentials: mapped agents first, by client id.
         for claim in ["client_id", "azp", "sub"] {
             if let Some(name) = text(claim).and_then(|c| self.config.agents.get(c)) {
-                return Ok(Subject::Agent { name: name.clone() });
+                return Ok(Subject::Agent {
+                    name: name.clone(),
+                    on_behalf_of: None,
+                });
             }
         }
+        let (id, groups) = self.human(claims)?;
+        Ok(Subject::Human { id, groups })
+    }
+
+    /// The human a token names, and their groups.
+    fn human(&self, claims: &serde_json::Value) -> Result<(String, Vec<String>), OidcError> {
+        let text = |name: &str| claims.get(name).and_then(|v| v.as_str());
         let id_claim = self.config.human_id_claim.as_str();
         let id = text(id_claim)
             .filter(|v| !v.trim().is_empty())
@@ -304,10 +334,7 @@ impl Issuer {
                 )));
             }
         };
-        Ok(Subject::Human {
-            id: id.to_owned(),
-            groups,
-        })
+        Ok((id.to_owned(), groups))
     }
 }
 

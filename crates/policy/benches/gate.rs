@@ -51,6 +51,7 @@ fn action() -> Action {
             id: "bench-bot".into(),
             owner: HumanId::from("owner@x"),
             groups: vec!["team0".into(), "team1".into()],
+            on_behalf_of: None,
         },
         resource: Resource {
             name: "db-3".into(),

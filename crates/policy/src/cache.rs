@@ -162,6 +162,7 @@ mod tests {
                 id: "bot".into(),
                 owner: HumanId::from("o@x"),
                 groups: vec!["g".into()],
+                on_behalf_of: None,
             },
             resource: Resource {
                 name: "db".into(),
@@ -188,6 +189,7 @@ mod tests {
             id: "bot".into(),
             owner: HumanId::from("p@x"),
             groups: vec!["g".into()],
+            on_behalf_of: None,
         };
         variants.push(v);
         let mut v = base.clone();
@@ -195,6 +197,7 @@ mod tests {
             id: "bot".into(),
             owner: HumanId::from("o@x"),
             groups: vec!["g".into(), "h".into()],
+            on_behalf_of: None,
         };
         variants.push(v);
         let mut v = base.clone();

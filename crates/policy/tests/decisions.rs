@@ -59,6 +59,7 @@ fn agent(owner: &str, groups: &[&str]) -> Principal {
         id: "bot".into(),
         owner: HumanId::from(owner),
         groups: groups.iter().map(|s| s.to_string()).collect(),
+        on_behalf_of: None,
     }
 }
 

@@ -9,6 +9,7 @@ fn read() -> Action {
             id: "bot".into(),
             owner: HumanId::from("o@x"),
             groups: vec![],
+            on_behalf_of: None,
         },
         resource: Resource {
             name: "db".into(),

@@ -135,6 +135,9 @@ pub(crate) struct PrincipalView {
     pub id: String,
     /// The agent's owner.
     pub owner: Option<String>,
+    /// The human the agent acts for (delegated tokens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
     /// Groups.
     pub groups: Vec<String>,
 }
@@ -145,6 +148,7 @@ impl From<&Principal> for PrincipalView {
             kind: p.kind(),
             id: p.id().to_owned(),
             owner: p.owner().map(|o| o.0.clone()),
+            on_behalf_of: p.on_behalf_of().map(|h| h.0.clone()),
             groups: p.groups().to_vec(),
         }
     }

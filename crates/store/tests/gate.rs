@@ -73,6 +73,7 @@ fn agent() -> Principal {
         id: "bot".into(),
         owner: HumanId::from("owner@x"),
         groups: vec![],
+        on_behalf_of: None,
     }
 }
 
