@@ -426,3 +426,242 @@ async fn an_agent_acting_for_a_human_records_them_and_they_cannot_approve() {
     let token = p.mint("RS256", claims).await;
     assert_eq!(whoami(&g, &token).await.0, 401);
 }
+
+/// gavel with browser sign-in configured at the provider.
+async fn start_web(p: &Provider) -> Gavel {
+    let extra = format!(
+        r#"
+[[identity.oidc]]
+issuer = "{url}"
+audience = "gavel"
+client_id = "gavel-web"
+"#,
+        url = p.url
+    );
+    Gavel::start_custom("60s", harness::POLICIES, &extra).await
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// Walks the authorization code flow as a browser would, signing in as
+/// `email`; returns the session cookie and where gavel sent the browser.
+async fn sign_in(g: &Gavel, p: &Provider, next: &str, email: &str) -> (String, String) {
+    let http = no_redirects();
+    let r = http
+        .get(format!("{}/login?next={next}", g.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let authorize = location(&r);
+    assert!(
+        authorize.starts_with(&format!("{}/authorize?", p.url)),
+        "{authorize}"
+    );
+    assert!(
+        authorize.contains("code_challenge_method=S256"),
+        "{authorize}"
+    );
+    // The provider's form, submitted with its hidden fields.
+    let query = authorize.split_once('?').unwrap().1.to_owned();
+    let mut form: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    form.push(("email".into(), email.into()));
+    let r = http
+        .post(format!("{}/authorize", p.url))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let callback = location(&r);
+    assert!(
+        callback.starts_with(&format!("{}/auth/callback?", g.base)),
+        "{callback}"
+    );
+    let r = http.get(&callback).send().await.unwrap();
+    assert!(
+        r.status().is_redirection(),
+        "{}: {}",
+        r.status(),
+        r.text().await.unwrap()
+    );
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    // The same callback again (a replayed state) is refused.
+    let again = http.get(&callback).send().await.unwrap();
+    assert_eq!(again.status(), 400);
+    let session = cookie.split(';').next().unwrap().to_owned();
+    (session, location(&r))
+}
+
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token");
+    let rest = &page[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reviewers_sign_in_and_decide_on_the_approval_page() {
+    let p = Provider::start().await;
+    let g = start_web(&p).await;
+    let pending = g
+        .act(
+            &g.agent_token,
+            "sql.ddl",
+            "prod-db",
+            "DROP TABLE <script>orders</script>",
+        )
+        .await;
+    let id = harness::request_id(&pending);
+    let page_url = format!("{}/requests/{id}", g.base);
+    let http = no_redirects();
+    // Not signed in: sent to sign in, and back here afterwards.
+    let r = http.get(&page_url).send().await.unwrap();
+    assert!(r.status().is_redirection());
+    assert_eq!(location(&r), format!("/login?next=/requests/{id}"));
+    let (cookie, back) = sign_in(&g, &p, &format!("/requests/{id}"), "dana@x").await;
+    assert_eq!(back, format!("/requests/{id}"));
+    let page = http
+        .get(&page_url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Everything a reviewer needs, escaped.
+    for needed in [
+        "agent bot",
+        "owner@x",
+        "prod-db",
+        "sql.ddl",
+        "ddl-needs-dba",
+        "group:dba",
+        "Approve",
+        "Deny",
+    ] {
+        assert!(page.contains(needed), "missing {needed}: {page}");
+    }
+    assert!(
+        page.contains("&lt;script&gt;orders"),
+        "operation not escaped"
+    );
+    assert!(!page.contains("<script>orders"));
+    let csrf = csrf_of(&page);
+    let decide = |form: Vec<(&'static str, String)>| {
+        http.post(format!("{page_url}/decision"))
+            .header("cookie", &cookie)
+            .form(&form)
+            .send()
+    };
+    // Without the CSRF token, or with another, nothing happens.
+    let r = decide(vec![
+        ("csrf", "forged".into()),
+        ("decision", "approve".into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = decide(vec![("decision", "approve".into())]).await.unwrap();
+    assert!(r.status().is_client_error());
+    let (_, v) = g.get(&format!("/api/v1/requests/{id}"), BOB).await;
+    assert_eq!(v["state"], "pending");
+    // Denying needs a reason.
+    let r = decide(vec![("csrf", csrf.clone()), ("decision", "deny".into())])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = decide(vec![
+        ("csrf", csrf.clone()),
+        ("decision", "approve".into()),
+        ("comment", "looks fine".into()),
+    ])
+    .await
+    .unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    assert_eq!(location(&r), format!("/requests/{id}?done=approved"));
+    let (_, v) = g.get(&format!("/api/v1/requests/{id}"), BOB).await;
+    assert_eq!(v["state"], "approved", "{v}");
+    assert_eq!(v["reviews"][0]["reviewer"], "dana@x");
+    assert_eq!(v["reviews"][0]["comment"], "looks fine");
+    // Signing out ends the session.
+    let r = http
+        .post(format!("{}/logout", g.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection());
+    let r = http
+        .get(&page_url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection(), "session still alive");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_owner_signed_in_on_the_web_cannot_approve() {
+    let p = Provider::start().await;
+    let g = start_web(&p).await;
+    let pending = g
+        .act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE t")
+        .await;
+    let id = harness::request_id(&pending);
+    let (cookie, _) = sign_in(&g, &p, "/requests", "owner@x").await;
+    let http = no_redirects();
+    let page_url = format!("{}/requests/{id}", g.base);
+    let page = http
+        .get(&page_url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("cannot decide"), "{page}");
+    assert!(!page.contains("value=\"approve\""), "{page}");
+    // The list shows it.
+    let list = http
+        .get(format!("{}/requests", g.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains(&id), "{list}");
+    // A crafted form post is refused by the same rules.
+    let csrf = csrf_of(&page);
+    let r = http
+        .post(format!("{page_url}/decision"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("decision", "approve")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let (_, v) = g.get(&format!("/api/v1/requests/{id}"), BOB).await;
+    assert_eq!(v["state"], "pending");
+}

@@ -140,6 +140,13 @@ pub struct OidcIssuerConfig {
     /// made-up key ids costs the issuer one request per interval.
     #[serde(with = "duration", default = "default_jwks_refresh")]
     pub jwks_min_refresh_interval: Duration,
+    /// gavel's own client id at this issuer: set it to let reviewers sign
+    /// in to the web pages (authorization code flow with PKCE). ID tokens
+    /// from that flow must carry it in `aud`.
+    pub client_id: Option<String>,
+    /// Environment variable holding the client secret, for issuers that
+    /// require one at the token endpoint (never in the file).
+    pub client_secret_env: Option<String>,
     /// Client-credentials tokens → agents: the token's `client_id` (or
     /// `azp`, else `sub`) → the name of an agent in gavel's store, which
     /// gives it its owner and groups.
@@ -559,6 +566,28 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// Whether `url` is `https://`, or `http://` to a loopback host (for local
+/// development and tests). The authority is read up to the first `/`, so
+/// `http://localhost@evil.example` is not loopback.
+pub fn secure_or_loopback(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return false;
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "::1")
+}
+
 /// The longest duration any setting accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -612,14 +641,7 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
     let mut issuers = HashSet::new();
     for (i, o) in c.identity.oidc.iter().enumerate() {
         let key = |field: &str| format!("identity.oidc[{i}].{field}");
-        let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
-            .iter()
-            .any(|p| {
-                o.issuer
-                    .strip_prefix(p)
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
-            });
-        if !(o.issuer.starts_with("https://") || loopback) {
+        if !secure_or_loopback(&o.issuer) {
             return Err(fail(
                 key("issuer"),
                 format!(
@@ -782,13 +804,7 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
                         "must be an http:// or https:// URL".into(),
                     ));
                 }
-                let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
-                    .iter()
-                    .any(|p| {
-                        url.strip_prefix(p)
-                            .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
-                    });
-                if r.bearer_token_env.is_some() && url.starts_with("http://") && !loopback {
+                if r.bearer_token_env.is_some() && !secure_or_loopback(url) {
                     return Err(fail(
                         key("bearer_token_env"),
                         "a bearer token is sent only over https:// or to loopback".into(),
@@ -905,6 +921,10 @@ mod tests {
             ),
             (
                 "issuer = \"http://localhost.evil.com\"\naudience = \"g\"",
+                "issuer",
+            ),
+            (
+                "issuer = \"http://localhost:80@evil.com\"\naudience = \"g\"",
                 "issuer",
             ),
             ("issuer = \"https://i\"\naudience = \"\"", "audience"),

@@ -96,12 +96,36 @@ impl Authenticator {
 
     /// Also accepts JWTs from these OpenID Connect issuers.
     pub fn with_oidc(mut self, issuers: &[OidcIssuerConfig]) -> Authenticator {
-        let http = reqwest::Client::new();
+        // No redirects: a key set must come from where the issuer says.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
         self.issuers = issuers
             .iter()
             .map(|c| oidc::Issuer::new(c.clone(), http.clone()))
             .collect();
         self
+    }
+
+    /// The issuers reviewers can sign in with in a browser.
+    pub fn browser_issuers(&self) -> impl Iterator<Item = &oidc::Issuer> {
+        self.issuers.iter().filter(|i| i.client_id().is_some())
+    }
+
+    /// The human a browser sign-in names, with configured groups added.
+    pub fn human_from_sign_in(&self, id: String, mut groups: Vec<String>) -> Human {
+        if let Some(known) = self.human(&id) {
+            for g in &known.groups {
+                if !groups.contains(g) {
+                    groups.push(g.clone());
+                }
+            }
+        }
+        Human {
+            id: HumanId(id),
+            groups,
+        }
     }
 
     async fn authenticate_jwt(&self, token: &str) -> Result<Principal, AuthError> {

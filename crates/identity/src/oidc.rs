@@ -8,16 +8,19 @@
 //! header never chooses how its key is used (no `none`, no HMAC with a
 //! public key).
 
-use gavel_config::OidcIssuerConfig;
+use gavel_config::{OidcIssuerConfig, secure_or_loopback};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 /// How long a discovery or JWKS request may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest discovery document or JWKS gavel reads.
+const MAX_DOCUMENT: usize = 256 * 1024;
 
 /// Why a JWT was refused. The token itself never appears in it.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,7 @@ pub enum Subject {
 }
 
 struct Keys {
+    endpoints: Option<Endpoints>,
     by_kid: HashMap<String, (DecodingKey, Algorithm)>,
     /// Keys without a `kid`, used only when the set has exactly one key.
     anonymous: Vec<(DecodingKey, Algorithm)>,
@@ -72,13 +76,26 @@ pub struct Issuer {
     config: OidcIssuerConfig,
     algorithms: Vec<Algorithm>,
     http: reqwest::Client,
-    keys: Mutex<Keys>,
+    keys: RwLock<Keys>,
+    /// One fetch at a time; the key map is never locked across a request.
+    fetching: Mutex<()>,
 }
 
 #[derive(Deserialize)]
 struct Discovery {
     issuer: String,
     jwks_uri: String,
+    authorization_endpoint: Option<String>,
+    token_endpoint: Option<String>,
+}
+
+/// Where a browser signs in, from the discovery document.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// The authorization endpoint.
+    pub authorization: String,
+    /// The token endpoint.
+    pub token: String,
 }
 
 /// The algorithm a key is for, from its type (and curve), never from the
@@ -126,7 +143,9 @@ impl Issuer {
             config,
             algorithms,
             http,
-            keys: Mutex::new(Keys {
+            fetching: Mutex::new(()),
+            keys: RwLock::new(Keys {
+                endpoints: None,
                 by_kid: HashMap::new(),
                 anonymous: Vec::new(),
                 fetched_at: None,
@@ -148,6 +167,9 @@ impl Issuer {
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, OidcError> {
+        if !secure_or_loopback(url) {
+            return Err(self.unavailable(format!("{url} is neither https:// nor loopback")));
+        }
         let response = self
             .http
             .get(url)
@@ -158,16 +180,36 @@ impl Issuer {
         if !response.status().is_success() {
             return Err(self.unavailable(format!("GET {url}: HTTP {}", response.status())));
         }
-        response
-            .json()
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_DOCUMENT as u64)
+        {
+            return Err(self.unavailable(format!("GET {url}: larger than {MAX_DOCUMENT} bytes")));
+        }
+        let body = response
+            .bytes()
             .await
-            .map_err(|e| self.unavailable(format!("GET {url}: {e}")))
+            .map_err(|e| self.unavailable(format!("GET {url}: {e}")))?;
+        if body.len() > MAX_DOCUMENT {
+            return Err(self.unavailable(format!("GET {url}: larger than {MAX_DOCUMENT} bytes")));
+        }
+        serde_json::from_slice(&body).map_err(|e| self.unavailable(format!("GET {url}: {e}")))
     }
 
-    /// Fetches the discovery document (once) and the JWKS.
-    async fn refresh(&self, keys: &mut Keys) -> Result<(), OidcError> {
-        let jwks_uri = match &keys.jwks_uri {
-            Some(u) => u.clone(),
+    fn keys_read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keys_write(&self) -> std::sync::RwLockWriteGuard<'_, Keys> {
+        self.keys.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fetches the discovery document (once) and the JWKS, without holding
+    /// the key map locked.
+    async fn refresh(&self) -> Result<(), OidcError> {
+        let known_jwks_uri = self.keys_read().jwks_uri.clone();
+        let jwks_uri = match known_jwks_uri {
+            Some(u) => u,
             None => {
                 let url = format!(
                     "{}/.well-known/openid-configuration",
@@ -182,11 +224,23 @@ impl Issuer {
                         discovery.issuer
                     )));
                 }
+                let endpoints = match (discovery.authorization_endpoint, discovery.token_endpoint) {
+                    (Some(authorization), Some(token))
+                        if secure_or_loopback(&authorization) && secure_or_loopback(&token) =>
+                    {
+                        Some(Endpoints {
+                            authorization,
+                            token,
+                        })
+                    }
+                    _ => None,
+                };
+                let mut keys = self.keys_write();
                 keys.jwks_uri = Some(discovery.jwks_uri.clone());
+                keys.endpoints = endpoints;
                 discovery.jwks_uri
             }
         };
-        keys.fetched_at = Some(Instant::now());
         let set: JwkSet = self.get_json(&jwks_uri).await?;
         let mut by_kid = HashMap::new();
         let mut anonymous = Vec::new();
@@ -208,16 +262,29 @@ impl Issuer {
             }
         }
         tracing::info!(issuer = %self.config.issuer, keys = by_kid.len() + anonymous.len(), "fetched OIDC signing keys");
+        let mut keys = self.keys_write();
         keys.by_kid = by_kid;
         keys.anonymous = anonymous;
         Ok(())
+    }
+
+    /// Claims the right to fetch now: true at most once per
+    /// `jwks_min_refresh_interval`, counting failed attempts too.
+    fn may_fetch(&self) -> bool {
+        let mut keys = self.keys_write();
+        let due = keys
+            .fetched_at
+            .is_none_or(|t| t.elapsed() >= self.config.jwks_min_refresh_interval);
+        if due {
+            keys.fetched_at = Some(Instant::now());
+        }
+        due
     }
 
     /// The key for `kid`, fetching the JWKS when it is unknown (at most
     /// once per `jwks_min_refresh_interval`, so key rotation is picked up
     /// and a flood of made-up `kid`s is not).
     async fn key(&self, kid: Option<&str>) -> Result<(DecodingKey, Algorithm), OidcError> {
-        let mut keys = self.keys.lock().await;
         let lookup = |keys: &Keys| match kid {
             Some(kid) => keys.by_kid.get(kid).cloned(),
             None if keys.by_kid.len() + keys.anonymous.len() == 1 => keys
@@ -227,20 +294,25 @@ impl Issuer {
                 .cloned(),
             None => None,
         };
-        if let Some(found) = lookup(&keys) {
+        if let Some(found) = lookup(&self.keys_read()) {
             return Ok(found);
         }
-        let due = keys
-            .fetched_at
-            .is_none_or(|t| t.elapsed() >= self.config.jwks_min_refresh_interval);
-        if due {
-            self.refresh(&mut keys).await?;
-            if let Some(found) = lookup(&keys) {
+        let _one_fetch = self.fetching.lock().await;
+        // Another request may have fetched while this one waited.
+        if let Some(found) = lookup(&self.keys_read()) {
+            return Ok(found);
+        }
+        if self.may_fetch() {
+            self.refresh().await?;
+            if let Some(found) = lookup(&self.keys_read()) {
                 return Ok(found);
             }
         }
         Err(refused(match kid {
-            Some(kid) => format!("no signing key {kid:?} at the issuer"),
+            Some(kid) => format!(
+                "no signing key {:?} at the issuer",
+                kid.chars().take(64).collect::<String>()
+            ),
             None => "the token names no key (kid) and the issuer has several".into(),
         }))
     }
@@ -248,6 +320,92 @@ impl Issuer {
     /// Verifies `token` (its signature, `iss`, `aud`, `exp`, `nbf`) and
     /// says whom it identifies.
     pub async fn verify(&self, token: &str) -> Result<Subject, OidcError> {
+        let claims = self.verified_claims(token, &self.config.audience).await?;
+        self.subject(&claims)
+    }
+
+    /// The issuer's browser endpoints (discovery is fetched if needed).
+    pub async fn endpoints(&self) -> Result<Endpoints, OidcError> {
+        if self.keys_read().jwks_uri.is_none() {
+            let _one_fetch = self.fetching.lock().await;
+            if self.keys_read().jwks_uri.is_none() && self.may_fetch() {
+                self.refresh().await?;
+            }
+        }
+        self.keys_read().endpoints.clone().ok_or_else(|| {
+            self.unavailable(
+                "no https:// (or loopback) authorization and token endpoints in the discovery document",
+            )
+        })
+    }
+
+    /// gavel's client id for browser sign-in, if configured.
+    pub fn client_id(&self) -> Option<&str> {
+        self.config.client_id.as_deref()
+    }
+
+    /// Exchanges an authorization code (with its PKCE verifier) for an ID
+    /// token, verifies it for gavel's client id and the flow's `nonce`, and
+    /// returns the human it names: only humans sign in to the web pages.
+    pub async fn sign_in(
+        &self,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+        nonce: &str,
+    ) -> Result<(String, Vec<String>), OidcError> {
+        let client_id = self
+            .config
+            .client_id
+            .clone()
+            .ok_or_else(|| refused("browser sign-in is not configured for this issuer"))?;
+        let endpoints = self.endpoints().await?;
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code.to_owned()),
+            ("redirect_uri", redirect_uri.to_owned()),
+            ("client_id", client_id.clone()),
+            ("code_verifier", verifier.to_owned()),
+        ];
+        if let Some(var) = &self.config.client_secret_env {
+            let secret = std::env::var(var)
+                .map_err(|_| self.unavailable(format!("${var} (the client secret) is not set")))?;
+            form.push(("client_secret", secret));
+        }
+        let response = self
+            .http
+            .post(&endpoints.token)
+            .timeout(FETCH_TIMEOUT)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| self.unavailable(format!("token endpoint: {e}")))?;
+        if !response.status().is_success() {
+            return Err(refused(format!(
+                "the token endpoint refused the code (HTTP {})",
+                response.status()
+            )));
+        }
+        #[derive(Deserialize)]
+        struct TokenResponse {
+            id_token: String,
+        }
+        let tokens: TokenResponse = response
+            .json()
+            .await
+            .map_err(|e| self.unavailable(format!("token endpoint: {e}")))?;
+        let claims = self.verified_claims(&tokens.id_token, &client_id).await?;
+        if claims.get("nonce").and_then(|n| n.as_str()) != Some(nonce) {
+            return Err(refused("the ID token's nonce does not match this sign-in"));
+        }
+        self.human(&claims)
+    }
+
+    async fn verified_claims(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<serde_json::Value, OidcError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| refused(format!("malformed token header: {e}")))?;
         if !self.algorithms.contains(&header.alg) {
@@ -265,13 +423,13 @@ impl Issuer {
         }
         let mut validation = Validation::new(key_alg);
         validation.set_issuer(&[&self.config.issuer]);
-        validation.set_audience(&[&self.config.audience]);
+        validation.set_audience(&[audience]);
         validation.leeway = self.config.clock_skew.as_secs();
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
             .map_err(|e| refused(e.to_string()))?;
-        self.subject(&data.claims)
+        Ok(data.claims)
     }
 
     fn subject(&self, claims: &serde_json::Value) -> Result<Subject, OidcError> {
@@ -293,9 +451,19 @@ impl Issuer {
                 on_behalf_of: Some(human),
             });
         }
-        // Client credentials: mapped agents first, by client id.
+        // Client credentials: a token of a mapped client that names no
+        // human (or whose subject is the client itself) is the agent. A
+        // human's token that came through a mapped client stays the
+        // human's.
+        let names_a_human = text(&self.config.human_id_claim).is_some_and(|v| !v.trim().is_empty())
+            && self.config.human_id_claim != "sub";
         for claim in ["client_id", "azp", "sub"] {
-            if let Some(name) = text(claim).and_then(|c| self.config.agents.get(c)) {
+            let Some(client) = text(claim) else { continue };
+            let Some(name) = self.config.agents.get(client) else {
+                continue;
+            };
+            let subject_is_client = text("sub") == Some(client);
+            if subject_is_client || !names_a_human {
                 return Ok(Subject::Agent {
                     name: name.clone(),
                     on_behalf_of: None,
@@ -311,7 +479,8 @@ impl Issuer {
         let text = |name: &str| claims.get(name).and_then(|v| v.as_str());
         let id_claim = self.config.human_id_claim.as_str();
         let id = text(id_claim)
-            .filter(|v| !v.trim().is_empty())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
             .ok_or_else(|| refused(format!("the token has no {id_claim:?} claim")))?;
         if id_claim == "email"
             && claims.get("email_verified") != Some(&serde_json::Value::Bool(true))

@@ -485,7 +485,11 @@ pub(crate) async fn list_requests(
     }))
 }
 
-async fn load_visible(gw: &Gateway, p: &Principal, id: &str) -> Result<ApprovalRequest, ApiError> {
+pub(crate) async fn load_visible(
+    gw: &Gateway,
+    p: &Principal,
+    id: &str,
+) -> Result<ApprovalRequest, ApiError> {
     let id = RequestId(id.to_owned());
     match gw.gate.approvals().get(&id).await? {
         Some(r) if may_see(p, &r) => Ok(r),
@@ -502,6 +506,14 @@ pub(crate) async fn get_request(
     Path(id): Path<String>,
 ) -> Result<Json<RequestView>, ApiError> {
     let r = load_visible(&gw, &p, &id).await?;
+    Ok(Json(with_history(&gw, &r).await?))
+}
+
+/// A request's view with the initiator's and the resource's recent history.
+pub(crate) async fn with_history(
+    gw: &Gateway,
+    r: &ApprovalRequest,
+) -> Result<RequestView, ApiError> {
     let approvals = gw.gate.approvals();
     let recent = |initiator: Option<String>, resource: Option<String>| RequestFilter {
         state: None,
@@ -523,12 +535,12 @@ pub(crate) async fn get_request(
             .map(HistoryItem::from)
             .collect()
     };
-    let mut view = RequestView::new(&r, &gw.config.config.server.public_url);
+    let mut view = RequestView::new(r, &gw.config.config.server.public_url);
     view.history = Some(History {
         initiator_recent: others(by_initiator),
         resource_recent: others(on_resource),
     });
-    Ok(Json(view))
+    Ok(view)
 }
 
 async fn decide(

@@ -12,6 +12,7 @@ mod audit;
 mod error;
 mod openapi;
 mod views;
+mod web;
 
 pub use audit::Checkpointer;
 pub use error::ApiError;
@@ -42,6 +43,7 @@ pub struct Gateway {
     pub(crate) checkpointer: Arc<Checkpointer>,
     pub(crate) postgres: Vec<Arc<gavel_postgres::PostgresSurface>>,
     pub(crate) mcp: gavel_mcp::McpGateway,
+    pub(crate) web: Arc<web::WebState>,
 }
 
 /// Opens the configured store (SQLite only in this build).
@@ -165,6 +167,7 @@ impl Gateway {
             checkpointer,
             postgres,
             mcp,
+            web: Arc::new(web::WebState::default()),
         })
     }
 
@@ -221,7 +224,9 @@ impl Gateway {
         let mcp = self
             .mcp
             .router(self.auth.clone(), allowed_hosts(&self.config, bound));
+        let pages = web::router(self.clone());
         let app = api::router(self)
+            .merge(pages)
             .merge(mcp)
             .into_make_service_with_connect_info::<SocketAddr>();
         let result = axum::serve(listener, app)

@@ -7,16 +7,25 @@ Serves the discovery document and the JWKS, and for the tests:
   POST /forge   {"kind", "claims"}          -> a crafted attack token
   POST /rotate  {}                          -> replaces the RSA key (new kid)
   GET  /stats                               -> {"jwks_fetches": n}
+and the authorization code flow with PKCE (S256) for browser sign-in:
+  GET  /authorize  (OIDC parameters)        -> a sign-in form (email)
+  POST /authorize  (the form)               -> 302 to redirect_uri?code&state
+  POST /token      (grant_type=authorization_code, code, redirect_uri,
+                    client_id, code_verifier) -> {"id_token", …}
+Users and their groups are in USERS.
 Default claims: iss, aud "gavel", sub, iat, nbf = now, exp = now + 300.
 """
 import base64
 import hashlib
 import hmac
+import html
 import json
+import secrets
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlencode, urlparse
 
 from joserfc import jwt
 from joserfc.jwk import ECKey, OKPKey, RSAKey
@@ -30,6 +39,8 @@ keys = {
     "EdDSA": OKPKey.generate_key("Ed25519", parameters={"kid": "ed-1"}),
 }
 stats = {"jwks_fetches": 0, "rotations": 0}
+USERS = {"dana@x": ["dba"], "owner@x": ["dba"], "erin@x": ["dev"]}
+codes = {}  # code -> what it was issued for; each is good once
 
 
 def b64(data: bytes) -> str:
@@ -84,7 +95,33 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def redirect(self, location):
+        self.send_response(302)
+        self.send_header("location", location)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
     def do_GET(self):
+        url = urlparse(self.path)
+        if url.path == "/authorize":
+            q = {k: v[0] for k, v in parse_qs(url.query).items()}
+            if q.get("response_type") != "code" or q.get("code_challenge_method") != "S256" or not q.get("code_challenge"):
+                self.reply({"error": "invalid_request"}, 400)
+                return
+            hidden = "".join(
+                f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in q.items()
+            )
+            page = (
+                "<!doctype html><title>Sign in</title><form method=post action=/authorize>"
+                f"{hidden}<label for=email>Email</label> <input id=email name=email>"
+                "<button type=submit>Sign in</button></form>"
+            ).encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
         if self.path == "/.well-known/openid-configuration":
             self.reply({
                 "issuer": ISSUER,
@@ -108,7 +145,39 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         length = int(self.headers.get("content-length") or 0)
-        req = json.loads(self.rfile.read(length) or b"{}")
+        raw = self.rfile.read(length)
+        if self.path in ("/authorize", "/token"):
+            form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+            with lock:
+                if self.path == "/authorize":
+                    email = form.get("email", "")
+                    if email not in USERS:
+                        self.reply({"error": "access_denied"}, 403)
+                        return
+                    code = secrets.token_urlsafe(24)
+                    codes[code] = {
+                        "client_id": form["client_id"], "redirect_uri": form["redirect_uri"],
+                        "challenge": form["code_challenge"], "nonce": form.get("nonce"), "email": email,
+                    }
+                    self.redirect(f"{form['redirect_uri']}?{urlencode({'code': code, 'state': form.get('state', '')})}")
+                    return
+                grant = codes.pop(form.get("code", ""), None)
+                verifier = form.get("code_verifier", "")
+                challenge = b64(hashlib.sha256(verifier.encode()).digest())
+                if (grant is None or form.get("grant_type") != "authorization_code"
+                        or grant["client_id"] != form.get("client_id")
+                        or grant["redirect_uri"] != form.get("redirect_uri")
+                        or grant["challenge"] != challenge):
+                    self.reply({"error": "invalid_grant"}, 400)
+                    return
+                claims = {
+                    "aud": grant["client_id"], "sub": f"sub-{grant['email']}", "email": grant["email"],
+                    "email_verified": True, "groups": USERS[grant["email"]], "nonce": grant["nonce"],
+                }
+                self.reply({"id_token": mint("RS256", None, claims), "token_type": "Bearer",
+                            "access_token": secrets.token_urlsafe(16)})
+            return
+        req = json.loads(raw or b"{}")
         with lock:
             if self.path == "/mint":
                 self.reply({"token": mint(req["alg"], req.get("kid"), req.get("claims", {}))})

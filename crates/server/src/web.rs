@@ -1,0 +1,571 @@
+//! The reviewer's web pages (SPEC §4), server-rendered and usable without
+//! JavaScript: sign-in with the identity provider (authorization code flow
+//! with PKCE), the pending requests at `/requests`, and the approval page
+//! at `/requests/{id}` with Approve and Deny. Deciding goes through
+//! `Approvals::decide`, the same rules as every channel.
+//!
+//! Sessions live in memory: an HttpOnly cookie (`Secure` when
+//! `server.public_url` is https, `SameSite=Lax`) names a session holding
+//! the human and a CSRF token that every form must echo.
+
+use crate::Gateway;
+use crate::views::RequestView;
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use gavel_core::{
+    DecideFailure, Decision, Human, Principal, RequestFilter, RequestId, RequestState,
+};
+use maud::{DOCTYPE, Markup, html};
+use rand::RngCore;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+const COOKIE: &str = "gavel_session";
+/// How long a signed-in session lasts.
+const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+/// How long a sign-in may take at the identity provider.
+const FLOW_TTL: Duration = Duration::from_secs(600);
+/// Most sign-ins in flight; older ones are dropped past this.
+const MAX_FLOWS: usize = 10_000;
+
+struct WebSession {
+    human: Human,
+    csrf: String,
+    expires: Instant,
+}
+
+struct Flow {
+    issuer: usize,
+    verifier: String,
+    nonce: String,
+    next: String,
+    created: Instant,
+}
+
+/// Browser sessions and sign-ins in flight.
+#[derive(Default)]
+pub(crate) struct WebState {
+    sessions: Mutex<HashMap<String, WebSession>>,
+    flows: Mutex<HashMap<String, Flow>>,
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub(crate) fn router(gw: Gateway) -> Router {
+    Router::new()
+        .route("/login", get(login))
+        .route("/auth/callback", get(callback))
+        .route("/logout", post(logout))
+        .route("/requests", get(list))
+        .route("/requests/{id}", get(page))
+        .route("/requests/{id}/decision", post(decide))
+        .with_state(gw)
+}
+
+fn page_shell(title: &str, who: Option<&(Human, String)>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · gavel" }
+                style { (STYLE) }
+            }
+            body {
+                header {
+                    a href="/requests" { strong { "gavel" } }
+                    @if let Some((human, csrf)) = who {
+                        span.who { "Signed in as " (human.id.0) }
+                        form method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1a1a1a}header{display:flex;gap:1em;align-items:center;padding:.6em 1em;background:#f2f2f2}header form{margin-left:auto}main{padding:1em;max-width:60em}pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;word-break:break-word}table{border-collapse:collapse}td,th{padding:.25em .6em;text-align:left;vertical-align:top;border-bottom:1px solid #ddd}.state{font-weight:bold}.error{color:#a00}.ok{color:#060}textarea{width:100%}";
+
+fn error_page(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Html(page_shell("Error", None, html! { p.error { (message) } }).into_string()),
+    )
+        .into_response()
+}
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+impl WebState {
+    fn session(&self, headers: &HeaderMap) -> Option<(Human, String)> {
+        let id = cookie_value(headers)?;
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        match sessions.get(&id) {
+            Some(s) if s.expires > Instant::now() => Some((s.human.clone(), s.csrf.clone())),
+            Some(_) => {
+                sessions.remove(&id);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// A local path to return to after sign-in; anything else is `/requests`.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        _ => "/requests".to_owned(),
+    }
+}
+
+fn sign_in_redirect(path: &str) -> Response {
+    let next: String = url_encode(path);
+    Redirect::to(&format!("/login?next={next}")).into_response()
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    next: Option<String>,
+}
+
+async fn login(State(gw): State<Gateway>, Query(q): Query<LoginQuery>) -> Response {
+    let Some((index, issuer)) = gw.auth.browser_issuers().enumerate().next() else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Browser sign-in is not configured: set client_id on an [[identity.oidc]] issuer.",
+        );
+    };
+    let endpoints = match issuer.endpoints().await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "sign-in: cannot reach the identity provider");
+            return error_page(
+                StatusCode::BAD_GATEWAY,
+                "The identity provider cannot be reached; try again shortly.",
+            );
+        }
+    };
+    let state = random_token();
+    let verifier = random_token();
+    let nonce = random_token();
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(Sha256::digest(verifier.as_bytes()));
+    {
+        let mut flows = gw.web.flows.lock().unwrap_or_else(|p| p.into_inner());
+        flows.retain(|_, f| f.created.elapsed() < FLOW_TTL);
+        if flows.len() >= MAX_FLOWS {
+            flows.clear();
+        }
+        flows.insert(
+            state.clone(),
+            Flow {
+                issuer: index,
+                verifier,
+                nonce: nonce.clone(),
+                next: safe_next(q.next.as_deref()),
+                created: Instant::now(),
+            },
+        );
+    }
+    let client_id = issuer.client_id().unwrap_or_default();
+    let location = format!(
+        "{}{}response_type=code&client_id={}&redirect_uri={}&scope={}&state={}&nonce={}&code_challenge={}&code_challenge_method=S256",
+        endpoints.authorization,
+        if endpoints.authorization.contains('?') {
+            "&"
+        } else {
+            "?"
+        },
+        url_encode(client_id),
+        url_encode(&redirect_uri(&gw)),
+        url_encode("openid email profile groups"),
+        state,
+        nonce,
+        challenge,
+    );
+    Redirect::to(&location).into_response()
+}
+
+fn redirect_uri(gw: &Gateway) -> String {
+    format!(
+        "{}/auth/callback",
+        gw.config.config.server.public_url.trim_end_matches('/')
+    )
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+async fn callback(State(gw): State<Gateway>, Query(q): Query<CallbackQuery>) -> Response {
+    if let Some(e) = q.error {
+        return error_page(
+            StatusCode::UNAUTHORIZED,
+            &format!("The identity provider refused the sign-in: {e}"),
+        );
+    }
+    let (Some(code), Some(state)) = (q.code, q.state) else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The sign-in response is incomplete.",
+        );
+    };
+    // A state is good for one callback, within FLOW_TTL.
+    let flow = gw
+        .web
+        .flows
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&state)
+        .filter(|f| f.created.elapsed() < FLOW_TTL);
+    let Some(flow) = flow else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in is unknown or has expired; start again.",
+        );
+    };
+    let Some(issuer) = gw.auth.browser_issuers().nth(flow.issuer) else {
+        return error_page(StatusCode::BAD_REQUEST, "This sign-in is unknown.");
+    };
+    let (id, groups) = match issuer
+        .sign_in(&code, &flow.verifier, &redirect_uri(&gw), &flow.nonce)
+        .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::info!(error = %e, "browser sign-in refused");
+            return error_page(StatusCode::UNAUTHORIZED, &format!("Sign-in refused: {e}"));
+        }
+    };
+    let human = gw.auth.human_from_sign_in(id, groups);
+    let session = random_token();
+    {
+        let mut sessions = gw.web.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|_, s| s.expires > Instant::now());
+        sessions.insert(
+            session.clone(),
+            WebSession {
+                human,
+                csrf: random_token(),
+                expires: Instant::now() + SESSION_TTL,
+            },
+        );
+    }
+    let secure = if gw.config.config.server.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{COOKIE}={session}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{secure}",
+        SESSION_TTL.as_secs()
+    );
+    let mut response = Redirect::to(&flow.next).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+fn csrf_ok(expected: &str, got: &str) -> bool {
+    expected.len() == got.len() && bool::from(expected.as_bytes().ct_eq(got.as_bytes()))
+}
+
+async fn logout(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if let Some((_, csrf)) = gw.web.session(&headers) {
+        if !csrf_ok(&csrf, &f.csrf) {
+            return error_page(StatusCode::FORBIDDEN, "The form is stale; reload the page.");
+        }
+        if let Some(id) = cookie_value(&headers) {
+            gw.web
+                .sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+    }
+    let mut response = Redirect::to("/requests").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("gavel_session=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0"),
+    );
+    response
+}
+
+async fn list(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
+    let Some(who) = gw.web.session(&headers) else {
+        return sign_in_redirect("/requests");
+    };
+    let filter = RequestFilter {
+        state: Some(RequestState::Pending),
+        initiator: None,
+        resource: None,
+        limit: 200,
+    };
+    let requests = match gw.gate.approvals().list(&filter).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "listing requests failed");
+            return error_page(StatusCode::INTERNAL_SERVER_ERROR, "Cannot list requests.");
+        }
+    };
+    let body = html! {
+        h1 { "Pending requests" }
+        @if requests.is_empty() {
+            p { "Nothing is waiting for a decision." }
+        } @else {
+            table {
+                tr { th { "Request" } th { "Initiator" } th { "Resource" } th { "Action" } th { "Operation" } }
+                @for r in &requests {
+                    tr {
+                        td { a href={ "/requests/" (r.id.0) } { (r.id.0) } }
+                        td { (r.action.principal.qualified_id()) }
+                        td { (r.action.resource.name) }
+                        td { (r.action.class.as_str()) }
+                        td { code { (excerpt(&r.action.operation, 120)) } }
+                    }
+                }
+            }
+        }
+    };
+    Html(page_shell("Pending requests", Some(&who), body).into_string()).into_response()
+}
+
+fn excerpt(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    format!("{}…", s.chars().take(max).collect::<String>())
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    done: Option<String>,
+}
+
+async fn page(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let Some(who) = gw.web.session(&headers) else {
+        return sign_in_redirect(&format!("/requests/{id}"));
+    };
+    let principal = Principal::Human(who.0.clone());
+    let request = match crate::api::load_visible(&gw, &principal, &id).await {
+        Ok(r) => r,
+        Err(_) => return error_page(StatusCode::NOT_FOUND, &format!("No request {id}.")),
+    };
+    let view = match crate::api::with_history(&gw, &request).await {
+        Ok(v) => v,
+        Err(_) => {
+            return error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Cannot load the request.",
+            );
+        }
+    };
+    let may_decide =
+        request.state == RequestState::Pending && request.check_reviewer(&principal).is_ok();
+    let why_not = request
+        .check_reviewer(&principal)
+        .err()
+        .map(|e| e.to_string());
+    let body = request_body(
+        &view,
+        may_decide,
+        why_not.as_deref(),
+        &who.1,
+        q.done.as_deref(),
+    );
+    Html(page_shell(&format!("Request {id}"), Some(&who), body).into_string()).into_response()
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+fn request_body(
+    v: &RequestView,
+    may_decide: bool,
+    why_not: Option<&str>,
+    csrf: &str,
+    done: Option<&str>,
+) -> Markup {
+    html! {
+        h1 { "Request " (v.id) }
+        @if let Some(done) = done {
+            p.ok { "Your decision was recorded: " (done) "." }
+        }
+        p { "State: " span.state { (v.state) } " · approvals " (v.approvals) " of " (v.quorum)
+            " · expires " (v.expires_at) }
+        table {
+            tr { th { "Initiator" } td { (v.initiator.kind) " " (v.initiator.id) } }
+            @if let Some(owner) = &v.initiator.owner { tr { th { "Owner" } td { (owner) } } }
+            @if let Some(h) = &v.initiator.on_behalf_of { tr { th { "Acting for" } td { (h) } } }
+            tr { th { "Resource" } td { (v.resource.name) " (" (v.resource.kind) ")"
+                @for (k, t) in &v.resource.tags { " " code { (k) "=" (t) } } } }
+            tr { th { "Action" } td { (v.action) } }
+            tr { th { "Intent" } td { @if v.intent.is_empty() { em { "none given" } } @else { (v.intent) } } }
+            tr { th { "Policies" } td { (v.policies.join(", ")) " (version " (v.policy_version) ")" } }
+            tr { th { "Approvers" } td { (v.approvers.join(", ")) } }
+            tr { th { "Surface" } td { (v.surface) @if let Some(s) = &v.source { " from " (s) } } }
+            tr { th { "Created" } td { (v.created_at) } }
+        }
+        h2 { "Operation" }
+        pre { (v.operation) }
+        @if !v.details.is_null() {
+            h2 { "Details (bound into the approval)" }
+            pre { (pretty(&v.details)) }
+        }
+        @if !v.data_context.is_null() {
+            h2 { "Data context" }
+            pre { (pretty(&v.data_context)) }
+        }
+        @if !v.reviews.is_empty() {
+            h2 { "Reviews" }
+            ul { @for r in &v.reviews { li { (r.reviewer) " " (r.decision) " at " (r.at)
+                @if !r.comment.is_empty() { ": " (r.comment) } } } }
+        }
+        @if let Some(h) = &v.history {
+            h2 { "History" }
+            h3 { "The initiator's recent requests" }
+            ul { @for i in &h.initiator_recent { li { a href={ "/requests/" (i.id) } { (i.id) } " " (i.state) " " (i.action) " on " (i.resource) ": " code { (excerpt(&i.operation, 100)) } } } }
+            h3 { "Recent requests on this resource" }
+            ul { @for i in &h.resource_recent { li { a href={ "/requests/" (i.id) } { (i.id) } " " (i.state) " " (i.action) " by " (i.initiator) ": " code { (excerpt(&i.operation, 100)) } } } }
+        }
+        h2 { "Decision" }
+        @if may_decide {
+            form method="post" action={ "/requests/" (v.id) "/decision" } {
+                input type="hidden" name="csrf" value=(csrf);
+                p { label for="comment" { "Comment (required to deny)" } }
+                textarea id="comment" name="comment" rows="3" {}
+                p {
+                    button type="submit" name="decision" value="approve" { "Approve" }
+                    " "
+                    button type="submit" name="decision" value="deny" { "Deny" }
+                }
+            }
+        } @else if v.state != "pending" {
+            p { "This request is " (v.state) "; nothing to decide." }
+        } @else {
+            p.error { "You cannot decide this request: " (why_not.unwrap_or("not allowed")) "." }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct DecisionForm {
+    csrf: String,
+    decision: String,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn decide(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<DecisionForm>,
+) -> Response {
+    let Some((human, csrf)) = gw.web.session(&headers) else {
+        return error_page(StatusCode::UNAUTHORIZED, "Sign in first.");
+    };
+    if !csrf_ok(&csrf, &f.csrf) {
+        return error_page(StatusCode::FORBIDDEN, "The form is stale; reload the page.");
+    }
+    let decision = match f.decision.as_str() {
+        "approve" => Decision::Approve,
+        "deny" if !f.comment.trim().is_empty() => Decision::Deny,
+        "deny" => return error_page(StatusCode::BAD_REQUEST, "Say why you deny it."),
+        _ => return error_page(StatusCode::BAD_REQUEST, "Unknown decision."),
+    };
+    let reviewer = Principal::Human(human);
+    match gw
+        .gate
+        .approvals()
+        .decide(
+            &RequestId(id.clone()),
+            &reviewer,
+            decision,
+            f.comment.trim(),
+        )
+        .await
+    {
+        Ok(r) => Redirect::to(&format!(
+            "/requests/{}?done={}",
+            url_encode(&id),
+            r.state.as_str()
+        ))
+        .into_response(),
+        Err(DecideFailure::NotFound(_)) => {
+            error_page(StatusCode::NOT_FOUND, &format!("No request {id}."))
+        }
+        Err(DecideFailure::Refused(e)) => error_page(
+            if e.is_forbidden() {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::CONFLICT
+            },
+            &format!("Refused: {e}."),
+        ),
+        Err(DecideFailure::Internal(e)) => {
+            tracing::error!(error = %e, "deciding through the web page failed");
+            error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The decision could not be recorded.",
+            )
+        }
+    }
+}
