@@ -665,3 +665,42 @@ async fn the_owner_signed_in_on_the_web_cannot_approve() {
     let (_, v) = g.get(&format!("/api/v1/requests/{id}"), BOB).await;
     assert_eq!(v["state"], "pending");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reviewer_approves_in_a_real_browser() {
+    let p = Provider::start().await;
+    let g = start_web(&p).await;
+    let pending = g
+        .act(
+            &g.agent_token,
+            "sql.ddl",
+            "prod-db",
+            "ALTER TABLE t ADD c int",
+        )
+        .await;
+    let id = harness::request_id(&pending);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = tokio::process::Command::new("node")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/web/approve.cjs"))
+        .arg(format!("{}/requests/{id}", g.base))
+        .arg("dana@x")
+        .env("NODE_PATH", root.join(".tools/npm/node_modules"))
+        .current_dir(root.join(".tools/npm"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "browser run failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        result["done"].as_str().unwrap().contains("approved"),
+        "{result}"
+    );
+    let (_, v) = g.get(&format!("/api/v1/requests/{id}"), BOB).await;
+    assert_eq!(v["state"], "approved", "{v}");
+    assert_eq!(v["reviews"][0]["comment"], "approved from the browser");
+}
