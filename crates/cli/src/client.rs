@@ -7,11 +7,130 @@ use serde_json::{Value, json};
 use std::process::ExitCode;
 use std::time::Duration;
 
-fn token() -> anyhow::Result<String> {
-    std::env::var("GAVEL_TOKEN")
+/// Where `gavel login` keeps tokens: one per server, readable only by
+/// the user.
+fn credentials_file() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config"))
+        })?;
+    Some(base.join("gavel").join("credentials.json"))
+}
+
+fn stored_tokens() -> serde_json::Map<String, Value> {
+    credentials_file()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default()
+}
+
+fn server_key(server: &str) -> String {
+    server.trim_end_matches('/').to_owned()
+}
+
+/// GAVEL_TOKEN if set, else the token `gavel login` stored for `server`.
+fn token(server: &str) -> anyhow::Result<String> {
+    if let Some(t) = std::env::var("GAVEL_TOKEN")
         .ok()
         .filter(|t| !t.trim().is_empty())
-        .ok_or_else(|| Fail::with(exit::USAGE, "set GAVEL_TOKEN to your gavel API token"))
+    {
+        return Ok(t);
+    }
+    stored_tokens()
+        .get(&server_key(server))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Fail::with(
+                exit::USAGE,
+                format!("not logged in to {server}: run `gavel login`, or set GAVEL_TOKEN"),
+            )
+        })
+}
+
+fn store_tokens(tokens: &serde_json::Map<String, Value>) -> anyhow::Result<std::path::PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = credentials_file()
+        .ok_or_else(|| Fail::with(exit::FAILURE, "neither XDG_CONFIG_HOME nor HOME is set"))?;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = file.with_extension("tmp");
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    out.write_all(serde_json::to_string_pretty(&Value::Object(tokens.clone()))?.as_bytes())?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, &file)?;
+    Ok(file)
+}
+
+/// `gavel login`: checks a token (an API or agent token, or an OIDC token
+/// from the identity provider) against the server and keeps it for later
+/// commands. The token is read from standard input, never from the
+/// command line (where `ps` and shell history would see it).
+pub async fn login(server: &str) -> anyhow::Result<ExitCode> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    if std::io::stdin().is_terminal() {
+        eprint!("Paste your gavel token (API token, or a token from your identity provider): ");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let candidate = line.trim().to_owned();
+    if candidate.is_empty() {
+        return Err(Fail::with(exit::USAGE, "no token given on standard input"));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(QUICK + Duration::from_secs(10))
+        .build()?;
+    let resp = client
+        .get(format!("{}/api/v1/whoami", server_key(server)))
+        .bearer_auth(&candidate)
+        .send()
+        .await
+        .with_context(|| {
+            format!("cannot reach gavel at {server} (set --server or GAVEL_SERVER)")
+        })?;
+    if !resp.status().is_success() {
+        return Err(Fail::with(
+            exit::REFUSED,
+            format!(
+                "{server} does not accept this token (HTTP {})",
+                resp.status()
+            ),
+        ));
+    }
+    let who: Value = resp.json().await.unwrap_or(Value::Null);
+    let mut tokens = stored_tokens();
+    tokens.insert(server_key(server), Value::String(candidate));
+    let file = store_tokens(&tokens)?;
+    println!(
+        "logged in to {} as {} {} (token kept in {})",
+        server_key(server),
+        s(&who["principal"], "type"),
+        s(&who["principal"], "id"),
+        file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gavel logout`: forgets the stored token for the server.
+pub async fn logout(server: &str) -> anyhow::Result<ExitCode> {
+    let mut tokens = stored_tokens();
+    if tokens.remove(&server_key(server)).is_some() {
+        store_tokens(&tokens)?;
+        println!("logged out of {}", server_key(server));
+    } else {
+        println!("not logged in to {}", server_key(server));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn call(
@@ -25,7 +144,7 @@ async fn call(
     let client = reqwest::Client::builder()
         .timeout(timeout + Duration::from_secs(10))
         .build()?;
-    let mut req = client.request(method, &url).bearer_auth(token()?);
+    let mut req = client.request(method, &url).bearer_auth(token(server)?);
     if let Some(b) = body {
         req = req.json(&b);
     }

@@ -86,8 +86,15 @@ pub enum Command {
         #[arg(long, default_value = "60s")]
         timeout: String,
     },
-    /// Show who GAVEL_TOKEN authenticates as.
+    /// Show who GAVEL_TOKEN (or the stored login) authenticates as.
     Whoami,
+    /// Check a token (read from standard input: an API or agent token, or
+    /// a token from your identity provider) and keep it for later commands
+    /// against --server, in ~/.config/gavel/credentials.json (mode 0600).
+    /// GAVEL_TOKEN, when set, still wins.
+    Login,
+    /// Forget the token stored for --server.
+    Logout,
     /// Speak MCP on stdio for clients that only launch local servers, and
     /// relay everything to the gateway's /mcp (at --server) as the agent
     /// whose token is in the variable --token-env names.

@@ -704,3 +704,53 @@ async fn a_reviewer_approves_in_a_real_browser() {
     assert_eq!(v["state"], "approved", "{v}");
     assert_eq!(v["reviews"][0]["comment"], "approved from the browser");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gavel_login_keeps_a_token_for_later_commands() {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let (p, g) = start().await;
+    let home = tempfile::tempdir().unwrap();
+    let gavel = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(harness::BIN)
+            .args(args)
+            .env("GAVEL_SERVER", &g.base)
+            .env_remove("GAVEL_TOKEN")
+            .env("XDG_CONFIG_HOME", home.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let file = home.path().join("gavel/credentials.json");
+    // Not logged in yet.
+    let out = gavel(&["whoami"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gavel login"));
+    // A token the server refuses is not kept.
+    let forged = p.forge("tampered", human("dana@x")).await;
+    let out = gavel(&["login"], &format!("{forged}\n"));
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(!file.exists());
+    // An OIDC token from the provider is.
+    let token = p.mint("RS256", human("dana@x")).await;
+    let out = gavel(&["login"], &format!("{token}\n"));
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("human dana@x"));
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let out = gavel(&["whoami"], "");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dana@x"));
+    let out = gavel(&["logout"], "");
+    assert!(out.status.success());
+    assert_eq!(gavel(&["whoami"], "").status.code(), Some(2));
+}
