@@ -76,38 +76,41 @@ fn store_tokens(tokens: &serde_json::Map<String, Value>) -> anyhow::Result<std::
 /// from the identity provider) against the server and keeps it for later
 /// commands. The token is read from standard input, never from the
 /// command line (where `ps` and shell history would see it).
-pub async fn login(server: &str) -> anyhow::Result<ExitCode> {
-    use std::io::{BufRead as _, IsTerminal as _};
-    if std::io::stdin().is_terminal() {
-        eprint!("Paste your gavel token (API token, or a token from your identity provider): ");
-    }
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    let candidate = line.trim().to_owned();
-    if candidate.is_empty() {
-        return Err(Fail::with(exit::USAGE, "no token given on standard input"));
-    }
+pub async fn login(server: &str, paste: bool) -> anyhow::Result<ExitCode> {
     let client = reqwest::Client::builder()
         .timeout(QUICK + Duration::from_secs(10))
         .build()?;
-    let resp = client
-        .get(format!("{}/api/v1/whoami", server_key(server)))
-        .bearer_auth(&candidate)
-        .send()
-        .await
-        .with_context(|| {
-            format!("cannot reach gavel at {server} (set --server or GAVEL_SERVER)")
-        })?;
-    if !resp.status().is_success() {
+    let candidates = match (paste, device_flow(&client, server).await?) {
+        (false, Some(tokens)) => tokens,
+        _ => vec![read_pasted_token()?],
+    };
+    let mut accepted = None;
+    let mut last_status = None;
+    for candidate in candidates {
+        let resp = client
+            .get(format!("{}/api/v1/whoami", server_key(server)))
+            .bearer_auth(&candidate)
+            .send()
+            .await
+            .with_context(|| {
+                format!("cannot reach gavel at {server} (set --server or GAVEL_SERVER)")
+            })?;
+        if resp.status().is_success() {
+            let who: Value = resp.json().await.unwrap_or(Value::Null);
+            accepted = Some((candidate, who));
+            break;
+        }
+        last_status = Some(resp.status());
+    }
+    let Some((candidate, who)) = accepted else {
         return Err(Fail::with(
             exit::REFUSED,
             format!(
                 "{server} does not accept this token (HTTP {})",
-                resp.status()
+                last_status.map_or("?".to_owned(), |s| s.to_string())
             ),
         ));
-    }
-    let who: Value = resp.json().await.unwrap_or(Value::Null);
+    };
     let mut tokens = stored_tokens();
     tokens.insert(server_key(server), Value::String(candidate));
     let file = store_tokens(&tokens)?;
@@ -119,6 +122,119 @@ pub async fn login(server: &str) -> anyhow::Result<ExitCode> {
         file.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn read_pasted_token() -> anyhow::Result<String> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    if std::io::stdin().is_terminal() {
+        eprint!("Paste your gavel token (API token, or a token from your identity provider): ");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let token = line.trim().to_owned();
+    if token.is_empty() {
+        return Err(Fail::with(exit::USAGE, "no token given on standard input"));
+    }
+    Ok(token)
+}
+
+/// The OAuth 2.0 device authorization grant (RFC 8628) at the identity
+/// provider the server names, when it has a device endpoint. Returns the
+/// tokens to try (access token, then ID token), or `None` when the device
+/// flow is not available.
+async fn device_flow(
+    client: &reqwest::Client,
+    server: &str,
+) -> anyhow::Result<Option<Vec<String>>> {
+    let info = client
+        .get(format!("{}/api/v1/login", server_key(server)))
+        .send()
+        .await
+        .with_context(|| {
+            format!("cannot reach gavel at {server} (set --server or GAVEL_SERVER)")
+        })?;
+    if !info.status().is_success() {
+        return Ok(None);
+    }
+    let info: Value = info.json().await.unwrap_or(Value::Null);
+    let (Some(device_endpoint), Some(token_endpoint), Some(client_id)) = (
+        info["device_authorization_endpoint"].as_str(),
+        info["token_endpoint"].as_str(),
+        info["client_id"].as_str(),
+    ) else {
+        return Ok(None);
+    };
+    let started: Value = client
+        .post(device_endpoint)
+        .form(&[
+            ("client_id", client_id),
+            ("scope", "openid email profile groups"),
+        ])
+        .send()
+        .await
+        .context("the identity provider's device endpoint cannot be reached")?
+        .error_for_status()
+        .context("the identity provider refused to start a device sign-in")?
+        .json()
+        .await?;
+    let device_code = started["device_code"]
+        .as_str()
+        .ok_or_else(|| Fail::with(exit::FAILURE, "the device endpoint sent no device_code"))?;
+    let user_code = s(&started, "user_code");
+    match started["verification_uri_complete"].as_str() {
+        Some(uri) => eprintln!("To sign in, open {uri}\n(code {user_code})"),
+        None => eprintln!(
+            "To sign in, open {} and enter the code {user_code}",
+            s(&started, "verification_uri")
+        ),
+    }
+    let mut interval = Duration::from_secs(started["interval"].as_u64().unwrap_or(5).max(1));
+    let deadline = std::time::Instant::now()
+        + Duration::from_secs(started["expires_in"].as_u64().unwrap_or(600));
+    loop {
+        tokio::time::sleep(interval).await;
+        if std::time::Instant::now() > deadline {
+            return Err(Fail::with(
+                exit::REFUSED,
+                "the device sign-in expired; run gavel login again",
+            ));
+        }
+        let resp = client
+            .post(token_endpoint)
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", device_code),
+                ("client_id", client_id),
+            ])
+            .send()
+            .await
+            .context("the identity provider's token endpoint cannot be reached")?;
+        let ok = resp.status().is_success();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if ok {
+            let tokens: Vec<String> = ["access_token", "id_token"]
+                .iter()
+                .filter_map(|k| body[*k].as_str().map(str::to_owned))
+                .collect();
+            return Ok(Some(tokens));
+        }
+        match body["error"].as_str() {
+            Some("authorization_pending") => {}
+            Some("slow_down") => interval += Duration::from_secs(5),
+            Some(other) => {
+                return Err(Fail::with(
+                    exit::REFUSED,
+                    format!("the identity provider ended the sign-in: {other}"),
+                ));
+            }
+            None => {
+                return Err(Fail::with(
+                    exit::FAILURE,
+                    "the token endpoint answered nonsense",
+                ));
+            }
+        }
+    }
 }
 
 /// `gavel logout`: forgets the stored token for the server.

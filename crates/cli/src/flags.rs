@@ -88,11 +88,16 @@ pub enum Command {
     },
     /// Show who GAVEL_TOKEN (or the stored login) authenticates as.
     Whoami,
-    /// Check a token (read from standard input: an API or agent token, or
-    /// a token from your identity provider) and keep it for later commands
-    /// against --server, in ~/.config/gavel/credentials.json (mode 0600).
-    /// GAVEL_TOKEN, when set, still wins.
-    Login,
+    /// Sign in and keep the token for later commands against --server, in
+    /// ~/.config/gavel/credentials.json (mode 0600); GAVEL_TOKEN, when set,
+    /// still wins. Uses the identity provider's device flow when the server
+    /// has one configured; otherwise (or with --paste) reads a token on
+    /// standard input: an API or agent token, or one from your IdP.
+    Login {
+        /// Read a token on standard input even if device sign-in is available.
+        #[arg(long)]
+        paste: bool,
+    },
     /// Forget the token stored for --server.
     Logout,
     /// Speak MCP on stdio for clients that only launch local servers, and

@@ -76,7 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deny { id, reason } => client::deny(&cli.server, &id, reason).await,
         Command::Wait { id, timeout } => client::wait(&cli.server, &id, &timeout).await,
         Command::Whoami => client::whoami(&cli.server).await,
-        Command::Login => client::login(&cli.server).await,
+        Command::Login { paste } => client::login(&cli.server, paste).await,
         Command::Logout => client::logout(&cli.server).await,
         Command::Mcp { token_env } => client::mcp(&cli.server, &token_env).await,
         Command::Agent(AgentCommand::Create {

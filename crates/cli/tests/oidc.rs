@@ -754,3 +754,58 @@ async fn gavel_login_keeps_a_token_for_later_commands() {
     assert!(out.status.success());
     assert_eq!(gavel(&["whoami"], "").status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gavel_login_uses_the_device_flow_when_the_idp_has_one() {
+    use std::io::BufRead as _;
+    let p = Provider::start().await;
+    let g = start_web(&p).await;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(harness::BIN)
+        .arg("login")
+        .env("GAVEL_SERVER", &g.base)
+        .env_remove("GAVEL_TOKEN")
+        .env("XDG_CONFIG_HOME", home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The CLI names the code; the user approves it at the provider.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut code = None;
+    for _ in 0..5 {
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        if let Some(at) = line.find("(code ") {
+            code = Some(line[at + 6..].trim().trim_end_matches(')').to_owned());
+            break;
+        }
+    }
+    let code = code.expect("the CLI printed a user code");
+    let approved = p
+        .http
+        .post(format!("{}/device", p.url))
+        .form(&[("user_code", code.as_str()), ("email", "dana@x")])
+        .send()
+        .await
+        .unwrap();
+    assert!(approved.status().is_success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("human dana@x"),
+        "{out:?}"
+    );
+    let whoami = Command::new(harness::BIN)
+        .arg("whoami")
+        .env("GAVEL_SERVER", &g.base)
+        .env_remove("GAVEL_TOKEN")
+        .env("XDG_CONFIG_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(whoami.status.success(), "{whoami:?}");
+    assert!(String::from_utf8_lossy(&whoami.stdout).contains("dana@x"));
+}

@@ -87,6 +87,7 @@ struct Discovery {
     jwks_uri: String,
     authorization_endpoint: Option<String>,
     token_endpoint: Option<String>,
+    device_authorization_endpoint: Option<String>,
 }
 
 /// Where a browser signs in, from the discovery document.
@@ -96,6 +97,8 @@ pub struct Endpoints {
     pub authorization: String,
     /// The token endpoint.
     pub token: String,
+    /// The device authorization endpoint (RFC 8628), when the issuer has one.
+    pub device_authorization: Option<String>,
 }
 
 /// The algorithm a key is for, from its type (and curve), never from the
@@ -231,6 +234,9 @@ impl Issuer {
                         Some(Endpoints {
                             authorization,
                             token,
+                            device_authorization: discovery
+                                .device_authorization_endpoint
+                                .filter(|d| secure_or_loopback(d)),
                         })
                     }
                     _ => None,

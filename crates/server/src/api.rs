@@ -28,6 +28,7 @@ pub(crate) fn router(gw: Gateway) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/login", get(login_info))
         .route("/api/v1/actions", post(post_action))
         .route("/api/v1/actions/outcome", post(post_outcome))
         .route("/api/v1/requests", get(list_requests))
@@ -226,6 +227,29 @@ pub(crate) async fn whoami(Caller(p): Caller) -> Json<WhoAmI> {
     Json(WhoAmI {
         principal: (&p).into(),
     })
+}
+
+/// Where `gavel login` signs in: the identity provider configured for
+/// browser sign-in and, when it has one, its device authorization endpoint
+/// (RFC 8628). Public: it holds nothing secret.
+#[utoipa::path(get, path = "/api/v1/login",
+    responses((status = 200, body = LoginInfo), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn login_info(State(gw): State<Gateway>) -> Result<Json<LoginInfo>, ApiError> {
+    let Some(issuer) = gw.auth.browser_issuers().next() else {
+        return Err(ApiError::not_found(
+            "no identity provider is configured for sign-in (client_id on an [[identity.oidc]] issuer)",
+        ));
+    };
+    let endpoints = issuer.endpoints().await.map_err(|e| {
+        tracing::error!(error = %e, "login info: the identity provider cannot be reached");
+        ApiError::internal("the identity provider cannot be reached")
+    })?;
+    Ok(Json(LoginInfo {
+        issuer: issuer.issuer().to_owned(),
+        client_id: issuer.client_id().unwrap_or_default().to_owned(),
+        token_endpoint: endpoints.token,
+        device_authorization_endpoint: endpoints.device_authorization,
+    }))
 }
 
 /// Records how an action the gate allowed ended, for agents that act

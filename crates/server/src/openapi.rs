@@ -21,12 +21,13 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "gavel", description = "Identity-aware gateway with human approval for privileged actions."),
-    paths(api::healthz, api::readyz, api::whoami, api::post_action, api::post_outcome, api::list_requests,
+    paths(api::healthz, api::readyz, api::whoami, api::login_info, api::post_action, api::post_outcome, api::list_requests,
           api::get_request, api::approve, api::deny, api::wait,
           crate::audit::list, crate::audit::checkpoint, crate::audit::proof, crate::audit::consistency),
     components(schemas(ErrorBody, ErrorDetail, ActionRequest, ActionVerdict, RequestView,
                        RequestList, PrincipalView, ResourceView, ReviewView, History, HistoryItem,
-                       DecisionBody, WhoAmI, Health, PolicyHealth, OutcomeReport,
+                       DecisionBody, WhoAmI, Health, PolicyHealth, OutcomeReport, LoginInfo,
+                       McpUpstreamHealth,
                        crate::audit::AuditPage, crate::audit::AuditEntry,
                        crate::audit::InclusionView, crate::audit::ConsistencyView)),
     modifiers(&BearerAuth)

@@ -340,6 +340,19 @@ pub(crate) struct WhoAmI {
     pub principal: PrincipalView,
 }
 
+/// `GET /api/v1/login`: where the CLI signs in.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct LoginInfo {
+    /// The issuer.
+    pub issuer: String,
+    /// gavel's client id there.
+    pub client_id: String,
+    /// The token endpoint.
+    pub token_endpoint: String,
+    /// The device authorization endpoint, if the issuer has one.
+    pub device_authorization_endpoint: Option<String>,
+}
+
 /// `/healthz` and `/readyz` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Health {

@@ -12,6 +12,10 @@ and the authorization code flow with PKCE (S256) for browser sign-in:
   POST /authorize  (the form)               -> 302 to redirect_uri?code&state
   POST /token      (grant_type=authorization_code, code, redirect_uri,
                     client_id, code_verifier) -> {"id_token", …}
+and the device authorization grant (RFC 8628) for `gavel login`:
+  POST /device_authorization (client_id)   -> device_code, user_code, …
+  POST /device     (user_code, email)       -> the user approves
+  POST /token      (grant_type=…:device_code) -> pending, then tokens
 Users and their groups are in USERS.
 Default claims: iss, aud "gavel", sub, iat, nbf = now, exp = now + 300.
 """
@@ -41,6 +45,7 @@ keys = {
 stats = {"jwks_fetches": 0, "rotations": 0}
 USERS = {"dana@x": ["dba"], "owner@x": ["dba"], "erin@x": ["dev"]}
 codes = {}  # code -> what it was issued for; each is good once
+devices = {}  # device_code -> {"user_code", "client_id", "email"}
 
 
 def b64(data: bytes) -> str:
@@ -128,6 +133,7 @@ class Handler(BaseHTTPRequestHandler):
                 "jwks_uri": f"{ISSUER}/jwks",
                 "authorization_endpoint": f"{ISSUER}/authorize",
                 "token_endpoint": f"{ISSUER}/token",
+                "device_authorization_endpoint": f"{ISSUER}/device_authorization",
                 "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
                 "response_types_supported": ["code"],
                 "subject_types_supported": ["public"],
@@ -146,7 +152,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length)
-        if self.path in ("/authorize", "/token"):
+        if self.path in ("/authorize", "/token", "/device_authorization", "/device"):
             form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
             with lock:
                 if self.path == "/authorize":
@@ -160,6 +166,41 @@ class Handler(BaseHTTPRequestHandler):
                         "challenge": form["code_challenge"], "nonce": form.get("nonce"), "email": email,
                     }
                     self.redirect(f"{form['redirect_uri']}?{urlencode({'code': code, 'state': form.get('state', '')})}")
+                    return
+                if self.path == "/device_authorization":
+                    device_code = secrets.token_urlsafe(24)
+                    user_code = secrets.token_hex(4).upper()
+                    devices[device_code] = {"user_code": user_code, "client_id": form["client_id"], "email": None}
+                    self.reply({
+                        "device_code": device_code, "user_code": user_code,
+                        "verification_uri": f"{ISSUER}/device",
+                        "verification_uri_complete": f"{ISSUER}/device?user_code={user_code}",
+                        "expires_in": 300, "interval": 1,
+                    })
+                    return
+                if self.path == "/device":
+                    for d in devices.values():
+                        if d["user_code"] == form.get("user_code") and form.get("email") in USERS:
+                            d["email"] = form["email"]
+                            self.reply({"approved": True})
+                            return
+                    self.reply({"error": "unknown user_code"}, 400)
+                    return
+                if form.get("grant_type") == "urn:ietf:params:oauth:grant-type:device_code":
+                    d = devices.get(form.get("device_code", ""))
+                    if d is None or d["client_id"] != form.get("client_id"):
+                        self.reply({"error": "invalid_grant"}, 400)
+                    elif d["email"] is None:
+                        self.reply({"error": "authorization_pending"}, 400)
+                    else:
+                        devices.pop(form["device_code"])
+                        who = {"sub": f"sub-{d['email']}", "email": d["email"], "email_verified": True,
+                               "groups": USERS[d["email"]]}
+                        self.reply({
+                            "access_token": mint("ES256", None, dict(who, aud="gavel")),
+                            "id_token": mint("RS256", None, dict(who, aud=d["client_id"])),
+                            "token_type": "Bearer",
+                        })
                     return
                 grant = codes.pop(form.get("code", ""), None)
                 verifier = form.get("code_verifier", "")
