@@ -118,6 +118,7 @@ pub fn ocsf(seq: u64, r: &AuditRecord, origin: &str) -> Value {
             "operation": r.operation,
             "intent": r.intent,
             "owner": r.owner,
+            "on_behalf_of": r.on_behalf_of,
             "reviewers": r.reviewers,
             "comment": r.comment,
             "policies": r.policies,
@@ -184,6 +185,10 @@ pub fn cef(seq: u64, r: &AuditRecord) -> String {
     if let Some(src) = &r.source {
         ext.push(("src".into(), src.clone()));
     }
+    if let Some(human) = &r.on_behalf_of {
+        ext.push(("flexString1".into(), human.clone()));
+        ext.push(("flexString1Label".into(), "onBehalfOf".into()));
+    }
     let ext: Vec<String> = ext
         .iter()
         .map(|(k, v)| format!("{k}={}", cef_value(v)))
@@ -232,7 +237,7 @@ pub fn syslog(seq: u64, r: &AuditRecord) -> String {
     let severity = if action_id == 2 { 4 } else { 6 }; // warning / informational
     let pri = 13 * 8 + severity;
     let time = humantime::format_rfc3339_millis(r.time.to_system_time());
-    let params = [
+    let mut params = vec![
         ("seq", seq.to_string()),
         ("event", r.event.as_str().to_owned()),
         ("initiator", r.initiator.clone()),
@@ -251,6 +256,9 @@ pub fn syslog(seq: u64, r: &AuditRecord) -> String {
         ),
         ("src", r.source.clone().unwrap_or_default()),
     ];
+    if let Some(human) = &r.on_behalf_of {
+        params.push(("on_behalf_of", human.clone()));
+    }
     let sd: Vec<String> = params
         .iter()
         .map(|(k, v)| format!("{k}=\"{}\"", sd_value(v)))

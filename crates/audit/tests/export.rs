@@ -217,3 +217,19 @@ fn jsonl_lines_are_the_hashed_bytes() {
     let (seq, back) = gavel_audit::parse_leaf(line.as_bytes()).unwrap();
     assert_eq!((seq, back), (3, r));
 }
+
+#[test]
+fn the_human_an_agent_acts_for_is_in_every_format() {
+    let mut r = record(AuditEvent::Decision, Some("allow"));
+    assert!(!cef(1, &r).contains("onBehalfOf"));
+    assert!(!syslog(1, &r).contains("on_behalf_of"));
+    r.on_behalf_of = Some("dana@example.com".into());
+    assert_eq!(
+        ocsf(1, &r, "o")["unmapped"]["gavel"]["on_behalf_of"],
+        "dana@example.com"
+    );
+    let ext = cef_extensions(cef_fields(&cef(1, &r)).last().unwrap());
+    assert!(ext.contains(&("flexString1".into(), "dana@example.com".into())));
+    assert!(syslog(1, &r).contains("on_behalf_of=\"dana@example.com\""));
+    assert!(jsonl(1, &r).contains("\"on_behalf_of\":\"dana@example.com\""));
+}
