@@ -19,11 +19,32 @@ fn credentials_file() -> Option<std::path::PathBuf> {
 }
 
 fn stored_tokens() -> serde_json::Map<String, Value> {
-    credentials_file()
-        .and_then(|f| std::fs::read_to_string(f).ok())
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+    read_tokens().unwrap_or_default()
+}
+
+/// The stored tokens; an error when the file exists but is not what
+/// `gavel login` writes (it is then left alone rather than overwritten).
+fn read_tokens() -> anyhow::Result<serde_json::Map<String, Value>> {
+    let Some(file) = credentials_file() else {
+        return Ok(Default::default());
+    };
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    serde_json::from_str::<Value>(&text)
+        .ok()
         .and_then(|v| v.as_object().cloned())
-        .unwrap_or_default()
+        .ok_or_else(|| {
+            Fail::with(
+                exit::FAILURE,
+                format!(
+                    "{} is not a gavel credentials file; not touching it",
+                    file.display()
+                ),
+            )
+        })
 }
 
 fn server_key(server: &str) -> String {
@@ -52,17 +73,22 @@ fn token(server: &str) -> anyhow::Result<String> {
 
 fn store_tokens(tokens: &serde_json::Map<String, Value>) -> anyhow::Result<std::path::PathBuf> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     let file = credentials_file()
         .ok_or_else(|| Fail::with(exit::FAILURE, "neither XDG_CONFIG_HOME nor HOME is set"))?;
     if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
-    let tmp = file.with_extension("tmp");
+    // A fresh temporary file of our own (never an existing one), 0600 from
+    // the start, then renamed over the old file.
+    let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
     let mut out = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
@@ -80,9 +106,20 @@ pub async fn login(server: &str, paste: bool) -> anyhow::Result<ExitCode> {
     let client = reqwest::Client::builder()
         .timeout(QUICK + Duration::from_secs(10))
         .build()?;
-    let candidates = match (paste, device_flow(&client, server).await?) {
-        (false, Some(tokens)) => tokens,
-        _ => vec![read_pasted_token()?],
+    if !gavel_config::secure_or_loopback(server) {
+        return Err(Fail::with(
+            exit::USAGE,
+            format!("{server} is neither https:// nor loopback: a token is not sent there"),
+        ));
+    }
+    let device = if paste {
+        None
+    } else {
+        device_flow(&client, server).await?
+    };
+    let candidates = match device {
+        Some(tokens) => tokens,
+        None => vec![read_pasted_token()?],
     };
     let mut accepted = None;
     let mut last_status = None;
@@ -111,7 +148,7 @@ pub async fn login(server: &str, paste: bool) -> anyhow::Result<ExitCode> {
             ),
         ));
     };
-    let mut tokens = stored_tokens();
+    let mut tokens = read_tokens()?;
     tokens.insert(server_key(server), Value::String(candidate));
     let file = store_tokens(&tokens)?;
     println!(
@@ -164,6 +201,14 @@ async fn device_flow(
     ) else {
         return Ok(None);
     };
+    if !(gavel_config::secure_or_loopback(device_endpoint)
+        && gavel_config::secure_or_loopback(token_endpoint))
+    {
+        return Err(Fail::with(
+            exit::FAILURE,
+            "the identity provider's endpoints are neither https:// nor loopback",
+        ));
+    }
     let started: Value = client
         .post(device_endpoint)
         .form(&[
@@ -239,7 +284,7 @@ async fn device_flow(
 
 /// `gavel logout`: forgets the stored token for the server.
 pub async fn logout(server: &str) -> anyhow::Result<ExitCode> {
-    let mut tokens = stored_tokens();
+    let mut tokens = read_tokens()?;
     if tokens.remove(&server_key(server)).is_some() {
         store_tokens(&tokens)?;
         println!("logged out of {}", server_key(server));

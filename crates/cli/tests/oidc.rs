@@ -462,6 +462,17 @@ async fn sign_in(g: &Gavel, p: &Provider, next: &str, email: &str) -> (String, S
         .await
         .unwrap();
     assert!(r.status().is_redirection(), "{}", r.status());
+    let signin_cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        signin_cookie.starts_with("gavel_signin="),
+        "{signin_cookie}"
+    );
     let authorize = location(&r);
     assert!(
         authorize.starts_with(&format!("{}/authorize?", p.url)),
@@ -489,20 +500,31 @@ async fn sign_in(g: &Gavel, p: &Provider, next: &str, email: &str) -> (String, S
         callback.starts_with(&format!("{}/auth/callback?", g.base)),
         "{callback}"
     );
-    let r = http.get(&callback).send().await.unwrap();
-    assert!(
-        r.status().is_redirection(),
-        "{}: {}",
-        r.status(),
-        r.text().await.unwrap()
-    );
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let r = http
+        .get(&callback)
+        .header("cookie", &signin_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("gavel_session="))
+        .unwrap();
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
         "{cookie}"
     );
     // The same callback again (a replayed state) is refused.
-    let again = http.get(&callback).send().await.unwrap();
+    let again = http
+        .get(&callback)
+        .header("cookie", &signin_cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 400);
     let session = cookie.split(';').next().unwrap().to_owned();
     (session, location(&r))
@@ -617,6 +639,90 @@ async fn reviewers_sign_in_and_decide_on_the_approval_page() {
         .await
         .unwrap();
     assert!(r.status().is_redirection(), "session still alive");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_in_is_bound_to_its_browser_and_returns_only_to_gavel_pages() {
+    let p = Provider::start().await;
+    let g = start_web(&p).await;
+    let http = no_redirects();
+    // A callback URL opened in another browser (no sign-in cookie) signs
+    // nobody in.
+    let r = http
+        .get(format!("{}/login?next=/requests", g.base))
+        .send()
+        .await
+        .unwrap();
+    let authorize = location(&r);
+    let query = authorize.split_once('?').unwrap().1.to_owned();
+    let mut form: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    form.push(("email".into(), "dana@x".into()));
+    let r = http
+        .post(format!("{}/authorize", p.url))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let callback = location(&r);
+    let r = http.get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("set-cookie").is_none());
+    // `next` never leaves gavel's pages.
+    for next in [
+        "//evil.example",
+        "/%09/evil.example",
+        "https://evil.example",
+        "/api/v1/audit",
+    ] {
+        let (_, back) = sign_in(&g, &p, next, "dana@x").await;
+        assert_eq!(back, "/requests", "{next}");
+    }
+    // Pages are not framed, cached or referred.
+    let (cookie, _) = sign_in(&g, &p, "/requests", "dana@x").await;
+    let r = http
+        .get(format!("{}/requests", g.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert!(
+        r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    // A human who is neither an approver nor accountable sees nothing.
+    let pending = g
+        .act(
+            &g.agent_token,
+            "sql.ddl",
+            "prod-db",
+            "DROP TABLE secret_plans",
+        )
+        .await;
+    let id = harness::request_id(&pending);
+    let (erin, _) = sign_in(&g, &p, "/requests", "erin@x").await;
+    let r = http
+        .get(format!("{}/requests/{id}", g.base))
+        .header("cookie", &erin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let list = http
+        .get(format!("{}/requests", g.base))
+        .header("cookie", &erin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!list.contains("secret_plans"), "{list}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -808,4 +914,33 @@ async fn gavel_login_uses_the_device_flow_when_the_idp_has_one() {
         .unwrap();
     assert!(whoami.status.success(), "{whoami:?}");
     assert!(String::from_utf8_lossy(&whoami.stdout).contains("dana@x"));
+    // --paste skips the device flow even where there is one.
+    let token = p.mint("RS256", human("owner@x")).await;
+    let mut child = Command::new(harness::BIN)
+        .args(["login", "--paste"])
+        .env("GAVEL_SERVER", &g.base)
+        .env_remove("GAVEL_TOKEN")
+        .env("XDG_CONFIG_HOME", home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("{token}\n").as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("owner@x"));
+    // A token is never sent to a plain-http server elsewhere.
+    let out = Command::new(harness::BIN)
+        .args(["login", "--paste", "--server", "http://gavel.example:8470"])
+        .env_remove("GAVEL_TOKEN")
+        .env("XDG_CONFIG_HOME", home.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }

@@ -404,7 +404,18 @@ impl Issuer {
         if claims.get("nonce").and_then(|n| n.as_str()) != Some(nonce) {
             return Err(refused("the ID token's nonce does not match this sign-in"));
         }
-        self.human(&claims)
+        // OIDC Core §3.1.3.7: with several audiences, azp must be gavel.
+        if claims.get("aud").is_some_and(|a| a.is_array())
+            && claims.get("azp").and_then(|a| a.as_str()) != Some(client_id.as_str())
+        {
+            return Err(refused("the ID token was issued to another client (azp)"));
+        }
+        // The same mapping as every token: a service identity mapped to
+        // an agent never signs in as a reviewer.
+        match self.subject(&claims)? {
+            Subject::Human { id, groups } => Ok((id, groups)),
+            Subject::Agent { .. } => Err(refused("agents cannot sign in to the web pages")),
+        }
     }
 
     async fn verified_claims(

@@ -29,6 +29,10 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 const COOKIE: &str = "gavel_session";
+/// Ties a sign-in to the browser that started it.
+const SIGN_IN_COOKIE: &str = "gavel_signin";
+/// Most signed-in sessions; the oldest go first past this.
+const MAX_SESSIONS: usize = 100_000;
 /// How long a signed-in session lasts.
 const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// How long a sign-in may take at the identity provider.
@@ -43,6 +47,8 @@ struct WebSession {
 }
 
 struct Flow {
+    /// The value of the browser's sign-in cookie.
+    browser: String,
     issuer: usize,
     verifier: String,
     nonce: String,
@@ -63,6 +69,29 @@ fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Headers every page carries: no framing (the Approve button must not be
+/// clickjacked), no caching of pages that hold request data and CSRF
+/// tokens, no referrer, and a policy that allows the page's own inline
+/// style and forms to itself only.
+async fn page_headers(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
 pub(crate) fn router(gw: Gateway) -> Router {
     Router::new()
         .route("/login", get(login))
@@ -71,6 +100,7 @@ pub(crate) fn router(gw: Gateway) -> Router {
         .route("/requests", get(list))
         .route("/requests/{id}", get(page))
         .route("/requests/{id}/decision", post(decide))
+        .layer(axum::middleware::from_fn(page_headers))
         .with_state(gw)
 }
 
@@ -111,15 +141,36 @@ fn error_page(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-fn cookie_value(headers: &HeaderMap) -> Option<String> {
+fn cookie_named(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned())
+}
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    cookie_named(headers, COOKIE)
+}
+
+/// Who may see a request on these pages: its approvers, and the people
+/// accountable for it (the initiator, the agent's owner, the human it acts
+/// for). Other signed-in humans see nothing of it.
+fn may_view(request: &gavel_core::ApprovalRequest, human: &Human) -> bool {
+    let p = &request.action.principal;
+    let is = |id: Option<&gavel_core::HumanId>| id.is_some_and(|h| h.same_human(&human.id));
+    let initiator = matches!(p, Principal::Human(h) if h.id.same_human(&human.id));
+    initiator
+        || is(p.owner())
+        || is(p.on_behalf_of())
+        || request
+            .route
+            .approvers
+            .iter()
+            .any(|a| a.covers(&human.id, &human.groups))
 }
 
 impl WebState {
@@ -137,12 +188,18 @@ impl WebState {
     }
 }
 
-/// A local path to return to after sign-in; anything else is `/requests`.
+/// Where to return after sign-in: `/requests` or one request's page,
+/// nothing else (no other path, host, or character a browser would drop).
 fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
-        _ => "/requests".to_owned(),
-    }
+    let ok = next.filter(|n| {
+        *n == "/requests"
+            || n.strip_prefix("/requests/").is_some_and(|id| {
+                !id.is_empty()
+                    && id.len() <= 64
+                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    });
+    ok.unwrap_or("/requests").to_owned()
 }
 
 fn sign_in_redirect(path: &str) -> Response {
@@ -184,6 +241,7 @@ async fn login(State(gw): State<Gateway>, Query(q): Query<LoginQuery>) -> Respon
         }
     };
     let state = random_token();
+    let browser = random_token();
     let verifier = random_token();
     let nonce = random_token();
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -192,11 +250,19 @@ async fn login(State(gw): State<Gateway>, Query(q): Query<LoginQuery>) -> Respon
         let mut flows = gw.web.flows.lock().unwrap_or_else(|p| p.into_inner());
         flows.retain(|_, f| f.created.elapsed() < FLOW_TTL);
         if flows.len() >= MAX_FLOWS {
-            flows.clear();
+            // The oldest go, not everyone's.
+            if let Some(oldest) = flows
+                .iter()
+                .min_by_key(|(_, f)| f.created)
+                .map(|(k, _)| k.clone())
+            {
+                flows.remove(&oldest);
+            }
         }
         flows.insert(
             state.clone(),
             Flow {
+                browser: browser.clone(),
                 issuer: index,
                 verifier,
                 nonce: nonce.clone(),
@@ -221,7 +287,24 @@ async fn login(State(gw): State<Gateway>, Query(q): Query<LoginQuery>) -> Respon
         nonce,
         challenge,
     );
-    Redirect::to(&location).into_response()
+    let mut response = Redirect::to(&location).into_response();
+    let cookie = format!(
+        "{SIGN_IN_COOKIE}={browser}; HttpOnly; SameSite=Lax; Path=/auth/callback; Max-Age={}{}",
+        FLOW_TTL.as_secs(),
+        secure_attr(&gw)
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+fn secure_attr(gw: &Gateway) -> &'static str {
+    if gw.config.config.server.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    }
 }
 
 fn redirect_uri(gw: &Gateway) -> String {
@@ -238,7 +321,11 @@ struct CallbackQuery {
     error: Option<String>,
 }
 
-async fn callback(State(gw): State<Gateway>, Query(q): Query<CallbackQuery>) -> Response {
+async fn callback(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
     if let Some(e) = q.error {
         return error_page(
             StatusCode::UNAUTHORIZED,
@@ -265,6 +352,16 @@ async fn callback(State(gw): State<Gateway>, Query(q): Query<CallbackQuery>) -> 
             "This sign-in is unknown or has expired; start again.",
         );
     };
+    // Only the browser that started the sign-in may finish it: a callback
+    // URL sent to someone else signs nobody in.
+    let same_browser =
+        cookie_named(&headers, SIGN_IN_COOKIE).is_some_and(|v| csrf_ok(&flow.browser, &v));
+    if !same_browser {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in was started in another browser; start again.",
+        );
+    }
     let Some(issuer) = gw.auth.browser_issuers().nth(flow.issuer) else {
         return error_page(StatusCode::BAD_REQUEST, "This sign-in is unknown.");
     };
@@ -283,6 +380,14 @@ async fn callback(State(gw): State<Gateway>, Query(q): Query<CallbackQuery>) -> 
     {
         let mut sessions = gw.web.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.retain(|_, s| s.expires > Instant::now());
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone())
+        {
+            sessions.remove(&oldest);
+        }
         sessions.insert(
             session.clone(),
             WebSession {
@@ -292,19 +397,21 @@ async fn callback(State(gw): State<Gateway>, Query(q): Query<CallbackQuery>) -> 
             },
         );
     }
-    let secure = if gw.config.config.server.public_url.starts_with("https://") {
-        "; Secure"
-    } else {
-        ""
-    };
     let cookie = format!(
-        "{COOKIE}={session}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{secure}",
-        SESSION_TTL.as_secs()
+        "{COOKIE}={session}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        secure_attr(&gw)
     );
     let mut response = Redirect::to(&flow.next).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, v);
+        response.headers_mut().append(header::SET_COOKIE, v);
     }
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "gavel_signin=; HttpOnly; SameSite=Lax; Path=/auth/callback; Max-Age=0",
+        ),
+    );
     response
 }
 
@@ -366,7 +473,7 @@ async fn list(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
         } @else {
             table {
                 tr { th { "Request" } th { "Initiator" } th { "Resource" } th { "Action" } th { "Operation" } }
-                @for r in &requests {
+                @for r in requests.iter().filter(|r| may_view(r, &who.0)) {
                     tr {
                         td { a href={ "/requests/" (r.id.0) } { (r.id.0) } }
                         td { (r.action.principal.qualified_id()) }
@@ -404,8 +511,8 @@ async fn page(
     };
     let principal = Principal::Human(who.0.clone());
     let request = match crate::api::load_visible(&gw, &principal, &id).await {
-        Ok(r) => r,
-        Err(_) => return error_page(StatusCode::NOT_FOUND, &format!("No request {id}.")),
+        Ok(r) if may_view(&r, &who.0) => r,
+        _ => return error_page(StatusCode::NOT_FOUND, &format!("No request {id}.")),
     };
     let view = match crate::api::with_history(&gw, &request).await {
         Ok(v) => v,
