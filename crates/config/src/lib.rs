@@ -34,6 +34,8 @@ pub struct Config {
     pub resources: ResourcesConfig,
     /// The tamper-evident audit log.
     pub audit: AuditConfig,
+    /// Where reviewers hear about requests.
+    pub channels: ChannelsConfig,
 }
 
 /// `[audit]`
@@ -213,6 +215,32 @@ pub struct ApprovalsConfig {
     pub grant_ttl: Duration,
 }
 
+/// `[channels]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    /// `[[channels.webhook]]`: URLs that receive every request and each of
+    /// its state changes as signed JSON.
+    pub webhook: Vec<WebhookConfig>,
+}
+
+/// One `[[channels.webhook]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// A name for logs, metrics and delivery status (default `webhook-N`).
+    pub name: Option<String>,
+    /// Where to POST (`https://`; `http://` only for loopback).
+    pub url: String,
+    /// Environment variable holding the signing secret
+    /// (`X-Gavel-Signature: t=…,v1=HMAC-SHA256(secret, "t.body")`).
+    pub secret_env: String,
+    /// Approver sets this channel serves (`group:dba`, `user:a@x`); a
+    /// request goes here when one of its approvers is listed. Empty: all.
+    #[serde(default)]
+    pub routes: Vec<String>,
+}
+
 /// `[resources]`
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -357,6 +385,7 @@ impl Default for Config {
             approvals: ApprovalsConfig::default(),
             resources: ResourcesConfig::default(),
             audit: AuditConfig::default(),
+            channels: ChannelsConfig::default(),
         }
     }
 }
@@ -636,6 +665,29 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
                 format!("identity.humans[{i}].token_sha256"),
                 "is the same as another human's: every human needs a token of their own".into(),
             ));
+        }
+    }
+    for (i, w) in c.channels.webhook.iter().enumerate() {
+        let key = |field: &str| format!("channels.webhook[{i}].{field}");
+        if !secure_or_loopback(&w.url) {
+            return Err(fail(
+                key("url"),
+                "must be an https:// URL (http:// only for loopback)".into(),
+            ));
+        }
+        if w.secret_env.trim().is_empty() {
+            return Err(fail(
+                key("secret_env"),
+                "must name an environment variable".into(),
+            ));
+        }
+        for r in &w.routes {
+            if !(r.starts_with("group:") || r.starts_with("user:")) {
+                return Err(fail(
+                    key("routes"),
+                    format!("{r:?} must be group:NAME or user:ID, as in @approval"),
+                ));
+            }
         }
     }
     let mut issuers = HashSet::new();
@@ -951,6 +1003,27 @@ mod tests {
             "[[identity.oidc]]\nissuer = \"https://i\"\naudience = \"g\"\n[[identity.oidc]]\nissuer = \"https://i/\"\naudience = \"h\"\n",
         );
         assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn webhooks_are_checked() {
+        let e =
+            err("[[channels.webhook]]\nurl = \"http://hooks.example.com/x\"\nsecret_env = \"S\"\n");
+        assert!(e.contains("channels.webhook[0].url"), "{e}");
+        let e = err(
+            "[[channels.webhook]]\nurl = \"https://hooks.example.com/x\"\nsecret_env = \"S\"\nroutes = [\"dba\"]\n",
+        );
+        assert!(e.contains("channels.webhook[0].routes"), "{e}");
+        let e =
+            err("[[channels.webhook]]\nurl = \"https://hooks.example.com/x\"\nsecret_env = \"\"\n");
+        assert!(e.contains("channels.webhook[0].secret_env"), "{e}");
+        assert!(
+            parse(
+                "[[channels.webhook]]\nurl = \"https://h.example/x\"\nsecret_env = \"S\"\nroutes = [\"group:dba\"]\n",
+                Path::new("gavel.toml")
+            )
+            .is_ok()
+        );
     }
 
     #[test]

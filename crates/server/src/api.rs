@@ -564,6 +564,7 @@ pub(crate) async fn with_history(
         initiator_recent: others(by_initiator),
         resource_recent: others(on_resource),
     });
+    view.deliveries = gw.deliveries.of(&r.id.0);
     Ok(view)
 }
 

@@ -44,6 +44,7 @@ pub struct Gateway {
     pub(crate) postgres: Vec<Arc<gavel_postgres::PostgresSurface>>,
     pub(crate) mcp: gavel_mcp::McpGateway,
     pub(crate) web: Arc<web::WebState>,
+    pub(crate) deliveries: Arc<gavel_webhook::Deliveries>,
 }
 
 /// Opens the configured store (SQLite only in this build).
@@ -116,6 +117,18 @@ impl Gateway {
                 .map_err(|e| anyhow::anyhow!("policies are invalid:\n{e}"))?,
         );
         let clock = Arc::new(SystemClock);
+        let deliveries = Arc::new(gavel_webhook::Deliveries::default());
+        let mut notifiers: Vec<Arc<dyn gavel_core::Notifier>> = Vec::new();
+        for (i, w) in loaded.config.channels.webhook.iter().enumerate() {
+            let hook = gavel_webhook::Webhook::start(
+                i,
+                w,
+                &loaded.config.server.public_url,
+                deliveries.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            notifiers.push(Arc::new(hook));
+        }
         let gate = Gate::new(
             policy.clone(),
             store.clone(),
@@ -126,7 +139,7 @@ impl Gateway {
                 grant_ttl: loaded.config.approvals.grant_ttl,
                 gateway_id: gateway_id(&loaded),
             },
-            Vec::new(),
+            notifiers,
         );
         let file = loaded
             .file
@@ -168,6 +181,7 @@ impl Gateway {
             postgres,
             mcp,
             web: Arc::new(web::WebState::default()),
+            deliveries,
         })
     }
 

@@ -274,6 +274,11 @@ pub(crate) struct RequestView {
     /// Context for reviewers (single-request views only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<History>,
+    /// How the request's notifications reached each channel
+    /// (single-request views only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub deliveries: Vec<gavel_webhook::Delivery>,
 }
 
 impl RequestView {
@@ -318,6 +323,7 @@ impl RequestView {
             updated_at: rfc3339(r.updated_at),
             url: request_url(public_url, &r.id.0),
             history: None,
+            deliveries: Vec::new(),
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct Gavel {
     child: Option<Child>,
     pub http: reqwest::Client,
     pub agent_token: String,
+    /// Extra environment for the gateway process (secrets it reads).
+    pub env: Vec<(String, String)>,
 }
 
 impl Gavel {
@@ -83,6 +85,16 @@ impl Gavel {
     /// A gateway with the four humans and `bot`, `policies` as its only
     /// policy file and `extra` appended to the configuration.
     pub async fn start_custom(hold: &str, policies: &str, extra: &str) -> Gavel {
+        Gavel::start_custom_env(hold, policies, extra, &[]).await
+    }
+
+    /// As [`Gavel::start_custom`], with `env` set for the gateway process.
+    pub async fn start_custom_env(
+        hold: &str,
+        policies: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Gavel {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = format!(
@@ -142,6 +154,10 @@ tags = {{ env = "prod" }}
             child: None,
             http: reqwest::Client::new(),
             agent_token: String::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         g.agent_token = g.create_agent("bot", "owner@x", &[]);
         g.launch().await;
@@ -186,6 +202,7 @@ tags = {{ env = "prod" }}
         let child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(self.config_path())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

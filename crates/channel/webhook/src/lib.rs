@@ -1,0 +1,273 @@
+//! Signed webhooks (SPEC §4, channels): every approval request and each of
+//! its state changes is POSTed as JSON to the configured URLs, signed
+//! `X-Gavel-Signature: t=UNIX_SECONDS,v1=HEX(HMAC-SHA256(secret, "t.body"))`
+//! so a consumer (a ticket system, an on-call tool) can check it came from
+//! gavel and is fresh. Deliveries are retried with backoff; their status is
+//! kept per request for the API. A consumer decides through the REST API
+//! with a human's token, like any channel, through `Approvals::decide`.
+//!
+//! A failing webhook never blocks the gate, the request or other channels:
+//! [`Webhook::request_changed`] only queues.
+#![deny(missing_docs)]
+
+use gavel_config::WebhookConfig;
+use gavel_core::{ApprovalRequest, Notifier};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Serialize;
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Attempts per event before it is given up.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// The first pause between attempts; it doubles each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// How long one attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events waiting per channel; past this, new ones are dropped (and
+/// counted) rather than let a dead consumer grow memory.
+const QUEUE: usize = 10_000;
+/// Requests whose delivery status is kept in memory.
+const STATUS_KEPT: usize = 10_000;
+
+/// The signature header value for `body` sent at `t` (unix seconds).
+pub fn signature(secret: &[u8], t: u64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any size");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// How one event's delivery to one channel went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Delivery {
+    /// The channel's name.
+    pub channel: String,
+    /// The event, e.g. `request.pending`.
+    pub event: String,
+    /// `pending` (still trying), `delivered` or `failed` (gave up).
+    pub status: &'static str,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+}
+
+/// Delivery status by request id, shared by every webhook channel.
+#[derive(Default)]
+pub struct Deliveries(Mutex<HashMap<String, Vec<Delivery>>>);
+
+impl Deliveries {
+    /// The deliveries of request `id` so far.
+    pub fn of(&self, id: &str) -> Vec<Delivery> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn update(&self, id: &str, index: Option<usize>, d: Delivery) -> usize {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= STATUS_KEPT && !map.contains_key(id) {
+            map.clear();
+        }
+        let list = map.entry(id.to_owned()).or_default();
+        match index.filter(|i| *i < list.len()) {
+            Some(i) => {
+                list[i] = d;
+                i
+            }
+            None => {
+                list.push(d);
+                list.len() - 1
+            }
+        }
+    }
+}
+
+struct Event {
+    request_id: String,
+    name: String,
+    body: Vec<u8>,
+}
+
+/// One `[[channels.webhook]]`.
+pub struct Webhook {
+    name: String,
+    routes: Vec<String>,
+    public_url: String,
+    queue: mpsc::Sender<Event>,
+}
+
+impl Webhook {
+    /// A webhook channel and its delivery task. Fails naming an unset
+    /// secret variable.
+    pub fn start(
+        index: usize,
+        config: &WebhookConfig,
+        public_url: &str,
+        deliveries: Arc<Deliveries>,
+    ) -> Result<Webhook, String> {
+        let name = config
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("webhook-{index}"));
+        let secret = std::env::var(&config.secret_env).map_err(|_| {
+            format!(
+                "channels.webhook[{index}].secret_env names ${}, which is not set",
+                config.secret_env
+            )
+        })?;
+        let (queue, events) = mpsc::channel(QUEUE);
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(ATTEMPT_TIMEOUT)
+            .build()
+            .map_err(|e| format!("webhook {name}: {e}"))?;
+        tokio::spawn(deliver(
+            name.clone(),
+            config.url.clone(),
+            secret.into_bytes(),
+            http,
+            events,
+            deliveries,
+        ));
+        Ok(Webhook {
+            name,
+            routes: config.routes.clone(),
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            queue,
+        })
+    }
+
+    fn routed(&self, request: &ApprovalRequest) -> bool {
+        self.routes.is_empty()
+            || request
+                .route
+                .approvers
+                .iter()
+                .any(|a| self.routes.contains(&a.to_string()))
+    }
+}
+
+impl Notifier for Webhook {
+    fn request_changed(&self, request: &ApprovalRequest) {
+        if !self.routed(request) {
+            return;
+        }
+        let name = format!("request.{}", request.state.as_str());
+        let body = serde_json::json!({
+            "event": name,
+            "request_id": request.id.0,
+            "state": request.state.as_str(),
+            "url": format!("{}/requests/{}", self.public_url, request.id.0),
+            "request": request,
+        });
+        let event = Event {
+            request_id: request.id.0.clone(),
+            name,
+            body: serde_json::to_vec(&body).unwrap_or_default(),
+        };
+        if self.queue.try_send(event).is_err() {
+            metrics::counter!("gavel_channel_deliveries_total", "channel" => self.name.clone(), "outcome" => "dropped").increment(1);
+            tracing::error!(channel = %self.name, "webhook queue full; event dropped");
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Delivers events in order, each retried with backoff up to
+/// [`MAX_ATTEMPTS`]; a fresh timestamp and signature per attempt.
+async fn deliver(
+    channel: String,
+    url: String,
+    secret: Vec<u8>,
+    http: reqwest::Client,
+    mut events: mpsc::Receiver<Event>,
+    deliveries: Arc<Deliveries>,
+) {
+    while let Some(event) = events.recv().await {
+        let mut status = Delivery {
+            channel: channel.clone(),
+            event: event.name.clone(),
+            status: "pending",
+            attempts: 0,
+            last_error: None,
+        };
+        let slot = deliveries.update(&event.request_id, None, status.clone());
+        let mut backoff = FIRST_BACKOFF;
+        let started = std::time::Instant::now();
+        loop {
+            status.attempts += 1;
+            let t = now_secs();
+            let result = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("x-gavel-signature", signature(&secret, t, &event.body))
+                .header("x-gavel-event", &event.name)
+                .body(event.body.clone())
+                .send()
+                .await;
+            let error = match result {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("HTTP {}", r.status())),
+                Err(e) => Some(if e.is_timeout() {
+                    "timed out".to_owned()
+                } else {
+                    "connection failed".to_owned()
+                }),
+            };
+            match error {
+                None => {
+                    status.status = "delivered";
+                    status.last_error = None;
+                    metrics::counter!("gavel_channel_deliveries_total", "channel" => channel.clone(), "outcome" => "delivered").increment(1);
+                    metrics::histogram!("gavel_channel_delivery_seconds", "channel" => channel.clone())
+                        .record(started.elapsed().as_secs_f64());
+                    deliveries.update(&event.request_id, Some(slot), status.clone());
+                    break;
+                }
+                Some(e) => {
+                    status.last_error = Some(e.clone());
+                    if status.attempts >= MAX_ATTEMPTS {
+                        status.status = "failed";
+                        metrics::counter!("gavel_channel_deliveries_total", "channel" => channel.clone(), "outcome" => "failed").increment(1);
+                        tracing::warn!(%channel, event = %event.name, request = %event.request_id, error = %e, "webhook delivery failed; giving up");
+                        deliveries.update(&event.request_id, Some(slot), status.clone());
+                        break;
+                    }
+                    metrics::counter!("gavel_channel_deliveries_total", "channel" => channel.clone(), "outcome" => "retried").increment(1);
+                    deliveries.update(&event.request_id, Some(slot), status.clone());
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_hmac_sha256_over_t_dot_body() {
+        // Computed independently: printf '1700000000.{"a":1}' |
+        //   openssl dgst -sha256 -hmac secret
+        assert_eq!(
+            signature(b"secret", 1_700_000_000, br#"{"a":1}"#),
+            "t=1700000000,v1=49f24e537407743fa4a0242bb63b94b9a47ee99cbbe071ccd8a22550ae411686"
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! Signed webhooks, checked by a consumer gavel did not write
+//! (`tests/webhook/receiver.py`: Python's hmac), including retries after
+//! failures and the delivery status on the request.
+
+mod harness;
+
+use harness::{ALICE, BOB, Gavel, free_port};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "whsec-test-0123456789";
+
+struct Receiver {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Receiver {
+    fn start(secret: &str, fail_first: u32) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("received.jsonl");
+        let port = free_port();
+        let child = Command::new("python3")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/webhook/receiver.py"))
+            .args([&port.to_string(), secret, &fail_first.to_string()])
+            .arg(&out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "receiver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Receiver {
+            child,
+            port,
+            out,
+            _dir: dir,
+        }
+    }
+
+    fn received(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    async fn wait_for(&self, what: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.received();
+            if what(&got) {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "not received: {got:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn start(receivers: &[(&Receiver, &str)]) -> Gavel {
+    let mut extra = String::new();
+    for (r, routes) in receivers {
+        extra.push_str(&format!(
+            "\n[[channels.webhook]]\nname = \"hook-{}\"\nurl = \"http://127.0.0.1:{}/hook\"\nsecret_env = \"GAVEL_TEST_WEBHOOK_SECRET\"\nroutes = {routes}\n",
+            r.port, r.port
+        ));
+    }
+    Gavel::start_custom_env(
+        "60s",
+        harness::POLICIES,
+        &extra,
+        &[("GAVEL_TEST_WEBHOOK_SECRET", SECRET)],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_state_change_arrives_signed_and_failures_are_retried() {
+    let hook = Receiver::start(SECRET, 2);
+    let g = start(&[(&hook, "[]")]).await;
+    let v = g
+        .act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE t")
+        .await;
+    let id = harness::request_id(&v);
+    // The first two attempts get 500; the third is accepted.
+    let got = hook
+        .wait_for(|g| {
+            g.iter()
+                .any(|e| e["state"] == "pending" && e["attempt"] == 3)
+        })
+        .await;
+    assert!(got.iter().all(|e| e["valid"] == true), "{got:?}");
+    assert!(got.iter().all(|e| e["request_id"] == id.as_str()));
+    let (_, view) = g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
+    let deliveries = view["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries[0]["event"], "request.pending", "{view}");
+    assert_eq!(deliveries[0]["status"], "delivered", "{view}");
+    assert_eq!(deliveries[0]["attempts"], 3, "{view}");
+    // A consumer decides through the REST API with a human's token.
+    let (status, _) = g.approve(BOB, &id).await;
+    assert_eq!(status, 200);
+    let got = hook
+        .wait_for(|g| g.iter().any(|e| e["event"] == "request.approved"))
+        .await;
+    assert!(got.iter().all(|e| e["valid"] == true), "{got:?}");
+    // Using the grant is a state change too.
+    let v = g
+        .act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE t")
+        .await;
+    assert_eq!(harness::verdict(&v), "allow");
+    hook.wait_for(|g| g.iter().any(|e| e["event"] == "request.executed"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_secret_is_detected_and_routes_pick_the_channels() {
+    // This consumer expects another secret: every delivery fails its check.
+    let wrong = Receiver::start("not-the-secret", 0);
+    // Routed only to requests the security group approves.
+    let security = Receiver::start(SECRET, 0);
+    let g = start(&[(&wrong, "[]"), (&security, "[\"group:security\"]")]).await;
+    let v = g
+        .act(
+            &g.agent_token,
+            "sql.ddl",
+            "prod-db",
+            "CREATE TABLE x (a int)",
+        )
+        .await;
+    assert_eq!(harness::verdict(&v), "pending");
+    let got = wrong.wait_for(|g| !g.is_empty()).await;
+    assert_eq!(got[0]["valid"], false);
+    // A write on prod needs the security group: routed to both.
+    let v = g
+        .act(&g.agent_token, "sql.write", "prod-db", "DELETE FROM t")
+        .await;
+    let write_id = harness::request_id(&v);
+    let got = security.wait_for(|g| !g.is_empty()).await;
+    assert_eq!(got.len(), 1, "the DDL request is not routed here: {got:?}");
+    assert_eq!(got[0]["request_id"], write_id.as_str());
+    assert_eq!(got[0]["valid"], true);
+}
