@@ -222,6 +222,36 @@ pub struct ChannelsConfig {
     /// `[[channels.webhook]]`: URLs that receive every request and each of
     /// its state changes as signed JSON.
     pub webhook: Vec<WebhookConfig>,
+    /// `[[channels.slack]]`: Slack channels where reviewers approve with
+    /// buttons.
+    pub slack: Vec<SlackConfig>,
+}
+
+/// One `[[channels.slack]]` entry: a Slack app (bot token, signing secret)
+/// posting to one channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    /// Environment variable holding the bot token (`xoxb-…`).
+    pub bot_token_env: String,
+    /// Environment variable holding the app's signing secret.
+    pub signing_secret_env: String,
+    /// The channel id to post requests to (`C0123456`).
+    pub channel: String,
+    /// Approver sets this channel serves; empty: all.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Slack's Web API base (overridable for tests).
+    #[serde(default = "default_slack_api")]
+    pub api_base: String,
+    /// Slack user id → gavel human id, for users whose Slack email is not
+    /// their gavel id. Others are mapped by their confirmed email.
+    #[serde(default)]
+    pub users: BTreeMap<String, String>,
+}
+
+fn default_slack_api() -> String {
+    "https://slack.com/api".into()
 }
 
 /// One `[[channels.webhook]]` entry.
@@ -682,6 +712,26 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
             ));
         }
         for r in &w.routes {
+            if !(r.starts_with("group:") || r.starts_with("user:")) {
+                return Err(fail(
+                    key("routes"),
+                    format!("{r:?} must be group:NAME or user:ID, as in @approval"),
+                ));
+            }
+        }
+    }
+    for (i, s) in c.channels.slack.iter().enumerate() {
+        let key = |field: &str| format!("channels.slack[{i}].{field}");
+        if !secure_or_loopback(&s.api_base) {
+            return Err(fail(
+                key("api_base"),
+                "must be https:// (http:// only for loopback)".into(),
+            ));
+        }
+        if s.channel.trim().is_empty() {
+            return Err(fail(key("channel"), "must name a channel id".into()));
+        }
+        for r in &s.routes {
             if !(r.starts_with("group:") || r.starts_with("user:")) {
                 return Err(fail(
                     key("routes"),

@@ -11,6 +11,7 @@ mod api;
 mod audit;
 mod error;
 mod openapi;
+mod slack;
 mod views;
 mod web;
 
@@ -45,6 +46,7 @@ pub struct Gateway {
     pub(crate) mcp: gavel_mcp::McpGateway,
     pub(crate) web: Arc<web::WebState>,
     pub(crate) deliveries: Arc<gavel_webhook::Deliveries>,
+    pub(crate) slack: Vec<Arc<gavel_slack::Slack>>,
 }
 
 /// Opens the configured store (SQLite only in this build).
@@ -129,6 +131,13 @@ impl Gateway {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             notifiers.push(Arc::new(hook));
         }
+        let mut slack = Vec::new();
+        for (i, s) in loaded.config.channels.slack.iter().enumerate() {
+            let channel = gavel_slack::Slack::start(i, s, &loaded.config.server.public_url)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            notifiers.push(channel.clone());
+            slack.push(channel);
+        }
         let gate = Gate::new(
             policy.clone(),
             store.clone(),
@@ -182,6 +191,7 @@ impl Gateway {
             mcp,
             web: Arc::new(web::WebState::default()),
             deliveries,
+            slack,
         })
     }
 

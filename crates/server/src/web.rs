@@ -101,6 +101,10 @@ pub(crate) fn router(gw: Gateway) -> Router {
         .route("/requests/{id}", get(page))
         .route("/requests/{id}/decision", post(decide))
         .layer(axum::middleware::from_fn(page_headers))
+        .route(
+            "/integrations/slack/interactions",
+            post(crate::slack::interactions),
+        )
         .with_state(gw)
 }
 

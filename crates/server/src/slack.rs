@@ -1,0 +1,53 @@
+//! `/integrations/slack/interactions`: button presses and modal submissions
+//! from Slack. The signature is checked before the body is read.
+
+use crate::Gateway;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use gavel_core::Human;
+use gavel_slack::{Directory, Rejected, payload_of};
+
+struct Humans<'a>(&'a gavel_identity::Authenticator);
+
+impl Directory for Humans<'_> {
+    fn human(&self, id: &str) -> Option<Human> {
+        self.0.human(id).cloned()
+    }
+}
+
+pub(crate) async fn interactions(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let timestamp = header("x-slack-request-timestamp");
+    let signature = header("x-slack-signature");
+    let mut refusal = Rejected::Malformed;
+    for slack in &gw.slack {
+        match slack.verify(timestamp, signature, &body) {
+            Ok(()) => {
+                let Some(payload) = payload_of(&body) else {
+                    return (StatusCode::BAD_REQUEST, "no interaction payload").into_response();
+                };
+                let answer = slack
+                    .interaction(&payload, gw.gate.approvals(), &Humans(&gw.auth))
+                    .await;
+                return if answer.is_null() {
+                    StatusCode::OK.into_response()
+                } else {
+                    axum::Json(answer).into_response()
+                };
+            }
+            // Another app's secret may still match; keep the most telling
+            // reason for the log.
+            Err(Rejected::BadSignature) if refusal != Rejected::Malformed => {}
+            Err(r) => refusal = r,
+        }
+    }
+    tracing::info!(reason = ?refusal, "Slack interaction refused");
+    metrics::counter!("gavel_slack_interactions_refused_total").increment(1);
+    (StatusCode::UNAUTHORIZED, "request not signed by Slack").into_response()
+}
