@@ -1056,6 +1056,28 @@ mod tests {
     }
 
     #[test]
+    fn slack_channels_are_checked() {
+        let ok = parse(
+            "[[channels.slack]]\nbot_token_env = \"T\"\nsigning_secret_env = \"S\"\nchannel = \"C1\"\n",
+            Path::new("gavel.toml"),
+        )
+        .unwrap();
+        assert_eq!(ok.channels.slack[0].api_base, "https://slack.com/api");
+        let e = err(
+            "[[channels.slack]]\nbot_token_env = \"T\"\nsigning_secret_env = \"S\"\nchannel = \"C1\"\napi_base = \"http://slack.example/api\"\n",
+        );
+        assert!(e.contains("channels.slack[0].api_base"), "{e}");
+        let e = err(
+            "[[channels.slack]]\nbot_token_env = \"T\"\nsigning_secret_env = \"S\"\nchannel = \"\"\n",
+        );
+        assert!(e.contains("channels.slack[0].channel"), "{e}");
+        let e = err(
+            "[[channels.slack]]\nbot_token_env = \"T\"\nsigning_secret_env = \"S\"\nchannel = \"C1\"\nroutes = [\"dba\"]\n",
+        );
+        assert!(e.contains("channels.slack[0].routes"), "{e}");
+    }
+
+    #[test]
     fn webhooks_are_checked() {
         let e =
             err("[[channels.webhook]]\nurl = \"http://hooks.example.com/x\"\nsecret_env = \"S\"\n");
