@@ -113,10 +113,14 @@ async fn post_signed(g: &Gavel, body: &str, ts: i64, secret: &str) -> (u16, Stri
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-fn click(user: &str, action: &str, request: &str) -> Value {
+/// A button press on the message with `ts`, as Slack sends it.
+fn click(user: &str, action: &str, request: &str, ts: &str) -> Value {
     json!({
         "type": "block_actions",
-        "user": {"id": user},
+        "user": {"id": user, "team_id": "T1"},
+        "team": {"id": "T1"},
+        "channel": {"id": "C0123"},
+        "container": {"type": "message", "message_ts": ts, "channel_id": "C0123"},
         "trigger_id": "trigger-1",
         "actions": [{"action_id": action, "value": request, "block_id": "gavel_decision"}],
     })
@@ -166,6 +170,7 @@ async fn approvals_in_slack_follow_the_same_rules() {
         })
         .await;
     assert_eq!(posted["channel"], "C0123");
+    let ts = posted["_ts"].as_str().unwrap().to_owned();
     let blocks = posted["blocks"].to_string();
     for needed in [
         "agent:bot",
@@ -181,16 +186,16 @@ async fn approvals_in_slack_follow_the_same_rules() {
         assert!(blocks.contains(needed), "missing {needed}: {blocks}");
     }
     // Signed by someone else, stale, or replayed: refused before reading.
-    let body = form_body(&click("U_BOB", "approve", &id));
+    let body = form_body(&click("U_BOB", "approve", &id, &ts));
     assert_eq!(post_signed(&g, &body, now(), "wrong-secret").await.0, 401);
     assert_eq!(
         post_signed(&g, &body, now() - 400, SIGNING_SECRET).await.0,
         401
     );
     // The agent's owner: an ephemeral refusal, nothing changes.
-    let owner = form_body(&click("U_OWNER", "approve", &id));
-    let ts = now();
-    assert_eq!(post_signed(&g, &owner, ts, SIGNING_SECRET).await.0, 200);
+    let owner = form_body(&click("U_OWNER", "approve", &id, &ts));
+    let sent = now();
+    assert_eq!(post_signed(&g, &owner, sent, SIGNING_SECRET).await.0, 200);
     let refusal = slack
         .wait("chat.postEphemeral", |b| b["user"] == "U_OWNER")
         .await;
@@ -199,12 +204,25 @@ async fn approvals_in_slack_follow_the_same_rules() {
         "{refusal}"
     );
     // The same signed request again is a replay.
-    assert_eq!(post_signed(&g, &owner, ts, SIGNING_SECRET).await.0, 401);
+    assert_eq!(post_signed(&g, &owner, sent, SIGNING_SECRET).await.0, 401);
     // An unconfirmed email maps to nobody.
-    let eve = form_body(&click("U_EVE", "approve", &id));
+    let eve = form_body(&click("U_EVE", "approve", &id, &ts));
     assert_eq!(post_signed(&g, &eve, now(), SIGNING_SECRET).await.0, 200);
     slack
         .wait("chat.postEphemeral", |b| b["user"] == "U_EVE")
+        .await;
+    // A button that is not on gavel's message for this request (crafted,
+    // or on another message) decides nothing.
+    let forged = form_body(&click("U_BOB", "approve", &id, "1699999999.000001"));
+    assert_eq!(post_signed(&g, &forged, now(), SIGNING_SECRET).await.0, 200);
+    slack
+        .wait("chat.postEphemeral", |b| {
+            b["user"] == "U_BOB"
+                && b["text"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not on gavel's current message")
+        })
         .await;
     assert_eq!(state(&g, &id).await["state"], "pending");
     // bob (mapped explicitly) approves: the message is updated and the
@@ -235,13 +253,14 @@ async fn deny_asks_for_a_reason_in_a_modal() {
         .act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE users")
         .await;
     let id = harness::request_id(&v);
-    slack
+    let posted = slack
         .wait("chat.postMessage", |b| {
             b["blocks"].to_string().contains(&id)
         })
         .await;
+    let ts = posted["_ts"].as_str().unwrap().to_owned();
     // alice (mapped by her confirmed email) presses Deny: a modal opens.
-    let body = form_body(&click("U_ALICE", "deny", &id));
+    let body = form_body(&click("U_ALICE", "deny", &id, &ts));
     assert_eq!(post_signed(&g, &body, now(), SIGNING_SECRET).await.0, 200);
     let opened = slack.wait("views.open", |_| true).await;
     assert_eq!(opened["view"]["private_metadata"], id.as_str());

@@ -248,6 +248,9 @@ pub struct SlackConfig {
     /// their gavel id. Others are mapped by their confirmed email.
     #[serde(default)]
     pub users: BTreeMap<String, String>,
+    /// The Slack workspace (`T…`) whose members may decide; users of other
+    /// workspaces (Slack Connect) are refused when it is set.
+    pub team_id: Option<String>,
 }
 
 fn default_slack_api() -> String {

@@ -32,6 +32,18 @@ pub(crate) async fn interactions(
                 let Some(payload) = payload_of(&body) else {
                     return (StatusCode::BAD_REQUEST, "no interaction payload").into_response();
                 };
+                // Slack wants an answer within 3 s: button presses are
+                // acknowledged at once and handled after.
+                if payload["type"] == "block_actions" {
+                    let slack = slack.clone();
+                    let gw = gw.clone();
+                    tokio::spawn(async move {
+                        slack
+                            .interaction(&payload, gw.gate.approvals(), &Humans(&gw.auth))
+                            .await;
+                    });
+                    return StatusCode::OK.into_response();
+                }
                 let answer = slack
                     .interaction(&payload, gw.gate.approvals(), &Humans(&gw.auth))
                     .await;

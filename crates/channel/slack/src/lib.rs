@@ -76,13 +76,35 @@ pub struct Slack {
 }
 
 fn text(s: &str) -> Value {
-    json!({"type": "mrkdwn", "text": s})
+    // verbatim: no auto-linking of what an agent wrote.
+    json!({"type": "mrkdwn", "text": s, "verbatim": true})
 }
 
+/// Agent-supplied text made inert in mrkdwn: `&`, `<`, `>` escaped (no
+/// links or mentions), backticks replaced (a code block cannot be closed
+/// early to forge lines), then cut to `max` characters.
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
+    escape_max(s, 1_000)
+}
+
+fn escape_max(s: &str, max: usize) -> String {
+    let escaped = s
+        .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+        .replace('`', "ˋ");
+    if escaped.chars().count() <= max {
+        return escaped;
+    }
+    let mut cut: String = escaped.chars().take(max).collect();
+    // Never end inside an entity.
+    if let Some(amp) = cut.rfind('&')
+        && !cut[amp..].contains(';')
+    {
+        cut.truncate(amp);
+    }
+    cut.push_str("\n… (truncated; the whole text is on the approval page)");
+    cut
 }
 
 impl Slack {
@@ -99,7 +121,14 @@ impl Slack {
             })
         };
         let bot_token = var(&config.bot_token_env, "bot_token_env")?;
-        let signing_secret = var(&config.signing_secret_env, "signing_secret_env")?.into_bytes();
+        let signing_secret = var(&config.signing_secret_env, "signing_secret_env")?;
+        // An empty (or trivially short) secret would let anyone sign.
+        if signing_secret.trim().len() < 16 || bot_token.trim().is_empty() {
+            return Err(format!(
+                "channels.slack[{index}]: the signing secret must be at least 16 characters and the bot token not empty"
+            ));
+        }
+        let signing_secret = signing_secret.into_bytes();
         let (queue, events) = mpsc::channel(QUEUE);
         let slack = Arc::new(Slack {
             config: config.clone(),
@@ -185,10 +214,7 @@ impl Slack {
     /// The Block Kit message of a request.
     pub fn blocks(&self, r: &ApprovalRequest) -> Value {
         let a = &r.action;
-        let mut operation: String = a.operation.chars().take(OPERATION_SHOWN).collect();
-        if operation.len() < a.operation.len() {
-            operation.push_str("\n… (truncated; the whole text is on the approval page)");
-        }
+        let operation = escape_max(&a.operation, OPERATION_SHOWN);
         let owner = a
             .principal
             .owner()
@@ -220,15 +246,17 @@ impl Slack {
         let mut blocks = vec![
             json!({"type": "header", "text": {"type": "plain_text", "text": format!("Approval needed: {}", a.class)}}),
             json!({"type": "section", "fields": fields}),
-            json!({"type": "section", "text": text(&format!("*Operation*\n```{}```", escape(&operation)))}),
+            json!({"type": "section", "text": text(&format!("*Operation*\n```{operation}```"))}),
             json!({"type": "section", "text": text(&format!(
                 "*Intent*\n{}",
                 if a.intent.is_empty() { "_none given_".to_owned() } else { escape(&a.intent) }
             ))}),
         ];
         if !a.data_context.is_null() {
-            let context: String = a.data_context.to_string().chars().take(1_000).collect();
-            blocks.push(json!({"type": "context", "elements": [text(&format!("Data context: `{}`", escape(&context)))]}));
+            let context = escape(&a.data_context.to_string());
+            blocks.push(
+                json!({"type": "context", "elements": [text(&format!("Data context: {context}"))]}),
+            );
         }
         blocks.push(json!({"type": "context", "elements": [text(&format!("<{}|Open request {}> for the full context and history", self.url(r), r.id.0))]}));
         if r.state == RequestState::Pending {
@@ -352,11 +380,24 @@ impl Slack {
             None => {
                 // users.info is a read method: form-encoded, as Slack documents.
                 let info = self.api_form("users.info", &[("user", user)]).await.ok()?;
-                let email = info["user"]["profile"]["email"].as_str()?;
-                if info["user"]["is_email_confirmed"] != true {
+                let u = &info["user"];
+                let email = u["profile"]["email"].as_str()?;
+                // Only full members of gavel's own workspace: no guests,
+                // bots, deactivated users, or users of another team.
+                let refused = u["is_email_confirmed"] != true
+                    || u["is_bot"] == true
+                    || u["deleted"] == true
+                    || u["is_restricted"] == true
+                    || u["is_ultra_restricted"] == true
+                    || self
+                        .config
+                        .team_id
+                        .as_deref()
+                        .is_some_and(|team| u["team_id"].as_str() != Some(team));
+                if refused {
                     return None;
                 }
-                email.to_owned()
+                email.to_lowercase()
             }
         };
         Some(directory.human(&id).unwrap_or(Human {
@@ -395,6 +436,32 @@ impl Slack {
                     return Value::Null;
                 };
                 let id = action["value"].as_str().unwrap_or_default().to_owned();
+                // A button counts only on the message gavel posted for this
+                // request, in its channel, from its workspace.
+                let ours = self
+                    .messages
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&id)
+                    .cloned();
+                let from_our_message = payload["channel"]["id"] == self.config.channel.as_str()
+                    && ours.is_some()
+                    && payload["container"]["message_ts"].as_str() == ours.as_deref()
+                    && self.config.team_id.as_deref().is_none_or(|t| {
+                        payload["user"]["team_id"].as_str() == Some(t)
+                            || payload["team"]["id"].as_str() == Some(t)
+                    });
+                if !from_our_message {
+                    self.ephemeral(
+                        &user,
+                        &format!(
+                            "This button is not on gavel's current message for request {id}; decide on the approval page: {}/requests/{id}",
+                            self.public_url
+                        ),
+                    )
+                    .await;
+                    return Value::Null;
+                }
                 match action["action_id"].as_str() {
                     Some("approve") => {
                         // A refusal was already told to the user, ephemerally.
@@ -538,6 +605,25 @@ mod tests {
             ),
             "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
         );
+    }
+
+    #[test]
+    fn agent_text_cannot_forge_lines_links_or_mentions() {
+        let e = escape("x```\n*Policy*\nall-good <!channel> <https://evil|click> & more");
+        assert!(
+            !e.contains('`') && !e.contains('<') && !e.contains('>'),
+            "{e}"
+        );
+        assert!(
+            e.contains("&lt;!channel&gt;") && e.contains("&amp; more"),
+            "{e}"
+        );
+        let long = escape_max(&"&".repeat(50), 12);
+        assert!(
+            long.starts_with("&amp;&amp;") && !long.contains("&am\n"),
+            "{long}"
+        );
+        assert!(long.contains("truncated"));
     }
 
     #[test]

@@ -123,6 +123,13 @@ impl Webhook {
                 config.secret_env
             )
         })?;
+        // An empty (or trivially short) secret would let anyone sign.
+        if secret.trim().len() < 16 {
+            return Err(format!(
+                "channels.webhook[{index}]: the secret in ${} must be at least 16 characters",
+                config.secret_env
+            ));
+        }
         let (queue, events) = mpsc::channel(QUEUE);
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

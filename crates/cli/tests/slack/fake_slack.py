@@ -47,10 +47,11 @@ class Handler(BaseHTTPRequestHandler):
         else:
             body = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
         with lock:
-            with open(OUT, "a") as f:
-                f.write(json.dumps({"method": method, "body": body}) + "\n")
             counter["ts"] += 1
             ts = f"1700000000.{counter['ts']:06d}"
+            with open(OUT, "a") as f:
+                # `_ts`: the ts this call's answer carries, for the tests.
+                f.write(json.dumps({"method": method, "body": dict(body, _ts=ts)}) + "\n")
         if method == "chat.postMessage":
             if "channel" not in body or not (body.get("text") or body.get("blocks")):
                 self.reply({"ok": False, "error": "no_text"})
