@@ -158,39 +158,26 @@ impl Slack {
     }
 
     async fn api(&self, method: &str, body: Value) -> Result<Value, String> {
-        let response = self
-            .http
-            .post(format!(
-                "{}/{method}",
-                self.config.api_base.trim_end_matches('/')
-            ))
-            .bearer_auth(&self.bot_token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|_| format!("{method}: Slack cannot be reached"))?;
-        let value: Value = response
-            .json()
-            .await
-            .map_err(|e| format!("{method}: {e}"))?;
-        if value["ok"] != true {
-            return Err(format!(
-                "{method}: {}",
-                value["error"].as_str().unwrap_or("not ok")
-            ));
-        }
-        Ok(value)
+        self.send(method, self.endpoint(method).json(&body)).await
     }
 
+    /// For Slack's read methods, which take form-encoded bodies.
     async fn api_form(&self, method: &str, form: &[(&str, &str)]) -> Result<Value, String> {
-        let response = self
-            .http
+        self.send(method, self.endpoint(method).form(form)).await
+    }
+
+    fn endpoint(&self, method: &str) -> reqwest::RequestBuilder {
+        self.http
             .post(format!(
                 "{}/{method}",
                 self.config.api_base.trim_end_matches('/')
             ))
             .bearer_auth(&self.bot_token)
-            .form(form)
+    }
+
+    /// Sends a Web API call; Slack reports failure as `ok: false`.
+    async fn send(&self, method: &str, request: reqwest::RequestBuilder) -> Result<Value, String> {
+        let response = request
             .send()
             .await
             .map_err(|_| format!("{method}: Slack cannot be reached"))?;

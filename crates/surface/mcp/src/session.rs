@@ -312,6 +312,34 @@ impl Session {
         }
     }
 
+    /// Gates an `mcp.read` (a resource or a prompt) and returns the permit
+    /// with the upstream's connection. A refusal is a JSON-RPC error; an
+    /// upstream that went away after the permit is recorded as the outcome.
+    async fn gate_read(
+        &self,
+        action: &Action,
+        upstream: &Upstream,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<(Permit, rmcp::service::Peer<rmcp::service::RoleClient>), McpError> {
+        let permit = self
+            .decide(action.clone(), context)
+            .await
+            .map_err(|Refusal(text)| McpError::new(REFUSED, text, None))?;
+        let Some(peer) = upstream.peer() else {
+            let detail = format!("upstream {} is not connected", upstream.name);
+            self.record(
+                action,
+                &permit,
+                Outcome::Failed {
+                    detail: detail.clone(),
+                },
+            )
+            .await;
+            return Err(McpError::internal_error(detail, None));
+        };
+        Ok((permit, peer))
+    }
+
     fn split<'a>(&self, name: &'a str) -> Result<(&Arc<Upstream>, &'a str), McpError> {
         name.split_once(SEPARATOR)
             .and_then(|(up, rest)| self.hub.upstream(up).map(|u| (u, rest)))
@@ -374,6 +402,18 @@ impl Session {
                 None,
             )),
         }
+    }
+}
+
+/// How a forwarded read ended, for the audit log.
+fn read_outcome<T>(result: &Result<T, ServiceError>, what: &str) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Succeeded {
+            detail: what.into(),
+        },
+        Err(e) => Outcome::Failed {
+            detail: excerpt(&e.to_string()),
+        },
     }
 }
 
@@ -665,34 +705,12 @@ impl ServerHandler for Session {
             serde_json::Value::Object(Default::default()),
             intent,
         );
-        let permit = self
-            .decide(action.clone(), &context)
-            .await
-            .map_err(|Refusal(text)| McpError::new(REFUSED, text, None))?;
-        let Some(peer) = upstream.peer() else {
-            let detail = format!("upstream {} is not connected", upstream.name);
-            self.record(
-                &action,
-                &permit,
-                Outcome::Failed {
-                    detail: detail.clone(),
-                },
-            )
-            .await;
-            return Err(McpError::internal_error(detail, None));
-        };
+        let (permit, peer) = self.gate_read(&action, upstream, &context).await?;
         // Exactly what was gated: the URI, nothing else of the client's.
         let forwarded = ReadResourceRequestParams::new(request.uri.clone());
         let result = peer.read_resource_once(forwarded).await;
-        let outcome = match &result {
-            Ok(_) => Outcome::Succeeded {
-                detail: "read".into(),
-            },
-            Err(e) => Outcome::Failed {
-                detail: excerpt(&e.to_string()),
-            },
-        };
-        self.record(&action, &permit, outcome).await;
+        self.record(&action, &permit, read_outcome(&result, "read"))
+            .await;
         result.map_err(service_error)
     }
 
@@ -821,35 +839,13 @@ impl ServerHandler for Session {
             args,
             intent,
         );
-        let permit = self
-            .decide(action.clone(), &context)
-            .await
-            .map_err(|Refusal(text)| McpError::new(REFUSED, text, None))?;
-        let Some(peer) = upstream.peer() else {
-            let detail = format!("upstream {} is not connected", upstream.name);
-            self.record(
-                &action,
-                &permit,
-                Outcome::Failed {
-                    detail: detail.clone(),
-                },
-            )
-            .await;
-            return Err(McpError::internal_error(detail, None));
-        };
+        let (permit, peer) = self.gate_read(&action, upstream, &context).await?;
         // Exactly what was gated: the name and the arguments.
         let mut forwarded = GetPromptRequestParams::new(prompt.to_owned());
         forwarded.arguments = request.arguments.clone();
         let result = peer.get_prompt_once(forwarded).await;
-        let outcome = match &result {
-            Ok(_) => Outcome::Succeeded {
-                detail: "prompt".into(),
-            },
-            Err(e) => Outcome::Failed {
-                detail: excerpt(&e.to_string()),
-            },
-        };
-        self.record(&action, &permit, outcome).await;
+        self.record(&action, &permit, read_outcome(&result, "prompt"))
+            .await;
         result.map_err(service_error)
     }
 }
