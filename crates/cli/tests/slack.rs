@@ -155,6 +155,27 @@ async fn state(g: &Gavel, id: &str) -> Value {
     g.get(&format!("/api/v1/requests/{id}"), ALICE).await.1
 }
 
+/// The message gavel posted for request `id`, once gavel has recorded it
+/// as delivered (and so knows its `ts`).
+async fn posted(slack: &FakeSlack, g: &Gavel, id: &str) -> (Value, Value) {
+    let message = slack
+        .wait("chat.postMessage", |b| b["blocks"].to_string().contains(id))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = state(g, id).await;
+        if let Some(d) = view["deliveries"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["channel"] == "slack-C0123"))
+            && d["status"] == "delivered"
+        {
+            return (message, d.clone());
+        }
+        assert!(Instant::now() < deadline, "not delivered: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn approvals_in_slack_follow_the_same_rules() {
     let slack = FakeSlack::start();
@@ -163,12 +184,13 @@ async fn approvals_in_slack_follow_the_same_rules() {
         .act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE orders")
         .await;
     let id = harness::request_id(&v);
-    // The message: everything a reviewer needs, with the buttons.
-    let posted = slack
-        .wait("chat.postMessage", |b| {
-            b["blocks"].to_string().contains(&id)
-        })
-        .await;
+    // The message: everything a reviewer needs, with the buttons. Slack
+    // rate-limited the first try; gavel waited its Retry-After and tried
+    // again, and the request shows it.
+    let (posted, delivery) = posted(&slack, &g, &id).await;
+    assert_eq!(delivery["attempts"], 2, "{delivery}");
+    assert_eq!(delivery["event"], "request.pending", "{delivery}");
+    assert_eq!(slack.calls("chat.postMessage(429)").len(), 1);
     assert_eq!(posted["channel"], "C0123");
     let ts = posted["_ts"].as_str().unwrap().to_owned();
     let blocks = posted["blocks"].to_string();
@@ -253,11 +275,7 @@ async fn deny_asks_for_a_reason_in_a_modal() {
         .act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE users")
         .await;
     let id = harness::request_id(&v);
-    let posted = slack
-        .wait("chat.postMessage", |b| {
-            b["blocks"].to_string().contains(&id)
-        })
-        .await;
+    let (posted, _) = posted(&slack, &g, &id).await;
     let ts = posted["_ts"].as_str().unwrap().to_owned();
     // alice (mapped by her confirmed email) presses Deny: a modal opens.
     let body = form_body(&click("U_ALICE", "deny", &id, &ts));

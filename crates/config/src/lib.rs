@@ -232,6 +232,9 @@ pub struct ChannelsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlackConfig {
+    /// A name for logs, metrics and delivery status (default
+    /// `slack-{channel}`).
+    pub name: Option<String>,
     /// Environment variable holding the bot token (`xoxb-…`).
     pub bot_token_env: String,
     /// Environment variable holding the app's signing secret.

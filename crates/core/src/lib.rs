@@ -20,6 +20,7 @@ mod action;
 mod agent;
 mod approval;
 mod audit;
+mod delivery;
 mod error;
 mod fingerprint;
 mod gate;
@@ -33,6 +34,10 @@ pub use approval::{
     RequestState, Review,
 };
 pub use audit::{AuditEvent, AuditReceipt, AuditRecord, AuditSink};
+pub use delivery::{
+    AttemptError, Deliveries, Delivery, DeliverySlot, DeliveryStatus, MAX_ATTEMPTS,
+    retry_after_seconds,
+};
 pub use error::{Error, ErrorSource};
 pub use fingerprint::{Fingerprint, canonical_json};
 pub use gate::{

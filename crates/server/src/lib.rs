@@ -45,7 +45,7 @@ pub struct Gateway {
     pub(crate) postgres: Vec<Arc<gavel_postgres::PostgresSurface>>,
     pub(crate) mcp: gavel_mcp::McpGateway,
     pub(crate) web: Arc<web::WebState>,
-    pub(crate) deliveries: Arc<gavel_webhook::Deliveries>,
+    pub(crate) deliveries: Arc<gavel_core::Deliveries>,
     pub(crate) slack: Vec<Arc<gavel_slack::Slack>>,
 }
 
@@ -119,7 +119,7 @@ impl Gateway {
                 .map_err(|e| anyhow::anyhow!("policies are invalid:\n{e}"))?,
         );
         let clock = Arc::new(SystemClock);
-        let deliveries = Arc::new(gavel_webhook::Deliveries::default());
+        let deliveries = Arc::new(gavel_core::Deliveries::default());
         let mut notifiers: Vec<Arc<dyn gavel_core::Notifier>> = Vec::new();
         for (i, w) in loaded.config.channels.webhook.iter().enumerate() {
             let hook = gavel_webhook::Webhook::start(
@@ -133,8 +133,13 @@ impl Gateway {
         }
         let mut slack = Vec::new();
         for (i, s) in loaded.config.channels.slack.iter().enumerate() {
-            let channel = gavel_slack::Slack::start(i, s, &loaded.config.server.public_url)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let channel = gavel_slack::Slack::start(
+                i,
+                s,
+                &loaded.config.server.public_url,
+                deliveries.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
             notifiers.push(channel.clone());
             slack.push(channel);
         }

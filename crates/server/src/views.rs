@@ -278,7 +278,7 @@ pub(crate) struct RequestView {
     /// (single-request views only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<Object>)]
-    pub deliveries: Vec<gavel_webhook::Delivery>,
+    pub deliveries: Vec<gavel_core::Delivery>,
 }
 
 impl RequestView {

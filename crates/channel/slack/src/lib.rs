@@ -14,8 +14,8 @@
 
 use gavel_config::SlackConfig;
 use gavel_core::{
-    ApprovalRequest, Approvals, DecideFailure, Decision, Human, HumanId, Notifier, Principal,
-    RequestId, RequestState,
+    ApprovalRequest, Approvals, AttemptError, DecideFailure, Decision, Deliveries, Human, HumanId,
+    Notifier, Principal, RequestId, RequestState, retry_after_seconds,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
@@ -31,6 +31,16 @@ pub const MAX_AGE: Duration = Duration::from_secs(300);
 /// Longest operation text shown in a message; the rest is on the page.
 const OPERATION_SHOWN: usize = 2_500;
 const QUEUE: usize = 10_000;
+/// How long a `users.info` answer is trusted: a deactivated or renamed
+/// user stops deciding within this time.
+const USER_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Slack errors that pass: retried like a 5xx.
+const TRANSIENT_ERRORS: [&str; 4] = [
+    "ratelimited",
+    "internal_error",
+    "fatal_error",
+    "service_unavailable",
+];
 
 /// `v0=HEX(HMAC-SHA256(secret, "v0:{timestamp}:{body}"))`, as Slack signs.
 pub fn slack_signature(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
@@ -63,6 +73,7 @@ pub trait Directory: Send + Sync {
 
 /// One `[[channels.slack]]`.
 pub struct Slack {
+    name: String,
     config: SlackConfig,
     bot_token: String,
     signing_secret: Vec<u8>,
@@ -70,6 +81,9 @@ pub struct Slack {
     http: reqwest::Client,
     /// Request id → the message's `ts`.
     messages: Mutex<HashMap<String, String>>,
+    /// Slack user id → the gavel human id `users.info` gave, and when.
+    users: Mutex<HashMap<String, (String, Instant)>>,
+    deliveries: Arc<Deliveries>,
     /// Signatures accepted within [`MAX_AGE`]: each is good once.
     seen: Mutex<HashMap<String, Instant>>,
     queue: mpsc::Sender<ApprovalRequest>,
@@ -114,6 +128,7 @@ impl Slack {
         index: usize,
         config: &SlackConfig,
         public_url: &str,
+        deliveries: Arc<Deliveries>,
     ) -> Result<Arc<Slack>, String> {
         let var = |name: &str, key: &str| {
             std::env::var(name).map_err(|_| {
@@ -131,6 +146,10 @@ impl Slack {
         let signing_secret = signing_secret.into_bytes();
         let (queue, events) = mpsc::channel(QUEUE);
         let slack = Arc::new(Slack {
+            name: config
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("slack-{}", config.channel)),
             config: config.clone(),
             bot_token,
             signing_secret,
@@ -141,6 +160,8 @@ impl Slack {
                 .build()
                 .map_err(|e| e.to_string())?,
             messages: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
+            deliveries,
             seen: Mutex::new(HashMap::new()),
             queue,
         });
@@ -157,12 +178,12 @@ impl Slack {
                 .any(|a| self.config.routes.contains(&a.to_string()))
     }
 
-    async fn api(&self, method: &str, body: Value) -> Result<Value, String> {
+    async fn api(&self, method: &str, body: Value) -> Result<Value, AttemptError> {
         self.send(method, self.endpoint(method).json(&body)).await
     }
 
     /// For Slack's read methods, which take form-encoded bodies.
-    async fn api_form(&self, method: &str, form: &[(&str, &str)]) -> Result<Value, String> {
+    async fn api_form(&self, method: &str, form: &[(&str, &str)]) -> Result<Value, AttemptError> {
         self.send(method, self.endpoint(method).form(form)).await
     }
 
@@ -175,21 +196,42 @@ impl Slack {
             .bearer_auth(&self.bot_token)
     }
 
-    /// Sends a Web API call; Slack reports failure as `ok: false`.
-    async fn send(&self, method: &str, request: reqwest::RequestBuilder) -> Result<Value, String> {
+    /// Sends a Web API call. Slack rate-limits with HTTP 429 and
+    /// `Retry-After`, and reports other failures as `ok: false` with an
+    /// error name; those that pass are marked for retry.
+    async fn send(
+        &self,
+        method: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Value, AttemptError> {
         let response = request
             .send()
             .await
-            .map_err(|_| format!("{method}: Slack cannot be reached"))?;
+            .map_err(|_| AttemptError::transient(format!("{method}: Slack cannot be reached")))?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = retry_after_seconds(
+                response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()),
+            );
+            let mut e = AttemptError::http(status.as_u16(), retry_after);
+            e.message = format!("{method}: {}", e.message);
+            return Err(e);
+        }
         let value: Value = response
             .json()
             .await
-            .map_err(|e| format!("{method}: {e}"))?;
+            .map_err(|e| AttemptError::transient(format!("{method}: {e}")))?;
         if value["ok"] != true {
-            return Err(format!(
-                "{method}: {}",
-                value["error"].as_str().unwrap_or("not ok")
-            ));
+            let error = value["error"].as_str().unwrap_or("not ok");
+            let message = format!("{method}: {error}");
+            return Err(if TRANSIENT_ERRORS.contains(&error) {
+                AttemptError::transient(message)
+            } else {
+                AttemptError::permanent(message)
+            });
         }
         Ok(value)
     }
@@ -279,7 +321,7 @@ impl Slack {
         Value::Array(blocks)
     }
 
-    async fn post(&self, r: &ApprovalRequest) -> Result<(), String> {
+    async fn post(&self, r: &ApprovalRequest) -> Result<(), AttemptError> {
         let ts = self
             .messages
             .lock()
@@ -362,8 +404,15 @@ impl Slack {
     /// The gavel human behind a Slack user: the explicit map, else the
     /// confirmed email `users.info` reports. `None`: the user may not decide.
     async fn human_of(&self, user: &str, directory: &dyn Directory) -> Option<Human> {
-        let id = match self.config.users.get(user) {
-            Some(id) => id.clone(),
+        let cached = self
+            .users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .filter(|(_, at)| at.elapsed() < USER_CACHE_TTL)
+            .map(|(id, _)| id.clone());
+        let id = match self.config.users.get(user).cloned().or(cached) {
+            Some(id) => id,
             None => {
                 // users.info is a read method: form-encoded, as Slack documents.
                 let info = self.api_form("users.info", &[("user", user)]).await.ok()?;
@@ -384,7 +433,11 @@ impl Slack {
                 if refused {
                     return None;
                 }
-                email.to_lowercase()
+                let id = email.to_lowercase();
+                let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+                users.retain(|_, (_, at)| at.elapsed() < USER_CACHE_TTL);
+                users.insert(user.to_owned(), (id.clone(), Instant::now()));
+                id
             }
         };
         Some(directory.human(&id).unwrap_or(Human {
@@ -401,7 +454,7 @@ impl Slack {
             )
             .await
         {
-            tracing::warn!(error = %e, "Slack ephemeral message failed");
+            tracing::warn!(error = %e.message, "Slack ephemeral message failed");
         }
     }
 
@@ -477,7 +530,7 @@ impl Slack {
                             .api("views.open", json!({"trigger_id": trigger, "view": modal}))
                             .await
                         {
-                            tracing::warn!(error = %e, "Slack: opening the deny modal failed");
+                            tracing::warn!(error = %e.message, "Slack: opening the deny modal failed");
                         }
                     }
                     _ => {}
@@ -547,25 +600,22 @@ impl Slack {
 impl Notifier for Slack {
     fn request_changed(&self, request: &ApprovalRequest) {
         if self.routed(request) && self.queue.try_send(request.clone()).is_err() {
-            metrics::counter!("gavel_channel_deliveries_total", "channel" => "slack", "outcome" => "dropped").increment(1);
+            metrics::counter!("gavel_channel_deliveries_total", "channel" => self.name.clone(), "outcome" => "dropped").increment(1);
+            tracing::error!(channel = %self.name, "Slack queue full; event dropped");
         }
     }
 }
 
+/// Posts each routed state change in order, retried through
+/// [`Deliveries::deliver`].
 async fn post_changes(slack: Arc<Slack>, mut events: mpsc::Receiver<ApprovalRequest>) {
     while let Some(request) = events.recv().await {
-        let started = Instant::now();
-        match slack.post(&request).await {
-            Ok(()) => {
-                metrics::counter!("gavel_channel_deliveries_total", "channel" => "slack", "outcome" => "delivered").increment(1);
-                metrics::histogram!("gavel_channel_delivery_seconds", "channel" => "slack")
-                    .record(started.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                metrics::counter!("gavel_channel_deliveries_total", "channel" => "slack", "outcome" => "failed").increment(1);
-                tracing::warn!(error = %e, request = %request.id, "posting to Slack failed");
-            }
-        }
+        let event = format!("request.{}", request.state.as_str());
+        // The outcome is in the request's deliveries, the log and metrics.
+        let _ = slack
+            .deliveries
+            .deliver(&request.id.0, &slack.name, &event, || slack.post(&request))
+            .await;
     }
 }
 

@@ -11,26 +11,18 @@
 #![deny(missing_docs)]
 
 use gavel_config::WebhookConfig;
-use gavel_core::{ApprovalRequest, Notifier};
+use gavel_core::{ApprovalRequest, AttemptError, Deliveries, Notifier, retry_after_seconds};
 use hmac::{Hmac, KeyInit, Mac};
-use serde::Serialize;
 use sha2::Sha256;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Attempts per event before it is given up.
-pub const MAX_ATTEMPTS: u32 = 5;
-/// The first pause between attempts; it doubles each time.
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// How long one attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events waiting per channel; past this, new ones are dropped (and
 /// counted) rather than let a dead consumer grow memory.
 const QUEUE: usize = 10_000;
-/// Requests whose delivery status is kept in memory.
-const STATUS_KEPT: usize = 10_000;
 
 /// The signature header value for `body` sent at `t` (unix seconds).
 pub fn signature(secret: &[u8], t: u64, body: &[u8]) -> String {
@@ -39,55 +31,6 @@ pub fn signature(secret: &[u8], t: u64, body: &[u8]) -> String {
     mac.update(b".");
     mac.update(body);
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// How one event's delivery to one channel went.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Delivery {
-    /// The channel's name.
-    pub channel: String,
-    /// The event, e.g. `request.pending`.
-    pub event: String,
-    /// `pending` (still trying), `delivered` or `failed` (gave up).
-    pub status: &'static str,
-    /// Attempts made.
-    pub attempts: u32,
-    /// The last error, if any.
-    pub last_error: Option<String>,
-}
-
-/// Delivery status by request id, shared by every webhook channel.
-#[derive(Default)]
-pub struct Deliveries(Mutex<HashMap<String, Vec<Delivery>>>);
-
-impl Deliveries {
-    /// The deliveries of request `id` so far.
-    pub fn of(&self, id: &str) -> Vec<Delivery> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn update(&self, id: &str, index: Option<usize>, d: Delivery) -> usize {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= STATUS_KEPT && !map.contains_key(id) {
-            map.clear();
-        }
-        let list = map.entry(id.to_owned()).or_default();
-        match index.filter(|i| *i < list.len()) {
-            Some(i) => {
-                list[i] = d;
-                i
-            }
-            None => {
-                list.push(d);
-                list.len() - 1
-            }
-        }
-    }
 }
 
 struct Event {
@@ -194,8 +137,8 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Delivers events in order, each retried with backoff up to
-/// [`MAX_ATTEMPTS`]; a fresh timestamp and signature per attempt.
+/// Delivers events in order, each retried with backoff (see
+/// [`Deliveries::deliver`]); a fresh timestamp and signature per attempt.
 async fn deliver(
     channel: String,
     url: String,
@@ -205,62 +148,39 @@ async fn deliver(
     deliveries: Arc<Deliveries>,
 ) {
     while let Some(event) = events.recv().await {
-        let mut status = Delivery {
-            channel: channel.clone(),
-            event: event.name.clone(),
-            status: "pending",
-            attempts: 0,
-            last_error: None,
-        };
-        let slot = deliveries.update(&event.request_id, None, status.clone());
-        let mut backoff = FIRST_BACKOFF;
-        let started = std::time::Instant::now();
-        loop {
-            status.attempts += 1;
+        let attempt = || async {
             let t = now_secs();
-            let result = http
+            let response = http
                 .post(&url)
                 .header("content-type", "application/json")
                 .header("x-gavel-signature", signature(&secret, t, &event.body))
                 .header("x-gavel-event", &event.name)
                 .body(event.body.clone())
                 .send()
-                .await;
-            let error = match result {
-                Ok(r) if r.status().is_success() => None,
-                Ok(r) => Some(format!("HTTP {}", r.status())),
-                Err(e) => Some(if e.is_timeout() {
-                    "timed out".to_owned()
-                } else {
-                    "connection failed".to_owned()
-                }),
-            };
-            match error {
-                None => {
-                    status.status = "delivered";
-                    status.last_error = None;
-                    metrics::counter!("gavel_channel_deliveries_total", "channel" => channel.clone(), "outcome" => "delivered").increment(1);
-                    metrics::histogram!("gavel_channel_delivery_seconds", "channel" => channel.clone())
-                        .record(started.elapsed().as_secs_f64());
-                    deliveries.update(&event.request_id, Some(slot), status.clone());
-                    break;
-                }
-                Some(e) => {
-                    status.last_error = Some(e.clone());
-                    if status.attempts >= MAX_ATTEMPTS {
-                        status.status = "failed";
-                        metrics::counter!("gavel_channel_deliveries_total", "channel" => channel.clone(), "outcome" => "failed").increment(1);
-                        tracing::warn!(%channel, event = %event.name, request = %event.request_id, error = %e, "webhook delivery failed; giving up");
-                        deliveries.update(&event.request_id, Some(slot), status.clone());
-                        break;
-                    }
-                    metrics::counter!("gavel_channel_deliveries_total", "channel" => channel.clone(), "outcome" => "retried").increment(1);
-                    deliveries.update(&event.request_id, Some(slot), status.clone());
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                }
+                .await
+                .map_err(|e| {
+                    // The URL may carry a secret: never in the message.
+                    AttemptError::transient(if e.is_timeout() {
+                        "timed out"
+                    } else {
+                        "connection failed"
+                    })
+                })?;
+            if response.status().is_success() {
+                return Ok(());
             }
-        }
+            let retry_after = retry_after_seconds(
+                response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()),
+            );
+            Err(AttemptError::http(response.status().as_u16(), retry_after))
+        };
+        // The outcome is in `deliveries`, the log and the metrics.
+        let _ = deliveries
+            .deliver(&event.request_id, &channel, &event.name, attempt)
+            .await;
     }
 }
 

@@ -6,7 +6,9 @@ Usage: fake_slack.py PORT BOT_TOKEN OUT_FILE
 Requests must carry `Authorization: Bearer BOT_TOKEN` (else
 {"ok": false, "error": "invalid_auth"}). JSON bodies for the write methods,
 form bodies for users.info. One JSON line per call in OUT_FILE:
-{"method", "body"}.
+{"method", "body"}. The first chat.postMessage is rate-limited as Slack
+does it (HTTP 429 with Retry-After: 1) and recorded as
+"chat.postMessage(429)".
 """
 import json
 import sys
@@ -21,7 +23,7 @@ USERS = {
     "U_EVE": {"email": "eve@x", "confirmed": False},
 }
 lock = threading.Lock()
-counter = {"ts": 0}
+counter = {"ts": 0, "posts": 0}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -47,6 +49,19 @@ class Handler(BaseHTTPRequestHandler):
         else:
             body = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
         with lock:
+            if method == "chat.postMessage":
+                counter["posts"] += 1
+                if counter["posts"] == 1:
+                    with open(OUT, "a") as f:
+                        f.write(json.dumps({"method": method + "(429)", "body": body}) + "\n")
+                    data = json.dumps({"ok": False, "error": "ratelimited"}).encode()
+                    self.send_response(429)
+                    self.send_header("retry-after", "1")
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
             counter["ts"] += 1
             ts = f"1700000000.{counter['ts']:06d}"
             with open(OUT, "a") as f:
