@@ -225,6 +225,66 @@ pub struct ChannelsConfig {
     /// `[[channels.slack]]`: Slack channels where reviewers approve with
     /// buttons.
     pub slack: Vec<SlackConfig>,
+    /// `[[channels.teams]]`: Microsoft Teams channels that get an Adaptive
+    /// Card per request (Workflows webhook, or a Bot Framework app whose
+    /// cards carry Approve and Deny).
+    pub teams: Vec<TeamsConfig>,
+}
+
+/// One `[[channels.teams]]` entry: a Teams Workflows webhook, a Bot
+/// Framework app, or both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamsConfig {
+    /// A name for logs, metrics and delivery status (default `teams-N`).
+    pub name: Option<String>,
+    /// Environment variable holding the Workflows ("When a Teams webhook
+    /// request is received") URL. The URL carries its own signature, so it
+    /// is a secret. Cards posted this way open the approval page.
+    pub webhook_url_env: Option<String>,
+    /// Approver sets this channel serves; empty: all.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// A Bot Framework app: cards posted by it carry Approve and Deny
+    /// (`Action.Execute`), answered at `/integrations/teams/messages`.
+    pub bot: Option<TeamsBotConfig>,
+}
+
+/// `[channels.teams.bot]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamsBotConfig {
+    /// The Microsoft App ID: the `aud` of Bot Framework tokens.
+    pub app_id: String,
+    /// Environment variable holding the app's client secret.
+    pub app_password_env: String,
+    /// The Bot Connector endpoint of the conversation (the `serviceUrl`
+    /// Teams gave the bot, e.g. `https://smba.trafficmanager.net/emea/`).
+    pub service_url: String,
+    /// The channel conversation cards are posted to (`19:…@thread.tacv2`).
+    pub conversation_id: String,
+    /// The Microsoft Entra tenant whose users may decide; invokes from
+    /// other tenants are refused when it is set.
+    pub tenant_id: Option<String>,
+    /// Entra object id (`from.aadObjectId`) → gavel human id. Teams users
+    /// who are not listed cannot decide.
+    #[serde(default)]
+    pub users: BTreeMap<String, String>,
+    /// Bot Framework's OpenID metadata (overridable for tests).
+    #[serde(default = "default_bot_openid_metadata")]
+    pub openid_metadata: String,
+    /// Where the app gets its token for the Bot Connector (overridable
+    /// for tests).
+    #[serde(default = "default_bot_token_endpoint")]
+    pub token_endpoint: String,
+}
+
+fn default_bot_openid_metadata() -> String {
+    "https://login.botframework.com/v1/.well-known/openidconfiguration".into()
+}
+
+fn default_bot_token_endpoint() -> String {
+    "https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token".into()
 }
 
 /// One `[[channels.slack]]` entry: a Slack app (bot token, signing secret)
@@ -746,6 +806,55 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
             }
         }
     }
+    for (i, t) in c.channels.teams.iter().enumerate() {
+        let key = |field: &str| format!("channels.teams[{i}].{field}");
+        if t.webhook_url_env.is_none() && t.bot.is_none() {
+            return Err(fail(
+                key("webhook_url_env"),
+                "a Teams channel needs webhook_url_env, [channels.teams.bot], or both".into(),
+            ));
+        }
+        if t.webhook_url_env
+            .as_deref()
+            .is_some_and(|e| e.trim().is_empty())
+        {
+            return Err(fail(
+                key("webhook_url_env"),
+                "must name an environment variable".into(),
+            ));
+        }
+        for r in &t.routes {
+            if !(r.starts_with("group:") || r.starts_with("user:")) {
+                return Err(fail(
+                    key("routes"),
+                    format!("{r:?} must be group:NAME or user:ID, as in @approval"),
+                ));
+            }
+        }
+        if let Some(b) = &t.bot {
+            for (field, url) in [
+                ("bot.service_url", &b.service_url),
+                ("bot.openid_metadata", &b.openid_metadata),
+                ("bot.token_endpoint", &b.token_endpoint),
+            ] {
+                if !secure_or_loopback(url) {
+                    return Err(fail(
+                        key(field),
+                        "must be https:// (http:// only for loopback)".into(),
+                    ));
+                }
+            }
+            for (field, value) in [
+                ("bot.app_id", &b.app_id),
+                ("bot.app_password_env", &b.app_password_env),
+                ("bot.conversation_id", &b.conversation_id),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(fail(key(field), "must not be empty".into()));
+                }
+            }
+        }
+    }
     let mut issuers = HashSet::new();
     for (i, o) in c.identity.oidc.iter().enumerate() {
         let key = |field: &str| format!("identity.oidc[{i}].{field}");
@@ -1059,6 +1168,28 @@ mod tests {
             "[[identity.oidc]]\nissuer = \"https://i\"\naudience = \"g\"\n[[identity.oidc]]\nissuer = \"https://i/\"\naudience = \"h\"\n",
         );
         assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn teams_channels_are_checked() {
+        let ok = parse(
+            "[[channels.teams]]\nwebhook_url_env = \"W\"\n[[channels.teams]]\n[channels.teams.bot]\napp_id = \"a\"\napp_password_env = \"P\"\nservice_url = \"https://smba.trafficmanager.net/emea/\"\nconversation_id = \"19:x@thread.tacv2\"\n",
+            Path::new("gavel.toml"),
+        )
+        .unwrap();
+        let bot = ok.channels.teams[1].bot.as_ref().unwrap();
+        assert!(
+            bot.openid_metadata
+                .starts_with("https://login.botframework.com/")
+        );
+        let e = err("[[channels.teams]]\nroutes = [\"group:dba\"]\n");
+        assert!(e.contains("channels.teams[0].webhook_url_env"), "{e}");
+        let e = err(
+            "[[channels.teams]]\n[channels.teams.bot]\napp_id = \"a\"\napp_password_env = \"P\"\nservice_url = \"http://smba.example/\"\nconversation_id = \"c\"\n",
+        );
+        assert!(e.contains("channels.teams[0].bot.service_url"), "{e}");
+        let e = err("[[channels.teams]]\nwebhook_url_env = \"W\"\nroutes = [\"dba\"]\n");
+        assert!(e.contains("channels.teams[0].routes"), "{e}");
     }
 
     #[test]

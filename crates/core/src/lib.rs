@@ -44,5 +44,5 @@ pub use gate::{
     Approvals, DecideFailure, Gate, GateConfig, Notifier, Outcome, Permit, PolicyDecision,
     PolicyEngine, PolicyVerdict, ReadAudit, ReadRecord, RequestFilter, Store, Verdict,
 };
-pub use principal::{Human, HumanId, Principal};
+pub use principal::{Directory, Human, HumanId, Principal};
 pub use time::{Clock, SystemClock, Timestamp};

@@ -115,3 +115,10 @@ impl fmt::Display for Principal {
         }
     }
 }
+
+/// Finds the gavel human behind an id a channel mapped a chat user to
+/// (Slack, Teams): their configured groups, if gavel knows them.
+pub trait Directory: Send + Sync {
+    /// The configured human with this id, if any.
+    fn human(&self, id: &str) -> Option<Human>;
+}

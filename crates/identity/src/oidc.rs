@@ -67,6 +67,9 @@ struct Keys {
     by_kid: HashMap<String, (DecodingKey, Algorithm)>,
     /// Keys without a `kid`, used only when the set has exactly one key.
     anonymous: Vec<(DecodingKey, Algorithm)>,
+    /// A key's `endorsements` (a Microsoft JWK extension: the channels a
+    /// Bot Framework key may sign for), by `kid`.
+    endorsements: HashMap<String, Vec<String>>,
     fetched_at: Option<Instant>,
     jwks_uri: Option<String>,
 }
@@ -74,6 +77,9 @@ struct Keys {
 /// One configured issuer and its cached keys.
 pub struct Issuer {
     config: OidcIssuerConfig,
+    /// Where the discovery document is, when not at the issuer's
+    /// `/.well-known/openid-configuration` (Bot Framework's is elsewhere).
+    discovery_url: Option<String>,
     algorithms: Vec<Algorithm>,
     http: reqwest::Client,
     keys: RwLock<Keys>,
@@ -144,6 +150,7 @@ impl Issuer {
             .collect();
         Issuer {
             config,
+            discovery_url: None,
             algorithms,
             http,
             fetching: Mutex::new(()),
@@ -151,10 +158,18 @@ impl Issuer {
                 endpoints: None,
                 by_kid: HashMap::new(),
                 anonymous: Vec::new(),
+                endorsements: HashMap::new(),
                 fetched_at: None,
                 jwks_uri: None,
             }),
         }
+    }
+
+    /// The same issuer with its discovery document at `url` instead of
+    /// under the issuer URL (which the document must still name).
+    pub fn discovered_at(mut self, url: impl Into<String>) -> Issuer {
+        self.discovery_url = Some(url.into());
+        self
     }
 
     /// The configured issuer URL.
@@ -214,10 +229,12 @@ impl Issuer {
         let jwks_uri = match known_jwks_uri {
             Some(u) => u,
             None => {
-                let url = format!(
-                    "{}/.well-known/openid-configuration",
-                    self.config.issuer.trim_end_matches('/')
-                );
+                let url = self.discovery_url.clone().unwrap_or_else(|| {
+                    format!(
+                        "{}/.well-known/openid-configuration",
+                        self.config.issuer.trim_end_matches('/')
+                    )
+                });
                 let discovery: Discovery = self.get_json(&url).await?;
                 // OpenID Connect Discovery §4.3: the document must name
                 // the issuer it was fetched for.
@@ -247,7 +264,24 @@ impl Issuer {
                 discovery.jwks_uri
             }
         };
-        let set: JwkSet = self.get_json(&jwks_uri).await?;
+        let raw: serde_json::Value = self.get_json(&jwks_uri).await?;
+        let set: JwkSet = serde_json::from_value(raw.clone())
+            .map_err(|e| self.unavailable(format!("GET {jwks_uri}: {e}")))?;
+        let endorsements = raw["keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| {
+                let kid = k["kid"].as_str()?;
+                let list = k["endorsements"].as_array()?;
+                Some((
+                    kid.to_owned(),
+                    list.iter()
+                        .filter_map(|e| e.as_str().map(str::to_owned))
+                        .collect(),
+                ))
+            })
+            .collect();
         let mut by_kid = HashMap::new();
         let mut anonymous = Vec::new();
         for jwk in &set.keys {
@@ -271,6 +305,7 @@ impl Issuer {
         let mut keys = self.keys_write();
         keys.by_kid = by_kid;
         keys.anonymous = anonymous;
+        keys.endorsements = endorsements;
         Ok(())
     }
 
@@ -418,10 +453,44 @@ impl Issuer {
         }
     }
 
+    /// Verifies `token`'s signature, `iss`, `aud` (the configured
+    /// audience), `exp` and `nbf`, requiring the `required` claims, and
+    /// returns its claims with the signing key's endorsements (empty when
+    /// the key has none). For tokens that name no subject, such as the Bot
+    /// Framework's.
+    pub async fn verify_claims(
+        &self,
+        token: &str,
+        required: &[&str],
+    ) -> Result<(serde_json::Value, Vec<String>), OidcError> {
+        let claims = self.decode(token, &self.config.audience, required).await?;
+        let kid = jsonwebtoken::decode_header(token)
+            .ok()
+            .and_then(|h| h.kid)
+            .unwrap_or_default();
+        let endorsements = self
+            .keys_read()
+            .endorsements
+            .get(&kid)
+            .cloned()
+            .unwrap_or_default();
+        Ok((claims, endorsements))
+    }
+
     async fn verified_claims(
         &self,
         token: &str,
         audience: &str,
+    ) -> Result<serde_json::Value, OidcError> {
+        self.decode(token, audience, &["exp", "iss", "aud", "sub"])
+            .await
+    }
+
+    async fn decode(
+        &self,
+        token: &str,
+        audience: &str,
+        required: &[&str],
     ) -> Result<serde_json::Value, OidcError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| refused(format!("malformed token header: {e}")))?;
@@ -443,7 +512,7 @@ impl Issuer {
         validation.set_audience(&[audience]);
         validation.leeway = self.config.clock_skew.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.set_required_spec_claims(required);
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
             .map_err(|e| refused(e.to_string()))?;
         Ok(data.claims)

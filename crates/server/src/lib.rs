@@ -12,6 +12,7 @@ mod audit;
 mod error;
 mod openapi;
 mod slack;
+mod teams;
 mod views;
 mod web;
 
@@ -47,6 +48,7 @@ pub struct Gateway {
     pub(crate) web: Arc<web::WebState>,
     pub(crate) deliveries: Arc<gavel_core::Deliveries>,
     pub(crate) slack: Vec<Arc<gavel_slack::Slack>>,
+    pub(crate) teams: Vec<Arc<gavel_teams::Teams>>,
 }
 
 /// Opens the configured store (SQLite only in this build).
@@ -143,6 +145,18 @@ impl Gateway {
             notifiers.push(channel.clone());
             slack.push(channel);
         }
+        let mut teams = Vec::new();
+        for (i, t) in loaded.config.channels.teams.iter().enumerate() {
+            let channel = gavel_teams::Teams::start(
+                i,
+                t,
+                &loaded.config.server.public_url,
+                deliveries.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            notifiers.push(channel.clone());
+            teams.push(channel);
+        }
         let gate = Gate::new(
             policy.clone(),
             store.clone(),
@@ -197,6 +211,7 @@ impl Gateway {
             web: Arc::new(web::WebState::default()),
             deliveries,
             slack,
+            teams,
         })
     }
 

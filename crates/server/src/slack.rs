@@ -6,10 +6,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use gavel_core::Human;
-use gavel_slack::{Directory, Rejected, payload_of};
+use gavel_core::{Directory, Human};
+use gavel_slack::{Rejected, payload_of};
 
-struct Humans<'a>(&'a gavel_identity::Authenticator);
+/// The humans of gavel's configuration, for the chat channels.
+pub(crate) struct Humans<'a>(pub(crate) &'a gavel_identity::Authenticator);
 
 impl Directory for Humans<'_> {
     fn human(&self, id: &str) -> Option<Human> {

@@ -105,6 +105,7 @@ pub(crate) fn router(gw: Gateway) -> Router {
             "/integrations/slack/interactions",
             post(crate::slack::interactions),
         )
+        .route("/integrations/teams/messages", post(crate::teams::messages))
         .with_state(gw)
 }
 
@@ -135,7 +136,7 @@ fn page_shell(title: &str, who: Option<&(Human, String)>, body: Markup) -> Marku
     }
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1a1a1a}header{display:flex;gap:1em;align-items:center;padding:.6em 1em;background:#f2f2f2}header form{margin-left:auto}main{padding:1em;max-width:60em}pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;word-break:break-word}table{border-collapse:collapse}td,th{padding:.25em .6em;text-align:left;vertical-align:top;border-bottom:1px solid #ddd}.state{font-weight:bold}.error{color:#a00}.ok{color:#060}textarea{width:100%}";
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1a1a1a}header{display:flex;gap:1em;align-items:center;padding:.6em 1em;background:#f2f2f2}header form{margin-left:auto}main{padding:1em;max-width:60em}pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;word-break:break-word}table{border-collapse:collapse}td,th{padding:.25em .6em;text-align:left;vertical-align:top;border-bottom:1px solid #ddd}.state{font-weight:bold}.error,.failed{color:#a00}.ok{color:#060}textarea{width:100%}";
 
 fn error_page(status: StatusCode, message: &str) -> Response {
     (
@@ -543,6 +544,29 @@ async fn page(
     Html(page_shell(&format!("Request {id}"), Some(&who), body).into_string()).into_response()
 }
 
+/// Where the request was sent, so a reviewer sees a channel that failed
+/// (and nobody was asked there).
+fn deliveries_section(deliveries: &[gavel_core::Delivery]) -> Markup {
+    html! {
+        @if !deliveries.is_empty() {
+            h2 { "Channels" }
+            table {
+                tr { th { "Channel" } th { "Event" } th { "Status" } th { "Attempts" } th { "Last error" } }
+                @for d in deliveries {
+                    tr {
+                        td { (d.channel) }
+                        td { (d.event) }
+                        td { @if d.status == gavel_core::DeliveryStatus::Failed { strong.failed { "failed" } }
+                             @else { (format!("{:?}", d.status).to_lowercase()) } }
+                        td { (d.attempts) }
+                        td { (d.last_error.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
@@ -596,6 +620,7 @@ fn request_body(
             h3 { "Recent requests on this resource" }
             ul { @for i in &h.resource_recent { li { a href={ "/requests/" (i.id) } { (i.id) } " " (i.state) " " (i.action) " by " (i.initiator) ": " code { (excerpt(&i.operation, 100)) } } } }
         }
+        (deliveries_section(&v.deliveries))
         h2 { "Decision" }
         @if may_decide {
             form method="post" action={ "/requests/" (v.id) "/decision" } {
@@ -678,5 +703,39 @@ async fn decide(
                 "The decision could not be recorded.",
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gavel_core::{Delivery, DeliveryStatus, Timestamp};
+
+    #[test]
+    fn a_failed_channel_is_shown_with_its_error() {
+        let d = |channel: &str, status, error: Option<&str>| Delivery {
+            channel: channel.into(),
+            event: "request.pending".into(),
+            status,
+            attempts: 1,
+            last_error: error.map(str::to_owned),
+            at: Timestamp(0),
+        };
+        let html = deliveries_section(&[
+            d("slack-C1", DeliveryStatus::Delivered, None),
+            d("teams-0/webhook", DeliveryStatus::Failed, Some("HTTP 404")),
+        ])
+        .into_string();
+        assert!(
+            html.contains("slack-C1") && html.contains("delivered"),
+            "{html}"
+        );
+        assert!(
+            html.contains("teams-0/webhook")
+                && html.contains("<strong class=\"failed\">failed</strong>")
+                && html.contains("HTTP 404"),
+            "{html}"
+        );
+        assert!(deliveries_section(&[]).into_string().is_empty());
     }
 }

@@ -14,8 +14,8 @@
 
 use gavel_config::SlackConfig;
 use gavel_core::{
-    ApprovalRequest, Approvals, AttemptError, DecideFailure, Decision, Deliveries, Human, HumanId,
-    Notifier, Principal, RequestId, RequestState, retry_after_seconds,
+    ApprovalRequest, Approvals, AttemptError, DecideFailure, Decision, Deliveries, Directory,
+    Human, HumanId, Notifier, Principal, RequestId, RequestState, retry_after_seconds,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
@@ -63,12 +63,6 @@ pub enum Rejected {
     BadSignature,
     /// Seen before.
     Replayed,
-}
-
-/// Finds the gavel human a Slack user is.
-pub trait Directory: Send + Sync {
-    /// The configured human with this id (its groups), if any.
-    fn human(&self, id: &str) -> Option<Human>;
 }
 
 /// One `[[channels.slack]]`.

@@ -1,0 +1,634 @@
+//! Microsoft Teams (SPEC §4, channels). Each routed request, and each of
+//! its state changes, becomes an Adaptive Card (schema 1.5) with the same
+//! content as the Slack message:
+//!
+//! - through a **Workflows webhook** ("When a Teams webhook request is
+//!   received"): the card opens the approval page (`Action.OpenUrl`). A
+//!   card posted by the Workflows bot cannot carry actions that reach
+//!   gavel, so reviewers decide on the page;
+//! - through a **Bot Framework app**: gavel posts the card to the
+//!   configured conversation with the Bot Connector API (client-credentials
+//!   token), with a reason field and Approve / Deny (`Action.Execute`), and
+//!   updates it in place as the request moves. The `adaptiveCard/action`
+//!   invokes arrive at `/integrations/teams/messages` and are believed only
+//!   after the Bot Framework JWT is verified: signature against the keys of
+//!   Bot Framework's OpenID metadata, `iss` `https://api.botframework.com`,
+//!   `aud` the app id, `exp`/`nbf` with 5 minutes of skew, the key endorsed
+//!   for the activity's `channelId`, and the token's `serviceurl` equal to
+//!   the activity's. The Teams user (`from.aadObjectId`) must be in the
+//!   configured map; the decision goes through `Approvals::decide`.
+//!
+//! Agent-written text goes only into `TextRun`s, which Adaptive Cards never
+//! read as Markdown, so it cannot forge links or formatting.
+#![deny(missing_docs)]
+
+use gavel_config::{OidcIssuerConfig, TeamsBotConfig, TeamsConfig};
+use gavel_core::{
+    ApprovalRequest, Approvals, AttemptError, DecideFailure, Decision, Deliveries, Directory,
+    Human, HumanId, Notifier, Principal, RequestId, RequestState, retry_after_seconds,
+};
+use gavel_identity::oidc::{Issuer, OidcError};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// The issuer of every Bot Framework token sent to a bot.
+pub const BOT_FRAMEWORK_ISSUER: &str = "https://api.botframework.com";
+/// The scope of the app's token for the Bot Connector API.
+const CONNECTOR_SCOPE: &str = "https://api.botframework.com/.default";
+/// Clock skew Bot Framework tokens are allowed (Microsoft's guidance).
+const BOT_CLOCK_SKEW: Duration = Duration::from_secs(300);
+const QUEUE: usize = 10_000;
+/// Longest operation text shown on a card; the rest is on the page.
+const OPERATION_SHOWN: usize = 2_500;
+/// Longest other agent-written text on a card.
+const TEXT_SHOWN: usize = 1_000;
+/// The content type of an Adaptive Card attachment, and of an invoke
+/// response that replaces the card.
+const CARD: &str = "application/vnd.microsoft.card.adaptive";
+
+/// One `[[channels.teams]]`.
+pub struct Teams {
+    name: String,
+    routes: Vec<String>,
+    public_url: String,
+    http: reqwest::Client,
+    /// The Workflows webhook URL (a secret: it carries its signature).
+    webhook_url: Option<String>,
+    bot: Option<Bot>,
+    deliveries: Arc<Deliveries>,
+    queue: mpsc::Sender<ApprovalRequest>,
+}
+
+/// The Bot Framework side of a Teams channel.
+struct Bot {
+    config: TeamsBotConfig,
+    password: String,
+    /// Verifies the tokens Bot Framework sends with each activity.
+    tokens: Issuer,
+    /// The app's own token for the Bot Connector, and when it goes stale.
+    connector_token: tokio::sync::Mutex<Option<(String, Instant)>>,
+    /// Request id → the id of the card activity gavel posted for it.
+    cards: Mutex<HashMap<String, String>>,
+}
+
+/// Cuts agent-written text to `max` characters, saying so.
+fn shown(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut cut: String = s.chars().take(max).collect();
+    cut.push_str("\n… (truncated; the whole text is on the approval page)");
+    cut
+}
+
+/// `label: value` with the value as a plain `TextRun` (never Markdown).
+fn line(label: &str, value: &str) -> Value {
+    json!({"type": "RichTextBlock", "inlines": [
+        {"type": "TextRun", "text": format!("{label}: "), "weight": "Bolder"},
+        {"type": "TextRun", "text": value},
+    ]})
+}
+
+/// An invoke answer that shows `text` to the user who pressed.
+fn message(text: impl Into<String>) -> Value {
+    json!({"statusCode": 200, "type": "application/vnd.microsoft.activity.message", "value": text.into()})
+}
+
+/// Why an activity was not believed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unauthenticated(pub String);
+
+impl Teams {
+    /// A Teams channel and its posting task. Fails naming an unset
+    /// variable.
+    pub fn start(
+        index: usize,
+        config: &TeamsConfig,
+        public_url: &str,
+        deliveries: Arc<Deliveries>,
+    ) -> Result<Arc<Teams>, String> {
+        let var = |name: &str, key: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| {
+                    format!("channels.teams[{index}].{key} names ${name}, which is not set")
+                })
+        };
+        let webhook_url = match &config.webhook_url_env {
+            Some(env) => {
+                let url = var(env, "webhook_url_env")?;
+                if !gavel_config::secure_or_loopback(&url) {
+                    return Err(format!(
+                        "channels.teams[{index}].webhook_url_env: ${env} must hold an https:// URL (http:// only for loopback)"
+                    ));
+                }
+                Some(url)
+            }
+            None => None,
+        };
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let bot = match &config.bot {
+            Some(b) => {
+                let password = var(&b.app_password_env, "bot.app_password_env")?;
+                let tokens = Issuer::new(
+                    OidcIssuerConfig {
+                        issuer: BOT_FRAMEWORK_ISSUER.into(),
+                        audience: b.app_id.clone(),
+                        groups_claim: "groups".into(),
+                        human_id_claim: "sub".into(),
+                        clock_skew: BOT_CLOCK_SKEW,
+                        algorithms: vec!["RS256".into()],
+                        jwks_min_refresh_interval: Duration::from_secs(30),
+                        client_id: None,
+                        client_secret_env: None,
+                        agents: BTreeMap::new(),
+                    },
+                    http.clone(),
+                )
+                .discovered_at(b.openid_metadata.clone());
+                Some(Bot {
+                    config: b.clone(),
+                    password,
+                    tokens,
+                    connector_token: tokio::sync::Mutex::new(None),
+                    cards: Mutex::new(HashMap::new()),
+                })
+            }
+            None => None,
+        };
+        let (queue, events) = mpsc::channel(QUEUE);
+        let teams = Arc::new(Teams {
+            name: config
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("teams-{index}")),
+            routes: config.routes.clone(),
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            http,
+            webhook_url,
+            bot,
+            deliveries,
+            queue,
+        });
+        tokio::spawn(post_changes(teams.clone(), events));
+        Ok(teams)
+    }
+
+    /// Whether this channel has a bot (and so answers invokes).
+    pub fn has_bot(&self) -> bool {
+        self.bot.is_some()
+    }
+
+    fn routed(&self, request: &ApprovalRequest) -> bool {
+        self.routes.is_empty()
+            || request
+                .route
+                .approvers
+                .iter()
+                .any(|a| self.routes.contains(&a.to_string()))
+    }
+
+    fn url(&self, request: &ApprovalRequest) -> String {
+        format!("{}/requests/{}", self.public_url, request.id.0)
+    }
+
+    /// The Adaptive Card of a request. `buttons`: Approve, Deny and a
+    /// reason field while it is pending (cards a bot posts).
+    pub fn card(&self, r: &ApprovalRequest, buttons: bool) -> Value {
+        let a = &r.action;
+        let owner = a
+            .principal
+            .owner()
+            .map(|o| o.0.clone())
+            .unwrap_or_else(|| "—".into());
+        let title = if r.state == RequestState::Pending {
+            format!("Approval needed: {}", a.class)
+        } else {
+            format!("{}: {}", a.class, r.state)
+        };
+        let mut body = vec![
+            json!({"type": "TextBlock", "text": title, "weight": "Bolder", "size": "Medium", "wrap": true}),
+            line("Initiator", &shown(&a.principal.qualified_id(), TEXT_SHOWN)),
+            line("Owner", &shown(&owner, TEXT_SHOWN)),
+        ];
+        if let Some(h) = a.principal.on_behalf_of() {
+            body.push(line("Acting for", &shown(&h.0, TEXT_SHOWN)));
+        }
+        body.extend([
+            line(
+                "Resource",
+                &shown(
+                    &format!("{} ({})", a.resource.name, a.resource.kind),
+                    TEXT_SHOWN,
+                ),
+            ),
+            line("Action", a.class.as_str()),
+            line("Policy", &shown(&r.policies.join(", "), TEXT_SHOWN)),
+            line(
+                "Quorum",
+                &format!(
+                    "{} of {} · expires {}",
+                    r.approvals(),
+                    r.route.quorum.max(1),
+                    humantime::format_rfc3339_seconds(r.expires_at.to_system_time())
+                ),
+            ),
+            json!({"type": "TextBlock", "text": "Operation", "weight": "Bolder", "spacing": "Medium"}),
+            json!({"type": "RichTextBlock", "inlines": [
+                {"type": "TextRun", "text": shown(&a.operation, OPERATION_SHOWN), "fontType": "Monospace"},
+            ]}),
+            line(
+                "Intent",
+                &if a.intent.is_empty() {
+                    "none given".to_owned()
+                } else {
+                    shown(&a.intent, TEXT_SHOWN)
+                },
+            ),
+        ]);
+        if !a.data_context.is_null() {
+            body.push(line(
+                "Data context",
+                &shown(&a.data_context.to_string(), TEXT_SHOWN),
+            ));
+        }
+        if r.state != RequestState::Pending || !r.reviews.is_empty() {
+            let by: Vec<String> = r
+                .reviews
+                .iter()
+                .map(|v| {
+                    let verb = match v.decision {
+                        Decision::Approve => "approved",
+                        Decision::Deny => "denied",
+                    };
+                    if v.comment.is_empty() {
+                        format!("{} {verb}", v.reviewer.0)
+                    } else {
+                        format!("{} {verb}: {}", v.reviewer.0, v.comment)
+                    }
+                })
+                .collect();
+            body.push(line(
+                &r.state.to_string(),
+                &shown(&by.join("; "), TEXT_SHOWN),
+            ));
+        }
+        let mut actions = Vec::new();
+        if buttons && r.state == RequestState::Pending {
+            body.push(
+                json!({"type": "Input.Text", "id": "reason", "isMultiline": true,
+                             "label": "Reason (needed to deny)", "placeholder": "Why?"}),
+            );
+            actions.push(
+                json!({"type": "Action.Execute", "title": "Approve", "verb": "approve",
+                                "style": "positive", "data": {"request_id": r.id.0}}),
+            );
+            actions.push(
+                json!({"type": "Action.Execute", "title": "Deny", "verb": "deny",
+                                "style": "destructive", "data": {"request_id": r.id.0}}),
+            );
+        }
+        actions
+            .push(json!({"type": "Action.OpenUrl", "title": "Open request", "url": self.url(r)}));
+        json!({
+            "type": "AdaptiveCard",
+            "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+            "version": "1.5",
+            "fallbackText": format!("gavel request {} is {}: {}", r.id.0, r.state, self.url(r)),
+            "body": body,
+            "actions": actions,
+        })
+    }
+
+    /// Posts one state change through the Workflows webhook.
+    async fn post_webhook(&self, url: &str, r: &ApprovalRequest) -> Result<(), AttemptError> {
+        let message = json!({"type": "message", "attachments": [
+            {"contentType": CARD, "contentUrl": null, "content": self.card(r, false)},
+        ]});
+        let response = self
+            .http
+            .post(url)
+            .json(&message)
+            .send()
+            .await
+            // The URL is a secret: never in the message.
+            .map_err(|_| AttemptError::transient("the Workflows webhook cannot be reached"))?;
+        http_result(response).await.map(|_| ())
+    }
+
+    /// Posts (or updates) a request's card in the bot's conversation, and
+    /// says what changed in its thread.
+    async fn post_bot(&self, bot: &Bot, r: &ApprovalRequest) -> Result<(), AttemptError> {
+        let conversation = format!(
+            "{}/v3/conversations/{}/activities",
+            bot.config.service_url.trim_end_matches('/'),
+            bot.config.conversation_id
+        );
+        let activity = json!({"type": "message", "attachments": [
+            {"contentType": CARD, "content": self.card(r, true)},
+        ]});
+        let posted = bot
+            .cards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&r.id.0)
+            .cloned();
+        let token = self.connector_token(bot).await?;
+        match posted {
+            None => {
+                let response = self
+                    .http
+                    .post(&conversation)
+                    .bearer_auth(&token)
+                    .json(&activity)
+                    .send()
+                    .await
+                    .map_err(|_| AttemptError::transient("the Bot Connector cannot be reached"))?;
+                let answer = http_result(response).await?;
+                if let Some(id) = answer["id"].as_str() {
+                    bot.cards
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(r.id.0.clone(), id.to_owned());
+                }
+            }
+            Some(id) => {
+                let response = self
+                    .http
+                    .put(format!("{conversation}/{id}"))
+                    .bearer_auth(&token)
+                    .json(&activity)
+                    .send()
+                    .await
+                    .map_err(|_| AttemptError::transient("the Bot Connector cannot be reached"))?;
+                http_result(response).await?;
+                let progress = match r.state {
+                    RequestState::Pending => {
+                        format!("approved {} of {}", r.approvals(), r.route.quorum.max(1))
+                    }
+                    other => other.to_string(),
+                };
+                // A reply in the card's thread.
+                let response = self
+                    .http
+                    .post(format!("{conversation}/{id}"))
+                    .bearer_auth(&token)
+                    .json(&json!({"type": "message", "text": progress, "replyToId": id}))
+                    .send()
+                    .await
+                    .map_err(|_| AttemptError::transient("the Bot Connector cannot be reached"))?;
+                http_result(response).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The app's Bot Connector token (client credentials), cached until a
+    /// minute before it expires.
+    async fn connector_token(&self, bot: &Bot) -> Result<String, AttemptError> {
+        let mut cached = bot.connector_token.lock().await;
+        if let Some((token, stale_at)) = cached.as_ref()
+            && Instant::now() < *stale_at
+        {
+            return Ok(token.clone());
+        }
+        let response = self
+            .http
+            .post(&bot.config.token_endpoint)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", bot.config.app_id.as_str()),
+                ("client_secret", bot.password.as_str()),
+                ("scope", CONNECTOR_SCOPE),
+            ])
+            .send()
+            .await
+            .map_err(|_| AttemptError::transient("the token endpoint cannot be reached"))?;
+        let answer = http_result(response).await.map_err(|mut e| {
+            e.message = format!("token endpoint: {}", e.message);
+            e
+        })?;
+        let token = answer["access_token"]
+            .as_str()
+            .ok_or_else(|| AttemptError::permanent("token endpoint: no access_token"))?
+            .to_owned();
+        let lifetime = Duration::from_secs(answer["expires_in"].as_u64().unwrap_or(3600));
+        let stale_at = Instant::now() + lifetime.saturating_sub(Duration::from_secs(60));
+        *cached = Some((token.clone(), stale_at));
+        Ok(token)
+    }
+
+    /// Verifies a Bot Framework activity's token (see the crate docs).
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        activity: &Value,
+    ) -> Result<(), Unauthenticated> {
+        let bot = self
+            .bot
+            .as_ref()
+            .ok_or_else(|| Unauthenticated("this Teams channel has no bot".into()))?;
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| Unauthenticated("no Bearer token".into()))?;
+        let (claims, endorsements) = bot
+            .tokens
+            .verify_claims(token, &["exp", "iss", "aud"])
+            .await
+            .map_err(|e| match e {
+                OidcError::Refused(why) => Unauthenticated(why),
+                unavailable => Unauthenticated(unavailable.to_string()),
+            })?;
+        let channel = activity["channelId"].as_str().unwrap_or_default();
+        if channel.is_empty() || !endorsements.iter().any(|e| e == channel) {
+            return Err(Unauthenticated(format!(
+                "the signing key is not endorsed for channel {channel:?}"
+            )));
+        }
+        let claimed = claims["serviceurl"]
+            .as_str()
+            .or(claims["serviceUrl"].as_str());
+        let service_url = activity["serviceUrl"].as_str();
+        if claimed.is_none() || claimed != service_url {
+            return Err(Unauthenticated(
+                "the token's serviceurl is not the activity's".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Answers one authenticated activity: an `adaptiveCard/action` invoke
+    /// decides; anything else is acknowledged and ignored. Returns the
+    /// invoke response body.
+    pub async fn activity(
+        &self,
+        activity: &Value,
+        approvals: &Approvals,
+        directory: &dyn Directory,
+    ) -> Value {
+        let Some(bot) = &self.bot else {
+            return Value::Null;
+        };
+        if activity["type"] != "invoke" || activity["name"] != "adaptiveCard/action" {
+            return Value::Null;
+        }
+        let action = &activity["value"]["action"];
+        let id = action["data"]["request_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let page = format!("{}/requests/{id}", self.public_url);
+        // Only gavel's own card for this request, in its conversation and
+        // (when set) its tenant, decides.
+        let ours = bot
+            .cards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        let conversation = activity["conversation"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default();
+        let tenant = activity["conversation"]["tenantId"]
+            .as_str()
+            .or(activity["channelData"]["tenant"]["id"].as_str());
+        let on_our_card = conversation == bot.config.conversation_id
+            && ours.is_some()
+            && activity["replyToId"].as_str() == ours.as_deref()
+            && bot
+                .config
+                .tenant_id
+                .as_deref()
+                .is_none_or(|t| tenant == Some(t));
+        if !on_our_card {
+            return message(format!(
+                "This card is not gavel's current card for request {id}; decide on the approval page: {page}"
+            ));
+        }
+        let decision = match action["verb"].as_str() {
+            Some("approve") => Decision::Approve,
+            Some("deny") => Decision::Deny,
+            _ => return message("gavel does not know this action"),
+        };
+        let reason = action["data"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        if decision == Decision::Deny && reason.is_empty() {
+            return message("Say why you deny it: fill in the reason, then press Deny.");
+        }
+        let user = activity["from"]["aadObjectId"].as_str().unwrap_or_default();
+        let Some(human_id) = bot.config.users.get(user) else {
+            return message(
+                "gavel does not know who you are: your Teams account is not mapped to a gavel user (channels.teams.bot.users)",
+            );
+        };
+        let reviewer = Principal::Human(directory.human(human_id).unwrap_or(Human {
+            id: HumanId(human_id.clone()),
+            groups: Vec::new(),
+        }));
+        let comment = if reason.is_empty() {
+            "approved in Teams".to_owned()
+        } else {
+            reason
+        };
+        match approvals
+            .decide(&RequestId(id.clone()), &reviewer, decision, &comment)
+            .await
+        {
+            Ok(request) => {
+                json!({"statusCode": 200, "type": CARD, "value": self.card(&request, true)})
+            }
+            Err(DecideFailure::Refused(r)) => message(format!("gavel refused your decision: {r}")),
+            Err(DecideFailure::NotFound(_)) => message(format!("gavel has no request {id}")),
+            Err(DecideFailure::Internal(_)) => {
+                message("gavel could not record the decision; try again")
+            }
+        }
+    }
+}
+
+/// A 2xx answer's JSON body (or `null`), else the status as an
+/// [`AttemptError`].
+async fn http_result(response: reqwest::Response) -> Result<Value, AttemptError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response.json().await.unwrap_or(Value::Null));
+    }
+    let retry_after = retry_after_seconds(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+    );
+    Err(AttemptError::http(status.as_u16(), retry_after))
+}
+
+impl Notifier for Teams {
+    fn request_changed(&self, request: &ApprovalRequest) {
+        if self.routed(request) && self.queue.try_send(request.clone()).is_err() {
+            metrics::counter!("gavel_channel_deliveries_total", "channel" => self.name.clone(), "outcome" => "dropped").increment(1);
+            tracing::error!(channel = %self.name, "Teams queue full; event dropped");
+        }
+    }
+}
+
+/// Delivers each routed state change in order, to the webhook and the
+/// bot, each retried through [`Deliveries::deliver`].
+async fn post_changes(teams: Arc<Teams>, mut events: mpsc::Receiver<ApprovalRequest>) {
+    while let Some(request) = events.recv().await {
+        let event = format!("request.{}", request.state.as_str());
+        // Outcomes are in the request's deliveries, the log and metrics.
+        if let Some(url) = &teams.webhook_url {
+            let channel = format!("{}/webhook", teams.name);
+            let _ = teams
+                .deliveries
+                .deliver(&request.id.0, &channel, &event, || {
+                    teams.post_webhook(url, &request)
+                })
+                .await;
+        }
+        if let Some(bot) = &teams.bot {
+            let channel = format!("{}/bot", teams.name);
+            let _ = teams
+                .deliveries
+                .deliver(&request.id.0, &channel, &event, || {
+                    teams.post_bot(bot, &request)
+                })
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_is_cut_and_says_so() {
+        assert_eq!(shown("short", 10), "short");
+        let cut = shown(&"x".repeat(20), 10);
+        assert!(cut.starts_with(&"x".repeat(10)) && cut.contains("truncated"));
+        assert!(!cut.starts_with(&"x".repeat(11)));
+    }
+
+    #[test]
+    fn agent_text_is_never_markdown() {
+        let l = line("Intent", "[click](https://evil) **now**");
+        assert_eq!(l["type"], "RichTextBlock");
+        assert_eq!(l["inlines"][1]["type"], "TextRun");
+        assert_eq!(l["inlines"][1]["text"], "[click](https://evil) **now**");
+    }
+}
