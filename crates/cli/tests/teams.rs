@@ -507,4 +507,26 @@ users = {{ "aad-bob" = "bob@x", "aad-owner" = "owner@x" }}
     says(&answer, "refused");
     // The connector token was fetched once and reused.
     assert_eq!(teams.calls("token").len(), 1);
+    // A request whose approvers (group:security) no channel serves is
+    // counted, and logged, so the gap in the routes is seen.
+    let v = g
+        .act(&g.agent_token, "sql.write", "prod-db", "DELETE FROM t")
+        .await;
+    assert_eq!(harness::verdict(&v), "pending");
+    let metrics = g
+        .http
+        .get(format!("{}/metrics", g.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "gavel_requests_unrouted_total 1"),
+        "{metrics}"
+    );
+    assert!(g.log().contains("no channel routes this request"));
 }

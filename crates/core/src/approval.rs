@@ -281,6 +281,18 @@ pub struct ApprovalRequest {
 }
 
 impl ApprovalRequest {
+    /// Whether a channel with these `routes` (approver sets such as
+    /// `group:dba`, as in `@approval`) serves this request: one of its
+    /// approvers is listed, or the channel lists none (it serves all).
+    pub fn routed_to(&self, routes: &[String]) -> bool {
+        routes.is_empty()
+            || self
+                .route
+                .approvers
+                .iter()
+                .any(|a| routes.contains(&a.to_string()))
+    }
+
     /// A new pending request.
     pub fn new(
         action: Action,

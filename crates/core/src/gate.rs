@@ -117,8 +117,10 @@ pub trait Store: Send + Sync {
 /// (Slack, Teams, webhooks) implement this. Must not block: deliver in the
 /// background.
 pub trait Notifier: Send + Sync {
-    /// A request was created or changed state.
-    fn request_changed(&self, request: &ApprovalRequest);
+    /// A request was created or changed state. Returns whether this
+    /// channel serves the request (its routes match), so a request that
+    /// no channel serves is noticed.
+    fn request_changed(&self, request: &ApprovalRequest) -> bool;
 }
 
 /// Timing and identity settings of the gate.
@@ -224,8 +226,19 @@ impl Shared {
     fn announce(&self, request: &ApprovalRequest) {
         // No receivers is normal (nobody waiting); the result only says so.
         let _ = self.changes.send((request.id.clone(), request.state));
+        let mut served = false;
         for n in &self.notifiers {
-            n.request_changed(request);
+            served |= n.request_changed(request);
+        }
+        // A new request that no configured channel serves reaches its
+        // approvers only through the page, the CLI or the API.
+        if !served
+            && !self.notifiers.is_empty()
+            && request.state == RequestState::Pending
+            && request.reviews.is_empty()
+        {
+            metrics::counter!("gavel_requests_unrouted_total").increment(1);
+            tracing::warn!(request = %request.id, approvers = ?request.route.approvers.iter().map(ToString::to_string).collect::<Vec<_>>(), "no channel routes this request's approvers; it is only on the approval page and the API");
         }
     }
 

@@ -163,15 +163,6 @@ impl Slack {
         Ok(slack)
     }
 
-    fn routed(&self, request: &ApprovalRequest) -> bool {
-        self.config.routes.is_empty()
-            || request
-                .route
-                .approvers
-                .iter()
-                .any(|a| self.config.routes.contains(&a.to_string()))
-    }
-
     async fn api(&self, method: &str, body: Value) -> Result<Value, AttemptError> {
         self.send(method, self.endpoint(method).json(&body)).await
     }
@@ -592,11 +583,15 @@ impl Slack {
 }
 
 impl Notifier for Slack {
-    fn request_changed(&self, request: &ApprovalRequest) {
-        if self.routed(request) && self.queue.try_send(request.clone()).is_err() {
+    fn request_changed(&self, request: &ApprovalRequest) -> bool {
+        if !request.routed_to(&self.config.routes) {
+            return false;
+        }
+        if self.queue.try_send(request.clone()).is_err() {
             metrics::counter!("gavel_channel_deliveries_total", "channel" => self.name.clone(), "outcome" => "dropped").increment(1);
             tracing::error!(channel = %self.name, "Slack queue full; event dropped");
         }
+        true
     }
 }
 

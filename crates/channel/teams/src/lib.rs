@@ -187,15 +187,6 @@ impl Teams {
         self.bot.is_some()
     }
 
-    fn routed(&self, request: &ApprovalRequest) -> bool {
-        self.routes.is_empty()
-            || request
-                .route
-                .approvers
-                .iter()
-                .any(|a| self.routes.contains(&a.to_string()))
-    }
-
     fn url(&self, request: &ApprovalRequest) -> String {
         format!("{}/requests/{}", self.public_url, request.id.0)
     }
@@ -577,11 +568,15 @@ async fn http_result(response: reqwest::Response) -> Result<Value, AttemptError>
 }
 
 impl Notifier for Teams {
-    fn request_changed(&self, request: &ApprovalRequest) {
-        if self.routed(request) && self.queue.try_send(request.clone()).is_err() {
+    fn request_changed(&self, request: &ApprovalRequest) -> bool {
+        if !request.routed_to(&self.routes) {
+            return false;
+        }
+        if self.queue.try_send(request.clone()).is_err() {
             metrics::counter!("gavel_channel_deliveries_total", "channel" => self.name.clone(), "outcome" => "dropped").increment(1);
             tracing::error!(channel = %self.name, "Teams queue full; event dropped");
         }
+        true
     }
 }
 

@@ -94,21 +94,12 @@ impl Webhook {
             queue,
         })
     }
-
-    fn routed(&self, request: &ApprovalRequest) -> bool {
-        self.routes.is_empty()
-            || request
-                .route
-                .approvers
-                .iter()
-                .any(|a| self.routes.contains(&a.to_string()))
-    }
 }
 
 impl Notifier for Webhook {
-    fn request_changed(&self, request: &ApprovalRequest) {
-        if !self.routed(request) {
-            return;
+    fn request_changed(&self, request: &ApprovalRequest) -> bool {
+        if !request.routed_to(&self.routes) {
+            return false;
         }
         let name = format!("request.{}", request.state.as_str());
         let body = serde_json::json!({
@@ -127,6 +118,7 @@ impl Notifier for Webhook {
             metrics::counter!("gavel_channel_deliveries_total", "channel" => self.name.clone(), "outcome" => "dropped").increment(1);
             tracing::error!(channel = %self.name, "webhook queue full; event dropped");
         }
+        true
     }
 }
 
