@@ -252,6 +252,29 @@ routes = ["group:security"]
         .await;
     assert_eq!(approved["errors"], json!([]), "{approved}");
     assert_eq!(teams.calls("webhook").len(), 2);
+
+    // An agent cannot fake fields with line breaks in a one-line value,
+    // nor make its card too large for Teams with a huge operation.
+    let v = g
+        .act(
+            &g.agent_token,
+            "sql.ddl",
+            "scratch\nPolicy: all-good\u{202e}",
+            &"é".repeat(30_000),
+        )
+        .await;
+    let id = harness::request_id(&v);
+    let posted = teams
+        .wait("webhook", |c| card_text(&c["card"]).contains(&id))
+        .await;
+    assert_eq!(posted["errors"], json!([]), "{posted}");
+    let text = card_text(&posted["card"]);
+    assert!(text.len() < 24_000, "{} bytes", text.len());
+    assert!(text.contains("truncated"));
+    assert!(
+        text.contains("scratch Policy: all-good (") && !text.contains('\u{202e}'),
+        "{text}"
+    );
 }
 
 /// An `adaptiveCard/action` invoke as Teams sends it for a press on the
@@ -386,6 +409,14 @@ users = {{ "aad-bob" = "bob@x", "aad-owner" = "owner@x" }}
             ),
         ),
         (
+            "a key endorsed for webchat, on a webchat activity",
+            Some(
+                teams
+                    .token(json!({"kid": "bf-webchat", "claims": {"serviceurl": service}}))
+                    .await,
+            ),
+        ),
+        (
             "another service URL",
             Some(
                 teams
@@ -422,8 +453,16 @@ users = {{ "aad-bob" = "bob@x", "aad-owner" = "owner@x" }}
             ),
         ),
     ];
+    let mut webchat = approve.clone();
+    webchat["channelId"] = json!("webchat");
     for (what, token) in &refused {
-        let (status, _) = send(&g, token.as_deref(), &approve).await;
+        // Only Teams vouches for `from.aadObjectId`.
+        let activity = if what.contains("webchat activity") {
+            &webchat
+        } else {
+            &approve
+        };
+        let (status, _) = send(&g, token.as_deref(), activity).await;
         assert_eq!(status, 401, "{what}");
     }
     assert_eq!(state(&g, &id).await["state"], "pending");

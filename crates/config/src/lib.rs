@@ -806,8 +806,20 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
             }
         }
     }
+    let mut app_ids = HashSet::new();
     for (i, t) in c.channels.teams.iter().enumerate() {
         let key = |field: &str| format!("channels.teams[{i}].{field}");
+        if let Some(b) = &t.bot
+            && !app_ids.insert(b.app_id.clone())
+        {
+            return Err(fail(
+                key("bot.app_id"),
+                format!(
+                    "{:?} is used by another Teams channel: one bot app per channel",
+                    b.app_id
+                ),
+            ));
+        }
         if t.webhook_url_env.is_none() && t.bot.is_none() {
             return Err(fail(
                 key("webhook_url_env"),
@@ -1188,6 +1200,11 @@ mod tests {
             "[[channels.teams]]\n[channels.teams.bot]\napp_id = \"a\"\napp_password_env = \"P\"\nservice_url = \"http://smba.example/\"\nconversation_id = \"c\"\n",
         );
         assert!(e.contains("channels.teams[0].bot.service_url"), "{e}");
+        let bot = "[channels.teams.bot]\napp_id = \"a\"\napp_password_env = \"P\"\nservice_url = \"https://smba.example/\"\nconversation_id = \"c\"\n";
+        let e = err(&format!(
+            "[[channels.teams]]\n{bot}[[channels.teams]]\n{bot}"
+        ));
+        assert!(e.contains("channels.teams[1].bot.app_id"), "{e}");
         let e = err("[[channels.teams]]\nwebhook_url_env = \"W\"\nroutes = [\"dba\"]\n");
         assert!(e.contains("channels.teams[0].routes"), "{e}");
     }

@@ -48,6 +48,10 @@ pub struct Delivery {
     pub last_error: Option<String>,
     /// When the last attempt ended (ms since the epoch).
     pub at: Timestamp,
+    /// Unique within the gateway: how an ongoing delivery finds its entry
+    /// again, even after the request was forgotten and recorded anew.
+    #[serde(skip)]
+    pub seq: u64,
 }
 
 /// Why an attempt failed, and whether trying again can help.
@@ -99,6 +103,7 @@ struct Kept {
     by_request: HashMap<String, Vec<Delivery>>,
     /// Request ids, oldest first, for eviction.
     order: VecDeque<String>,
+    next_seq: u64,
 }
 
 /// Delivery status by request id, shared by every channel of a gateway.
@@ -109,7 +114,7 @@ pub struct Deliveries(Mutex<Kept>);
 #[derive(Debug, Clone)]
 pub struct DeliverySlot {
     request_id: String,
-    index: usize,
+    seq: u64,
 }
 
 impl Deliveries {
@@ -133,6 +138,8 @@ impl Deliveries {
             }
             kept.order.push_back(request_id.to_owned());
         }
+        kept.next_seq += 1;
+        let seq = kept.next_seq;
         let list = kept.by_request.entry(request_id.to_owned()).or_default();
         list.push(Delivery {
             channel: channel.to_owned(),
@@ -141,10 +148,11 @@ impl Deliveries {
             attempts: 0,
             last_error: None,
             at: SystemClock.now(),
+            seq,
         });
         DeliverySlot {
             request_id: request_id.to_owned(),
-            index: list.len() - 1,
+            seq,
         }
     }
 
@@ -154,7 +162,7 @@ impl Deliveries {
         if let Some(d) = kept
             .by_request
             .get_mut(&slot.request_id)
-            .and_then(|list| list.get_mut(slot.index))
+            .and_then(|list| list.iter_mut().find(|d| d.seq == slot.seq))
         {
             change(d);
             d.at = SystemClock.now();
@@ -277,6 +285,20 @@ mod tests {
             .await;
         assert_eq!(calls.load(Ordering::SeqCst), MAX_ATTEMPTS);
         assert_eq!(deliveries.of("r2")[0].status, DeliveryStatus::Failed);
+    }
+
+    #[test]
+    fn an_update_finds_its_own_entry_after_the_request_was_forgotten() {
+        let deliveries = Deliveries::default();
+        let stale = deliveries.begin("r0", "teams", "request.pending");
+        for i in 1..=STATUS_KEPT {
+            deliveries.begin(&format!("r{i}"), "hook", "request.pending");
+        }
+        let fresh = deliveries.begin("r0", "slack", "request.pending");
+        deliveries.update(&stale, |d| d.status = DeliveryStatus::Delivered);
+        assert_eq!(deliveries.of("r0")[0].status, DeliveryStatus::Pending);
+        deliveries.update(&fresh, |d| d.status = DeliveryStatus::Failed);
+        assert_eq!(deliveries.of("r0")[0].status, DeliveryStatus::Failed);
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod agent;
 mod approval;
 mod audit;
 mod delivery;
+pub mod display;
 mod error;
 mod fingerprint;
 mod gate;

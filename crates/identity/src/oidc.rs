@@ -62,14 +62,21 @@ pub enum Subject {
     },
 }
 
+/// One key of the issuer's JWKS.
+#[derive(Clone)]
+struct SigningKey {
+    key: DecodingKey,
+    algorithm: Algorithm,
+    /// The key's `endorsements` (a Microsoft JWK extension: the channels a
+    /// Bot Framework key may sign for); empty for other issuers.
+    endorsements: Vec<String>,
+}
+
 struct Keys {
     endpoints: Option<Endpoints>,
-    by_kid: HashMap<String, (DecodingKey, Algorithm)>,
+    by_kid: HashMap<String, SigningKey>,
     /// Keys without a `kid`, used only when the set has exactly one key.
-    anonymous: Vec<(DecodingKey, Algorithm)>,
-    /// A key's `endorsements` (a Microsoft JWK extension: the channels a
-    /// Bot Framework key may sign for), by `kid`.
-    endorsements: HashMap<String, Vec<String>>,
+    anonymous: Vec<SigningKey>,
     fetched_at: Option<Instant>,
     jwks_uri: Option<String>,
 }
@@ -158,7 +165,6 @@ impl Issuer {
                 endpoints: None,
                 by_kid: HashMap::new(),
                 anonymous: Vec::new(),
-                endorsements: HashMap::new(),
                 fetched_at: None,
                 jwks_uri: None,
             }),
@@ -267,24 +273,15 @@ impl Issuer {
         let raw: serde_json::Value = self.get_json(&jwks_uri).await?;
         let set: JwkSet = serde_json::from_value(raw.clone())
             .map_err(|e| self.unavailable(format!("GET {jwks_uri}: {e}")))?;
-        let endorsements = raw["keys"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|k| {
-                let kid = k["kid"].as_str()?;
-                let list = k["endorsements"].as_array()?;
-                Some((
-                    kid.to_owned(),
-                    list.iter()
-                        .filter_map(|e| e.as_str().map(str::to_owned))
-                        .collect(),
-                ))
-            })
-            .collect();
         let mut by_kid = HashMap::new();
         let mut anonymous = Vec::new();
-        for jwk in &set.keys {
+        for (i, jwk) in set.keys.iter().enumerate() {
+            let endorsements: Vec<String> = raw["keys"][i]["endorsements"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.as_str().map(str::to_owned))
+                .collect();
             let Some(alg) = key_algorithm(jwk) else {
                 continue;
             };
@@ -294,18 +291,22 @@ impl Issuer {
             let Ok(key) = DecodingKey::from_jwk(jwk) else {
                 continue;
             };
+            let signing = SigningKey {
+                key,
+                algorithm: alg,
+                endorsements,
+            };
             match &jwk.common.key_id {
                 Some(kid) => {
-                    by_kid.insert(kid.clone(), (key, alg));
+                    by_kid.insert(kid.clone(), signing);
                 }
-                None => anonymous.push((key, alg)),
+                None => anonymous.push(signing),
             }
         }
         tracing::info!(issuer = %self.config.issuer, keys = by_kid.len() + anonymous.len(), "fetched OIDC signing keys");
         let mut keys = self.keys_write();
         keys.by_kid = by_kid;
         keys.anonymous = anonymous;
-        keys.endorsements = endorsements;
         Ok(())
     }
 
@@ -325,7 +326,7 @@ impl Issuer {
     /// The key for `kid`, fetching the JWKS when it is unknown (at most
     /// once per `jwks_min_refresh_interval`, so key rotation is picked up
     /// and a flood of made-up `kid`s is not).
-    async fn key(&self, kid: Option<&str>) -> Result<(DecodingKey, Algorithm), OidcError> {
+    async fn key(&self, kid: Option<&str>) -> Result<SigningKey, OidcError> {
         let lookup = |keys: &Keys| match kid {
             Some(kid) => keys.by_kid.get(kid).cloned(),
             None if keys.by_kid.len() + keys.anonymous.len() == 1 => keys
@@ -463,18 +464,7 @@ impl Issuer {
         token: &str,
         required: &[&str],
     ) -> Result<(serde_json::Value, Vec<String>), OidcError> {
-        let claims = self.decode(token, &self.config.audience, required).await?;
-        let kid = jsonwebtoken::decode_header(token)
-            .ok()
-            .and_then(|h| h.kid)
-            .unwrap_or_default();
-        let endorsements = self
-            .keys_read()
-            .endorsements
-            .get(&kid)
-            .cloned()
-            .unwrap_or_default();
-        Ok((claims, endorsements))
+        self.decode(token, &self.config.audience, required).await
     }
 
     async fn verified_claims(
@@ -482,8 +472,10 @@ impl Issuer {
         token: &str,
         audience: &str,
     ) -> Result<serde_json::Value, OidcError> {
-        self.decode(token, audience, &["exp", "iss", "aud", "sub"])
-            .await
+        let (claims, _) = self
+            .decode(token, audience, &["exp", "iss", "aud", "sub"])
+            .await?;
+        Ok(claims)
     }
 
     async fn decode(
@@ -491,7 +483,7 @@ impl Issuer {
         token: &str,
         audience: &str,
         required: &[&str],
-    ) -> Result<serde_json::Value, OidcError> {
+    ) -> Result<(serde_json::Value, Vec<String>), OidcError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| refused(format!("malformed token header: {e}")))?;
         if !self.algorithms.contains(&header.alg) {
@@ -500,7 +492,11 @@ impl Issuer {
                 header.alg
             )));
         }
-        let (key, key_alg) = self.key(header.kid.as_deref()).await?;
+        let SigningKey {
+            key,
+            algorithm: key_alg,
+            endorsements,
+        } = self.key(header.kid.as_deref()).await?;
         if key_alg != header.alg {
             return Err(refused(format!(
                 "the token says {:?} but its key is for {key_alg:?}",
@@ -515,7 +511,7 @@ impl Issuer {
         validation.set_required_spec_claims(required);
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
             .map_err(|e| refused(e.to_string()))?;
-        Ok(data.claims)
+        Ok((data.claims, endorsements))
     }
 
     fn subject(&self, claims: &serde_json::Value) -> Result<Subject, OidcError> {

@@ -720,6 +720,7 @@ mod tests {
             attempts: 1,
             last_error: error.map(str::to_owned),
             at: Timestamp(0),
+            seq: 0,
         };
         let html = deliveries_section(&[
             d("slack-C1", DeliveryStatus::Delivered, None),

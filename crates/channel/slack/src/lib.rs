@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 use gavel_config::SlackConfig;
+use gavel_core::display::{one_line, visible};
 use gavel_core::{
     ApprovalRequest, Approvals, AttemptError, DecideFailure, Decision, Deliveries, Directory,
     Human, HumanId, Notifier, Principal, RequestId, RequestState, retry_after_seconds,
@@ -88,15 +89,18 @@ fn text(s: &str) -> Value {
     json!({"type": "mrkdwn", "text": s, "verbatim": true})
 }
 
-/// Agent-supplied text made inert in mrkdwn: `&`, `<`, `>` escaped (no
-/// links or mentions), backticks replaced (a code block cannot be closed
-/// early to forge lines), then cut to `max` characters.
+/// Agent-supplied text for a one-line field: on one line (it cannot fake
+/// further fields), then made inert as [`escape_max`] does.
 fn escape(s: &str) -> String {
-    escape_max(s, 1_000)
+    escape_max(&one_line(s), 1_000)
 }
 
+/// Agent-supplied text made inert in mrkdwn: invisible controls removed,
+/// `&`, `<`, `>` escaped (no links or mentions), backticks replaced (a
+/// code block cannot be closed early to forge lines), then cut to `max`
+/// characters.
 fn escape_max(s: &str, max: usize) -> String {
-    let escaped = s
+    let escaped = visible(s)
         .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -350,6 +354,14 @@ impl Slack {
                 )
                 .await?;
             }
+        }
+        // Nothing more will change on a finished request's message: forget
+        // it, so the map holds only live requests.
+        if r.state.is_final() {
+            self.messages
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&r.id.0);
         }
         Ok(())
     }

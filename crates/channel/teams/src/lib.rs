@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 use gavel_config::{OidcIssuerConfig, TeamsBotConfig, TeamsConfig};
+use gavel_core::display::{one_line, visible};
 use gavel_core::{
     ApprovalRequest, Approvals, AttemptError, DecideFailure, Decision, Deliveries, Directory,
     Human, HumanId, Notifier, Principal, RequestId, RequestState, retry_after_seconds,
@@ -45,6 +46,20 @@ const QUEUE: usize = 10_000;
 const OPERATION_SHOWN: usize = 2_500;
 /// Longest other agent-written text on a card.
 const TEXT_SHOWN: usize = 1_000;
+/// A card's JSON beyond this is shown with shorter texts: Teams refuses
+/// messages over about 28 KB, and an agent must not be able to make its
+/// own card undeliverable.
+const CARD_BYTES: usize = 20_000;
+/// The shorter limits used then.
+const OPERATION_SHOWN_SHORT: usize = 400;
+const TEXT_SHOWN_SHORT: usize = 150;
+/// Longest deny reason accepted from a card.
+const REASON_MAX: usize = 2_000;
+/// The longest a connector token is trusted, whatever `expires_in` says.
+const TOKEN_LIFETIME_MAX: Duration = Duration::from_secs(24 * 3600);
+/// The channel a Teams activity comes from; `from.aadObjectId` means
+/// something only there.
+const TEAMS_CHANNEL: &str = "msteams";
 /// The content type of an Adaptive Card attachment, and of an invoke
 /// response that replaces the card.
 const CARD: &str = "application/vnd.microsoft.card.adaptive";
@@ -59,7 +74,16 @@ pub struct Teams {
     webhook_url: Option<String>,
     bot: Option<Bot>,
     deliveries: Arc<Deliveries>,
-    queue: mpsc::Sender<ApprovalRequest>,
+    /// One queue per target, so a failing webhook never delays the bot's
+    /// cards (or the other way round).
+    queues: Vec<mpsc::Sender<ApprovalRequest>>,
+}
+
+/// Where a Teams channel posts.
+#[derive(Clone, Copy)]
+enum Target {
+    Webhook,
+    Bot,
 }
 
 /// The Bot Framework side of a Teams channel.
@@ -84,12 +108,33 @@ fn shown(s: &str, max: usize) -> String {
     cut
 }
 
-/// `label: value` with the value as a plain `TextRun` (never Markdown).
+/// `label: value` with the value as a plain `TextRun` (never Markdown),
+/// on one line: a value cannot fake further fields.
 fn line(label: &str, value: &str) -> Value {
     json!({"type": "RichTextBlock", "inlines": [
         {"type": "TextRun", "text": format!("{label}: "), "weight": "Bolder"},
-        {"type": "TextRun", "text": value},
+        {"type": "TextRun", "text": one_line(value)},
     ]})
+}
+
+/// A labelled block of agent-written text that may span lines, framed so
+/// it cannot pass for gavel's own fields.
+fn framed(label: &str, value: &str, monospace: bool) -> Value {
+    let mut run = json!({"type": "TextRun", "text": visible(value)});
+    if monospace {
+        run["fontType"] = json!("Monospace");
+    }
+    json!({"type": "Container", "style": "emphasis", "items": [
+        {"type": "TextBlock", "text": label, "weight": "Bolder"},
+        {"type": "RichTextBlock", "inlines": [run]},
+    ]})
+}
+
+/// A request id from an action's data, if it looks like one gavel makes
+/// (so nothing else is echoed back).
+fn request_id_of(value: &Value) -> Option<String> {
+    let id = value.as_str()?;
+    (id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then(|| id.to_owned())
 }
 
 /// An invoke answer that shows `text` to the user who pressed.
@@ -164,7 +209,26 @@ impl Teams {
             }
             None => None,
         };
-        let (queue, events) = mpsc::channel(QUEUE);
+        let mut targets = Vec::new();
+        let mut queues = Vec::new();
+        for (target, wanted) in [
+            (Target::Webhook, webhook_url.is_some()),
+            (Target::Bot, bot.is_some()),
+        ] {
+            if wanted {
+                let (queue, events) = mpsc::channel(QUEUE);
+                queues.push(queue);
+                targets.push((target, events));
+            }
+        }
+        if let Some(b) = &config.bot
+            && b.tenant_id.is_none()
+        {
+            tracing::warn!(
+                channel = index,
+                "channels.teams.bot has no tenant_id: a mapped user pressing from any tenant can decide"
+            );
+        }
         let teams = Arc::new(Teams {
             name: config
                 .name
@@ -176,9 +240,11 @@ impl Teams {
             webhook_url,
             bot,
             deliveries,
-            queue,
+            queues,
         });
-        tokio::spawn(post_changes(teams.clone(), events));
+        for (target, events) in targets {
+            tokio::spawn(post_changes(teams.clone(), target, events));
+        }
         Ok(teams)
     }
 
@@ -192,8 +258,23 @@ impl Teams {
     }
 
     /// The Adaptive Card of a request. `buttons`: Approve, Deny and a
-    /// reason field while it is pending (cards a bot posts).
+    /// reason field while it is pending (cards a bot posts). Texts are
+    /// shortened further when the card would be too large for Teams.
     pub fn card(&self, r: &ApprovalRequest, buttons: bool) -> Value {
+        let card = self.card_within(r, buttons, OPERATION_SHOWN, TEXT_SHOWN);
+        if card.to_string().len() <= CARD_BYTES {
+            return card;
+        }
+        self.card_within(r, buttons, OPERATION_SHOWN_SHORT, TEXT_SHOWN_SHORT)
+    }
+
+    fn card_within(
+        &self,
+        r: &ApprovalRequest,
+        buttons: bool,
+        operation_shown: usize,
+        text_shown: usize,
+    ) -> Value {
         let a = &r.action;
         let owner = a
             .principal
@@ -207,22 +288,22 @@ impl Teams {
         };
         let mut body = vec![
             json!({"type": "TextBlock", "text": title, "weight": "Bolder", "size": "Medium", "wrap": true}),
-            line("Initiator", &shown(&a.principal.qualified_id(), TEXT_SHOWN)),
-            line("Owner", &shown(&owner, TEXT_SHOWN)),
+            line("Initiator", &shown(&a.principal.qualified_id(), text_shown)),
+            line("Owner", &shown(&owner, text_shown)),
         ];
         if let Some(h) = a.principal.on_behalf_of() {
-            body.push(line("Acting for", &shown(&h.0, TEXT_SHOWN)));
+            body.push(line("Acting for", &shown(&h.0, text_shown)));
         }
         body.extend([
             line(
                 "Resource",
                 &shown(
                     &format!("{} ({})", a.resource.name, a.resource.kind),
-                    TEXT_SHOWN,
+                    text_shown,
                 ),
             ),
             line("Action", a.class.as_str()),
-            line("Policy", &shown(&r.policies.join(", "), TEXT_SHOWN)),
+            line("Policy", &shown(&r.policies.join(", "), text_shown)),
             line(
                 "Quorum",
                 &format!(
@@ -232,23 +313,22 @@ impl Teams {
                     humantime::format_rfc3339_seconds(r.expires_at.to_system_time())
                 ),
             ),
-            json!({"type": "TextBlock", "text": "Operation", "weight": "Bolder", "spacing": "Medium"}),
-            json!({"type": "RichTextBlock", "inlines": [
-                {"type": "TextRun", "text": shown(&a.operation, OPERATION_SHOWN), "fontType": "Monospace"},
-            ]}),
-            line(
+            framed("Operation", &shown(&a.operation, operation_shown), true),
+            framed(
                 "Intent",
                 &if a.intent.is_empty() {
                     "none given".to_owned()
                 } else {
-                    shown(&a.intent, TEXT_SHOWN)
+                    shown(&a.intent, text_shown)
                 },
+                false,
             ),
         ]);
         if !a.data_context.is_null() {
-            body.push(line(
+            body.push(framed(
                 "Data context",
-                &shown(&a.data_context.to_string(), TEXT_SHOWN),
+                &shown(&a.data_context.to_string(), text_shown),
+                true,
             ));
         }
         if r.state != RequestState::Pending || !r.reviews.is_empty() {
@@ -269,7 +349,7 @@ impl Teams {
                 .collect();
             body.push(line(
                 &r.state.to_string(),
-                &shown(&by.join("; "), TEXT_SHOWN),
+                &shown(&by.join("; "), text_shown),
             ));
         }
         let mut actions = Vec::new();
@@ -343,7 +423,7 @@ impl Teams {
                     .send()
                     .await
                     .map_err(|_| AttemptError::transient("the Bot Connector cannot be reached"))?;
-                let answer = http_result(response).await?;
+                let answer = self.connector_result(bot, response).await?;
                 if let Some(id) = answer["id"].as_str() {
                     bot.cards
                         .lock()
@@ -360,7 +440,7 @@ impl Teams {
                     .send()
                     .await
                     .map_err(|_| AttemptError::transient("the Bot Connector cannot be reached"))?;
-                http_result(response).await?;
+                self.connector_result(bot, response).await?;
                 let progress = match r.state {
                     RequestState::Pending => {
                         format!("approved {} of {}", r.approvals(), r.route.quorum.max(1))
@@ -376,10 +456,33 @@ impl Teams {
                     .send()
                     .await
                     .map_err(|_| AttemptError::transient("the Bot Connector cannot be reached"))?;
-                http_result(response).await?;
+                self.connector_result(bot, response).await?;
             }
         }
+        // Nothing more will change on a finished request's card: forget it,
+        // so the map holds only live requests.
+        if r.state.is_final() {
+            bot.cards
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&r.id.0);
+        }
         Ok(())
+    }
+
+    /// A Bot Connector answer. A 401 means the cached token was revoked
+    /// (or the secret rotated): it is dropped and the call retried with a
+    /// new one.
+    async fn connector_result(
+        &self,
+        bot: &Bot,
+        response: reqwest::Response,
+    ) -> Result<Value, AttemptError> {
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+            *bot.connector_token.lock().await = None;
+            return Err(AttemptError::transient("Bot Connector: HTTP 401"));
+        }
+        http_result(response).await
     }
 
     /// The app's Bot Connector token (client credentials), cached until a
@@ -411,7 +514,8 @@ impl Teams {
             .as_str()
             .ok_or_else(|| AttemptError::permanent("token endpoint: no access_token"))?
             .to_owned();
-        let lifetime = Duration::from_secs(answer["expires_in"].as_u64().unwrap_or(3600));
+        let lifetime = Duration::from_secs(answer["expires_in"].as_u64().unwrap_or(3600))
+            .min(TOKEN_LIFETIME_MAX);
         let stale_at = Instant::now() + lifetime.saturating_sub(Duration::from_secs(60));
         *cached = Some((token.clone(), stale_at));
         Ok(token)
@@ -438,8 +542,16 @@ impl Teams {
                 OidcError::Refused(why) => Unauthenticated(why),
                 unavailable => Unauthenticated(unavailable.to_string()),
             })?;
+        // Only Teams vouches for `from.aadObjectId`; other channels a key
+        // may be endorsed for (Web Chat, Direct Line) let a client set it.
         let channel = activity["channelId"].as_str().unwrap_or_default();
-        if channel.is_empty() || !endorsements.iter().any(|e| e == channel) {
+        if channel != TEAMS_CHANNEL {
+            return Err(Unauthenticated(format!(
+                "activities from channel {:?} are not accepted, only from {TEAMS_CHANNEL}",
+                channel.chars().take(32).collect::<String>()
+            )));
+        }
+        if !endorsements.iter().any(|e| e == channel) {
             return Err(Unauthenticated(format!(
                 "the signing key is not endorsed for channel {channel:?}"
             )));
@@ -472,10 +584,9 @@ impl Teams {
             return Value::Null;
         }
         let action = &activity["value"]["action"];
-        let id = action["data"]["request_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let Some(id) = request_id_of(&action["data"]["request_id"]) else {
+            return message("This card names no gavel request.");
+        };
         let page = format!("{}/requests/{id}", self.public_url);
         // Only gavel's own card for this request, in its conversation and
         // (when set) its tenant, decides.
@@ -519,6 +630,11 @@ impl Teams {
             .to_owned();
         if decision == Decision::Deny && reason.is_empty() {
             return message("Say why you deny it: fill in the reason, then press Deny.");
+        }
+        if reason.chars().count() > REASON_MAX {
+            return message(format!(
+                "The reason is too long: at most {REASON_MAX} characters."
+            ));
         }
         let user = activity["from"]["aadObjectId"].as_str().unwrap_or_default();
         let Some(human_id) = bot.config.users.get(user) else {
@@ -572,37 +688,47 @@ impl Notifier for Teams {
         if !request.routed_to(&self.routes) {
             return false;
         }
-        if self.queue.try_send(request.clone()).is_err() {
-            metrics::counter!("gavel_channel_deliveries_total", "channel" => self.name.clone(), "outcome" => "dropped").increment(1);
-            tracing::error!(channel = %self.name, "Teams queue full; event dropped");
+        for queue in &self.queues {
+            if queue.try_send(request.clone()).is_err() {
+                metrics::counter!("gavel_channel_deliveries_total", "channel" => self.name.clone(), "outcome" => "dropped").increment(1);
+                tracing::error!(channel = %self.name, "Teams queue full; event dropped");
+            }
         }
         true
     }
 }
 
-/// Delivers each routed state change in order, to the webhook and the
-/// bot, each retried through [`Deliveries::deliver`].
-async fn post_changes(teams: Arc<Teams>, mut events: mpsc::Receiver<ApprovalRequest>) {
+/// Delivers each routed state change to one target, in order, retried
+/// through [`Deliveries::deliver`].
+async fn post_changes(
+    teams: Arc<Teams>,
+    target: Target,
+    mut events: mpsc::Receiver<ApprovalRequest>,
+) {
     while let Some(request) = events.recv().await {
         let event = format!("request.{}", request.state.as_str());
         // Outcomes are in the request's deliveries, the log and metrics.
-        if let Some(url) = &teams.webhook_url {
-            let channel = format!("{}/webhook", teams.name);
-            let _ = teams
-                .deliveries
-                .deliver(&request.id.0, &channel, &event, || {
-                    teams.post_webhook(url, &request)
-                })
-                .await;
-        }
-        if let Some(bot) = &teams.bot {
-            let channel = format!("{}/bot", teams.name);
-            let _ = teams
-                .deliveries
-                .deliver(&request.id.0, &channel, &event, || {
-                    teams.post_bot(bot, &request)
-                })
-                .await;
+        match (target, &teams.webhook_url, &teams.bot) {
+            (Target::Webhook, Some(url), _) => {
+                let channel = format!("{}/webhook", teams.name);
+                let _ = teams
+                    .deliveries
+                    .deliver(&request.id.0, &channel, &event, || {
+                        teams.post_webhook(url, &request)
+                    })
+                    .await;
+            }
+            (Target::Bot, _, Some(bot)) => {
+                let channel = format!("{}/bot", teams.name);
+                let _ = teams
+                    .deliveries
+                    .deliver(&request.id.0, &channel, &event, || {
+                        teams.post_bot(bot, &request)
+                    })
+                    .await;
+            }
+            // A queue exists only for a configured target.
+            _ => {}
         }
     }
 }
