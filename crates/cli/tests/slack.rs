@@ -204,6 +204,8 @@ async fn approvals_in_slack_follow_the_same_rules() {
         "approve",
         "deny",
         "/requests/",
+        "Related history",
+        "No earlier requests by this initiator.",
     ] {
         assert!(blocks.contains(needed), "missing {needed}: {blocks}");
     }

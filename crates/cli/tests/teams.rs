@@ -271,6 +271,12 @@ routes = ["group:security"]
     let text = card_text(&posted["card"]);
     assert!(text.len() < 24_000, "{} bytes", text.len());
     assert!(text.contains("truncated"));
+    // The related history: the agent's earlier request and its outcome.
+    assert!(
+        text.contains("By this initiator, recently: 1 approved")
+            && text.contains("approved sql.ddl on prod-db: DROP TABLE orders"),
+        "{text}"
+    );
     assert!(
         text.contains("scratch Policy: all-good (") && !text.contains('\u{202e}'),
         "{text}"

@@ -631,6 +631,61 @@ pub enum DecideFailure {
     Internal(#[from] Error),
 }
 
+/// What a reviewer sees of a request's past: see [`Approvals::related`].
+#[derive(Debug, Clone, Default)]
+pub struct RelatedHistory {
+    /// The initiator's other recent requests.
+    pub by_initiator: Vec<ApprovalRequest>,
+    /// Other recent requests on the same resource.
+    pub on_resource: Vec<ApprovalRequest>,
+}
+
+impl RelatedHistory {
+    /// A few lines for a chat message: counts by state, then the newest
+    /// `shown` of each list as `state class on resource: operation`.
+    pub fn summary(&self, shown: usize) -> Vec<String> {
+        let counts = |items: &[ApprovalRequest]| -> String {
+            let mut by_state: Vec<(&str, usize)> = Vec::new();
+            for i in items {
+                match by_state.iter_mut().find(|(s, _)| *s == i.state.as_str()) {
+                    Some((_, n)) => *n += 1,
+                    None => by_state.push((i.state.as_str(), 1)),
+                }
+            }
+            by_state
+                .iter()
+                .map(|(s, n)| format!("{n} {s}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let item = |i: &ApprovalRequest| {
+            let op: String = i.action.operation.chars().take(80).collect();
+            format!(
+                "{} {} on {}: {op}",
+                i.state, i.action.class, i.action.resource.name
+            )
+        };
+        let mut lines = Vec::new();
+        if self.by_initiator.is_empty() {
+            lines.push("No earlier requests by this initiator.".to_owned());
+        } else {
+            lines.push(format!(
+                "By this initiator, recently: {}",
+                counts(&self.by_initiator)
+            ));
+            lines.extend(self.by_initiator.iter().take(shown).map(item));
+        }
+        if !self.on_resource.is_empty() {
+            lines.push(format!(
+                "On this resource, recently: {}",
+                counts(&self.on_resource)
+            ));
+            lines.extend(self.on_resource.iter().take(shown).map(item));
+        }
+        lines
+    }
+}
+
 /// Where every channel (REST, CLI, Slack, Teams, web) ends: one function,
 /// one set of rules. Cheap to clone.
 #[derive(Clone)]
@@ -801,6 +856,40 @@ impl Approvals {
     /// Requests matching `filter`.
     pub async fn list(&self, filter: &RequestFilter) -> Result<Vec<ApprovalRequest>, Error> {
         self.shared.store.list_requests(filter).await
+    }
+
+    /// The related history a reviewer sees with `r` (SPEC §4): up to
+    /// `limit` of the initiator's other recent requests, and of the other
+    /// recent requests on the same resource with their outcomes, newest
+    /// first.
+    pub async fn related(
+        &self,
+        r: &ApprovalRequest,
+        limit: usize,
+    ) -> Result<RelatedHistory, Error> {
+        let recent = |initiator: Option<String>, resource: Option<String>| RequestFilter {
+            state: None,
+            initiator,
+            resource,
+            limit: limit + 1,
+        };
+        let others = |items: Vec<ApprovalRequest>| -> Vec<ApprovalRequest> {
+            items
+                .into_iter()
+                .filter(|x| x.id != r.id)
+                .take(limit)
+                .collect()
+        };
+        let by_initiator = self
+            .list(&recent(Some(r.action.principal.qualified_id()), None))
+            .await?;
+        let on_resource = self
+            .list(&recent(None, Some(r.action.resource.name.clone())))
+            .await?;
+        Ok(RelatedHistory {
+            by_initiator: others(by_initiator),
+            on_resource: others(on_resource),
+        })
     }
 
     /// The gate's settings.

@@ -43,7 +43,8 @@ pub use error::{Error, ErrorSource};
 pub use fingerprint::{Fingerprint, canonical_json};
 pub use gate::{
     Approvals, DecideFailure, Gate, GateConfig, Notifier, Outcome, Permit, PolicyDecision,
-    PolicyEngine, PolicyVerdict, ReadAudit, ReadRecord, RequestFilter, Store, Verdict,
+    PolicyEngine, PolicyVerdict, ReadAudit, ReadRecord, RelatedHistory, RequestFilter, Store,
+    Verdict,
 };
 pub use principal::{Directory, Human, HumanId, Principal};
 pub use time::{Clock, SystemClock, Timestamp};

@@ -538,31 +538,12 @@ pub(crate) async fn with_history(
     gw: &Gateway,
     r: &ApprovalRequest,
 ) -> Result<RequestView, ApiError> {
-    let approvals = gw.gate.approvals();
-    let recent = |initiator: Option<String>, resource: Option<String>| RequestFilter {
-        state: None,
-        initiator,
-        resource,
-        limit: 11,
-    };
-    let by_initiator = approvals
-        .list(&recent(Some(r.action.principal.qualified_id()), None))
-        .await?;
-    let on_resource = approvals
-        .list(&recent(None, Some(r.action.resource.name.clone())))
-        .await?;
-    let others = |items: Vec<ApprovalRequest>| -> Vec<HistoryItem> {
-        items
-            .iter()
-            .filter(|x| x.id != r.id)
-            .take(10)
-            .map(HistoryItem::from)
-            .collect()
-    };
+    let related = gw.gate.approvals().related(r, 10).await?;
+    let items = |list: &[ApprovalRequest]| list.iter().map(HistoryItem::from).collect();
     let mut view = RequestView::new(r, &gw.config.config.server.public_url);
     view.history = Some(History {
-        initiator_recent: others(by_initiator),
-        resource_recent: others(on_resource),
+        initiator_recent: items(&related.by_initiator),
+        resource_recent: items(&related.on_resource),
     });
     view.deliveries = gw.deliveries.of(&r.id.0);
     Ok(view)

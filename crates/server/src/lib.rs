@@ -169,6 +169,12 @@ impl Gateway {
             },
             notifiers,
         );
+        for channel in &slack {
+            channel.connect(gate.approvals());
+        }
+        for channel in &teams {
+            channel.connect(gate.approvals());
+        }
         let file = loaded
             .file
             .as_deref()

@@ -22,7 +22,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
@@ -79,6 +79,8 @@ pub struct Slack {
     /// Slack user id → the gavel human id `users.info` gave, and when.
     users: Mutex<HashMap<String, (String, Instant)>>,
     deliveries: Arc<Deliveries>,
+    /// For related history in messages; see [`Slack::connect`].
+    approvals: OnceLock<Approvals>,
     /// Signatures accepted within [`MAX_AGE`]: each is good once.
     seen: Mutex<HashMap<String, Instant>>,
     queue: mpsc::Sender<ApprovalRequest>,
@@ -160,6 +162,7 @@ impl Slack {
             messages: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             deliveries,
+            approvals: OnceLock::new(),
             seen: Mutex::new(HashMap::new()),
             queue,
         });
@@ -229,8 +232,28 @@ impl Slack {
         format!("{}/requests/{}", self.public_url, request.id.0)
     }
 
-    /// The Block Kit message of a request.
-    pub fn blocks(&self, r: &ApprovalRequest) -> Value {
+    /// Lets the channel show each request's related history (called once
+    /// the gate exists; until then messages go without it).
+    pub fn connect(&self, approvals: &Approvals) {
+        let _ = self.approvals.set(approvals.clone());
+    }
+
+    /// The related-history lines of a request's message.
+    async fn history(&self, r: &ApprovalRequest) -> Vec<String> {
+        let Some(approvals) = self.approvals.get() else {
+            return Vec::new();
+        };
+        match approvals.related(r, 10).await {
+            Ok(h) => h.summary(3),
+            Err(e) => {
+                tracing::warn!(error = %e, request = %r.id, "related history unavailable for a channel message");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The Block Kit message of a request, with its related history.
+    pub fn blocks(&self, r: &ApprovalRequest, history: &[String]) -> Value {
         let a = &r.action;
         let operation = escape_max(&a.operation, OPERATION_SHOWN);
         let owner = a
@@ -276,6 +299,13 @@ impl Slack {
                 json!({"type": "context", "elements": [text(&format!("Data context: {context}"))]}),
             );
         }
+        if !history.is_empty() {
+            let lines: Vec<String> = history
+                .iter()
+                .map(|l| escape_max(&one_line(l), 300))
+                .collect();
+            blocks.push(json!({"type": "context", "elements": [text(&format!("*Related history*\n{}", lines.join("\n")))]}));
+        }
         blocks.push(json!({"type": "context", "elements": [text(&format!("<{}|Open request {}> for the full context and history", self.url(r), r.id.0))]}));
         if r.state == RequestState::Pending {
             blocks.push(
@@ -318,10 +348,11 @@ impl Slack {
             .get(&r.id.0)
             .cloned();
         let fallback = format!("gavel request {} is {}: {}", r.id.0, r.state, self.url(r));
+        let history = self.history(r).await;
         match ts {
             None if r.state == RequestState::Pending => {
                 let v = self
-                    .api("chat.postMessage", json!({"channel": self.config.channel, "text": fallback, "blocks": self.blocks(r)}))
+                    .api("chat.postMessage", json!({"channel": self.config.channel, "text": fallback, "blocks": self.blocks(r, &history)}))
                     .await?;
                 if let Some(ts) = v["ts"].as_str() {
                     self.messages
@@ -340,7 +371,7 @@ impl Slack {
                 .await?;
             }
             Some(ts) => {
-                self.api("chat.update", json!({"channel": self.config.channel, "ts": ts, "text": fallback, "blocks": self.blocks(r)}))
+                self.api("chat.update", json!({"channel": self.config.channel, "ts": ts, "text": fallback, "blocks": self.blocks(r, &history)}))
                     .await?;
                 let progress = match r.state {
                     RequestState::Pending => {

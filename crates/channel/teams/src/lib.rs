@@ -31,7 +31,7 @@ use gavel_core::{
 use gavel_identity::oidc::{Issuer, OidcError};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -74,6 +74,8 @@ pub struct Teams {
     webhook_url: Option<String>,
     bot: Option<Bot>,
     deliveries: Arc<Deliveries>,
+    /// For related history on cards; see [`Teams::connect`].
+    approvals: OnceLock<Approvals>,
     /// One queue per target, so a failing webhook never delays the bot's
     /// cards (or the other way round).
     queues: Vec<mpsc::Sender<ApprovalRequest>>,
@@ -240,6 +242,7 @@ impl Teams {
             webhook_url,
             bot,
             deliveries,
+            approvals: OnceLock::new(),
             queues,
         });
         for (target, events) in targets {
@@ -257,21 +260,42 @@ impl Teams {
         format!("{}/requests/{}", self.public_url, request.id.0)
     }
 
+    /// Lets the channel show each request's related history (called once
+    /// the gate exists; until then messages go without it).
+    pub fn connect(&self, approvals: &Approvals) {
+        let _ = self.approvals.set(approvals.clone());
+    }
+
+    /// The related-history lines of a request's message.
+    async fn history(&self, r: &ApprovalRequest) -> Vec<String> {
+        let Some(approvals) = self.approvals.get() else {
+            return Vec::new();
+        };
+        match approvals.related(r, 10).await {
+            Ok(h) => h.summary(3),
+            Err(e) => {
+                tracing::warn!(error = %e, request = %r.id, "related history unavailable for a channel message");
+                Vec::new()
+            }
+        }
+    }
+
     /// The Adaptive Card of a request. `buttons`: Approve, Deny and a
     /// reason field while it is pending (cards a bot posts). Texts are
     /// shortened further when the card would be too large for Teams.
-    pub fn card(&self, r: &ApprovalRequest, buttons: bool) -> Value {
-        let card = self.card_within(r, buttons, OPERATION_SHOWN, TEXT_SHOWN);
+    pub fn card(&self, r: &ApprovalRequest, buttons: bool, history: &[String]) -> Value {
+        let card = self.card_within(r, buttons, history, OPERATION_SHOWN, TEXT_SHOWN);
         if card.to_string().len() <= CARD_BYTES {
             return card;
         }
-        self.card_within(r, buttons, OPERATION_SHOWN_SHORT, TEXT_SHOWN_SHORT)
+        self.card_within(r, buttons, history, OPERATION_SHOWN_SHORT, TEXT_SHOWN_SHORT)
     }
 
     fn card_within(
         &self,
         r: &ApprovalRequest,
         buttons: bool,
+        history: &[String],
         operation_shown: usize,
         text_shown: usize,
     ) -> Value {
@@ -331,6 +355,14 @@ impl Teams {
                 true,
             ));
         }
+        if !history.is_empty() {
+            let lines: Vec<String> = history.iter().map(|l| one_line(l)).collect();
+            body.push(framed(
+                "Related history",
+                &shown(&lines.join("\n"), text_shown * 2),
+                false,
+            ));
+        }
         if r.state != RequestState::Pending || !r.reviews.is_empty() {
             let by: Vec<String> = r
                 .reviews
@@ -382,7 +414,7 @@ impl Teams {
     /// Posts one state change through the Workflows webhook.
     async fn post_webhook(&self, url: &str, r: &ApprovalRequest) -> Result<(), AttemptError> {
         let message = json!({"type": "message", "attachments": [
-            {"contentType": CARD, "contentUrl": null, "content": self.card(r, false)},
+            {"contentType": CARD, "contentUrl": null, "content": self.card(r, false, &self.history(r).await)},
         ]});
         let response = self
             .http
@@ -404,7 +436,7 @@ impl Teams {
             bot.config.conversation_id
         );
         let activity = json!({"type": "message", "attachments": [
-            {"contentType": CARD, "content": self.card(r, true)},
+            {"contentType": CARD, "content": self.card(r, true, &self.history(r).await)},
         ]});
         let posted = bot
             .cards
@@ -656,7 +688,7 @@ impl Teams {
             .await
         {
             Ok(request) => {
-                json!({"statusCode": 200, "type": CARD, "value": self.card(&request, true)})
+                json!({"statusCode": 200, "type": CARD, "value": self.card(&request, true, &self.history(&request).await)})
             }
             Err(DecideFailure::Refused(r)) => message(format!("gavel refused your decision: {r}")),
             Err(DecideFailure::NotFound(_)) => message(format!("gavel has no request {id}")),
