@@ -51,3 +51,15 @@ RUST_LOG=warn "$BIN" -c "$work/gavel.toml" serve >"$work/gavel.log" 2>&1 &
 pids+=($!)
 wait_port "$api_port"
 python3 bench/channels.py "http://127.0.0.1:$api_port" "$token" "$REQUESTS" "$hook_port" "$slack_port" "$teams_port"
+# Time each delivery took inside gavel (queue wait excluded), per channel.
+curl -fsS "http://127.0.0.1:$api_port/metrics" | python3 -c '
+import re, sys
+sums, counts = {}, {}
+for line in sys.stdin:
+    m = re.match(r"gavel_channel_delivery_seconds_(sum|count)\{channel=\"([^\"]+)\"\} (\S+)", line)
+    if m:
+        (sums if m.group(1) == "sum" else counts)[m.group(2)] = float(m.group(3))
+for ch in sorted(sums):
+    if counts.get(ch):
+        print(f"mean time per delivery inside gavel, {ch}: {sums[ch] / counts[ch] * 1000:.2f} ms over {int(counts[ch])}")
+'
