@@ -272,13 +272,17 @@ async fn approvals_in_slack_follow_the_same_rules() {
 #[tokio::test(flavor = "multi_thread")]
 async fn deny_asks_for_a_reason_in_a_modal() {
     let slack = FakeSlack::start();
-    let g = start(&slack).await;
+    let mut g = start(&slack).await;
     let v = g
         .act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE users")
         .await;
     let id = harness::request_id(&v);
     let (posted, _) = posted(&slack, &g, &id).await;
     let ts = posted["_ts"].as_str().unwrap().to_owned();
+    // gavel restarts (SIGKILL): the message's buttons still work, because
+    // its ts is in the store.
+    g.kill();
+    g.launch().await;
     // alice (mapped by her confirmed email) presses Deny: a modal opens.
     let body = form_body(&click("U_ALICE", "deny", &id, &ts));
     assert_eq!(post_signed(&g, &body, now(), SIGNING_SECRET).await.0, 200);
@@ -311,9 +315,10 @@ async fn deny_asks_for_a_reason_in_a_modal() {
     assert_eq!(v["state"], "denied", "{v}");
     assert_eq!(v["reviews"][0]["reviewer"], "alice@x");
     assert_eq!(v["reviews"][0]["comment"], "not during the freeze");
+    // The message gavel posted before the restart is the one updated.
     slack
         .wait("chat.update", |b| {
-            b["blocks"].to_string().contains("denied")
+            b["blocks"].to_string().contains("denied") && b["ts"] == ts.as_str()
         })
         .await;
 }

@@ -3,7 +3,7 @@
 //! API and the approval page show, so a reviewer sees a channel that
 //! failed instead of wondering why nobody was asked.
 
-use crate::{Clock, SystemClock, Timestamp};
+use crate::{Approvals, Clock, RequestId, SystemClock, Timestamp};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -226,6 +226,64 @@ impl Deliveries {
                     backoff *= 2;
                 }
             }
+        }
+    }
+}
+
+/// The messages a chat channel posted, by request id (Slack `ts`, Teams
+/// activity id): kept in the store, so buttons keep working and later
+/// states update the same message after a restart, with a cache of the
+/// live requests in front. A finished request's entry is forgotten.
+pub struct ChannelMessages {
+    channel: String,
+    cache: Mutex<HashMap<String, String>>,
+}
+
+impl ChannelMessages {
+    /// The messages of the channel named `channel`.
+    pub fn new(channel: impl Into<String>) -> ChannelMessages {
+        ChannelMessages {
+            channel: channel.into(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The message posted for request `id`, if any. A store error counts
+    /// as none: the caller then posts anew, or refuses a button.
+    pub async fn get(&self, approvals: Option<&Approvals>, id: &str) -> Option<String> {
+        if let Some(found) = self.cache().get(id).cloned() {
+            return Some(found);
+        }
+        let stored = approvals?
+            .channel_message(&RequestId(id.to_owned()), &self.channel)
+            .await
+            .inspect_err(|e| tracing::warn!(channel = %self.channel, request = %id, error = %e, "cannot read the channel's message reference"))
+            .ok()
+            .flatten()?;
+        self.cache().insert(id.to_owned(), stored.clone());
+        Some(stored)
+    }
+
+    /// Records the message posted for request `id` (`None`: forgets it).
+    pub async fn set(&self, approvals: Option<&Approvals>, id: &str, reference: Option<&str>) {
+        match reference {
+            Some(r) => {
+                self.cache().insert(id.to_owned(), r.to_owned());
+            }
+            None => {
+                self.cache().remove(id);
+            }
+        }
+        if let Some(approvals) = approvals
+            && let Err(e) = approvals
+                .set_channel_message(&RequestId(id.to_owned()), &self.channel, reference)
+                .await
+        {
+            tracing::warn!(channel = %self.channel, request = %id, error = %e, "cannot store the channel's message reference; it lasts until a restart");
         }
     }
 }

@@ -111,6 +111,17 @@ pub trait Store: Send + Sync {
     async fn due_for_expiry(&self, now: Timestamp) -> Result<Vec<ApprovalRequest>, Error>;
     /// How many requests are in each state (for metrics).
     async fn count_by_state(&self) -> Result<Vec<(RequestState, u64)>, Error>;
+    /// The message `channel` posted for request `id` (Slack `ts`, Teams
+    /// activity id), if it recorded one.
+    async fn channel_message(&self, id: &RequestId, channel: &str)
+    -> Result<Option<String>, Error>;
+    /// Records (`Some`) or forgets (`None`) that message.
+    async fn set_channel_message(
+        &self,
+        id: &RequestId,
+        channel: &str,
+        reference: Option<&str>,
+    ) -> Result<(), Error>;
 }
 
 /// Told about every new request and every state change: approval channels
@@ -856,6 +867,31 @@ impl Approvals {
     /// Requests matching `filter`.
     pub async fn list(&self, filter: &RequestFilter) -> Result<Vec<ApprovalRequest>, Error> {
         self.shared.store.list_requests(filter).await
+    }
+
+    /// The message `channel` posted for request `id`, so a chat channel
+    /// recognises its own buttons and updates its own message, also after
+    /// a restart.
+    pub async fn channel_message(
+        &self,
+        id: &RequestId,
+        channel: &str,
+    ) -> Result<Option<String>, Error> {
+        self.shared.store.channel_message(id, channel).await
+    }
+
+    /// Records (`Some`) or forgets (`None`) the message `channel` posted
+    /// for request `id`.
+    pub async fn set_channel_message(
+        &self,
+        id: &RequestId,
+        channel: &str,
+        reference: Option<&str>,
+    ) -> Result<(), Error> {
+        self.shared
+            .store
+            .set_channel_message(id, channel, reference)
+            .await
     }
 
     /// The related history a reviewer sees with `r` (SPEC §4): up to

@@ -85,6 +85,19 @@ struct NoStore;
 
 #[async_trait::async_trait]
 impl Store for NoStore {
+    async fn channel_message(&self, _: &RequestId, _: &str) -> Result<Option<String>, Error> {
+        Ok(None)
+    }
+    async fn set_channel_message(
+        &self,
+        _: &RequestId,
+        _: &str,
+        _: Option<&str>,
+    ) -> Result<(), Error> {
+        Err(Error::Store(
+            "benchmark store: allowed actions never post to channels".into(),
+        ))
+    }
     async fn insert_request(&self, _: &ApprovalRequest, _: &AuditRecord) -> Result<bool, Error> {
         Err(Error::Store(
             "benchmark store: allowed actions never open requests".into(),

@@ -581,6 +581,45 @@ impl Store for SqliteStore {
         self.read_requests(query).await
     }
 
+    async fn channel_message(
+        &self,
+        id: &RequestId,
+        channel: &str,
+    ) -> Result<Option<String>, Error> {
+        sqlx::query_scalar(
+            "SELECT reference FROM channel_messages WHERE request_id = ? AND channel = ?",
+        )
+        .bind(&id.0)
+        .bind(channel)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)
+    }
+
+    async fn set_channel_message(
+        &self,
+        id: &RequestId,
+        channel: &str,
+        reference: Option<&str>,
+    ) -> Result<(), Error> {
+        let query = match reference {
+            Some(r) => sqlx::query(
+                "INSERT INTO channel_messages (request_id, channel, reference) VALUES (?, ?, ?) \
+                 ON CONFLICT (request_id, channel) DO UPDATE SET reference = excluded.reference",
+            )
+            .bind(&id.0)
+            .bind(channel)
+            .bind(r),
+            None => {
+                sqlx::query("DELETE FROM channel_messages WHERE request_id = ? AND channel = ?")
+                    .bind(&id.0)
+                    .bind(channel)
+            }
+        };
+        query.execute(&self.pool).await.map_err(db_err)?;
+        Ok(())
+    }
+
     async fn count_by_state(&self) -> Result<Vec<(RequestState, u64)>, Error> {
         let rows = sqlx::query("SELECT state, count(*) AS n FROM requests GROUP BY state")
             .fetch_all(&self.pool)

@@ -15,8 +15,8 @@
 use gavel_config::SlackConfig;
 use gavel_core::display::{one_line, visible};
 use gavel_core::{
-    ApprovalRequest, Approvals, AttemptError, DecideFailure, Decision, Deliveries, Directory,
-    Human, HumanId, Notifier, Principal, RequestId, RequestState, retry_after_seconds,
+    ApprovalRequest, Approvals, AttemptError, ChannelMessages, DecideFailure, Decision, Deliveries,
+    Directory, Human, HumanId, Notifier, Principal, RequestId, RequestState, retry_after_seconds,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
@@ -75,7 +75,7 @@ pub struct Slack {
     public_url: String,
     http: reqwest::Client,
     /// Request id → the message's `ts`.
-    messages: Mutex<HashMap<String, String>>,
+    messages: ChannelMessages,
     /// Slack user id → the gavel human id `users.info` gave, and when.
     users: Mutex<HashMap<String, (String, Instant)>>,
     deliveries: Arc<Deliveries>,
@@ -159,7 +159,12 @@ impl Slack {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .map_err(|e| e.to_string())?,
-            messages: Mutex::new(HashMap::new()),
+            messages: ChannelMessages::new(
+                config
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("slack-{}", config.channel)),
+            ),
             users: Mutex::new(HashMap::new()),
             deliveries,
             approvals: OnceLock::new(),
@@ -341,12 +346,7 @@ impl Slack {
     }
 
     async fn post(&self, r: &ApprovalRequest) -> Result<(), AttemptError> {
-        let ts = self
-            .messages
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&r.id.0)
-            .cloned();
+        let ts = self.messages.get(self.approvals.get(), &r.id.0).await;
         let fallback = format!("gavel request {} is {}: {}", r.id.0, r.state, self.url(r));
         let history = self.history(r).await;
         match ts {
@@ -356,9 +356,8 @@ impl Slack {
                     .await?;
                 if let Some(ts) = v["ts"].as_str() {
                     self.messages
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(r.id.0.clone(), ts.to_owned());
+                        .set(self.approvals.get(), &r.id.0, Some(ts))
+                        .await;
                 }
             }
             // A state change of a request posted before this process
@@ -386,13 +385,9 @@ impl Slack {
                 .await?;
             }
         }
-        // Nothing more will change on a finished request's message: forget
-        // it, so the map holds only live requests.
+        // Nothing more will change on a finished request's message.
         if r.state.is_final() {
-            self.messages
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&r.id.0);
+            self.messages.set(self.approvals.get(), &r.id.0, None).await;
         }
         Ok(())
     }
@@ -506,12 +501,7 @@ impl Slack {
                 let id = action["value"].as_str().unwrap_or_default().to_owned();
                 // A button counts only on the message gavel posted for this
                 // request, in its channel, from its workspace.
-                let ours = self
-                    .messages
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&id)
-                    .cloned();
+                let ours = self.messages.get(Some(approvals), &id).await;
                 let from_our_message = payload["channel"]["id"] == self.config.channel.as_str()
                     && ours.is_some()
                     && payload["container"]["message_ts"].as_str() == ours.as_deref()

@@ -25,13 +25,13 @@
 use gavel_config::{OidcIssuerConfig, TeamsBotConfig, TeamsConfig};
 use gavel_core::display::{one_line, visible};
 use gavel_core::{
-    ApprovalRequest, Approvals, AttemptError, DecideFailure, Decision, Deliveries, Directory,
-    Human, HumanId, Notifier, Principal, RequestId, RequestState, retry_after_seconds,
+    ApprovalRequest, Approvals, AttemptError, ChannelMessages, DecideFailure, Decision, Deliveries,
+    Directory, Human, HumanId, Notifier, Principal, RequestId, RequestState, retry_after_seconds,
 };
 use gavel_identity::oidc::{Issuer, OidcError};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -97,7 +97,7 @@ struct Bot {
     /// The app's own token for the Bot Connector, and when it goes stale.
     connector_token: tokio::sync::Mutex<Option<(String, Instant)>>,
     /// Request id → the id of the card activity gavel posted for it.
-    cards: Mutex<HashMap<String, String>>,
+    cards: ChannelMessages,
 }
 
 /// Cuts agent-written text to `max` characters, saying so.
@@ -206,7 +206,13 @@ impl Teams {
                     password,
                     tokens,
                     connector_token: tokio::sync::Mutex::new(None),
-                    cards: Mutex::new(HashMap::new()),
+                    cards: ChannelMessages::new(format!(
+                        "{}/bot",
+                        config
+                            .name
+                            .clone()
+                            .unwrap_or_else(|| format!("teams-{index}"))
+                    )),
                 })
             }
             None => None,
@@ -438,12 +444,7 @@ impl Teams {
         let activity = json!({"type": "message", "attachments": [
             {"contentType": CARD, "content": self.card(r, true, &self.history(r).await)},
         ]});
-        let posted = bot
-            .cards
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&r.id.0)
-            .cloned();
+        let posted = bot.cards.get(self.approvals.get(), &r.id.0).await;
         let token = self.connector_token(bot).await?;
         match posted {
             None => {
@@ -457,10 +458,7 @@ impl Teams {
                     .map_err(|_| AttemptError::transient("the Bot Connector cannot be reached"))?;
                 let answer = self.connector_result(bot, response).await?;
                 if let Some(id) = answer["id"].as_str() {
-                    bot.cards
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(r.id.0.clone(), id.to_owned());
+                    bot.cards.set(self.approvals.get(), &r.id.0, Some(id)).await;
                 }
             }
             Some(id) => {
@@ -491,13 +489,9 @@ impl Teams {
                 self.connector_result(bot, response).await?;
             }
         }
-        // Nothing more will change on a finished request's card: forget it,
-        // so the map holds only live requests.
+        // Nothing more will change on a finished request's card.
         if r.state.is_final() {
-            bot.cards
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&r.id.0);
+            bot.cards.set(self.approvals.get(), &r.id.0, None).await;
         }
         Ok(())
     }
@@ -622,12 +616,7 @@ impl Teams {
         let page = format!("{}/requests/{id}", self.public_url);
         // Only gavel's own card for this request, in its conversation and
         // (when set) its tenant, decides.
-        let ours = bot
-            .cards
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned();
+        let ours = bot.cards.get(Some(approvals), &id).await;
         let conversation = activity["conversation"]["id"]
             .as_str()
             .unwrap_or_default()
