@@ -147,6 +147,7 @@ async fn one_deny_beats_earlier_approvals_and_reaches_the_waiting_agent() {
     let id = request_id(&v);
 
     let waiting = g.act_waiting(&agent, "sql.dcl", "prod-db", "GRANT ALL ON t TO mallory");
+    g.wait_for_reask(&id).await;
     let (s, r) = g.approve(ALICE, &id).await;
     assert_eq!(s, 200);
     assert_eq!(
@@ -203,7 +204,7 @@ async fn long_polled_action_is_allowed_once_approved() {
         .await;
     let id = request_id(&first);
     let waiting = g.act_waiting(&agent, "sql.ddl", "db", "CREATE INDEX i ON t (c)");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    g.wait_for_reask(&id).await;
     g.approve(BOB, &id).await;
     let answer = waiting.await.unwrap();
     assert_eq!(verdict(&answer), "allow", "{answer}");

@@ -425,7 +425,14 @@ async fn no_acknowledged_record_is_lost_to_kill_9() {
 
 #[tokio::test]
 async fn shutdown_signs_a_final_checkpoint() {
-    let mut g = Gavel::start().await;
+    // No periodic checkpoint may sign the records first: only the
+    // shutdown's.
+    let mut g = Gavel::start_custom(
+        "60s",
+        harness::POLICIES,
+        "[audit]\ncheckpoint_interval = \"1h\"\n",
+    )
+    .await;
     for i in 0..3 {
         g.act(&g.agent_token, "sql.read", "db", &format!("SELECT {i}"))
             .await;

@@ -258,14 +258,14 @@ async fn allowed_calls_pass_and_denied_ones_name_the_policy() {
     );
     // An agent that asks through the REST API about an MCP resource is
     // judged with the resource's real kind and tags.
-    m.g.write_policy(
+    m.g.write_policy_and_wait(
         "kinds.cedar",
         r#"@id("prod-mcp-needs-a-dba") @approval("group:dba")
 permit(principal, action == Action::"mcp.call", resource)
   when { resource.kind == "mcp" && resource.hasTag("env") && resource.getTag("env") == "prod"
          && context.tool == "deploy" };"#,
-    );
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    )
+    .await;
     let v =
         m.g.act(&m.g.agent_token, "mcp.call", "everything", "deploy")
             .await;
@@ -430,7 +430,7 @@ async fn resources_and_prompts_pass_through_gated_as_mcp_read() {
         "{reads:?}"
     );
     // Without the permit, reads are refused with a JSON-RPC error.
-    m.g.write_policy(
+    m.g.write_policy_and_wait(
         "main.cedar",
         &MCP_POLICIES
             .replace("DATA", &m.data.path().display().to_string())
@@ -438,8 +438,8 @@ async fn resources_and_prompts_pass_through_gated_as_mcp_read() {
                 "@id(\"resources-and-prompts\") permit",
                 "@id(\"resources-and-prompts\") forbid",
             ),
-    );
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    )
+    .await;
     let out = m
         .client(
             &m.g.agent_token,
@@ -552,11 +552,11 @@ async fn streamable_http_upstreams_are_relayed_too() {
         &format!("[[resources.mcp]]\nname = \"remote\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n"),
     )
     .await;
-    m.g.write_policy(
+    m.g.write_policy_and_wait(
         "remote.cedar",
         "@id(\"remote-echo\") permit(principal, action == Action::\"mcp.call\", resource == Resource::\"remote\") when { context.tool == \"echo\" };",
-    );
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    )
+        .await;
     let out = m
         .client(
             &m.g.agent_token,
@@ -582,11 +582,19 @@ async fn a_dead_upstream_is_restarted_shown_in_readyz_and_lists_are_refreshed() 
     let ready = m.wait_ready().await;
     assert_eq!(ready["status"], "ready", "{ready}");
     // A client that stays connected hears that the tool list changed.
+    let ready = m.data.path().join("watcher-ready");
     let watcher = tokio::spawn(run_client(json!({
         "transport": "http", "url": m.url(), "token": m.g.agent_token,
-        "steps": [{"op": "wait_list_changed", "timeout": 30}],
+        "steps": [{"op": "list_tools"},
+                  {"op": "touch", "path": ready.display().to_string()},
+                  {"op": "wait_list_changed", "timeout": 30}],
     })));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Only a session that is established hears the change.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the watcher never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Kill the filesystem server (gavel's child, found by its argument).
     let dir = m.data.path().display().to_string();
     let status = Command::new("pkill")
@@ -615,7 +623,7 @@ async fn a_dead_upstream_is_restarted_shown_in_readyz_and_lists_are_refreshed() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let out = watcher.await.unwrap();
-    assert_eq!(out[0]["seen"], true, "{}", out[0]);
+    assert_eq!(out[2]["seen"], true, "{}", out[2]);
     // And it works again.
     let out = m
         .client(

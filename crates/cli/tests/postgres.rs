@@ -381,20 +381,43 @@ async fn cancel_from_psql_releases_a_held_statement() {
         .unwrap();
     let started = Instant::now();
     let r = pg.wait_for_pending(&ddl).await;
+    // psql's stderr, read as it comes: the hold's NOTICE says the
+    // statement is waiting (and listening for a cancel).
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let stderr = stderr.clone();
+        let mut pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                stderr
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stderr.lock().unwrap().contains("waiting up to") {
+        assert!(
+            Instant::now() < deadline,
+            "no hold notice: {}",
+            stderr.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Ctrl-C: psql sends a CancelRequest on a new connection.
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
     child.wait().unwrap();
+    reader.join().unwrap();
+    let err = stderr.lock().unwrap().clone();
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "the hold ended early"

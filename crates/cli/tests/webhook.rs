@@ -106,7 +106,17 @@ async fn every_state_change_arrives_signed_and_failures_are_retried() {
         .await;
     assert!(got.iter().all(|e| e["valid"] == true), "{got:?}");
     assert!(got.iter().all(|e| e["request_id"] == id.as_str()));
-    let (_, view) = g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
+    // The consumer logs a delivery before it answers; gavel marks it
+    // delivered once it has read the answer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let view = loop {
+        let (_, view) = g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
+        if view["deliveries"][0]["status"] != "pending" {
+            break view;
+        }
+        assert!(std::time::Instant::now() < deadline, "{view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let deliveries = view["deliveries"].as_array().unwrap();
     assert_eq!(deliveries[0]["event"], "request.pending", "{view}");
     assert_eq!(deliveries[0]["status"], "delivered", "{view}");

@@ -193,18 +193,23 @@ impl Deliveries {
             attempts += 1;
             match attempt().await {
                 Ok(value) => {
+                    // Counted before the status changes: whoever sees the
+                    // status also finds it in the metrics.
+                    metrics::counter!("gavel_channel_deliveries_total", "channel" => channel.to_owned(), "outcome" => "delivered").increment(1);
+                    metrics::histogram!("gavel_channel_delivery_seconds", "channel" => channel.to_owned())
+                        .record(started.elapsed().as_secs_f64());
                     self.update(&slot, |d| {
                         d.attempts = attempts;
                         d.status = DeliveryStatus::Delivered;
                         d.last_error = None;
                     });
-                    metrics::counter!("gavel_channel_deliveries_total", "channel" => channel.to_owned(), "outcome" => "delivered").increment(1);
-                    metrics::histogram!("gavel_channel_delivery_seconds", "channel" => channel.to_owned())
-                        .record(started.elapsed().as_secs_f64());
                     return Ok(value);
                 }
                 Err(e) => {
                     let give_up = attempts >= MAX_ATTEMPTS || e.retry.is_none();
+                    if give_up {
+                        metrics::counter!("gavel_channel_deliveries_total", "channel" => channel.to_owned(), "outcome" => "failed").increment(1);
+                    }
                     self.update(&slot, |d| {
                         d.attempts = attempts;
                         d.last_error = Some(e.message.clone());
@@ -213,7 +218,6 @@ impl Deliveries {
                         }
                     });
                     if give_up {
-                        metrics::counter!("gavel_channel_deliveries_total", "channel" => channel.to_owned(), "outcome" => "failed").increment(1);
                         tracing::warn!(%channel, %event, request = %request_id, error = %e.message, attempts, "channel delivery failed; giving up");
                         return Err(e.message);
                     }

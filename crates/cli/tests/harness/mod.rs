@@ -194,6 +194,7 @@ tags = {{ env = "prod" }}
     }
 
     pub async fn launch(&mut self) {
+        let log_before = self.log().len();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -212,7 +213,14 @@ tags = {{ env = "prod" }}
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let health = self.http.get(format!("{}/healthz", self.base)).send().await;
-            if health.is_ok_and(|r| r.status().is_success()) {
+            // The answer must come from this gavel, not from another
+            // test's that took the port first: this one says it serves.
+            if health.is_ok_and(|r| r.status().is_success())
+                && self
+                    .log()
+                    .get(log_before..)
+                    .is_some_and(|l| l.contains("gavel is serving"))
+            {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -315,6 +323,29 @@ tags = {{ env = "prod" }}
         tokio::spawn(async move { request.send().await.unwrap().json::<Value>().await.unwrap() })
     }
 
+    /// Waits until an agent's second ask for request `id` (e.g. from
+    /// [`Gavel::act_waiting`]) has reached the gate: its `request_pending`
+    /// record is in the audit log.
+    pub async fn wait_for_reask(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, page) = self
+                .get(&format!("/api/v1/audit?request_id={id}"), ALICE)
+                .await;
+            if page["records"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["record"]["event"] == "request_pending"))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the second ask never arrived: {page}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn approve(&self, token: &str, id: &str) -> (u16, Value) {
         self.call(
             reqwest::Method::POST,
@@ -341,6 +372,34 @@ tags = {{ env = "prod" }}
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, path).unwrap();
+    }
+
+    /// Writes a policy file and waits until the running gateway has
+    /// loaded it (its policy version in /readyz changed).
+    #[allow(dead_code)]
+    pub async fn write_policy_and_wait(&self, name: &str, text: &str) {
+        let version = |v: &Value| v["policy"]["version"].clone();
+        let before = version(
+            &self
+                .call(reqwest::Method::GET, "/readyz", None, None)
+                .await
+                .1,
+        );
+        self.write_policy(name, text);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = version(
+                &self
+                    .call(reqwest::Method::GET, "/readyz", None, None)
+                    .await
+                    .1,
+            );
+            if !now.is_null() && now != before {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the policy was never reloaded");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -106,6 +106,9 @@ async def run(script):
                     out["updated"] = sorted(set(updated))
                 elif op == "sleep":
                     await anyio.sleep(step["seconds"])
+                elif op == "touch":
+                    # Tells a waiting test that this session is established.
+                    open(step["path"], "w").close()
             except Exception as e:  # JSON-RPC errors come back as exceptions
                 out["error"] = str(e)
                 code = getattr(getattr(e, "error", None), "code", None)

@@ -1724,14 +1724,19 @@ impl Session {
             let _ = PgWireBackendMessage::NoticeResponse(NoticeResponse::new(fields))
                 .encode(&mut notice);
         }
+        // Listen for a cancel before the client can know it waits: a
+        // CancelRequest sent as soon as the notice arrives is not lost.
+        let cancel = self.cancel.clone();
+        let cancelled = cancel.hold.notified();
+        tokio::pin!(cancelled);
+        cancelled.as_mut().enable();
         self.drain().await?;
         self.cout.extend_from_slice(&notice);
         self.flush_client().await?;
         let approvals = self.gate.approvals().clone();
-        let cancel = self.cancel.clone();
         let waited = tokio::select! {
             r = approvals.wait(&id, hold) => Some(r),
-            _ = cancel.hold.notified() => None,
+            _ = cancelled => None,
         };
         let class = action.class;
         let pending = |what: &str| Refusal {
