@@ -4,77 +4,41 @@
 
 mod harness;
 
-use harness::{ALICE, Gavel, free_port};
+use harness::{ALICE, FakeServer, Gavel};
 use serde_json::{Value, json};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BOT_TOKEN: &str = "xoxb-test-token";
 const SIGNING_SECRET: &str = "slack-signing-secret-for-tests";
 
-struct FakeSlack {
-    child: Child,
-    port: u16,
-    out: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for FakeSlack {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// `tests/slack/fake_slack.py`: Slack's Web API methods gavel calls.
+struct FakeSlack(FakeServer);
 
 impl FakeSlack {
     fn start() -> FakeSlack {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("calls.jsonl");
-        let port = free_port();
-        let child = Command::new("python3")
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/slack/fake_slack.py"))
-            .args([&port.to_string(), BOT_TOKEN])
-            .arg(&out)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "fake Slack did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        FakeSlack {
-            child,
-            port,
-            out,
-            _dir: dir,
-        }
+        FakeSlack(FakeServer::start("slack/fake_slack.py", &[BOT_TOKEN]))
     }
 
     fn calls(&self, method: &str) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        self.0
+            .recorded()
+            .into_iter()
             .filter(|c| c["method"] == method)
             .map(|c| c["body"].clone())
             .collect()
     }
 
     async fn wait(&self, method: &str, what: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(c) = self.calls(method).into_iter().find(|c| what(c)) {
-                return c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {method} call: {:?}",
-                std::fs::read_to_string(&self.out).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.0
+            .wait_until(|got| {
+                got.iter()
+                    .any(|c| c["method"] == method && what(&c["body"]))
+            })
+            .await
+            .into_iter()
+            .find(|c| c["method"] == method && what(&c["body"]))
+            .map(|c| c["body"].clone())
+            .unwrap()
     }
 }
 
@@ -137,7 +101,7 @@ routes = ["group:dba"]
 api_base = "http://127.0.0.1:{port}/api"
 users = {{ "U_BOB" = "bob@x" }}
 "#,
-        port = slack.port
+        port = slack.0.port
     );
     Gavel::start_custom_env(
         "60s",

@@ -6,10 +6,8 @@
 
 mod harness;
 
-use harness::{ALICE, BOB, Gavel, free_port};
+use harness::{ALICE, BOB, FakeServer, Gavel};
 use serde_json::{Value, json};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const APP_ID: &str = "00000000-1111-2222-3333-444444444444";
@@ -17,49 +15,23 @@ const APP_PASSWORD: &str = "bot-app-password-for-tests";
 const CONVERSATION: &str = "19:gavel@thread.tacv2";
 const TENANT: &str = "tenant-1";
 
+/// `tests/teams/fake_teams.py`: Workflows, Bot Framework and the Bot
+/// Connector, validating every card.
 struct FakeTeams {
-    child: Child,
-    port: u16,
-    out: PathBuf,
+    server: FakeServer,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for FakeTeams {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl FakeTeams {
     fn start() -> FakeTeams {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("calls.jsonl");
-        let port = free_port();
-        let child = Command::new("python3")
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/teams/fake_teams.py"))
-            .args([&port.to_string(), APP_ID, APP_PASSWORD])
-            .arg(&out)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "fake Teams did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
         FakeTeams {
-            child,
-            port,
-            out,
+            server: FakeServer::start("teams/fake_teams.py", &[APP_ID, APP_PASSWORD]),
             http: reqwest::Client::new(),
-            _dir: dir,
         }
     }
 
     fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.server.base()
     }
 
     fn service_url(&self) -> String {
@@ -67,27 +39,20 @@ impl FakeTeams {
     }
 
     fn calls(&self, kind: &str) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        self.server
+            .recorded()
+            .into_iter()
             .filter(|c| c["kind"] == kind)
             .collect()
     }
 
     async fn wait(&self, kind: &str, what: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(c) = self.calls(kind).into_iter().find(|c| what(c)) {
-                return c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {kind} call: {:?}",
-                std::fs::read_to_string(&self.out).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.server
+            .wait_until(|got| got.iter().any(|c| c["kind"] == kind && what(c)))
+            .await
+            .into_iter()
+            .find(|c| c["kind"] == kind && what(c))
+            .unwrap()
     }
 
     /// A Bot Framework token from the fake's signing service.

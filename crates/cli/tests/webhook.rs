@@ -4,71 +4,25 @@
 
 mod harness;
 
-use harness::{ALICE, BOB, Gavel, free_port};
+use harness::{ALICE, BOB, FakeServer, Gavel};
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SECRET: &str = "whsec-test-0123456789";
 
-struct Receiver {
-    child: Child,
-    port: u16,
-    out: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The independent consumer, `tests/webhook/receiver.py`.
+struct Receiver(FakeServer);
 
 impl Receiver {
     fn start(secret: &str, fail_first: u32) -> Receiver {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("received.jsonl");
-        let port = free_port();
-        let child = Command::new("python3")
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/webhook/receiver.py"))
-            .args([&port.to_string(), secret, &fail_first.to_string()])
-            .arg(&out)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "receiver did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Receiver {
-            child,
-            port,
-            out,
-            _dir: dir,
-        }
-    }
-
-    fn received(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        Receiver(FakeServer::start(
+            "webhook/receiver.py",
+            &[secret, &fail_first.to_string()],
+        ))
     }
 
     async fn wait_for(&self, what: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let got = self.received();
-            if what(&got) {
-                return got;
-            }
-            assert!(Instant::now() < deadline, "not received: {got:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.0.wait_until(what).await
     }
 }
 
@@ -77,7 +31,7 @@ async fn start(receivers: &[(&Receiver, &str)]) -> Gavel {
     for (r, routes) in receivers {
         extra.push_str(&format!(
             "\n[[channels.webhook]]\nname = \"hook-{}\"\nurl = \"http://127.0.0.1:{}/hook\"\nsecret_env = \"GAVEL_TEST_WEBHOOK_SECRET\"\nroutes = {routes}\n",
-            r.port, r.port
+            r.0.port, r.0.port
         ));
     }
     Gavel::start_custom_env(

@@ -894,6 +894,18 @@ impl Approvals {
             .await
     }
 
+    /// A chat message's few lines of related history for `r` (see
+    /// [`RelatedHistory::summary`]); none when the store cannot say.
+    pub async fn history_lines(&self, r: &ApprovalRequest) -> Vec<String> {
+        match self.related(r, 10).await {
+            Ok(h) => h.summary(3),
+            Err(e) => {
+                tracing::warn!(error = %e, request = %r.id, "related history unavailable for a channel message");
+                Vec::new()
+            }
+        }
+    }
+
     /// The related history a reviewer sees with `r` (SPEC §4): up to
     /// `limit` of the initiator's other recent requests, and of the other
     /// recent requests on the same resource with their outcomes, newest

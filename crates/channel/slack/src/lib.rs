@@ -245,15 +245,9 @@ impl Slack {
 
     /// The related-history lines of a request's message.
     async fn history(&self, r: &ApprovalRequest) -> Vec<String> {
-        let Some(approvals) = self.approvals.get() else {
-            return Vec::new();
-        };
-        match approvals.related(r, 10).await {
-            Ok(h) => h.summary(3),
-            Err(e) => {
-                tracing::warn!(error = %e, request = %r.id, "related history unavailable for a channel message");
-                Vec::new()
-            }
+        match self.approvals.get() {
+            Some(approvals) => approvals.history_lines(r).await,
+            None => Vec::new(),
         }
     }
 

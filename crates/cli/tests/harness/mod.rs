@@ -419,3 +419,79 @@ pub fn request_id(v: &Value) -> String {
         .unwrap_or_else(|| panic!("no request_id in {v}"))
         .to_owned()
 }
+
+/// A stand-in server gavel talks to (fake Slack, fake Teams, a webhook
+/// consumer): `python3 tests/SCRIPT PORT ARGS… OUT_FILE`, which records one
+/// JSON line per call in OUT_FILE. Killed when dropped.
+pub struct FakeServer {
+    child: Child,
+    pub port: u16,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl FakeServer {
+    /// Starts `script` (under `tests/`) and waits until it listens.
+    pub fn start(script: &str, args: &[&str]) -> FakeServer {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("calls.jsonl");
+        let port = free_port();
+        let child = Command::new("python3")
+            .arg(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests")
+                    .join(script),
+            )
+            .arg(port.to_string())
+            .args(args)
+            .arg(&out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "{script} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        FakeServer {
+            child,
+            port,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every call recorded so far.
+    pub fn recorded(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// Waits (up to 30 s) until the recorded calls satisfy `what`.
+    pub async fn wait_until(&self, what: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.recorded();
+            if what(&got) {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "not recorded: {got:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
