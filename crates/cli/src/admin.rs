@@ -246,6 +246,7 @@ pub async fn policy_explain(file: Option<&Path>, a: ExplainArgs) -> anyhow::Resu
         details: context,
         intent,
         data_context: serde_json::Value::Null,
+        settings: Default::default(),
         surface: "explain".into(),
         source: None,
     };

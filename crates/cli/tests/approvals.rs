@@ -371,7 +371,8 @@ async fn long_polls_are_capped_at_the_configured_hold() {
 }
 
 #[tokio::test]
-async fn outcomes_are_recorded_and_a_failed_approved_action_marks_its_request() {
+async fn outcomes_are_recorded_once_by_the_initiator_and_a_failed_approved_action_marks_its_request()
+ {
     let g = Gavel::start().await;
     let agent = g.agent_token.clone();
     let id = request_id(
@@ -379,45 +380,44 @@ async fn outcomes_are_recorded_and_a_failed_approved_action_marks_its_request() 
             .await,
     );
     g.approve(ALICE, &id).await;
-    assert_eq!(
-        verdict(
-            &g.act(&agent, "sql.ddl", "db", "CREATE INDEX big ON t (c)")
-                .await
-        ),
-        "allow"
-    );
-    let report = |status: &str, request: Option<&str>| {
-        json!({"resource": "db", "action": "sql.ddl", "operation": "CREATE INDEX big ON t (c)",
-               "request_id": request, "status": status, "detail": "disk full"})
-    };
-    // Another principal cannot touch the request.
-    let (s, e) = g
-        .call(
-            Method::POST,
-            "/api/v1/actions/outcome",
-            Some(BOB),
-            Some(report("failed", Some(&id))),
-        )
+    let allowed = g
+        .act(&agent, "sql.ddl", "db", "CREATE INDEX big ON t (c)")
         .await;
-    assert_eq!(s, 400, "{e}");
-    let (s, e) = g
-        .call(
-            Method::POST,
-            "/api/v1/actions/outcome",
-            Some(BOB),
-            Some(report("succeeded", Some(&id))),
-        )
-        .await;
-    assert_eq!(
-        s, 400,
-        "another principal cannot attach outcomes to the request: {e}"
-    );
+    assert_eq!(verdict(&allowed), "allow");
+    let admission = allowed["admission_id"]
+        .as_str()
+        .expect("an allow carries the id its outcome is reported under")
+        .to_owned();
+    let report = |admission: &str, status: &str| json!({"admission_id": admission, "status": status, "detail": "disk full"});
+    // Another principal cannot report it, nor learn that it exists.
+    for status in ["failed", "succeeded"] {
+        let (s, e) = g
+            .call(
+                Method::POST,
+                "/api/v1/actions/outcome",
+                Some(BOB),
+                Some(report(&admission, status)),
+            )
+            .await;
+        assert_eq!(s, 404, "another principal cannot report the outcome: {e}");
+    }
     let (s, e) = g
         .call(
             Method::POST,
             "/api/v1/actions/outcome",
             Some(&agent),
-            Some(report("exploded", Some(&id))),
+            Some(report(&admission, "exploded")),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+    // The old shape (naming the request instead of the admission) is refused.
+    let (s, e) = g
+        .call(
+            Method::POST,
+            "/api/v1/actions/outcome",
+            Some(&agent),
+            Some(json!({"resource": "db", "action": "sql.ddl", "operation": "CREATE INDEX big ON t (c)",
+                        "request_id": id, "status": "failed", "detail": "x"})),
         )
         .await;
     assert_eq!(s, 400, "{e}");
@@ -426,21 +426,22 @@ async fn outcomes_are_recorded_and_a_failed_approved_action_marks_its_request() 
             Method::POST,
             "/api/v1/actions/outcome",
             Some(&agent),
-            Some(report("failed", Some(&id))),
+            Some(report(&admission, "failed")),
         )
         .await;
     assert_eq!(s, 204);
     let (_, r) = g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
     assert_eq!(r["state"], "failed", "{r}");
-    let (s, _) = g
+    // Once only: the agent cannot relabel it.
+    let (s, e) = g
         .call(
             Method::POST,
             "/api/v1/actions/outcome",
             Some(&agent),
-            Some(report("succeeded", None)),
+            Some(report(&admission, "succeeded")),
         )
         .await;
-    assert_eq!(s, 204);
+    assert_eq!(s, 409, "a second outcome is refused: {e}");
     let (_, page) = g
         .get(&format!("/api/v1/audit?request_id={id}"), ALICE)
         .await;
@@ -455,6 +456,28 @@ async fn outcomes_are_recorded_and_a_failed_approved_action_marks_its_request() 
         vec!["request_created", "approved", "grant_used", "failed"],
         "{page}"
     );
+    // An action policy alone allowed takes one outcome too.
+    let read = g.act(&agent, "sql.read", "db", "SELECT 1").await;
+    assert_eq!(verdict(&read), "allow", "{read}");
+    let admission = read["admission_id"].as_str().unwrap().to_owned();
+    let (s, _) = g
+        .call(
+            Method::POST,
+            "/api/v1/actions/outcome",
+            Some(&agent),
+            Some(report(&admission, "succeeded")),
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = g
+        .call(
+            Method::POST,
+            "/api/v1/actions/outcome",
+            Some(&agent),
+            Some(report(&admission, "failed")),
+        )
+        .await;
+    assert_eq!(s, 409);
     let (_, page) = g.get("/api/v1/audit?event=outcome", ALICE).await;
     assert_eq!(
         page["records"][0]["record"]["outcome"],

@@ -166,7 +166,17 @@ pub struct Action {
     /// changes between identical retries) nor seen by policy.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub data_context: serde_json::Value,
-    /// Which surface produced it (`api`, `postgres`, `mcp`, …).
+    /// The session settings that change what the operation means where it
+    /// runs (for SQL: `DateStyle`, `TimeZone`, `search_path`, …), read from
+    /// the upstream when an approval is at stake. Bound into the
+    /// fingerprint, shown to reviewers, not seen by policy: approving
+    /// `… WHERE day < '03/04/2024'` under `DateStyle = MDY` grants nothing
+    /// under `DMY`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, String>,
+    /// Which surface produced it (`api`, `postgres`, `mcp`, …). Bound into
+    /// the fingerprint: a grant filed through one surface is not spent
+    /// through another.
     pub surface: String,
     /// The client's network address, when known.
     pub source: Option<String>,

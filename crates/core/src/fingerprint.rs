@@ -6,7 +6,7 @@ use std::fmt;
 
 /// What an approval is bound to: SHA-256 over the principal, the resource
 /// (name, kind and tags), the action class, the exact operation, the
-/// canonical details, the policy version, and the approval route the
+/// canonical details, the surface, the session settings, the policy version, and the approval route the
 /// decision produced (policies, approvers, quorum, timeout) (SPEC §4).
 ///
 /// Binding the route means an approval granted under one requirement is
@@ -34,7 +34,7 @@ impl Fingerprint {
             h.update((bytes.len() as u64).to_be_bytes());
             h.update(bytes);
         };
-        field(b"gavel-fingerprint-v1");
+        field(b"gavel-fingerprint-v2");
         field(action.principal.qualified_id().as_bytes());
         // An agent acting for someone is another accountability context:
         // a grant for it acting for alice is not one for it acting for bob.
@@ -52,6 +52,15 @@ impl Fingerprint {
         field(action.class.as_str().as_bytes());
         field(action.operation.trim().as_bytes());
         field(&canonical_json(&action.details));
+        // Where it came from and what its text means there: a grant filed
+        // over REST is not one for the proxy, and one approved under
+        // `DateStyle = MDY` is not one under `DMY`.
+        field(action.surface.as_bytes());
+        field(&(action.settings.len() as u64).to_be_bytes());
+        for (k, v) in &action.settings {
+            field(k.as_bytes());
+            field(v.as_bytes());
+        }
         field(policy_version.as_bytes());
         let mut sorted_policies: Vec<&String> = policies.iter().collect();
         sorted_policies.sort();
@@ -180,6 +189,7 @@ mod tests {
             details,
             intent: "cleanup".into(),
             data_context: serde_json::Value::Null,
+            settings: Default::default(),
             surface: "api".into(),
             source: None,
         }
@@ -262,6 +272,30 @@ mod tests {
             base,
             Fingerprint::of(&kind, "v", &["p".to_string()], &route(1))
         );
+    }
+
+    #[test]
+    fn the_surface_and_session_settings_are_bound() {
+        let a = action("DELETE FROM d WHERE day < '03/04/2024'", json!({}));
+        let base = fp(&a, "v");
+        let mut rest = a.clone();
+        rest.surface = "postgres".into();
+        assert_ne!(
+            base,
+            fp(&rest, "v"),
+            "a REST grant is not one for the proxy"
+        );
+        let mut dmy = a.clone();
+        dmy.settings.insert("DateStyle".into(), "ISO, DMY".into());
+        let mut mdy = a.clone();
+        mdy.settings.insert("DateStyle".into(), "ISO, MDY".into());
+        assert_ne!(fp(&dmy, "v"), fp(&mdy, "v"));
+        assert_ne!(base, fp(&mdy, "v"));
+        let mut shifted = a.clone();
+        shifted
+            .settings
+            .insert("DateStyleISO".into(), ", MDY".into());
+        assert_ne!(fp(&mdy, "v"), fp(&shifted, "v"));
     }
 
     #[test]

@@ -1,9 +1,13 @@
 use crate::action::Action;
+use crate::admission::{
+    AdmissionId, AlwaysInGoodStanding, Hold, Outcome, ParkedAdmission, Permitted, PlainHold,
+    ReadAudit, Standing,
+};
 use crate::approval::{
     ApprovalRequest, ApprovalRoute, Approver, DecideError, Decision, GrantUse, RequestId,
     RequestState,
 };
-use crate::audit::{AuditEvent, AuditReceipt, AuditRecord, AuditSink};
+use crate::audit::{AuditEvent, AuditRecord, AuditSink};
 use crate::error::Error;
 use crate::fingerprint::Fingerprint;
 use crate::principal::Principal;
@@ -122,6 +126,26 @@ pub trait Store: Send + Sync {
         channel: &str,
         reference: Option<&str>,
     ) -> Result<(), Error>;
+    /// Stores an admission whose initiator performs the action itself.
+    async fn park_admission(&self, admission: &ParkedAdmission) -> Result<(), Error>;
+    /// A parked admission and whether its outcome was recorded.
+    async fn parked_admission(
+        &self,
+        id: &AdmissionId,
+    ) -> Result<Option<(ParkedAdmission, bool)>, Error>;
+    /// Marks a parked admission's outcome recorded; false if it was
+    /// already (or does not exist). Guarded: of two reports, one wins.
+    async fn close_admission(&self, id: &AdmissionId, now: Timestamp) -> Result<bool, Error>;
+    /// Pending requests of `initiator` (kind-qualified id).
+    async fn pending_of(&self, initiator: &str) -> Result<Vec<ApprovalRequest>, Error> {
+        self.list_requests(&RequestFilter {
+            state: Some(RequestState::Pending),
+            initiator: Some(initiator.to_owned()),
+            resource: None,
+            limit: 10_000,
+        })
+        .await
+    }
 }
 
 /// Told about every new request and every state change: approval channels
@@ -143,32 +167,16 @@ pub struct GateConfig {
     pub grant_ttl: Duration,
     /// This gateway's id, written into every audit record.
     pub gateway_id: String,
+    /// Where reviewers open requests (`server.public_url`), for the links
+    /// refusals and notices carry.
+    pub public_url: String,
 }
 
-/// Proof that the gate allowed an action. Only [`Gate::check`] creates one,
-/// so a surface that forwards only on a `Permit` cannot skip the gate.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Permit {
-    policies: Vec<String>,
-    request_id: Option<RequestId>,
-}
-
-impl Permit {
-    /// The policies that allowed it.
-    pub fn policies(&self) -> &[String] {
-        &self.policies
-    }
-    /// The approval request whose grant was spent, if any.
-    pub fn request_id(&self) -> Option<&RequestId> {
-        self.request_id.as_ref()
-    }
-}
-
-/// The gate's answer.
-#[derive(Debug, Clone, PartialEq)]
+/// The gate's answer without a hold.
+#[derive(Debug)]
 pub enum Verdict {
-    /// Forward it.
-    Allow(Permit),
+    /// Forward it, with this proof.
+    Allow(Box<Permitted>),
     /// Refuse it.
     Deny {
         /// The policies behind the refusal (empty for default deny).
@@ -200,6 +208,7 @@ struct Shared {
     config: GateConfig,
     notifiers: Vec<Arc<dyn Notifier>>,
     changes: broadcast::Sender<(RequestId, RequestState)>,
+    standing: Arc<dyn Standing>,
 }
 
 impl Shared {
@@ -303,10 +312,57 @@ impl Gate {
             config,
             notifiers,
             changes,
+            standing: Arc::new(AlwaysInGoodStanding),
         });
         Gate {
             policy,
             approvals: Approvals { shared },
+        }
+    }
+
+    /// The same gate, judging principals' standing (revocation, expiry)
+    /// with `standing`. Call before the gate is shared.
+    pub fn with_standing(self, standing: Arc<dyn Standing>) -> Gate {
+        let old = &self.approvals.shared;
+        let shared = Arc::new(Shared {
+            store: old.store.clone(),
+            audit: old.audit.clone(),
+            clock: old.clock.clone(),
+            config: old.config.clone(),
+            notifiers: old.notifiers.clone(),
+            changes: old.changes.clone(),
+            standing,
+        });
+        Gate {
+            policy: self.policy,
+            approvals: Approvals { shared },
+        }
+    }
+
+    pub(crate) fn standing(&self) -> &Arc<dyn Standing> {
+        &self.approvals.shared.standing
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.approvals.shared.store
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        self.approvals.shared.clock.now()
+    }
+
+    /// Whether `action` would be allowed, held or denied by policy alone,
+    /// recording nothing: for listings that hide what policy forbids (an
+    /// MCP `tools/list`), never for admission.
+    pub fn preview(&self, action: &Action) -> Preview {
+        let decision = self.policy.evaluate(action);
+        match decision.verdict {
+            PolicyVerdict::Allow => Preview::Allowed,
+            PolicyVerdict::NeedsApproval { .. } => Preview::NeedsApproval,
+            PolicyVerdict::Deny if self.policy.denial_depends_on_arguments(action, &decision) => {
+                Preview::DependsOnArguments
+            }
+            PolicyVerdict::Deny => Preview::Denied,
         }
     }
 
@@ -320,88 +376,90 @@ impl Gate {
         &self.policy
     }
 
-    /// Decides `action`: policy, then grants, then audit (before any
-    /// forwarding), then an approval request if one is needed. Any internal
-    /// failure is an `Err`, which surfaces must treat as deny.
+    /// Decides `action` without holding it: policy, then grants, then audit
+    /// (before any forwarding), then an approval request if one is needed.
+    /// Any internal failure is an `Err`, which callers must treat as deny.
+    /// Surfaces call [`Gate::admit`], which also holds.
     pub async fn check(&self, action: Action) -> Result<Verdict, Error> {
-        let started = std::time::Instant::now();
-        let result = self.decide(action).await;
-        let outcome = match &result {
-            Ok(v) => v.as_str(),
-            Err(_) => "error",
-        };
-        metrics::histogram!("gavel_gate_check_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("gavel_decisions_total", "verdict" => outcome).increment(1);
-        result
+        self.decide_with(action, &mut PlainHold(Duration::ZERO))
+            .await
     }
 
-    /// As [`Gate::check`], for a surface that can hold an allowed read's
-    /// result back: when policy alone allows an action of a read class
-    /// (`sql.read`, `mcp.read`, `http.read`), the decision record is queued
-    /// and its receipt returned instead of awaited, so the disk write
-    /// overlaps the read. The surface must await the receipt before it
-    /// releases any part of the result, and drop the result if it fails: no
-    /// data reaches a client without a durable record. Every other verdict
-    /// is durable before this returns, exactly as with `check`.
-    ///
-    /// With [`ReadAudit::Deferred`] (the opt-in `audit.read_durability =
-    /// "buffered"`), such a decision record is not written yet: the surface
-    /// completes it with the outcome through [`Gate::finish_read`], one
-    /// record per read, written without waiting.
-    pub async fn check_read(
+    /// Policy, grants, audit and the request, as [`Gate::check`], asking
+    /// `hold` to prepare an action that needs approval.
+    pub(crate) async fn decide_with(
         &self,
         action: Action,
-        mode: ReadAudit,
-    ) -> Result<(Verdict, ReadRecord), Error> {
+        hold: &mut dyn Hold,
+    ) -> Result<Verdict, Error> {
         let started = std::time::Instant::now();
-        let result = if action.class.is_read() {
-            let decision = self.policy.evaluate(&action);
-            if decision.verdict == PolicyVerdict::Allow {
-                let shared = &self.approvals.shared;
-                let mut record = shared.record(&action, AuditEvent::Decision);
-                record.policies = decision.policies.clone();
-                record.decision = Some("allow".into());
-                let pending = match mode {
-                    ReadAudit::BeforeRelease => {
-                        ReadRecord::Receipt(shared.audit.clone().submit(record))
-                    }
-                    ReadAudit::Deferred => ReadRecord::Deferred(Box::new(record)),
-                };
-                Ok((
-                    Verdict::Allow(Permit {
-                        policies: decision.policies,
-                        request_id: None,
-                    }),
-                    pending,
-                ))
-            } else {
-                self.decide(action).await.map(|v| (v, ReadRecord::Written))
-            }
-        } else {
-            self.decide(action).await.map(|v| (v, ReadRecord::Written))
-        };
-        let outcome = match &result {
-            Ok((v, _)) => v.as_str(),
-            Err(_) => "error",
-        };
-        metrics::histogram!("gavel_gate_check_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("gavel_decisions_total", "verdict" => outcome).increment(1);
+        let decision = self.policy.evaluate(&action);
+        let reads = hold.reads();
+        let result = self.decide(action, decision, Some(hold), reads).await;
+        observe(started, &result);
         result
     }
 
-    async fn decide(&self, action: Action) -> Result<Verdict, Error> {
-        let shared = &self.approvals.shared;
+    /// Decides an action that was prepared and filed already (the retry
+    /// after a held action was approved), without preparing it again.
+    pub(crate) async fn decide_filed(
+        &self,
+        action: Action,
+        reads: ReadAudit,
+    ) -> Result<Verdict, Error> {
+        let started = std::time::Instant::now();
         let decision = self.policy.evaluate(&action);
+        let result = self.decide(action, decision, None, reads).await;
+        observe(started, &result);
+        result
+    }
+
+    fn permitted(
+        &self,
+        action: Action,
+        policies: Vec<String>,
+        request_id: Option<RequestId>,
+    ) -> Permitted {
+        Permitted {
+            gate: self.clone(),
+            action,
+            policies,
+            request_id,
+            receipt: None,
+            deferred: None,
+            finished: false,
+        }
+    }
+
+    async fn decide(
+        &self,
+        mut action: Action,
+        decision: PolicyDecision,
+        prepare: Option<&mut dyn Hold>,
+        reads: ReadAudit,
+    ) -> Result<Verdict, Error> {
+        let shared = &self.approvals.shared;
         let (approvers, quorum, timeout) = match decision.verdict {
             PolicyVerdict::Allow => {
                 let mut record = shared.record(&action, AuditEvent::Decision);
                 record.policies = decision.policies.clone();
                 record.decision = Some("allow".into());
-                shared.audit.append(record).await?;
-                return Ok(Verdict::Allow(Permit {
-                    policies: decision.policies,
-                    request_id: None,
-                }));
+                let (receipt, deferred) = match reads {
+                    _ if !action.class.is_read() => {
+                        shared.audit.append(record).await?;
+                        (None, None)
+                    }
+                    ReadAudit::Durable => {
+                        shared.audit.append(record).await?;
+                        (None, None)
+                    }
+                    ReadAudit::BeforeRelease => (Some(shared.audit.clone().submit(record)), None),
+                    ReadAudit::Deferred => (None, Some(Box::new(record))),
+                };
+                let mut permitted = self.permitted(action, decision.policies, None);
+                permitted.receipt = receipt;
+                permitted.deferred = deferred;
+                return Ok(Verdict::Allow(Box::new(permitted)));
             }
             PolicyVerdict::Deny => {
                 let mut record = shared.record(&action, AuditEvent::Decision);
@@ -420,6 +478,9 @@ impl Gate {
                 timeout,
             } => (approvers, quorum, timeout),
         };
+        if let Some(hold) = prepare {
+            hold.prepare(&mut action).await;
+        }
 
         let route = ApprovalRoute {
             approvers,
@@ -488,10 +549,12 @@ impl Gate {
                     record.source = action.source.clone();
                     record.reviewers = after.reviews.iter().map(|r| r.reviewer.0.clone()).collect();
                     if shared.commit(&live, &after, record).await? {
-                        return Ok(Some(Verdict::Allow(Permit {
-                            policies: after.policies,
-                            request_id: Some(after.id),
-                        })));
+                        let id = after.id.clone();
+                        return Ok(Some(Verdict::Allow(Box::new(self.permitted(
+                            action.clone(),
+                            after.policies,
+                            Some(id),
+                        )))));
                     }
                     // Another connection spent it first: look further.
                 }
@@ -516,46 +579,19 @@ const STORE_POLL: Duration = Duration::from_secs(1);
 /// have expired (another writer may be mid-change); prevents a busy loop.
 const MIN_REPOLL: Duration = Duration::from_millis(20);
 
-/// How a forwarded action ended, as the surface saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// It ran; `detail` is e.g. a command tag and row count.
-    Succeeded {
-        /// What the surface saw.
-        detail: String,
-    },
-    /// It failed downstream; `detail` is the error.
-    Failed {
-        /// What the surface saw.
-        detail: String,
-    },
-}
-
 impl Gate {
-    /// Records how an action the gate allowed ended (SPEC §1, last step).
-    /// When a grant let it through and it failed, the request moves from
+    /// Records how an admitted action ended (SPEC §1, last step). When a
+    /// grant let it through and it failed, the request moves from
     /// `executed` to `failed`.
-    pub async fn record_outcome(
+    pub(crate) async fn record_outcome(
         &self,
         action: &Action,
         request_id: Option<&RequestId>,
         outcome: &Outcome,
     ) -> Result<(), Error> {
         let shared = &self.approvals.shared;
-        let (text, failed) = match outcome {
-            Outcome::Succeeded { detail } => (format!("succeeded: {detail}"), false),
-            Outcome::Failed { detail } => (format!("failed: {detail}"), true),
-        };
-        if let Some(id) = request_id {
-            let Some(before) = shared.store.get_request(id).await? else {
-                return Err(Error::Invalid(format!("no request with id {id}")));
-            };
-            if before.action.principal.qualified_id() != action.principal.qualified_id() {
-                return Err(Error::Invalid(format!(
-                    "request {id} belongs to another principal"
-                )));
-            }
-        }
+        let text = outcome.text();
+        let failed = matches!(outcome, Outcome::Failed { .. });
         if let (Some(id), true) = (request_id, failed) {
             let before = shared
                 .store
@@ -578,54 +614,72 @@ impl Gate {
         shared.audit.append(record).await?;
         Ok(())
     }
-}
 
-/// How [`Gate::check_read`] records an allowed read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadAudit {
-    /// Queue the decision record now; the surface awaits its receipt
-    /// before releasing the result.
-    BeforeRelease,
-    /// Hand the decision record back, to be written with the outcome.
-    Deferred,
-}
-
-/// What remains to be done for the record of a decision.
-pub enum ReadRecord {
-    /// Nothing: the record is durable already.
-    Written,
-    /// Resolves once the decision record is durable; await it before any
-    /// of the result is released.
-    Receipt(AuditReceipt),
-    /// Not written yet: pass it to [`Gate::finish_read`] with the outcome.
-    Deferred(Box<AuditRecord>),
-}
-
-impl Gate {
-    /// Completes a deferred read record with its outcome and queues it
-    /// (not awaited).
-    pub fn finish_read(&self, mut record: AuditRecord, outcome: &Outcome) {
-        record.outcome = Some(match outcome {
-            Outcome::Succeeded { detail } => format!("succeeded: {detail}"),
-            Outcome::Failed { detail } => format!("failed: {detail}"),
-        });
-        self.approvals.shared.audit.clone().enqueue(record);
-    }
-
-    /// Records the outcome of an action that policy alone allowed (no
-    /// grant, so no request changes state) without waiting for the disk:
-    /// the hot path of wire-speed surfaces. The record is queued in order
-    /// with every other; a crash before its batch is written can lose an
-    /// outcome, never a decision.
-    pub fn note_outcome(&self, action: &Action, outcome: &Outcome) {
+    /// Records an outcome without waiting: a deferred read record is
+    /// completed and queued; an outcome after a spent grant is written by a
+    /// task of its own (it may move the request); any other is queued in
+    /// order with every record. A crash before its batch is written can
+    /// lose an outcome, never a decision.
+    pub(crate) fn record_outcome_detached(
+        &self,
+        action: Action,
+        request_id: Option<RequestId>,
+        deferred: Option<Box<AuditRecord>>,
+        outcome: Outcome,
+    ) {
         let shared = &self.approvals.shared;
-        let mut record = shared.record(action, AuditEvent::Outcome);
-        record.outcome = Some(match outcome {
-            Outcome::Succeeded { detail } => format!("succeeded: {detail}"),
-            Outcome::Failed { detail } => format!("failed: {detail}"),
-        });
-        shared.audit.clone().enqueue(record);
+        if let Some(record) = deferred {
+            shared
+                .audit
+                .clone()
+                .enqueue(crate::admission::with_outcome(*record, &outcome));
+            return;
+        }
+        match request_id {
+            None => {
+                let mut record = shared.record(&action, AuditEvent::Outcome);
+                record.outcome = Some(outcome.text());
+                shared.audit.clone().enqueue(record);
+            }
+            Some(id) => {
+                let gate = self.clone();
+                let task = async move {
+                    if let Err(e) = gate.record_outcome(&action, Some(&id), &outcome).await {
+                        tracing::error!(error = %e, request = %id, "recording an outcome failed");
+                    }
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(task);
+                    }
+                    Err(_) => tracing::error!("no runtime to record an outcome on"),
+                }
+            }
+        }
     }
+}
+
+fn observe(started: std::time::Instant, result: &Result<Verdict, Error>) {
+    let outcome = match result {
+        Ok(v) => v.as_str(),
+        Err(_) => "error",
+    };
+    metrics::histogram!("gavel_gate_check_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("gavel_decisions_total", "verdict" => outcome).increment(1);
+}
+
+/// What policy alone says of an action, for listings ([`Gate::preview`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preview {
+    /// Allowed.
+    Allowed,
+    /// Held for approval.
+    NeedsApproval,
+    /// Denied without arguments, but policy reads arguments: some may be
+    /// allowed.
+    DependsOnArguments,
+    /// Denied whatever the arguments.
+    Denied,
 }
 
 /// Why a decision through [`Approvals::decide`] did not land.
@@ -722,6 +776,16 @@ impl Approvals {
             if shared.expire(&before, now).await? {
                 return Err(DecideError::NotPending(RequestState::Expired).into());
             }
+            // An approval must not make a revoked principal act: its
+            // pending request is withdrawn instead (only for a reviewer who
+            // may decide it, so outsiders learn nothing).
+            if before.state == RequestState::Pending
+                && before.check_reviewer(reviewer).is_ok()
+                && !shared.standing.confirm(&before.action.principal).await?
+            {
+                self.withdraw_fallen(&before.action.principal).await?;
+                return Err(DecideError::NotPending(RequestState::Expired).into());
+            }
             let mut after = before.clone();
             if let Err(refusal) =
                 after.decide(reviewer, decision, comment, now, shared.config.grant_ttl)
@@ -780,6 +844,28 @@ impl Approvals {
         Err(Error::Store(format!(
             "request {id} is changing too fast to withdraw; try again"
         )))
+    }
+
+    /// Withdraws every pending request of `principal`, which was revoked or
+    /// expired: nobody approves what it asked for. Returns how many.
+    pub async fn withdraw_fallen(&self, principal: &Principal) -> Result<usize, Error> {
+        let shared = &self.shared;
+        let mut n = 0;
+        for before in shared.store.pending_of(&principal.qualified_id()).await? {
+            let mut after = before.clone();
+            if !after.withdraw(&before.action.principal, shared.clock.now()) {
+                continue;
+            }
+            let mut record = shared.request_record(&after, AuditEvent::Withdrawn);
+            record.comment = Some(format!(
+                "withdrawn: {} was revoked or expired",
+                principal.qualified_id()
+            ));
+            if shared.commit(&before, &after, record).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Loads a request, expiring it first if its time is up.

@@ -4,8 +4,9 @@
 //! operation into an [`Action`] and asks the [`Gate`]. The gate consults a
 //! [`PolicyEngine`], looks for a single-use grant in the [`Store`], appends an
 //! audit record through the [`AuditSink`] and answers with a [`Verdict`].
-//! Only [`Gate::check`] can mint the [`Permit`] a surface needs to forward an
-//! action, so a path around the gate does not compile.
+//! Only the gate mints the [`Permitted`] a surface needs to forward an
+//! action ([`Gate::admit`] decides, holds and refuses in one call), so a
+//! path around the gate does not compile.
 //!
 //! Reviewers act through [`Approvals::decide`], which applies the rules of
 //! [`ApprovalRequest::decide`] (never the initiator, never its owner, never an
@@ -17,6 +18,7 @@
 #![deny(missing_docs)]
 
 mod action;
+mod admission;
 mod agent;
 mod approval;
 mod audit;
@@ -29,6 +31,10 @@ mod principal;
 mod time;
 
 pub use action::{Action, ActionClass, Resource, UnknownActionClass};
+pub use admission::{
+    AdmissionId, AlwaysInGoodStanding, Cancellation, Hold, Outcome, OutcomeRefused, PROGRESS_EVERY,
+    ParkedAdmission, Permitted, PlainHold, ReadAudit, Refusal, Standing, humanize, request_url,
+};
 pub use agent::{AgentRecord, AgentRegistry};
 pub use approval::{
     ApprovalRequest, ApprovalRoute, Approver, DecideError, Decision, GrantUse, RequestId,
@@ -42,9 +48,8 @@ pub use delivery::{
 pub use error::{Error, ErrorSource};
 pub use fingerprint::{Fingerprint, canonical_json};
 pub use gate::{
-    Approvals, DecideFailure, Gate, GateConfig, Notifier, Outcome, Permit, PolicyDecision,
-    PolicyEngine, PolicyVerdict, ReadAudit, ReadRecord, RelatedHistory, RequestFilter, Store,
-    Verdict,
+    Approvals, DecideFailure, Gate, GateConfig, Notifier, PolicyDecision, PolicyEngine,
+    PolicyVerdict, Preview, RelatedHistory, RequestFilter, Store, Verdict,
 };
 pub use principal::{Directory, Human, HumanId, Principal};
 pub use time::{Clock, SystemClock, Timestamp};

@@ -56,6 +56,7 @@ fn request(quorum: u32) -> ApprovalRequest {
         details: serde_json::json!({}),
         intent: String::new(),
         data_context: serde_json::Value::Null,
+        settings: Default::default(),
         surface: "test".into(),
         source: None,
     };

@@ -220,6 +220,87 @@ impl Authenticator {
     }
 }
 
+/// Whether principals may still act. Agents fall when they are revoked or
+/// their token expires; humans from the configuration and identity
+/// provider do not fall here (their tokens are checked each time they
+/// authenticate).
+///
+/// The hot path reads a view of the registry refreshed by
+/// [`AgentStanding::refresh`] (the gateway calls it every second); a held
+/// action and an approval are checked against the registry itself.
+pub struct AgentStanding {
+    agents: Arc<dyn AgentRegistry>,
+    clock: Arc<dyn Clock>,
+    view: std::sync::RwLock<StandingView>,
+}
+
+#[derive(Default)]
+struct StandingView {
+    fallen: std::collections::HashSet<String>,
+    expiries: HashMap<String, gavel_core::Timestamp>,
+}
+
+impl AgentStanding {
+    /// Over the agent registry.
+    pub fn new(agents: Arc<dyn AgentRegistry>, clock: Arc<dyn Clock>) -> AgentStanding {
+        AgentStanding {
+            agents,
+            clock,
+            view: std::sync::RwLock::new(StandingView::default()),
+        }
+    }
+
+    /// Re-reads the registry. Returns the agents that fell since the last
+    /// refresh (all fallen ones on the first), whose pending requests the
+    /// caller withdraws.
+    pub async fn refresh(&self) -> Result<Vec<Principal>, Error> {
+        let now = self.clock.now();
+        let agents = self.agents.list_agents().await?;
+        let mut view = StandingView::default();
+        for a in &agents {
+            if a.is_active(now) {
+                if let Some(e) = a.expires_at {
+                    view.expiries.insert(a.name.clone(), e);
+                }
+            } else {
+                view.fallen.insert(a.name.clone());
+            }
+        }
+        let mut guard = self.view.write().unwrap_or_else(|p| p.into_inner());
+        let newly: Vec<Principal> = agents
+            .iter()
+            .filter(|a| view.fallen.contains(&a.name) && !guard.fallen.contains(&a.name))
+            .map(|a| a.principal())
+            .collect();
+        *guard = view;
+        Ok(newly)
+    }
+}
+
+#[async_trait::async_trait]
+impl gavel_core::Standing for AgentStanding {
+    fn in_good_standing(&self, principal: &Principal) -> bool {
+        let Principal::Agent { id, .. } = principal else {
+            return true;
+        };
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+        !view.fallen.contains(id) && view.expiries.get(id).is_none_or(|e| self.clock.now() < *e)
+    }
+
+    async fn confirm(&self, principal: &Principal) -> Result<bool, Error> {
+        let Principal::Agent { id, .. } = principal else {
+            return Ok(true);
+        };
+        let now = self.clock.now();
+        Ok(self
+            .agents
+            .list_agents()
+            .await?
+            .iter()
+            .any(|a| &a.name == id && a.is_active(now)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

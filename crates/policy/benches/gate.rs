@@ -63,6 +63,7 @@ fn action() -> Action {
         details: serde_json::json!({"tables": ["customers"]}),
         intent: "look up a customer".into(),
         data_context: serde_json::Value::Null,
+        settings: Default::default(),
         surface: "bench".into(),
         source: Some("127.0.0.1".into()),
     }
@@ -126,6 +127,20 @@ impl Store for NoStore {
     async fn count_by_state(&self) -> Result<Vec<(RequestState, u64)>, Error> {
         Ok(Vec::new())
     }
+    async fn park_admission(&self, _: &ParkedAdmission) -> Result<(), Error> {
+        Err(Error::Store(
+            "benchmark store: allowed actions are finished, not parked".into(),
+        ))
+    }
+    async fn parked_admission(
+        &self,
+        _: &AdmissionId,
+    ) -> Result<Option<(ParkedAdmission, bool)>, Error> {
+        Ok(None)
+    }
+    async fn close_admission(&self, _: &AdmissionId, _: Timestamp) -> Result<bool, Error> {
+        Ok(false)
+    }
 }
 
 fn engine(dir: &Path, text: &str) -> Arc<CedarEngine> {
@@ -143,6 +158,7 @@ fn gate(policy: Arc<CedarEngine>, store: Arc<dyn Store>, audit: Arc<dyn AuditSin
             default_timeout: Duration::from_secs(900),
             grant_ttl: Duration::from_secs(600),
             gateway_id: "bench".into(),
+            public_url: "http://127.0.0.1:8470".into(),
         },
         Vec::new(),
     )

@@ -174,6 +174,7 @@ mod tests {
             details: serde_json::json!({"tables": ["t"]}),
             intent: "i".into(),
             data_context: serde_json::Value::Null,
+            settings: Default::default(),
             surface: "test".into(),
             source: None,
         }

@@ -87,6 +87,7 @@ fn action(
         details,
         intent: String::new(),
         data_context: serde_json::Value::Null,
+        settings: Default::default(),
         surface: "test".into(),
         source: None,
     }

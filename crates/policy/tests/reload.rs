@@ -21,6 +21,7 @@ fn read() -> Action {
         details: serde_json::json!({}),
         intent: String::new(),
         data_context: serde_json::Value::Null,
+        settings: Default::default(),
         surface: "test".into(),
         source: None,
     }

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gavel_core::{
-    Action, ActionClass, ApprovalRequest, DecideFailure, Decision, Principal, RequestFilter,
-    RequestId, RequestState, Resource, Verdict,
+    Action, ActionClass, AdmissionId, ApprovalRequest, DecideFailure, Decision, OutcomeRefused,
+    Permitted, PlainHold, Principal, Refusal, RequestFilter, RequestId, RequestState, Resource,
 };
 use gavel_identity::AuthError;
 use serde::de::DeserializeOwned;
@@ -252,22 +252,20 @@ pub(crate) async fn login_info(State(gw): State<Gateway>) -> Result<Json<LoginIn
     }))
 }
 
-/// Records how an action the gate allowed ended, for agents that act
-/// themselves. A failure after an approval moves the request to `failed`.
+/// Records how an action admitted over REST ended, for agents that act
+/// themselves: once per admission, by its initiator only. A failure after
+/// an approval moves the request to `failed`.
 #[utoipa::path(post, path = "/api/v1/actions/outcome", security(("bearer" = [])),
     request_body = OutcomeReport,
-    responses((status = 204, description = "recorded"), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 204, description = "recorded"), (status = 400, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody, description = "no admission of the caller's awaits an outcome under that id"),
+              (status = 409, body = crate::error::ErrorBody, description = "the outcome was recorded already")))]
 pub(crate) async fn post_outcome(
     State(gw): State<Gateway>,
     Caller(principal): Caller,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let report: OutcomeReport = parse_json(&body)?;
-    let class: ActionClass = report
-        .action
-        .parse()
-        .map_err(|e: gavel_core::UnknownActionClass| ApiError::bad_request(e.to_string()))?;
     let outcome = match report.status.as_str() {
         "succeeded" => gavel_core::Outcome::Succeeded {
             detail: report.detail,
@@ -281,22 +279,13 @@ pub(crate) async fn post_outcome(
             )));
         }
     };
-    let action = Action {
-        resource: resource_named(&gw, &report.resource),
-        principal,
-        class,
-        operation: report.operation,
-        details: serde_json::json!({}),
-        intent: String::new(),
-        data_context: serde_json::Value::Null,
-        surface: "api".into(),
-        source: Some(peer.ip().to_string()),
-    };
-    let request_id = report.request_id.map(RequestId);
-    gw.gate
-        .record_outcome(&action, request_id.as_ref(), &outcome)
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+    let id = AdmissionId(report.admission_id);
+    match gw.gate.finish_parked(&id, &principal, &outcome).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(e @ OutcomeRefused::NotFound(_)) => Err(ApiError::not_found(e.to_string())),
+        Err(e @ OutcomeRefused::AlreadyRecorded(_)) => Err(ApiError::conflict(e.to_string())),
+        Err(OutcomeRefused::Internal(e)) => Err(e.into()),
+    }
 }
 
 fn resource_named(gw: &Gateway, name: &str) -> Resource {
@@ -355,43 +344,91 @@ pub(crate) async fn post_action(
         details,
         intent: body.intent,
         data_context: serde_json::Value::Null,
+        settings: Default::default(),
         surface: "api".into(),
         source: Some(peer.ip().to_string()),
     };
     // Malformed details would only ever deny; say why instead.
     gavel_policy::context_pairs(&action).map_err(ApiError::bad_request)?;
 
-    let verdict = gw.gate.check(action.clone()).await?;
-    let Verdict::Pending(request) = &verdict else {
-        return Ok(Json(verdict_view(&gw, verdict)));
-    };
-    if wait.is_zero() {
-        return Ok(Json(verdict_view(&gw, verdict)));
-    }
-    let decided = gw
-        .gate
-        .approvals()
-        .wait(&request.id, wait)
-        .await?
-        .ok_or_else(|| ApiError::internal("request vanished while waiting"))?;
-    match decided.state {
-        RequestState::Pending => Ok(Json(verdict_view(&gw, Verdict::Pending(Box::new(decided))))),
-        RequestState::Denied | RequestState::Expired => Ok(Json(ActionVerdict {
-            verdict: "deny",
-            request_id: Some(decided.id.0.clone()),
-            reason: closing_reason(&decided),
-            policies: decided.policies.clone(),
-            url: Some(request_url(
-                &gw.config.config.server.public_url,
-                &decided.id.0,
-            )),
-        })),
-        // Approved: the identical action now spends the grant. Executed or
-        // failed: a concurrent identical call spent it first, and a fresh
-        // check says so truthfully (a new pending request).
-        RequestState::Approved | RequestState::Executed | RequestState::Failed => {
-            Ok(Json(verdict_view(&gw, gw.gate.check(action).await?)))
+    let public_url = gw.config.config.server.public_url.clone();
+    match gw.gate.admit(action, &mut PlainHold(wait)).await {
+        Ok(permitted) => {
+            let view = allowed_view(&permitted);
+            // The agent performs the action itself and reports how it
+            // ended under this id, once.
+            let admission = permitted.park().await?;
+            Ok(Json(ActionVerdict {
+                admission_id: Some(admission.0),
+                ..view
+            }))
         }
+        Err(Refusal::Internal(e)) => Err(ApiError::internal(e)),
+        Err(refusal) => Ok(Json(refusal_view(&public_url, refusal))),
+    }
+}
+
+fn allowed_view(p: &Permitted) -> ActionVerdict {
+    ActionVerdict {
+        verdict: "allow",
+        request_id: p.request_id().map(|id| id.0.clone()),
+        reason: match p.request_id() {
+            Some(id) => format!("approved in request {id}; this approval is now used"),
+            None => format!("permitted by policy {}", p.policies().join(", ")),
+        },
+        policies: p.policies().to_vec(),
+        url: None,
+        admission_id: None,
+    }
+}
+
+fn refusal_view(public_url: &str, refusal: Refusal) -> ActionVerdict {
+    if let (true, Some(r)) = (refusal.is_pending(), refusal.request()) {
+        let url = request_url(public_url, &r.id.0);
+        return ActionVerdict {
+            verdict: "pending",
+            request_id: Some(r.id.0.clone()),
+            reason: format!(
+                "needs approval by {} ({} of them) under policy {}; request {} at {url}; retry the identical action after approval",
+                r.route
+                    .approvers
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.route.quorum,
+                r.policies.join(", "),
+                r.id
+            ),
+            policies: r.policies.clone(),
+            url: Some(url),
+            admission_id: None,
+        };
+    }
+    let (request_id, policies, url) = match (&refusal, refusal.request()) {
+        (Refusal::Denied { policies, .. }, _) => (None, policies.clone(), None),
+        (_, Some(r)) => (
+            Some(r.id.0.clone()),
+            r.policies.clone(),
+            Some(request_url(public_url, &r.id.0)),
+        ),
+        _ => (None, Vec::new(), None),
+    };
+    let reason = match (&refusal, refusal.request()) {
+        (Refusal::Denied { reason, .. }, _) => reason.clone(),
+        (Refusal::ReviewDenied { .. } | Refusal::Expired { .. }, Some(r)) => closing_reason(r),
+        _ => refusal
+            .message(public_url)
+            .trim_start_matches("gavel: ")
+            .to_owned(),
+    };
+    ActionVerdict {
+        verdict: "deny",
+        request_id,
+        reason,
+        policies,
+        url,
+        admission_id: None,
     }
 }
 
@@ -412,50 +449,6 @@ fn closing_reason(r: &ApprovalRequest) -> String {
         }
         RequestState::Expired => format!("request {} expired without a decision", r.id),
         s => format!("request {} is {s}", r.id),
-    }
-}
-
-fn verdict_view(gw: &Gateway, v: Verdict) -> ActionVerdict {
-    let public_url = &gw.config.config.server.public_url;
-    match v {
-        Verdict::Allow(permit) => ActionVerdict {
-            verdict: "allow",
-            request_id: permit.request_id().map(|id| id.0.clone()),
-            reason: match permit.request_id() {
-                Some(id) => format!("approved in request {id}; this approval is now used"),
-                None => format!("permitted by policy {}", permit.policies().join(", ")),
-            },
-            policies: permit.policies().to_vec(),
-            url: None,
-        },
-        Verdict::Deny { policies, reason } => ActionVerdict {
-            verdict: "deny",
-            request_id: None,
-            reason,
-            policies,
-            url: None,
-        },
-        Verdict::Pending(r) => {
-            let url = request_url(public_url, &r.id.0);
-            ActionVerdict {
-                verdict: "pending",
-                request_id: Some(r.id.0.clone()),
-                reason: format!(
-                    "needs approval by {} ({} of them) under policy {}; request {} at {url}; retry the identical action after approval",
-                    r.route
-                        .approvers
-                        .iter()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    r.route.quorum,
-                    r.policies.join(", "),
-                    r.id
-                ),
-                policies: r.policies.clone(),
-                url: Some(url),
-            }
-        }
     }
 }
 

@@ -36,6 +36,7 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Gateway {
     pub(crate) gate: Gate,
+    pub(crate) standing: Arc<gavel_identity::AgentStanding>,
     pub(crate) auth: Arc<Authenticator>,
     pub(crate) policy: Arc<CedarEngine>,
     pub(crate) store: Arc<dyn Store>,
@@ -157,6 +158,10 @@ impl Gateway {
             notifiers.push(channel.clone());
             teams.push(channel);
         }
+        let standing = Arc::new(gavel_identity::AgentStanding::new(
+            store.clone(),
+            clock.clone(),
+        ));
         let gate = Gate::new(
             policy.clone(),
             store.clone(),
@@ -166,9 +171,11 @@ impl Gateway {
                 default_timeout: loaded.config.approvals.timeout,
                 grant_ttl: loaded.config.approvals.grant_ttl,
                 gateway_id: gateway_id(&loaded),
+                public_url: loaded.config.server.public_url.clone(),
             },
             notifiers,
-        );
+        )
+        .with_standing(standing.clone());
         for channel in &slack {
             channel.connect(gate.approvals());
         }
@@ -186,7 +193,6 @@ impl Gateway {
                 i,
                 pg,
                 loaded.config.approvals.hold,
-                &loaded.config.server.public_url,
                 loaded.config.audit.read_durability == gavel_config::ReadDurability::BeforeRelease,
             )
             .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
@@ -205,6 +211,7 @@ impl Gateway {
         );
         Ok(Gateway {
             gate,
+            standing,
             auth,
             policy,
             store,
@@ -268,6 +275,7 @@ impl Gateway {
             "gavel is serving"
         );
         let sweeper = tokio::spawn(sweep(self.clone()));
+        let standing = tokio::spawn(watch_standing(self.clone()));
         let reloader = tokio::spawn(reload(self.clone()));
         let checkpoints = tokio::spawn(checkpoint(self.clone()));
         let checkpointer = self.checkpointer.clone();
@@ -287,6 +295,7 @@ impl Gateway {
             s.abort();
         }
         sweeper.abort();
+        standing.abort();
         reloader.abort();
         checkpoints.abort();
         match checkpointer.checkpoint_now().await {
@@ -337,6 +346,36 @@ async fn sweep(gw: Gateway) {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "expired requests"),
             Err(e) => tracing::error!(error = %e, "expiry sweep failed"),
+        }
+    }
+}
+
+/// Re-reads which agents are revoked or expired, every second (`gavel
+/// agent revoke` writes to the store from another process), and withdraws
+/// the pending requests of each agent that fell: nobody approves what a
+/// revoked agent asked for, and admission refuses its held actions.
+async fn watch_standing(gw: Gateway) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let fallen = match gw.standing.refresh().await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "reading agent standing failed");
+                continue;
+            }
+        };
+        for principal in fallen {
+            match gw.gate.approvals().withdraw_fallen(&principal).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(principal = %principal.qualified_id(), withdrawn = n, "revoked or expired: pending requests withdrawn")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, principal = %principal.qualified_id(), "withdrawing a revoked agent's requests failed")
+                }
+            }
         }
     }
 }

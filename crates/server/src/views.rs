@@ -47,19 +47,14 @@ pub(crate) struct ActionRequest {
     pub details: Option<serde_json::Value>,
 }
 
-/// Body of `POST /api/v1/actions/outcome`: how an allowed action ended.
+/// Body of `POST /api/v1/actions/outcome`: how an action admitted over
+/// REST ended.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OutcomeReport {
-    /// The action as it was checked: resource, action, operation.
-    pub resource: String,
-    /// The action class.
-    pub action: String,
-    /// The exact operation.
-    pub operation: String,
-    /// The request whose approval let it through, if any.
-    #[serde(default)]
-    pub request_id: Option<String>,
+    /// The `admission_id` that `POST /api/v1/actions` answered with its
+    /// `allow`. Each admission takes one outcome, from its initiator.
+    pub admission_id: String,
     /// `succeeded` or `failed`.
     pub status: String,
     /// What happened (rows, status code, error message).
@@ -97,6 +92,10 @@ pub(crate) struct ActionVerdict {
     pub policies: Vec<String>,
     /// Where a reviewer decides (pending only).
     pub url: Option<String>,
+    /// With `allow`: the id under which the agent reports how the action
+    /// ended (`POST /api/v1/actions/outcome`), once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admission_id: Option<String>,
 }
 
 /// Query of `GET /api/v1/requests`.

@@ -2,9 +2,9 @@ use crate::{AuditFilter, db_err};
 use async_trait::async_trait;
 use gavel_audit::{Hash, StoredCheckpoint, StoredRecord};
 use gavel_core::{
-    Action, AgentRecord, AgentRegistry, ApprovalRequest, ApprovalRoute, AuditReceipt, AuditRecord,
-    AuditSink, Decision, Error, Fingerprint, HumanId, RequestFilter, RequestId, RequestState,
-    Review, Store, Timestamp,
+    Action, AdmissionId, AgentRecord, AgentRegistry, ApprovalRequest, ApprovalRoute, AuditReceipt,
+    AuditRecord, AuditSink, Decision, Error, Fingerprint, HumanId, ParkedAdmission, RequestFilter,
+    RequestId, RequestState, Review, Store, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{
@@ -618,6 +618,49 @@ impl Store for SqliteStore {
         };
         query.execute(&self.pool).await.map_err(db_err)?;
         Ok(())
+    }
+
+    async fn park_admission(&self, admission: &ParkedAdmission) -> Result<(), Error> {
+        let json = serde_json::to_string(admission).map_err(Error::store)?;
+        sqlx::query(
+            "INSERT INTO admissions (id, initiator, admission, admitted_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&admission.id.0)
+        .bind(admission.action.principal.qualified_id())
+        .bind(json)
+        .bind(admission.admitted_at.0)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn parked_admission(
+        &self,
+        id: &AdmissionId,
+    ) -> Result<Option<(ParkedAdmission, bool)>, Error> {
+        let row = sqlx::query("SELECT admission, finished_at FROM admissions WHERE id = ?")
+            .bind(&id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let json: String = row.try_get("admission").map_err(db_err)?;
+        let finished: Option<i64> = row.try_get("finished_at").map_err(db_err)?;
+        let admission: ParkedAdmission = serde_json::from_str(&json).map_err(Error::store)?;
+        Ok(Some((admission, finished.is_some())))
+    }
+
+    async fn close_admission(&self, id: &AdmissionId, now: Timestamp) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE admissions SET finished_at = ? WHERE id = ? AND finished_at IS NULL",
+        )
+        .bind(now.0)
+        .bind(&id.0)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn count_by_state(&self) -> Result<Vec<(RequestState, u64)>, Error> {

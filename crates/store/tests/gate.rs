@@ -61,6 +61,7 @@ impl Env {
                 default_timeout: Duration::from_secs(900),
                 grant_ttl: Duration::from_secs(600),
                 gateway_id: "test-gw".into(),
+                public_url: "http://127.0.0.1:8470".into(),
             },
             Vec::new(),
         );
@@ -97,6 +98,7 @@ fn ddl(op: &str) -> Action {
         details: serde_json::json!({}),
         intent: "migrate".into(),
         data_context: serde_json::Value::Null,
+        settings: Default::default(),
         surface: "test".into(),
         source: Some("127.0.0.1".into()),
     }

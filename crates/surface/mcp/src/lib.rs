@@ -14,8 +14,10 @@
 #![deny(missing_docs)]
 
 mod bridge;
+mod forward;
 mod session;
 mod upstream;
+mod uri;
 
 pub use bridge::bridge_stdio;
 pub use upstream::{Health, Offer, Transport, Upstream};

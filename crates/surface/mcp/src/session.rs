@@ -2,10 +2,10 @@
 //! request is tied to the principal the `/mcp` middleware authenticated,
 //! and a session stays with the principal that opened it.
 
+use crate::forward::{self, Forwarded, excerpt};
 use crate::{Caller, Hub, SEPARATOR, Upstream};
 use gavel_core::{
-    Action, ActionClass, ApprovalRequest, Decision, Outcome, Permit, PolicyVerdict, RequestState,
-    Verdict,
+    Action, ActionClass, ApprovalRequest, Cancellation, Hold, Outcome, Permitted, Preview, Refusal,
 };
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
@@ -24,12 +24,8 @@ use std::time::Duration;
 
 /// JSON-RPC error code of a gavel refusal of a read (server-defined range).
 const REFUSED: ErrorCode = ErrorCode(-32050);
-/// How often a held call with a progress token hears that it still waits.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Recent calls kept per session for reviewers.
 const RECENT: usize = 10;
-/// The longest text of a tool description or result kept in a record.
-const EXCERPT: usize = 500;
 
 pub(crate) struct Session {
     hub: Arc<Hub>,
@@ -42,37 +38,78 @@ pub(crate) struct Session {
     recent: Mutex<VecDeque<String>>,
 }
 
-/// What policy lets a principal do with a tool, for `tools/list`.
-enum Visibility {
-    Hidden,
-    Allowed,
-    NeedsApproval,
-    /// Denied without arguments, but policy reads arguments: some
-    /// arguments may be allowed.
-    DependsOnArguments,
+/// How an MCP request is held while a human decides: progress
+/// notifications name the request (when the client asked for progress),
+/// and the client's `notifications/cancelled` withdraws it.
+struct McpHold {
+    limit: Duration,
+    peer: rmcp::service::Peer<RoleServer>,
+    progress: Option<rmcp::model::ProgressToken>,
+    cancelled: tokio_util::sync::CancellationToken,
 }
 
-/// Why a held or refused action does not run, for the client.
-struct Refusal(String);
+impl McpHold {
+    fn new(hub: &Hub, ctx: &RequestContext<RoleServer>, meta: &RequestMetaObject) -> McpHold {
+        McpHold {
+            limit: hub.hold,
+            peer: ctx.peer.clone(),
+            progress: ctx
+                .meta
+                .get_progress_token()
+                .or_else(|| meta.get_progress_token()),
+            cancelled: ctx.ct.clone(),
+        }
+    }
 
-fn excerpt(s: &str) -> String {
-    if s.len() <= EXCERPT {
-        return s.to_owned();
+    async fn progress(&self, request: &ApprovalRequest, url: &str, step: u32) {
+        let Some(token) = &self.progress else { return };
+        let mut p = ProgressNotificationParam::new(token.clone(), f64::from(step));
+        p.message = Some(format!(
+            "waiting for approval of gavel request {}: {url}",
+            request.id
+        ));
+        if let Err(e) = self.peer.notify_progress(p).await {
+            tracing::debug!(error = %e, "progress notification failed");
+        }
     }
-    let mut end = EXCERPT;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
-fn humanize(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 60 && s.is_multiple_of(60) {
-        format!("{}m", s / 60)
-    } else {
-        format!("{s}s")
+#[async_trait::async_trait]
+impl Hold for McpHold {
+    fn limit(&self) -> Duration {
+        self.limit
     }
+
+    async fn waiting(&mut self, request: &ApprovalRequest, url: &str) {
+        self.progress(request, url, 1).await;
+    }
+
+    async fn still_waiting(&mut self, request: &ApprovalRequest, url: &str, step: u32) {
+        self.progress(request, url, step + 1).await;
+    }
+
+    fn cancellation(&mut self) -> Cancellation {
+        Box::pin(self.cancelled.clone().cancelled_owned())
+    }
+}
+
+/// A refusal as the text a client reads: for a held call, what to do next.
+fn refusal_text(hub: &Hub, refusal: &Refusal) -> String {
+    let message = refusal.message(&hub.public_url);
+    match refusal {
+        Refusal::Pending { .. } => format!(
+            "{message} — nothing was run. Once it is approved, repeat the identical call (same arguments) within the grant's lifetime and it passes once."
+        ),
+        _ => message,
+    }
+}
+
+/// A client's resource URI as the upstream will read it; refused when
+/// that is ambiguous.
+fn normal_uri(raw: &str) -> Result<String, McpError> {
+    crate::uri::normalize_uri(raw).map_err(|e| {
+        McpError::invalid_params(format!("gavel: resource URI {raw:?} refused: {e}"), None)
+    })
 }
 
 fn service_error(e: ServiceError) -> McpError {
@@ -125,7 +162,7 @@ impl Session {
         upstream: &Upstream,
         class: ActionClass,
         name: &str,
-    ) -> Visibility {
+    ) -> Preview {
         let action = self.action(
             caller,
             upstream,
@@ -134,16 +171,7 @@ impl Session {
             serde_json::Value::Object(Default::default()),
             String::new(),
         );
-        let policy = self.hub.gate.policy();
-        let decision = policy.evaluate(&action);
-        match decision.verdict {
-            PolicyVerdict::Allow => Visibility::Allowed,
-            PolicyVerdict::NeedsApproval { .. } => Visibility::NeedsApproval,
-            PolicyVerdict::Deny if policy.denial_depends_on_arguments(&action, &decision) => {
-                Visibility::DependsOnArguments
-            }
-            PolicyVerdict::Deny => Visibility::Hidden,
-        }
+        self.hub.gate.preview(&action)
     }
 
     fn action(
@@ -163,6 +191,7 @@ impl Session {
             details: serde_json::json!({ "args": args }),
             intent,
             data_context: serde_json::Value::Null,
+            settings: Default::default(),
             surface: "mcp".into(),
             source: caller.source.clone(),
         }
@@ -178,166 +207,40 @@ impl Session {
         before
     }
 
-    /// The gate's answer for `action`, holding it while a human decides.
-    /// `Ok(permit)` means forward.
-    async fn decide(
+    /// Admits `action`, holding it while a human decides.
+    async fn admit(
         &self,
         action: Action,
-        ctx: &RequestContext<RoleServer>,
-    ) -> Result<Permit, Refusal> {
-        let verdict = match self.hub.gate.check(action.clone()).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "gate check failed; refusing (fail closed)");
-                return Err(Refusal(
-                    "gavel: could not decide (internal error); refused (fail closed)".into(),
-                ));
-            }
-        };
-        match verdict {
-            Verdict::Allow(permit) => Ok(permit),
-            Verdict::Deny { policies, reason } => Err(Refusal(if policies.is_empty() {
-                format!("gavel: denied: {reason}")
-            } else {
-                format!("gavel: denied by policy {}: {reason}", policies.join(", "))
-            })),
-            Verdict::Pending(request) => self.hold(*request, action, ctx).await,
-        }
+        context: &RequestContext<RoleServer>,
+        meta: &RequestMetaObject,
+    ) -> Result<Permitted, Refusal> {
+        let mut hold = McpHold::new(&self.hub, context, meta);
+        self.hub.gate.admit(action, &mut hold).await
     }
 
-    async fn hold(
+    /// Admits an `mcp.read` (a resource, a prompt, a subscription) and
+    /// returns the proof with the upstream's connection. A refusal is a
+    /// JSON-RPC error; an upstream that went away after admission is
+    /// recorded as the outcome.
+    async fn admit_read(
         &self,
-        request: ApprovalRequest,
         action: Action,
-        ctx: &RequestContext<RoleServer>,
-    ) -> Result<Permit, Refusal> {
-        let id = request.id.clone();
-        let url = format!("{}/requests/{}", self.hub.public_url, id);
-        let hold = self.hub.hold;
-        let approvals = self.hub.gate.approvals().clone();
-        let progress = ctx.meta.get_progress_token();
-        let wait = approvals.wait(&id, hold);
-        tokio::pin!(wait);
-        let mut tick = tokio::time::interval(PROGRESS_EVERY);
-        let mut step = 0.0;
-        let waited = loop {
-            tokio::select! {
-                r = &mut wait => break r,
-                _ = ctx.ct.cancelled() => {
-                    // notifications/cancelled: nobody will run the action,
-                    // so nobody should approve it.
-                    match approvals.withdraw(&id, &action.principal).await {
-                        Ok(true) => tracing::info!(request = %id, "held MCP call cancelled; request withdrawn"),
-                        Ok(false) => {}
-                        Err(e) => tracing::error!(request = %id, error = %e, "withdrawing a cancelled request failed"),
-                    }
-                    return Err(Refusal(format!("gavel: cancelled by the client; request {id} withdrawn")));
-                }
-                _ = tick.tick(), if progress.is_some() => {
-                    if let Some(token) = &progress {
-                        step += 1.0;
-                        let mut p = ProgressNotificationParam::new(token.clone(), step);
-                        p.message = Some(format!("waiting for approval of gavel request {id}: {url}"));
-                        if let Err(e) = ctx.peer.notify_progress(p).await {
-                            tracing::debug!(error = %e, "progress notification failed");
-                        }
-                    }
-                }
-            }
-        };
-        let class = action.class;
-        let pending = |what: &str| {
-            Refusal(format!(
-                "gavel: {what}: request {id} needs approval: {url} — nothing was run. Once it is approved, repeat the identical call (same arguments) within the grant's lifetime and it passes once. Classified as {class}."
-            ))
-        };
-        let request = match waited {
-            Err(e) => {
-                tracing::error!(error = %e, request = %id, "waiting for a decision failed");
-                return Err(pending("could not wait for the decision"));
-            }
-            Ok(None) => return Err(pending("the request vanished")),
-            Ok(Some(r)) => r,
-        };
-        match request.state {
-            RequestState::Approved => match self.hub.gate.check(action).await {
-                Ok(Verdict::Allow(permit)) => Ok(permit),
-                // Another identical call spent the grant first (or policy
-                // changed): the gate opened a new request; name that one.
-                Ok(Verdict::Pending(new)) => {
-                    let new_url = format!("{}/requests/{}", self.hub.public_url, new.id);
-                    Err(Refusal(format!(
-                        "gavel: the approval of request {id} was used by an identical call first; this call needs request {} approved: {new_url}",
-                        new.id
-                    )))
-                }
-                Ok(Verdict::Deny { policies, reason }) => Err(Refusal(format!(
-                    "gavel: request {id} was approved, but policy now denies the call ({}): {reason}",
-                    policies.join(", ")
-                ))),
-                Err(_) => Err(pending("could not use the approval")),
-            },
-            RequestState::Denied => {
-                let by = request
-                    .reviews
-                    .iter()
-                    .find(|r| r.decision == Decision::Deny)
-                    .map(|r| format!("{}: {}", r.reviewer.0, r.comment))
-                    .unwrap_or_default();
-                Err(Refusal(format!(
-                    "gavel: request {id} was denied by {by} ({url})"
-                )))
-            }
-            RequestState::Expired => Err(Refusal(format!(
-                "gavel: request {id} expired without a decision: {url}"
-            ))),
-            _ => Err(pending(&format!("no decision within {}", humanize(hold)))),
-        }
-    }
-
-    async fn record(&self, action: &Action, permit: &Permit, outcome: Outcome) {
-        match permit.request_id() {
-            // A grant was spent: its request moves on with the outcome.
-            Some(id) => {
-                if let Err(e) = self
-                    .hub
-                    .gate
-                    .record_outcome(action, Some(id), &outcome)
-                    .await
-                {
-                    tracing::error!(error = %e, request = %id, "recording an outcome failed");
-                }
-            }
-            None => self.hub.gate.note_outcome(action, &outcome),
-        }
-    }
-
-    /// Gates an `mcp.read` (a resource or a prompt) and returns the permit
-    /// with the upstream's connection. A refusal is a JSON-RPC error; an
-    /// upstream that went away after the permit is recorded as the outcome.
-    async fn gate_read(
-        &self,
-        action: &Action,
         upstream: &Upstream,
         context: &RequestContext<RoleServer>,
-    ) -> Result<(Permit, rmcp::service::Peer<rmcp::service::RoleClient>), McpError> {
-        let permit = self
-            .decide(action.clone(), context)
+        meta: &RequestMetaObject,
+    ) -> Result<(Permitted, rmcp::service::Peer<rmcp::service::RoleClient>), McpError> {
+        let permitted = self
+            .admit(action, context, meta)
             .await
-            .map_err(|Refusal(text)| McpError::new(REFUSED, text, None))?;
+            .map_err(|r| McpError::new(REFUSED, refusal_text(&self.hub, &r), None))?;
         let Some(peer) = upstream.peer() else {
             let detail = format!("upstream {} is not connected", upstream.name);
-            self.record(
-                action,
-                &permit,
-                Outcome::Failed {
-                    detail: detail.clone(),
-                },
-            )
-            .await;
+            permitted.finish(Outcome::Failed {
+                detail: detail.clone(),
+            });
             return Err(McpError::internal_error(detail, None));
         };
-        Ok((permit, peer))
+        Ok((permitted, peer))
     }
 
     fn split<'a>(&self, name: &'a str) -> Result<(&Arc<Upstream>, &'a str), McpError> {
@@ -405,18 +308,6 @@ impl Session {
     }
 }
 
-/// How a forwarded read ended, for the audit log.
-fn read_outcome<T>(result: &Result<T, ServiceError>, what: &str) -> Outcome {
-    match result {
-        Ok(_) => Outcome::Succeeded {
-            detail: what.into(),
-        },
-        Err(e) => Outcome::Failed {
-            detail: excerpt(&e.to_string()),
-        },
-    }
-}
-
 /// Takes the agent's intent from `_meta.intent`, else from an `intent`
 /// argument, which is removed unless the tool declares it.
 fn take_intent(
@@ -447,15 +338,6 @@ fn take_intent(
         }
         None => String::new(),
     }
-}
-
-/// `_meta` for the upstream: only gavel's own progress token. Nothing of
-/// the client's `_meta` passes, since none of it is gated.
-fn upstream_meta(progress: Option<&crate::ProgressRelay>) -> Option<RequestMetaObject> {
-    let relay = progress?;
-    let mut out = RequestMetaObject::default();
-    out.set_progress_token(relay.token.clone());
-    Some(out)
 }
 
 /// The request's `_meta`: rmcp moves it into the context.
@@ -523,12 +405,12 @@ impl ServerHandler for Session {
                     ActionClass::McpCall,
                     &tool.name,
                 ) {
-                    Visibility::Hidden => continue,
-                    Visibility::Allowed => None,
-                    Visibility::NeedsApproval => {
+                    Preview::Denied => continue,
+                    Preview::Allowed => None,
+                    Preview::NeedsApproval => {
                         Some("[gavel: needs a human's approval; the call waits for it]")
                     }
-                    Visibility::DependsOnArguments => Some(
+                    Preview::DependsOnArguments => Some(
                         "[gavel: allowed only for some arguments; others are refused or need approval]",
                     ),
                 };
@@ -572,6 +454,15 @@ impl ServerHandler for Session {
         let mut args = request.arguments.clone();
         let meta = request_meta(&context, request.meta.as_ref());
         let intent = take_intent(&meta, &mut args, Some(tool.input_schema.as_ref()));
+        // Paths as the server will resolve them: policy judges, the grant
+        // binds and the upstream receives the same form.
+        if let Some(map) = args.as_mut()
+            && let Err(e) = crate::uri::normalize_path_arguments(map)
+        {
+            return Ok(tool_error(format!(
+                "gavel: refused: {e} (send absolute paths without `..`, control characters or surrounding spaces)"
+            )));
+        }
         let args_json = serde_json::Value::Object(args.clone().unwrap_or_default());
         let mut action = self.action(
             &caller,
@@ -593,20 +484,15 @@ impl ServerHandler for Session {
             "destructive_hint": tool.annotations.as_ref().and_then(|a| a.destructive_hint),
             "recent_calls": self.remember(line),
         });
-        let permit = match self.decide(action.clone(), &context).await {
+        let permitted = match self.admit(action, &context, &meta).await {
             Ok(p) => p,
-            Err(Refusal(text)) => return Ok(tool_error(text)),
+            Err(refusal) => return Ok(tool_error(refusal_text(&self.hub, &refusal))),
         };
         let Some(peer) = upstream.peer() else {
             let detail = format!("upstream {} is not connected", upstream.name);
-            self.record(
-                &action,
-                &permit,
-                Outcome::Failed {
-                    detail: detail.clone(),
-                },
-            )
-            .await;
+            permitted.finish(Outcome::Failed {
+                detail: detail.clone(),
+            });
             return Ok(tool_error(format!("gavel: {detail}; try again shortly")));
         };
         let relay = context
@@ -614,43 +500,12 @@ impl ServerHandler for Session {
             .get_progress_token()
             .or_else(|| meta.get_progress_token())
             .map(|t| self.hub.progress_relay(context.peer.clone(), t));
-        let mut forwarded = CallToolRequestParams::new(tool_name.to_owned());
-        forwarded.arguments = args;
-        forwarded.meta = upstream_meta(relay.as_ref());
-        let result = tokio::select! {
-            r = peer.call_tool_once(forwarded) => r,
-            _ = context.ct.cancelled() => {
-                drop(relay);
-                // It was forwarded: the upstream may well have run it.
-                self.record(&action, &permit, Outcome::Succeeded {
-                    detail: "forwarded; the client cancelled before the result, so the outcome is unknown".into(),
-                }).await;
-                return Err(McpError::internal_error("cancelled by the client", None));
+        match forward::call_tool(permitted, &peer, relay.as_ref(), &context.ct).await {
+            Forwarded::Answered(result) => result.map_err(service_error),
+            Forwarded::CancelledByClient => {
+                Err(McpError::internal_error("cancelled by the client", None))
             }
-        };
-        drop(relay);
-        let outcome = match &result {
-            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => Outcome::Failed {
-                detail: excerpt(
-                    &r.content
-                        .iter()
-                        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                ),
-            },
-            Ok(CallToolResponse::Complete(r)) => Outcome::Succeeded {
-                detail: format!("{} content block(s)", r.content.len()),
-            },
-            Ok(_) => Outcome::Succeeded {
-                detail: "incomplete result (input required or task)".into(),
-            },
-            Err(e) => Outcome::Failed {
-                detail: excerpt(&e.to_string()),
-            },
-        };
-        self.record(&action, &permit, outcome).await;
-        result.map_err(service_error)
+        }
     }
 
     async fn list_resources(
@@ -664,7 +519,7 @@ impl ServerHandler for Session {
             for r in &upstream.offer().resources {
                 if !matches!(
                     self.visibility(&caller, upstream, ActionClass::McpRead, &r.uri),
-                    Visibility::Hidden
+                    Preview::Denied
                 ) {
                     resources.push(r.clone());
                 }
@@ -694,34 +549,32 @@ impl ServerHandler for Session {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let caller = self.caller(&context)?;
-        let upstream = self.resource_owner(&request.uri)?;
+        let uri = normal_uri(&request.uri)?;
+        let upstream = self.resource_owner(&uri)?;
         let meta = request_meta(&context, request.meta.as_ref());
         let intent = take_intent(&meta, &mut None, None);
         let action = self.action(
             &caller,
             upstream,
             ActionClass::McpRead,
-            &request.uri,
+            &uri,
             serde_json::Value::Object(Default::default()),
             intent,
         );
-        let (permit, peer) = self.gate_read(&action, upstream, &context).await?;
-        // Exactly what was gated: the URI, nothing else of the client's.
-        let forwarded = ReadResourceRequestParams::new(request.uri.clone());
-        let result = peer.read_resource_once(forwarded).await;
-        self.record(&action, &permit, read_outcome(&result, "read"))
-            .await;
-        result.map_err(service_error)
+        let (permitted, peer) = self.admit_read(action, upstream, &context, &meta).await?;
+        forward::read_resource(permitted, &peer)
+            .await
+            .map_err(service_error)
     }
 
-    #[allow(deprecated)]
     async fn subscribe(
         &self,
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         let caller = self.caller(&context)?;
-        let upstream = self.resource_owner(&request.uri)?;
+        let uri = normal_uri(&request.uri)?;
+        let upstream = self.resource_owner(&uri)?;
         let supports = upstream
             .peer()
             .and_then(|p| p.peer_info())
@@ -741,55 +594,56 @@ impl ServerHandler for Session {
             &caller,
             upstream,
             ActionClass::McpRead,
-            &request.uri,
-            serde_json::Value::Object(Default::default()),
+            &uri,
+            serde_json::json!({ "args": {}, "subscription": "start" }),
             intent,
         );
-        let permit = self
-            .decide(action.clone(), &context)
-            .await
-            .map_err(|Refusal(text)| McpError::new(REFUSED, text, None))?;
-        if self
+        let (permitted, peer) = self.admit_read(action, upstream, &context, &meta).await?;
+        // One upstream subscription per URI serves every session: only the
+        // first subscriber's admission reaches the upstream.
+        if !self
             .hub
-            .subscribe(&upstream.name, &request.uri, self.id, context.peer.clone())
-            && let Some(peer) = upstream.peer()
-            && let Err(e) = peer
-                .subscribe(SubscribeRequestParams::new(request.uri.clone()))
-                .await
+            .subscribe(&upstream.name, &uri, self.id, context.peer.clone())
         {
-            self.hub.unsubscribe(&upstream.name, &request.uri, self.id);
-            let detail = excerpt(&e.to_string());
-            self.record(&action, &permit, Outcome::Failed { detail })
-                .await;
+            permitted.finish(Outcome::Succeeded {
+                detail: "subscribed (the upstream subscription exists)".into(),
+            });
+            return Ok(());
+        }
+        if let Err(e) = forward::subscribe(permitted, &peer).await {
+            self.hub.unsubscribe(&upstream.name, &uri, self.id);
             return Err(service_error(e));
         }
-        self.record(
-            &action,
-            &permit,
-            Outcome::Succeeded {
-                detail: "subscribed".into(),
-            },
-        )
-        .await;
         Ok(())
     }
 
-    #[allow(deprecated)]
     async fn unsubscribe(
         &self,
         request: UnsubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        self.caller(&context)?;
-        let upstream = self.resource_owner(&request.uri)?;
-        if self.hub.unsubscribe(&upstream.name, &request.uri, self.id)
-            && let Some(peer) = upstream.peer()
-        {
-            peer.unsubscribe(UnsubscribeRequestParams::new(request.uri.clone()))
-                .await
-                .map_err(service_error)?;
+        let caller = self.caller(&context)?;
+        let uri = normal_uri(&request.uri)?;
+        let upstream = self.resource_owner(&uri)?;
+        // This session stops hearing updates whatever policy says; the
+        // upstream hears of it only through an admission.
+        if !self.hub.unsubscribe(&upstream.name, &uri, self.id) {
+            return Ok(());
         }
-        Ok(())
+        let meta = request_meta(&context, request.meta.as_ref());
+        let intent = take_intent(&meta, &mut None, None);
+        let action = self.action(
+            &caller,
+            upstream,
+            ActionClass::McpRead,
+            &uri,
+            serde_json::json!({ "args": {}, "subscription": "end" }),
+            intent,
+        );
+        let (permitted, peer) = self.admit_read(action, upstream, &context, &meta).await?;
+        forward::unsubscribe(permitted, &peer)
+            .await
+            .map_err(service_error)
     }
 
     async fn list_prompts(
@@ -803,7 +657,7 @@ impl ServerHandler for Session {
             for prompt in &upstream.offer().prompts {
                 if matches!(
                     self.visibility(&caller, upstream, ActionClass::McpRead, &prompt.name),
-                    Visibility::Hidden
+                    Preview::Denied
                 ) {
                     continue;
                 }
@@ -839,13 +693,9 @@ impl ServerHandler for Session {
             args,
             intent,
         );
-        let (permit, peer) = self.gate_read(&action, upstream, &context).await?;
-        // Exactly what was gated: the name and the arguments.
-        let mut forwarded = GetPromptRequestParams::new(prompt.to_owned());
-        forwarded.arguments = request.arguments.clone();
-        let result = peer.get_prompt_once(forwarded).await;
-        self.record(&action, &permit, read_outcome(&result, "prompt"))
-            .await;
-        result.map_err(service_error)
+        let (permitted, peer) = self.admit_read(action, upstream, &context, &meta).await?;
+        forward::get_prompt(permitted, &peer)
+            .await
+            .map_err(service_error)
     }
 }

@@ -7,7 +7,6 @@ use gavel_postgres::Classifier;
 
 fn bench(c: &mut Criterion) {
     let classifier = Classifier::default();
-    let none = |_: &str| None;
     let mut group = c.benchmark_group("classify");
     for (name, sql) in [
         (
@@ -23,7 +22,9 @@ fn bench(c: &mut Criterion) {
             "WITH gone AS (DELETE FROM sessions WHERE expires_at < now() RETURNING id) SELECT count(*) FROM gone",
         ),
     ] {
-        group.bench_function(name, |b| b.iter(|| classifier.classify(sql, &none)));
+        group.bench_function(name, |b| {
+            b.iter(|| classifier.classify(sql, &gavel_postgres::classify::NoNames))
+        });
         group.bench_function(format!("{name}/parse_only"), |b| {
             b.iter(|| pg_query::parse(sql, 0).unwrap())
         });

@@ -16,6 +16,7 @@
 use gavel_core::ActionClass;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 /// How privileged a class is; a query string takes its highest.
 /// How privileged a class is, for "most privileged wins".
@@ -40,6 +41,100 @@ pub struct StatementClass {
     pub kind: String,
     /// What raised it to this class.
     pub reason: String,
+    /// What it does to the session's prepared statements, cursors and
+    /// settings.
+    pub effect: Effect,
+}
+
+/// What a statement does to the session beyond its class: the facts the
+/// proxy needs so that it never parses SQL itself. Names are as the server
+/// folds them (PostgreSQL's own parser).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing the proxy tracks.
+    None,
+    /// `PREPARE name AS …`.
+    Prepare(String),
+    /// `DEALLOCATE name`, or `DEALLOCATE ALL` (`None`).
+    Deallocate(Option<String>),
+    /// `DECLARE name CURSOR …`.
+    Declare {
+        /// The cursor.
+        name: String,
+        /// `WITH HOLD`: it outlives its transaction.
+        hold: bool,
+    },
+    /// `CLOSE name`, or `CLOSE ALL` (`None`).
+    Close(Option<String>),
+    /// `EXECUTE name`.
+    Execute(String),
+    /// `FETCH … name` or `MOVE … name`: runs the portal's query.
+    Fetch(String),
+    /// `DISCARD …`.
+    Discard,
+    /// Transaction control.
+    Transaction(Transaction),
+    /// `SET name …` / `RESET name`, with the value when it is one string
+    /// constant (`None` for RESET, `DEFAULT` or anything else).
+    Set {
+        /// The setting, lower case.
+        name: String,
+        /// `SET name = 'value'`'s value.
+        value: Option<String>,
+    },
+}
+
+/// Kinds of transaction control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transaction {
+    /// BEGIN, START TRANSACTION.
+    Begin,
+    /// COMMIT, END.
+    Commit,
+    /// ROLLBACK, ABORT.
+    Rollback,
+    /// SAVEPOINT.
+    Savepoint,
+    /// RELEASE SAVEPOINT.
+    Release,
+    /// ROLLBACK TO SAVEPOINT.
+    RollbackTo,
+    /// PREPARE TRANSACTION, COMMIT / ROLLBACK PREPARED.
+    TwoPhase,
+}
+
+/// A prepared statement or portal as the session holds it, for `EXECUTE`
+/// and `FETCH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The class of what it runs.
+    pub class: ActionClass,
+    /// The tables it names.
+    pub tables: Vec<String>,
+    /// Its text, for reviewers.
+    pub text: std::sync::Arc<str>,
+}
+
+/// The session's prepared statements and portals, as the server holds
+/// them, for `EXECUTE` and `FETCH`/`MOVE`. A name the session cannot vouch
+/// for resolves to `None`, which classifies as `sql.unknown`.
+pub trait Names {
+    /// The prepared statement `name`.
+    fn statement(&self, name: &str) -> Option<Resolved>;
+    /// The portal (cursor) `name`.
+    fn portal(&self, name: &str) -> Option<Resolved>;
+}
+
+/// No names at all: `EXECUTE` and `FETCH` fail closed.
+pub struct NoNames;
+
+impl Names for NoNames {
+    fn statement(&self, _: &str) -> Option<Resolved> {
+        None
+    }
+    fn portal(&self, _: &str) -> Option<Resolved> {
+        None
+    }
 }
 
 /// The verdict on a whole query string.
@@ -49,10 +144,98 @@ pub struct Classification {
     pub class: ActionClass,
     /// Each statement in order.
     pub statements: Vec<StatementClass>,
-    /// Tables and views named anywhere (`schema.name` when qualified).
+    /// Tables and views named anywhere (`schema.name` when qualified),
+    /// including those of prepared statements and portals it runs.
     pub tables: Vec<String>,
     /// Why the string has its class.
     pub reason: String,
+    /// The intent of a leading `/* intent: … */` comment.
+    pub intent: Option<String>,
+}
+
+impl Classification {
+    /// Whether it resolves names of the session (`EXECUTE`, `FETCH`,
+    /// `MOVE`): its class depends on more than its text.
+    pub fn uses_names(&self) -> bool {
+        self.statements
+            .iter()
+            .any(|s| matches!(s.effect, Effect::Execute(_) | Effect::Fetch(_)))
+    }
+
+    /// Whether it may change the session's prepared statements (and so
+    /// the server must be asked what they are before the next `EXECUTE`
+    /// or `Bind` is judged): `PREPARE`, `DEALLOCATE`, `DISCARD`, or code
+    /// gavel cannot see into (anything but a read or a write).
+    pub fn may_change_statements(&self) -> bool {
+        self.statements.iter().any(|s| {
+            matches!(
+                s.effect,
+                Effect::Prepare(_) | Effect::Deallocate(_) | Effect::Discard
+            ) || runs_unseen_code(s)
+        })
+    }
+
+    /// Whether it may change the session's portals and cursors beyond
+    /// what a transaction's end does: `DECLARE`, `CLOSE`, `DISCARD`,
+    /// `ROLLBACK` (a cursor `WITH HOLD` declared in it goes too), `ROLLBACK
+    /// TO`, two-phase commit, or code gavel cannot see into.
+    pub fn may_change_portals(&self) -> bool {
+        self.statements.iter().any(|s| {
+            matches!(
+                s.effect,
+                Effect::Declare { .. }
+                    | Effect::Close(_)
+                    | Effect::Discard
+                    | Effect::Transaction(
+                        Transaction::Commit
+                            | Transaction::Rollback
+                            | Transaction::RollbackTo
+                            | Transaction::TwoPhase
+                    )
+            ) || runs_unseen_code(s)
+        })
+    }
+
+    /// Whether it may change session settings that change what later
+    /// statements mean: `SET`, `RESET`, `DISCARD`, transaction control
+    /// (which ends `SET LOCAL`), or code gavel cannot see into.
+    pub fn may_change_settings(&self) -> bool {
+        self.statements.iter().any(|s| {
+            matches!(
+                s.effect,
+                Effect::Set { .. } | Effect::Discard | Effect::Transaction(_)
+            ) || runs_unseen_code(s)
+        })
+    }
+
+    /// `SET gavel.intent = '…'` / `RESET gavel.intent` alone: the new
+    /// intent (empty to clear).
+    pub fn intent_setting(&self) -> Option<String> {
+        match self.statements.as_slice() {
+            [
+                StatementClass {
+                    effect: Effect::Set { name, value },
+                    ..
+                },
+            ] if name == "gavel.intent" => Some(value.clone().unwrap_or_default()),
+            _ => None,
+        }
+    }
+}
+
+/// A statement whose class says code may run that gavel did not see
+/// (functions, procedures, DO blocks, anything unknown).
+fn runs_unseen_code(s: &StatementClass) -> bool {
+    !matches!(s.class, ActionClass::SqlRead | ActionClass::SqlWrite)
+}
+
+/// A leading `/* intent: … */` comment.
+pub fn comment_intent(sql: &str) -> Option<String> {
+    let rest = sql.trim_start().strip_prefix("/*")?;
+    let end = rest.find("*/")?;
+    let body = rest[..end].trim();
+    let lower = body.get(..7)?.to_ascii_lowercase();
+    (lower == "intent:").then(|| body[7..].trim().to_owned())
 }
 
 /// Functions with side effects, and the class a call gets.
@@ -588,10 +771,41 @@ impl Default for Classifier {
 
 struct Walk<'a> {
     classifier: &'a Classifier,
-    prepared: &'a dyn Fn(&str) -> Option<ActionClass>,
+    names: &'a Staged<'a>,
     class: ActionClass,
     reason: String,
     tables: BTreeSet<String>,
+}
+
+/// The session's names as a query string sees them: what the statements
+/// before it in the same string prepared, deallocated, declared and closed
+/// (a string runs in order and stops at its first error, so that is exact),
+/// then the session's.
+struct Staged<'a> {
+    session: &'a dyn Names,
+    statements: HashMap<String, Option<Resolved>>,
+    portals: HashMap<String, Option<Resolved>>,
+    /// `DEALLOCATE ALL` / `CLOSE ALL` earlier in the string.
+    statements_cleared: bool,
+    portals_cleared: bool,
+}
+
+impl Staged<'_> {
+    fn statement(&self, name: &str) -> Option<Resolved> {
+        match self.statements.get(name) {
+            Some(staged) => staged.clone(),
+            None if self.statements_cleared => None,
+            None => self.session.statement(name),
+        }
+    }
+
+    fn portal(&self, name: &str) -> Option<Resolved> {
+        match self.portals.get(name) {
+            Some(staged) => staged.clone(),
+            None if self.portals_cleared => None,
+            None => self.session.portal(name),
+        }
+    }
 }
 
 impl Walk<'_> {
@@ -721,12 +935,39 @@ impl Walk<'_> {
             }
             "ExecuteStmt" => {
                 let name = n.get("name").and_then(Value::as_str).unwrap_or("");
-                match (self.prepared)(name) {
-                    Some(class) => {
-                        self.raise(class, || format!("EXECUTE {name} runs a prepared {class}"))
+                match self.names.statement(name) {
+                    Some(r) => {
+                        self.tables.extend(r.tables.iter().cloned());
+                        self.raise(r.class, || {
+                            format!(
+                                "EXECUTE {name} runs a prepared {}: {}",
+                                r.class,
+                                excerpt(&r.text)
+                            )
+                        })
                     }
                     None => self.raise(ActionClass::SqlUnknown, || {
-                        format!("EXECUTE of unknown prepared statement {name:?}")
+                        format!(
+                            "EXECUTE of prepared statement {name:?}, which gavel cannot vouch for"
+                        )
+                    }),
+                }
+            }
+            "FetchStmt" => {
+                let name = n.get("portalname").and_then(Value::as_str).unwrap_or("");
+                match self.names.portal(name) {
+                    Some(r) => {
+                        self.tables.extend(r.tables.iter().cloned());
+                        self.raise(r.class, || {
+                            format!(
+                                "FETCH from {name:?} runs a {}: {}",
+                                r.class,
+                                excerpt(&r.text)
+                            )
+                        })
+                    }
+                    None => self.raise(ActionClass::SqlUnknown, || {
+                        format!("FETCH from cursor {name:?}, which gavel cannot vouch for")
                     }),
                 }
             }
@@ -825,22 +1066,29 @@ impl Classifier {
         }
     }
 
-    /// Classifies `sql`. `prepared` resolves the class of a prepared
-    /// statement by name (for `EXECUTE`); unknown names fail closed.
-    pub fn classify(
-        &self,
-        sql: &str,
-        prepared: &dyn Fn(&str) -> Option<ActionClass>,
-    ) -> Classification {
+    /// Classifies `sql`. `names` resolves the session's prepared
+    /// statements and portals (for `EXECUTE`, `FETCH` and `MOVE`), seen
+    /// through what the string itself prepares and declares before them;
+    /// a name nobody vouches for fails closed.
+    pub fn classify(&self, sql: &str, names: &dyn Names) -> Classification {
+        let intent = comment_intent(sql);
         let unknown = |reason: String| Classification {
             class: ActionClass::SqlUnknown,
             statements: Vec::new(),
             tables: Vec::new(),
             reason,
+            intent: intent.clone(),
         };
         let parsed = match pg_query::parse(sql, 0) {
             Ok(p) => p,
             Err(e) => return unknown(format!("PostgreSQL's parser rejects it: {e}")),
+        };
+        let mut staged = Staged {
+            session: names,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            statements_cleared: false,
+            portals_cleared: false,
         };
         let mut class = ActionClass::SqlRead;
         let mut reason = String::from("read-only statements");
@@ -851,28 +1099,74 @@ impl Classifier {
                 Ok(t) => t,
                 Err(e) => return unknown(format!("cannot inspect the parse tree: {e}")),
             };
-            let kind = tree
-                .pointer("/stmt/node")
-                .and_then(Value::as_object)
+            let node = tree.pointer("/stmt/node").and_then(Value::as_object);
+            let kind = node
                 .and_then(|m| m.keys().next().cloned())
                 .unwrap_or_else(|| "empty".into());
+            let body = node.and_then(|m| m.values().next()).unwrap_or(&Value::Null);
+            let effect = effect(&kind, body);
             let mut walk = Walk {
                 classifier: self,
-                prepared,
+                names: &staged,
                 class: ActionClass::SqlRead,
                 reason: kind.clone(),
                 tables: BTreeSet::new(),
             };
             walk.visit(&tree);
-            if rank(walk.class) > rank(class) {
-                class = walk.class;
-                reason = walk.reason.clone();
+            let (walk_class, walk_reason, walk_tables) = (walk.class, walk.reason, walk.tables);
+            if rank(walk_class) > rank(class) {
+                class = walk_class;
+                reason = walk_reason.clone();
             }
-            tables.extend(walk.tables);
+            // What later statements of the same string see.
+            let text: std::sync::Arc<str> = Arc::from(statement_text(sql, raw));
+            match &effect {
+                Effect::Prepare(name) => {
+                    staged.statements.insert(
+                        name.clone(),
+                        Some(Resolved {
+                            class: walk_class,
+                            tables: walk_tables.iter().cloned().collect(),
+                            text,
+                        }),
+                    );
+                }
+                Effect::Deallocate(Some(name)) => {
+                    staged.statements.insert(name.clone(), None);
+                }
+                Effect::Deallocate(None) => {
+                    staged.statements.clear();
+                    staged.statements_cleared = true;
+                }
+                Effect::Declare { name, .. } => {
+                    staged.portals.insert(
+                        name.clone(),
+                        Some(Resolved {
+                            class: walk_class,
+                            tables: walk_tables.iter().cloned().collect(),
+                            text,
+                        }),
+                    );
+                }
+                Effect::Close(Some(name)) => {
+                    staged.portals.insert(name.clone(), None);
+                }
+                Effect::Close(None) | Effect::Discard => {
+                    staged.portals.clear();
+                    staged.portals_cleared = true;
+                    if effect == Effect::Discard {
+                        staged.statements.clear();
+                        staged.statements_cleared = true;
+                    }
+                }
+                _ => {}
+            }
+            tables.extend(walk_tables);
             statements.push(StatementClass {
-                class: walk.class,
+                class: walk_class,
                 kind,
-                reason: walk.reason,
+                reason: walk_reason,
+                effect,
             });
         }
         Classification {
@@ -880,6 +1174,154 @@ impl Classifier {
             statements,
             tables: tables.into_iter().collect(),
             reason,
+            intent,
         }
+    }
+
+    /// The class of what `PREPARE name` in `source` prepares, and the
+    /// tables it names: for a SQL-prepared statement the server reports
+    /// with the whole query string that created it. The most privileged
+    /// when the string prepares `name` more than once; `None` when it does
+    /// not prepare it at all.
+    pub fn prepared_in(&self, source: &str, name: &str) -> Option<Resolved> {
+        self.defined_in(
+            source,
+            |effect| matches!(effect, Effect::Prepare(n) if n == name),
+        )
+    }
+
+    /// As [`Classifier::prepared_in`], for `DECLARE name CURSOR`.
+    pub fn declared_in(&self, source: &str, name: &str) -> Option<Resolved> {
+        self.defined_in(
+            source,
+            |effect| matches!(effect, Effect::Declare { name: n, .. } if n == name),
+        )
+    }
+
+    fn defined_in(&self, source: &str, wanted: impl Fn(&Effect) -> bool) -> Option<Resolved> {
+        let parsed = pg_query::parse(source, 0).ok()?;
+        let mut found: Option<Resolved> = None;
+        for raw in &parsed.protobuf.stmts {
+            let tree = serde_json::to_value(raw).ok()?;
+            let node = tree.pointer("/stmt/node").and_then(Value::as_object)?;
+            let (kind, body) = node.iter().next()?;
+            if !wanted(&effect(kind, body)) {
+                continue;
+            }
+            let staged = Staged {
+                session: &NoNames,
+                statements: HashMap::new(),
+                portals: HashMap::new(),
+                statements_cleared: false,
+                portals_cleared: false,
+            };
+            let mut walk = Walk {
+                classifier: self,
+                names: &staged,
+                class: ActionClass::SqlRead,
+                reason: kind.clone(),
+                tables: BTreeSet::new(),
+            };
+            walk.visit(&tree);
+            if found
+                .as_ref()
+                .is_none_or(|f| rank(walk.class) > rank(f.class))
+            {
+                found = Some(Resolved {
+                    class: walk.class,
+                    tables: walk.tables.into_iter().collect(),
+                    text: Arc::from(statement_text(source, raw)),
+                });
+            }
+        }
+        found
+    }
+}
+
+/// The text of one statement of a query string.
+fn statement_text<'a>(sql: &'a str, raw: &pg_query::protobuf::RawStmt) -> &'a str {
+    let start = usize::try_from(raw.stmt_location)
+        .unwrap_or(0)
+        .min(sql.len());
+    let end = match usize::try_from(raw.stmt_len) {
+        Ok(0) | Err(_) => sql.len(),
+        Ok(n) => (start + n).min(sql.len()),
+    };
+    sql.get(start..end).unwrap_or(sql).trim()
+}
+
+fn excerpt(s: &str) -> String {
+    let s = s.trim();
+    if s.len() <= 200 {
+        return s.to_owned();
+    }
+    let mut end = 200;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// `DeclareCursorStmt.options`: `CURSOR_OPT_HOLD`.
+const CURSOR_OPT_HOLD: i64 = 0x0020;
+
+/// What a top-level statement does to the session's names and settings.
+fn effect(kind: &str, n: &Value) -> Effect {
+    let text = |key: &str| n.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+    match kind {
+        "PrepareStmt" => Effect::Prepare(text("name")),
+        "ExecuteStmt" => Effect::Execute(text("name")),
+        "DeallocateStmt" => {
+            let all = n.get("isall").and_then(Value::as_bool).unwrap_or(false);
+            let name = text("name");
+            if all || name.is_empty() {
+                Effect::Deallocate(None)
+            } else {
+                Effect::Deallocate(Some(name))
+            }
+        }
+        "DeclareCursorStmt" => Effect::Declare {
+            name: text("portalname"),
+            hold: n
+                .get("options")
+                .and_then(Value::as_i64)
+                .is_some_and(|o| o & CURSOR_OPT_HOLD != 0),
+        },
+        "ClosePortalStmt" => {
+            let name = text("portalname");
+            Effect::Close((!name.is_empty()).then_some(name))
+        }
+        "FetchStmt" => Effect::Fetch(text("portalname")),
+        "DiscardStmt" => Effect::Discard,
+        "TransactionStmt" => {
+            Effect::Transaction(match n.get("kind").and_then(Value::as_i64).unwrap_or(0) {
+                1 | 2 => Transaction::Begin,
+                3 => Transaction::Commit,
+                4 => Transaction::Rollback,
+                5 => Transaction::Savepoint,
+                6 => Transaction::Release,
+                7 => Transaction::RollbackTo,
+                _ => Transaction::TwoPhase,
+            })
+        }
+        "VariableSetStmt" => {
+            // kind 1 = VAR_SET_VALUE; anything else (RESET, SET … TO
+            // DEFAULT, SET … FROM CURRENT) has no value of its own.
+            let value = (n.get("kind").and_then(Value::as_i64) == Some(1))
+                .then(|| {
+                    let args = n.get("args").and_then(Value::as_array)?;
+                    let [one] = args.as_slice() else { return None };
+                    one.pointer("/node/AConst/sval/sval")
+                        .or_else(|| one.pointer("/node/AConst/val/Sval/sval"))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .flatten();
+            Effect::Set {
+                name: text("name").to_lowercase(),
+                value,
+            }
+        }
+        _ => Effect::None,
     }
 }

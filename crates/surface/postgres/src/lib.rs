@@ -7,16 +7,24 @@
 //! PostgreSQL's own grammar (libpg_query through the `pg_query` crate), so
 //! gavel cannot be fooled by a statement the server parses differently;
 //! [`shape`] lets statements that differ only in literals share one
-//! classification. [`PostgresSurface`] runs a listener: allowed statements
-//! are forwarded as the client's own bytes, denied ones get SQLSTATE 42501,
-//! and those that need approval wait while a human decides.
+//! classification. [`PostgresSurface`] runs a listener: every statement is
+//! admitted by the gate ([`gavel_core::Gate::admit`]) and reaches the server
+//! only together with its `Permitted` (`to_server`); denied ones get
+//! SQLSTATE 42501, and those that need approval wait while a human
+//! decides. The session judges by what the server holds ([`names`]).
 #![deny(missing_docs)]
 
 pub mod classify;
-mod proxy;
+mod hold;
+pub mod names;
+mod pipeline;
+mod session;
 pub mod shape;
+mod startup;
+mod surface;
+mod to_server;
 mod upstream;
 pub mod wire;
 
 pub use classify::{Classification, Classifier, StatementClass};
-pub use proxy::{Classified, PostgresSurface};
+pub use surface::{Classified, PostgresSurface};

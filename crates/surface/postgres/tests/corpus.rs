@@ -4,6 +4,7 @@
 
 use gavel_core::ActionClass::{self, *};
 use gavel_postgres::Classifier;
+use gavel_postgres::classify::{Names, Resolved};
 
 /// Hand-written cases: (expected class, SQL).
 const CASES: &[(ActionClass, &str)] = &[
@@ -79,7 +80,18 @@ const CASES: &[(ActionClass, &str)] = &[
     (SqlRead, ";"),
     (SqlRead, "SELECT 1; SELECT 2"),
     (SqlRead, "DECLARE c CURSOR FOR SELECT * FROM users"),
-    (SqlRead, "FETCH 10 FROM c"),
+    (SqlRead, "FETCH 10 FROM open_cursor"),
+    // A cursor the session cannot vouch for fails closed.
+    (SqlUnknown, "FETCH 10 FROM c"),
+    (SqlUnknown, "MOVE 1 IN c"),
+    (SqlWrite, "EXECUTE known_write"),
+    (SqlRead, "PREPARE p AS SELECT 1; EXECUTE p"),
+    (SqlWrite, "PREPARE p AS DELETE FROM t; EXECUTE p"),
+    (SqlUnknown, "DEALLOCATE known_read; EXECUTE known_read"),
+    (SqlUnknown, "DEALLOCATE ALL; EXECUTE known_read"),
+    (SqlRead, "DECLARE d CURSOR FOR SELECT 1; FETCH d"),
+    (SqlUnknown, "CLOSE open_cursor; FETCH open_cursor"),
+    (SqlUnknown, "DISCARD ALL; FETCH open_cursor"),
     (SqlRead, "PREPARE q AS SELECT * FROM users WHERE id = $1"),
     (SqlRead, "EXECUTE known_read(1)"),
     // Writes, plain and hidden.
@@ -347,11 +359,29 @@ const CAMOUFLAGE: &[&str] = &[
     "SELECT 1;\n-- just a comment\n{s};",
 ];
 
-fn prepared(name: &str) -> Option<ActionClass> {
-    match name {
-        "known_read" => Some(SqlRead),
-        "known_write" => Some(SqlWrite),
-        _ => None,
+/// A session holding two prepared statements and one cursor.
+struct Session;
+
+impl Names for Session {
+    fn statement(&self, name: &str) -> Option<Resolved> {
+        let (class, text) = match name {
+            "known_read" => (SqlRead, "SELECT * FROM t"),
+            "known_write" => (SqlWrite, "DELETE FROM t"),
+            _ => return None,
+        };
+        Some(Resolved {
+            class,
+            tables: vec!["t".into()],
+            text: text.into(),
+        })
+    }
+
+    fn portal(&self, name: &str) -> Option<Resolved> {
+        (name == "open_cursor").then(|| Resolved {
+            class: SqlRead,
+            tables: vec!["t".into()],
+            text: "SELECT * FROM t".into(),
+        })
     }
 }
 
@@ -373,7 +403,7 @@ fn the_corpus_classifies_as_postgresql_parses() {
     assert!(cases.len() >= 200, "only {} cases", cases.len());
     let mut failures = Vec::new();
     for (expected, sql) in &cases {
-        let got = c.classify(sql, &prepared);
+        let got = c.classify(sql, &Session);
         if got.class != *expected {
             failures.push(format!(
                 "{sql:?}: expected {expected}, got {} ({})",
@@ -396,7 +426,7 @@ fn tables_and_reasons_are_reported() {
     let c = Classifier::default();
     let r = c.classify(
         "SELECT * FROM public.users u JOIN orders o ON true; DELETE FROM sessions",
-        &prepared,
+        &Session,
     );
     assert_eq!(r.class, SqlWrite);
     assert_eq!(
@@ -410,7 +440,7 @@ fn tables_and_reasons_are_reported() {
     assert_eq!(r.statements.len(), 2);
     assert_eq!(r.statements[0].class, SqlRead);
     assert_eq!(r.statements[1].kind, "DeleteStmt");
-    let r = c.classify("SELECT pg_terminate_backend(1)", &prepared);
+    let r = c.classify("SELECT pg_terminate_backend(1)", &Session);
     assert!(
         r.reason.contains("pg_terminate_backend() has side effects"),
         "{}",
@@ -425,17 +455,17 @@ fn configuration_extends_both_lists() {
         &["reporting.safe_fn".into(), "my_pure".into()],
     );
     assert_eq!(
-        c.classify("SELECT lower('x')", &prepared).class,
+        c.classify("SELECT lower('x')", &Session).class,
         SqlAdmin,
         "a configured side effect wins"
     );
     assert_eq!(
-        c.classify("SELECT reporting.safe_fn()", &prepared).class,
+        c.classify("SELECT reporting.safe_fn()", &Session).class,
         SqlRead
     );
-    assert_eq!(c.classify("SELECT my_pure()", &prepared).class, SqlRead);
+    assert_eq!(c.classify("SELECT my_pure()", &Session).class, SqlRead);
     assert_eq!(
-        c.classify("SELECT other.my_pure()", &prepared).class,
+        c.classify("SELECT other.my_pure()", &Session).class,
         SqlUnknown,
         "a name elsewhere is not trusted"
     );
