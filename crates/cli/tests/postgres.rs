@@ -4,11 +4,11 @@
 
 mod harness;
 
-use harness::{ALICE, BOB, Gavel, free_port};
+use harness::pg::*;
+use harness::{ALICE, BOB};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 const PG_POLICIES: &str = r#"
@@ -25,138 +25,12 @@ permit(principal, action == Action::"sql.ddl", resource);
 @id("no-unknown-sql") forbid(principal, action == Action::"sql.unknown", resource);
 "#;
 
-struct Pg {
-    g: Gavel,
-    port: u16,
+async fn start(hold: &str) -> Pg {
+    Pg::start_policies(hold, PG_POLICIES, "").await
 }
 
-impl Pg {
-    async fn start(hold: &str) -> Pg {
-        Pg::start_with(hold, "").await
-    }
-
-    async fn start_with(hold: &str, listener: &str) -> Pg {
-        let port = free_port();
-        let extra = format!(
-            r#"
-[[resources.postgres]]
-name = "app-db"
-listen = "127.0.0.1:{port}"
-upstream = "postgres://postgres@127.0.0.1:5432/test"
-tags = {{ env = "prod" }}
-{listener}
-"#
-        );
-        let g = Gavel::start_custom(hold, PG_POLICIES, &extra).await;
-        Pg { g, port }
-    }
-
-    fn conninfo(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=bot dbname=test application_name=gavel-test",
-            self.port
-        )
-    }
-
-    /// psql through gavel as agent `bot`.
-    fn psql(&self, args: &[&str]) -> Output {
-        self.psql_with(args, None)
-    }
-
-    fn psql_with(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut cmd = Command::new("psql");
-        cmd.arg("-X")
-            .arg("-q")
-            .arg(self.conninfo())
-            .args(args)
-            .env("PGPASSWORD", &self.g.agent_token)
-            .env("PGCONNECT_TIMEOUT", "10")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("psql is installed (scripts/setup)");
-        let mut input = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).unwrap();
-        }
-        drop(input);
-        child.wait_with_output().unwrap()
-    }
-
-    async fn pending(&self) -> Vec<Value> {
-        let (status, body) = self.g.get("/api/v1/requests?state=pending", ALICE).await;
-        assert_eq!(status, 200, "{body}");
-        body["requests"].as_array().cloned().unwrap_or_default()
-    }
-
-    async fn wait_for_pending(&self, operation: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(r) = self.pending().await.into_iter().find(|r| {
-                r["operation"]
-                    .as_str()
-                    .is_some_and(|o| o.contains(operation))
-            }) {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no pending request for {operation}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn audit(&self) -> Vec<Value> {
-        let (status, body) = self.g.get("/api/v1/audit?limit=1000", ALICE).await;
-        assert_eq!(status, 200, "{body}");
-        body["records"]
-            .as_array()
-            .map(|rs| rs.iter().map(|r| r["record"].clone()).collect())
-            .unwrap_or_default()
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// psql straight to PostgreSQL as its superuser: the ground truth.
-fn admin(sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-tA",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "test",
-            "-c",
-            sql,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "admin {sql}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// A table name no other test uses.
-fn table(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let t = format!(
-        "gavel_{prefix}_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    admin(&format!("DROP TABLE IF EXISTS {t}"));
-    t
+async fn start_with(hold: &str, listener: &str) -> Pg {
+    Pg::start_policies(hold, PG_POLICIES, listener).await
 }
 
 fn request_id(stderr: &str) -> String {
@@ -166,7 +40,7 @@ fn request_id(stderr: &str) -> String {
 
 #[tokio::test]
 async fn psql_reads_and_writes_pass_and_privileged_statements_do_not() {
-    let pg = Pg::start("2s").await;
+    let pg = start("2s").await;
     let t = table("basic");
     admin(&format!("CREATE TABLE {t} (id int primary key, v text)"));
 
@@ -243,7 +117,7 @@ async fn psql_reads_and_writes_pass_and_privileged_statements_do_not() {
 
 #[tokio::test]
 async fn an_approved_statement_passes_once_for_the_same_agent() {
-    let pg = Pg::start("1s").await;
+    let pg = start("1s").await;
     let t = table("grant");
     let ddl = format!("CREATE TABLE IF NOT EXISTS {t} (a int)");
     let out = pg.psql(&["-c", &ddl]);
@@ -281,7 +155,7 @@ async fn an_approved_statement_passes_once_for_the_same_agent() {
 
 #[tokio::test]
 async fn a_statement_approved_while_held_runs_and_the_client_never_knows() {
-    let pg = Pg::start("30s").await;
+    let pg = start("30s").await;
     let t = table("held");
     let ddl = format!("CREATE TABLE {t} (a int)");
     let conninfo = pg.conninfo();
@@ -317,7 +191,7 @@ async fn a_statement_approved_while_held_runs_and_the_client_never_knows() {
 
 #[tokio::test]
 async fn a_held_statement_inside_a_transaction_leaves_it_usable() {
-    let pg = Pg::start("1s").await;
+    let pg = start("1s").await;
     let t = table("tx");
     admin(&format!("CREATE TABLE {t} (id int)"));
     let script = format!(
@@ -342,7 +216,7 @@ async fn a_held_statement_inside_a_transaction_leaves_it_usable() {
 
 #[tokio::test]
 async fn psql_copy_in_and_out_streams_through() {
-    let pg = Pg::start("1s").await;
+    let pg = start("1s").await;
     let t = table("copy");
     admin(&format!("CREATE TABLE {t} (id int, v text)"));
     let dir = tempfile::tempdir().unwrap();
@@ -369,7 +243,7 @@ async fn psql_copy_in_and_out_streams_through() {
 
 #[tokio::test]
 async fn cancel_from_psql_releases_a_held_statement() {
-    let pg = Pg::start("60s").await;
+    let pg = start("60s").await;
     let t = table("cancel");
     let ddl = format!("CREATE TABLE {t} (a int)");
     let mut child = Command::new("psql")
@@ -453,7 +327,7 @@ async fn pgbench_runs_through_gavel_in_every_query_mode() {
         let out = pgbench(&["-i", "-q", "-s", "1"], None);
         assert!(out.status.success(), "{}", text(&out));
     }
-    let pg = Pg::start("1s").await;
+    let pg = start("1s").await;
     for mode in ["simple", "extended", "prepared"] {
         let out = pgbench(
             &["-n", "-S", "-T", "2", "-c", "4", "-j", "2", "-M", mode],
@@ -478,7 +352,7 @@ async fn pgbench_runs_through_gavel_in_every_query_mode() {
 
 #[tokio::test]
 async fn tokio_postgres_extended_protocol_pipelines_and_refusals() {
-    let pg = Pg::start("1s").await;
+    let pg = start("1s").await;
     let t = table("ext");
     admin(&format!("CREATE TABLE {t} (id int, v text)"));
     let (client, connection) = tokio_postgres::connect(
@@ -587,7 +461,7 @@ async fn tokio_postgres_extended_protocol_pipelines_and_refusals() {
 
 #[tokio::test]
 async fn reviewers_see_intent_row_estimates_and_recent_statements() {
-    let pg = Pg::start("1s").await;
+    let pg = start("1s").await;
     let t = table("ctx");
     admin(&format!(
         "CREATE TABLE {t} AS SELECT g AS id FROM generate_series(1, 1000) g; ANALYZE {t}"
@@ -633,7 +507,7 @@ async fn reviewers_see_intent_row_estimates_and_recent_statements() {
 
 #[tokio::test]
 async fn psycopg_works_through_gavel() {
-    let pg = Pg::start("1s").await;
+    let pg = start("1s").await;
     let t = table("psycopg");
     admin(&format!("CREATE TABLE {t} (id int, v text)"));
     let script = format!(
@@ -684,20 +558,6 @@ fn answer(mut s: std::net::TcpStream) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-fn startup(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = vec![0, 3, 0, 0];
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
-}
-
 fn backends(application_name: &str) -> String {
     admin(&format!(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{application_name}'"
@@ -706,7 +566,7 @@ fn backends(application_name: &str) -> String {
 
 #[tokio::test]
 async fn bad_clients_get_clean_errors_and_never_reach_the_server() {
-    let pg = Pg::start("1s").await;
+    let pg = start("1s").await;
     let addr = format!("127.0.0.1:{}", pg.port);
     let connect = || std::net::TcpStream::connect(&addr).unwrap();
 
@@ -827,7 +687,7 @@ async fn tls_is_served_and_can_be_required() {
         "tls_cert_file = \"{0}/cert.pem\"\ntls_key_file = \"{0}/key.pem\"\nrequire_tls = true\n",
         certs.path().display()
     );
-    let pg = Pg::start_with("1s", &listener).await;
+    let pg = start_with("1s", &listener).await;
     let run = |extra: &str| {
         Command::new("psql")
             .args([
@@ -851,144 +711,9 @@ async fn tls_is_served_and_can_be_required() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over tls");
 }
 
-/// A client that speaks the protocol message by message, for sequences no
-/// library sends.
-struct Raw {
-    s: tokio::net::TcpStream,
-    inbox: bytes::BytesMut,
-}
-
-impl Raw {
-    async fn login(pg: &Pg) -> Raw {
-        use tokio::io::AsyncWriteExt;
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", pg.port))
-            .await
-            .unwrap();
-        s.write_all(&startup(&[("user", "bot"), ("database", "test")]))
-            .await
-            .unwrap();
-        let mut raw = Raw {
-            s,
-            inbox: bytes::BytesMut::new(),
-        };
-        let ask = raw.message().await;
-        assert_eq!(ask.0, b'R');
-        let mut out = bytes::BytesMut::new();
-        postgres_protocol::message::frontend::password_message(
-            pg.g.agent_token.as_bytes(),
-            &mut out,
-        )
-        .unwrap();
-        raw.send(&out).await;
-        raw.until_ready().await;
-        raw
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        use tokio::io::AsyncWriteExt;
-        self.s.write_all(bytes).await.unwrap();
-    }
-
-    async fn message(&mut self) -> (u8, Vec<u8>) {
-        use tokio::io::AsyncReadExt;
-        loop {
-            if self.inbox.len() >= 5 {
-                let len = u32::from_be_bytes([
-                    self.inbox[1],
-                    self.inbox[2],
-                    self.inbox[3],
-                    self.inbox[4],
-                ]) as usize;
-                if self.inbox.len() > len {
-                    let frame = self.inbox.split_to(len + 1);
-                    return (frame[0], frame[5..].to_vec());
-                }
-            }
-            let n = tokio::time::timeout(Duration::from_secs(20), self.s.read_buf(&mut self.inbox))
-                .await
-                .expect("an answer within 20 s")
-                .unwrap();
-            assert!(n > 0, "connection closed");
-        }
-    }
-
-    /// Messages up to and including the next ReadyForQuery.
-    async fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
-        let mut got = Vec::new();
-        loop {
-            let m = self.message().await;
-            let done = m.0 == b'Z';
-            got.push(m);
-            if done {
-                return got;
-            }
-        }
-    }
-
-    fn error(messages: &[(u8, Vec<u8>)]) -> Option<String> {
-        messages
-            .iter()
-            .find(|(t, _)| *t == b'E')
-            .map(|(_, body)| String::from_utf8_lossy(body).into_owned())
-    }
-
-    async fn query(&mut self, sql: &str) -> Vec<(u8, Vec<u8>)> {
-        let mut out = bytes::BytesMut::new();
-        postgres_protocol::message::frontend::query(sql, &mut out).unwrap();
-        self.send(&out).await;
-        self.until_ready().await
-    }
-
-    /// Parse (and optionally Bind) then Sync.
-    async fn parse_bind(
-        &mut self,
-        statement: &str,
-        sql: &str,
-        portal: Option<&str>,
-    ) -> Vec<(u8, Vec<u8>)> {
-        use postgres_protocol::message::frontend;
-        let mut out = bytes::BytesMut::new();
-        frontend::parse(statement, sql, std::iter::empty(), &mut out).unwrap();
-        if let Some(portal) = portal {
-            bind(&mut out, portal, statement);
-        }
-        frontend::sync(&mut out);
-        self.send(&out).await;
-        self.until_ready().await
-    }
-
-    async fn bind_execute(&mut self, statement: &str) -> Vec<(u8, Vec<u8>)> {
-        use postgres_protocol::message::frontend;
-        let mut out = bytes::BytesMut::new();
-        bind(&mut out, "", statement);
-        frontend::execute("", 0, &mut out).unwrap();
-        frontend::sync(&mut out);
-        self.send(&out).await;
-        self.until_ready().await
-    }
-}
-
-fn bind(out: &mut bytes::BytesMut, portal: &str, statement: &str) {
-    postgres_protocol::message::frontend::bind(
-        portal,
-        statement,
-        std::iter::empty::<i16>(),
-        std::iter::empty::<i32>(),
-        |_: i32,
-         _: &mut bytes::BytesMut|
-         -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-            Ok(postgres_protocol::IsNull::No)
-        },
-        std::iter::empty::<i16>(),
-        out,
-    )
-    .map_err(|_| "bind")
-    .unwrap();
-}
-
 #[tokio::test]
 async fn statement_names_cannot_be_swapped_behind_gavels_back() {
-    let pg = Pg::start("1s").await;
+    let pg = start("1s").await;
     let mut raw = Raw::login(&pg).await;
 
     // A Parse the server refuses (the name exists) must not replace what
@@ -1109,7 +834,7 @@ async fn statement_names_cannot_be_swapped_behind_gavels_back() {
 
 #[tokio::test]
 async fn buffered_reads_are_recorded_once_with_their_outcome() {
-    let pg = Pg::start_with("1s", "\n[audit]\nread_durability = \"buffered\"\n").await;
+    let pg = start_with("1s", "\n[audit]\nread_durability = \"buffered\"\n").await;
     let out = pg.psql(&["-tA", "-c", "SELECT 'buffered' AS how"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -1156,17 +881,19 @@ async fn gavel_reaches_the_server_over_verified_tls() {
     let listener = format!(
         "upstream_tls = \"require\"\nupstream_ca_file = \"{ca}\"\nupstream_tls_server_name = \"localhost\"\n"
     );
-    let pg = Pg::start_with("1s", &listener).await;
-    let out = pg.psql(&[
-        "-tA",
-        "-c",
-        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-    ]);
+    let pg = start_with("1s", &listener).await;
+    // pg_stat_ssl is not for agents (it shows every session's
+    // certificates): the server's superuser looks at gavel's backend.
+    let mut raw = Raw::login(&pg).await;
+    let answer = raw.query("SELECT pg_backend_pid()").await;
+    let pid = answer
+        .iter()
+        .find(|(t, _)| *t == b'D')
+        .map(|(_, body)| String::from_utf8_lossy(&body[6..]).into_owned())
+        .expect("a row");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "t",
-        "{}",
-        text(&out)
+        admin(&format!("SELECT ssl FROM pg_stat_ssl WHERE pid = {pid}")),
+        "t"
     );
 
     // A name the certificate does not carry: no connection, and the client
@@ -1174,7 +901,7 @@ async fn gavel_reaches_the_server_over_verified_tls() {
     let wrong = format!(
         "upstream_tls = \"require\"\nupstream_ca_file = \"{ca}\"\nupstream_tls_server_name = \"db.example.com\"\n"
     );
-    let pg = Pg::start_with("1s", &wrong).await;
+    let pg = start_with("1s", &wrong).await;
     let out = pg.psql(&["-c", "SELECT 1"]);
     let err = text(&out);
     assert!(!out.status.success());

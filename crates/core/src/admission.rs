@@ -530,6 +530,12 @@ impl Gate {
             Ok(None) => return Err(Refusal::Internal(format!("request {id} vanished"))),
             Err(e) => return Err(internal(e)),
         };
+        // Revoked while it waited (its request was withdrawn for that).
+        if !self.standing().in_good_standing(&filed.principal) {
+            return Err(Refusal::Revoked {
+                principal: filed.principal.qualified_id(),
+            });
+        }
         match decided.state {
             RequestState::Pending => Err(Refusal::Pending {
                 request: Box::new(decided),

@@ -244,7 +244,11 @@ pub(crate) struct RequestView {
     /// session's recent statements); not part of the approval's binding.
     #[schema(value_type = Object)]
     pub data_context: serde_json::Value,
-    /// Which surface.
+    /// The session settings the approval is bound to (for SQL:
+    /// `DateStyle`, `TimeZone`, `search_path`, …): the same text means
+    /// this, and only this, under them.
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// Which surface; an approval is spent only through it.
     pub surface: String,
     /// Client address.
     pub source: Option<String>,
@@ -296,6 +300,7 @@ impl RequestView {
             intent: r.action.intent.clone(),
             details: r.action.details.clone(),
             data_context: r.action.data_context.clone(),
+            settings: r.action.settings.clone(),
             surface: r.action.surface.clone(),
             source: r.action.source.clone(),
             policies: r.policies.clone(),

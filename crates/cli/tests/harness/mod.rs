@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

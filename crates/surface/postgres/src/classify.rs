@@ -492,6 +492,43 @@ const READ_ONLY: &[&str] = &[
     "timestamp",
     "interval",
     "exists",
+    // What psql's describe commands and ORMs' introspection call.
+    "array_remove",
+    "getdatabaseencoding",
+    "pg_char_to_encoding",
+    "pg_collation_is_visible",
+    "pg_conversion_is_visible",
+    "pg_describe_object",
+    "pg_encoding_to_char",
+    "pg_function_is_visible",
+    "pg_get_expr",
+    "pg_get_function_arguments",
+    "pg_get_function_result",
+    "pg_get_function_sqlbody",
+    "pg_get_functiondef",
+    "pg_get_statisticsobjdef_columns",
+    "pg_get_userbyid",
+    "pg_has_role",
+    "pg_opclass_is_visible",
+    "pg_operator_is_visible",
+    "pg_opfamily_is_visible",
+    "pg_relation_is_publishable",
+    "pg_statistics_obj_is_visible",
+    "pg_table_is_visible",
+    "pg_tablespace_location",
+    "pg_ts_config_is_visible",
+    "pg_ts_dict_is_visible",
+    "pg_ts_parser_is_visible",
+    "pg_ts_template_is_visible",
+    "pg_type_is_visible",
+    "shobj_description",
+    "pg_get_serial_sequence",
+    "pg_get_triggerdef",
+    "pg_get_partkeydef",
+    "pg_get_partition_constraintdef",
+    "pg_index_column_has_property",
+    "pg_get_keywords",
+    "to_regclass",
 ];
 
 /// Statement and node types, by the class they carry on their own.
@@ -511,7 +548,7 @@ fn node_class(kind: &str) -> Option<ActionClass> {
         "DoStmt" | "CallStmt" | "LoadStmt" | "CheckPointStmt" | "AlterSystemStmt" | "VacuumStmt"
         | "ClusterStmt" | "ReindexStmt" | "LockStmt" | "CreateExtensionStmt" | "AlterExtensionStmt"
         | "AlterExtensionContentsStmt" | "CreateFunctionStmt" | "AlterFunctionStmt"
-        | "CreatePLangStmt" | "CreateTrigStmt" | "CreateEventTrigStmt" | "AlterEventTrigStmt"
+        | "CreatePlangStmt" | "CreateTrigStmt" | "CreateEventTrigStmt" | "AlterEventTrigStmt"
         | "RuleStmt" | "CreateFdwStmt" | "AlterFdwStmt" | "CreateForeignServerStmt"
         | "AlterForeignServerStmt" | "CreateUserMappingStmt" | "AlterUserMappingStmt"
         | "DropUserMappingStmt" | "ImportForeignSchemaStmt" | "CreateForeignTableStmt"
@@ -527,10 +564,22 @@ fn node_class(kind: &str) -> Option<ActionClass> {
         | "CreateCastStmt" | "CreateOpClassStmt" | "CreateOpFamilyStmt" | "AlterOpFamilyStmt"
         | "CreateStatsStmt" | "AlterStatsStmt" | "AlterTypeStmt" | "AlterCollationStmt"
         | "AlterTableMoveAllStmt" | "AlterObjectDependsStmt" | "AlterOperatorStmt"
-        | "AlterTSDictionaryStmt" | "AlterTSConfigurationStmt" | "AlterTableCmd" => SqlDdl,
+        | "AlterTsdictionaryStmt" | "AlterTsconfigurationStmt" | "AlterTableCmd" => SqlDdl,
         _ => return None,
     })
 }
+
+/// `ObjectType` values (libpg_query's protobuf) of relations.
+const RELATION_OBJECTS: &[i64] = &[
+    19, // OBJECT_FOREIGN_TABLE
+    21, // OBJECT_INDEX
+    24, // OBJECT_MATVIEW
+    38, // OBJECT_SEQUENCE
+    42, // OBJECT_TABLE
+    52, // OBJECT_VIEW
+];
+const OBJECT_COLUMN: i64 = 7;
+const OBJECT_SCHEMA: i64 = 37;
 
 /// `AlterTableType::AtChangeOwner` in libpg_query's protobuf.
 const AT_CHANGE_OWNER: i64 = 27;
@@ -709,17 +758,319 @@ const BUILTIN_TYPES: &[&str] = &[
     "tstzrange",
     "daterange",
     "record",
+    "regoperator",
+    "regoper",
+    "regconfig",
+    "regdictionary",
+    "regcollation",
+    "pg_lsn",
+    "xid",
+    "xid8",
+    "cid",
+    "tid",
+    "jsonpath",
+    "int2vector",
+    "oidvector",
+    "aclitem",
+    "pg_node_tree",
+    "txid_snapshot",
+    "pg_snapshot",
+    "int4multirange",
+    "int8multirange",
+    "nummultirange",
+    "tsmultirange",
+    "tstzmultirange",
+    "datemultirange",
 ];
 
-/// Catalogs whose contents are server configuration or credentials.
-const SENSITIVE_RELATIONS: &[&str] = &[
-    "pg_hba_file_rules",
-    "pg_ident_file_mappings",
-    "pg_file_settings",
-    "pg_authid",
-    "pg_shadow",
-    "pg_user_mappings",
+/// pg_catalog relations a read may touch: ordinary metadata every role can
+/// read (what psql's `\\d` commands and ORMs' introspection query). Any
+/// other pg_catalog relation (credentials, other sessions, server
+/// configuration and internals, raw statistics) is `sql.admin`.
+const PG_CATALOG_READ_ALLOW: &[&str] = &[
+    "pg_aggregate",
+    "pg_am",
+    "pg_amop",
+    "pg_amproc",
+    "pg_attrdef",
+    "pg_attribute",
+    "pg_auth_members",
+    "pg_available_extension_versions",
+    "pg_available_extensions",
+    "pg_cast",
+    "pg_class",
+    "pg_collation",
+    "pg_constraint",
+    "pg_conversion",
+    "pg_cursors",
+    "pg_database",
+    "pg_default_acl",
+    "pg_depend",
+    "pg_description",
+    "pg_enum",
+    "pg_event_trigger",
+    "pg_extension",
+    "pg_foreign_data_wrapper",
+    "pg_foreign_server",
+    "pg_foreign_table",
+    "pg_group",
+    "pg_index",
+    "pg_indexes",
+    "pg_inherits",
+    "pg_init_privs",
+    "pg_language",
+    "pg_largeobject_metadata",
+    "pg_matviews",
+    "pg_namespace",
+    "pg_opclass",
+    "pg_operator",
+    "pg_opfamily",
+    "pg_parameter_acl",
+    "pg_partitioned_table",
+    "pg_policies",
+    "pg_policy",
+    "pg_prepared_statements",
+    "pg_proc",
+    "pg_publication",
+    "pg_publication_namespace",
+    "pg_publication_rel",
+    "pg_publication_tables",
+    "pg_range",
+    "pg_rewrite",
+    "pg_roles",
+    "pg_rules",
+    "pg_seclabel",
+    "pg_seclabels",
+    "pg_sequence",
+    "pg_sequences",
+    "pg_shdepend",
+    "pg_shdescription",
+    "pg_shseclabel",
+    "pg_stat_all_indexes",
+    "pg_stat_all_tables",
+    "pg_stat_database",
+    "pg_stat_database_conflicts",
+    "pg_stat_sys_indexes",
+    "pg_stat_sys_tables",
+    "pg_stat_user_functions",
+    "pg_stat_user_indexes",
+    "pg_stat_user_tables",
+    "pg_stat_xact_all_tables",
+    "pg_stat_xact_sys_tables",
+    "pg_stat_xact_user_functions",
+    "pg_stat_xact_user_tables",
+    "pg_statio_all_indexes",
+    "pg_statio_all_sequences",
+    "pg_statio_all_tables",
+    "pg_statio_sys_indexes",
+    "pg_statio_sys_sequences",
+    "pg_statio_sys_tables",
+    "pg_statio_user_indexes",
+    "pg_statio_user_sequences",
+    "pg_statio_user_tables",
+    "pg_statistic_ext",
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_tables",
+    "pg_tablespace",
+    "pg_timezone_abbrevs",
+    "pg_timezone_names",
+    "pg_transform",
+    "pg_trigger",
+    "pg_ts_config",
+    "pg_ts_config_map",
+    "pg_ts_dict",
+    "pg_ts_parser",
+    "pg_ts_template",
+    "pg_type",
+    "pg_user",
+    "pg_views",
 ];
+
+/// information_schema views a read may touch (all filtered by the
+/// reader's privileges). Any other (`user_mappings`, the `_pg_*` helpers)
+/// is `sql.admin`.
+const INFORMATION_SCHEMA_READ_ALLOW: &[&str] = &[
+    "administrable_role_authorizations",
+    "applicable_roles",
+    "attributes",
+    "character_sets",
+    "check_constraint_routine_usage",
+    "check_constraints",
+    "collation_character_set_applicability",
+    "collations",
+    "column_column_usage",
+    "column_domain_usage",
+    "column_options",
+    "column_privileges",
+    "column_udt_usage",
+    "columns",
+    "constraint_column_usage",
+    "constraint_table_usage",
+    "data_type_privileges",
+    "domain_constraints",
+    "domain_udt_usage",
+    "domains",
+    "element_types",
+    "enabled_roles",
+    "foreign_data_wrapper_options",
+    "foreign_data_wrappers",
+    "foreign_server_options",
+    "foreign_servers",
+    "foreign_table_options",
+    "foreign_tables",
+    "information_schema_catalog_name",
+    "key_column_usage",
+    "parameters",
+    "referential_constraints",
+    "role_column_grants",
+    "role_routine_grants",
+    "role_table_grants",
+    "role_udt_grants",
+    "role_usage_grants",
+    "routine_column_usage",
+    "routine_privileges",
+    "routine_routine_usage",
+    "routine_sequence_usage",
+    "routine_table_usage",
+    "routines",
+    "schemata",
+    "sequences",
+    "sql_features",
+    "sql_implementation_info",
+    "sql_parts",
+    "sql_sizing",
+    "table_constraints",
+    "table_privileges",
+    "tables",
+    "transforms",
+    "triggered_update_columns",
+    "triggers",
+    "udt_privileges",
+    "usage_privileges",
+    "user_defined_types",
+    "view_column_usage",
+    "view_routine_usage",
+    "view_table_usage",
+    "views",
+];
+
+/// Whether a relation is a system catalog a read may not touch: in
+/// pg_catalog (or unqualified and named `pg_…`: pg_catalog comes first in
+/// every search path) and not allow-listed, in information_schema and not
+/// allow-listed, or TOAST.
+fn forbidden_catalog(schema: &str, name: &str) -> bool {
+    match schema {
+        "pg_catalog" => !PG_CATALOG_READ_ALLOW.contains(&name),
+        "" => name.starts_with("pg_") && !PG_CATALOG_READ_ALLOW.contains(&name),
+        "information_schema" => !INFORMATION_SCHEMA_READ_ALLOW.contains(&name),
+        s => s == "pg_toast" || s.starts_with("pg_toast_temp_"),
+    }
+}
+
+/// Table-sampling methods PostgreSQL ships (and its contrib modules').
+const BUILTIN_SAMPLING: &[&str] = &["system", "bernoulli", "system_rows", "system_time"];
+
+/// pg_catalog functions that are volatile and callable with one argument,
+/// so reachable in column notation (`(x).nextval`, `('.').pg_ls_dir`)
+/// where no call is written. Used until the server's own list is read
+/// ([`Classifier::set_catalog`]).
+const VOLATILE_ONE_ARG: &[&str] = &[
+    "amvalidate",
+    "brin_summarize_new_values",
+    "currval",
+    "gin_clean_pending_list",
+    "lo_close",
+    "lo_creat",
+    "lo_create",
+    "lo_get",
+    "lo_import",
+    "lo_tell",
+    "lo_tell64",
+    "lo_unlink",
+    "nextval",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "pg_blocking_pids",
+    "pg_cancel_backend",
+    "pg_collation_actual_version",
+    "pg_create_physical_replication_slot",
+    "pg_create_restore_point",
+    "pg_current_logfile",
+    "pg_database_collation_actual_version",
+    "pg_database_size",
+    "pg_drop_replication_slot",
+    "pg_get_multixact_members",
+    "pg_import_system_collations",
+    "pg_indexes_size",
+    "pg_log_backend_memory_contexts",
+    "pg_ls_dir",
+    "pg_ls_replslotdir",
+    "pg_ls_tmpdir",
+    "pg_partition_ancestors",
+    "pg_partition_tree",
+    "pg_promote",
+    "pg_read_binary_file",
+    "pg_read_file",
+    "pg_relation_size",
+    "pg_replication_origin_create",
+    "pg_replication_origin_drop",
+    "pg_replication_origin_session_progress",
+    "pg_replication_origin_session_setup",
+    "pg_safe_snapshot_blocking_pids",
+    "pg_sequence_last_value",
+    "pg_sleep",
+    "pg_sleep_for",
+    "pg_sleep_until",
+    "pg_stat_file",
+    "pg_stat_reset_replication_slot",
+    "pg_stat_reset_shared",
+    "pg_stat_reset_single_function_counters",
+    "pg_stat_reset_single_table_counters",
+    "pg_stat_reset_slru",
+    "pg_stat_reset_subscription_stats",
+    "pg_table_size",
+    "pg_tablespace_size",
+    "pg_terminate_backend",
+    "pg_total_relation_size",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+    "pg_xact_commit_timestamp",
+    "pg_xact_commit_timestamp_origin",
+    "pg_xact_status",
+    "plpgsql_validator",
+    "setseed",
+    "ts_stat",
+    "txid_status",
+];
+
+/// What the server's catalog says about names that column notation can
+/// turn into function calls: `x.f` calls `f(x)` when `x` has no column
+/// `f`, and `(expr).f` calls `f(expr)`.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Functions outside pg_catalog and information_schema callable with
+    /// one argument (any volatility): user code.
+    pub user_functions: HashSet<String>,
+    /// pg_catalog functions callable with one argument that are volatile.
+    pub volatile_builtins: HashSet<String>,
+}
+
+/// The query that reads a [`Catalog`] on gavel's own connection: rows
+/// `(name, 'user' | 'builtin')`.
+pub const CATALOG_SQL: &str = "SELECT DISTINCT p.proname, CASE WHEN n.nspname IN ('pg_catalog', 'information_schema') THEN 'builtin' ELSE 'user' END \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     WHERE p.prokind <> 'p' AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 \
+     AND (n.nspname NOT IN ('pg_catalog', 'information_schema') OR p.provolatile = 'v')";
 
 /// The names in a list of `String` nodes (`funcname`, an operator, a type).
 fn names(list: Option<&Value>) -> Vec<String> {
@@ -761,6 +1112,12 @@ fn contains_dml(v: &Value) -> bool {
 pub struct Classifier {
     side_effects: HashMap<String, ActionClass>,
     read_only: HashSet<String>,
+    /// What the server's catalog says column notation can call; shared by
+    /// every clone, replaced whole.
+    catalog: Arc<std::sync::RwLock<Arc<Catalog>>>,
+    /// Counts catalog changes: a classification cached under an older
+    /// catalog is never used again.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Classifier {
@@ -822,9 +1179,9 @@ impl Walk<'_> {
                 // A RangeVar, wrapped as a node or held directly (`relation`).
                 if let Some(name) = map.get("relname").and_then(Value::as_str) {
                     let schema = map.get("schemaname").and_then(Value::as_str).unwrap_or("");
-                    if SENSITIVE_RELATIONS.contains(&name) {
+                    if forbidden_catalog(schema, name) {
                         self.raise(ActionClass::SqlAdmin, || {
-                            format!("{name} exposes server configuration or credentials")
+                            format!("{name} is a system catalog outside what a read may touch (credentials, other sessions, server configuration or internals)")
                         });
                     }
                     if !name.is_empty() {
@@ -832,6 +1189,32 @@ impl Walk<'_> {
                             name.to_owned()
                         } else {
                             format!("{schema}.{name}")
+                        });
+                    }
+                }
+                // A TypeName wherever it is (TypeCast, XMLSERIALIZE, XMLTABLE
+                // and JSON_TABLE columns, RETURNING, column definitions,
+                // PREPARE's argument types, …): only TypeName has these.
+                if map.contains_key("pct_type")
+                    && map.contains_key("names")
+                    && map.contains_key("array_bounds")
+                {
+                    let ty = names(map.get("names"));
+                    if !ty.is_empty() && !builtin(&ty, BUILTIN_TYPES) {
+                        self.raise(ActionClass::SqlUnknown, || {
+                            format!(
+                                "type {} is not a built-in: a domain's CHECK or a type's functions may run",
+                                ty.join(".")
+                            )
+                        });
+                    }
+                }
+                // A collation wherever it is (COLLATE, column definitions).
+                if let Some(collation) = map.get("collname").filter(|c| c.is_array()) {
+                    let c = names(Some(collation));
+                    if c.len() > 1 && c[0] != "pg_catalog" {
+                        self.raise(ActionClass::SqlUnknown, || {
+                            format!("collation {} is not a built-in", c.join("."))
                         });
                     }
                 }
@@ -917,20 +1300,80 @@ impl Walk<'_> {
                     });
                 }
             }
-            "A_Expr" | "AExpr" => {
-                let op = names(n.get("name"));
-                if !op.is_empty() && !builtin(&op, BUILTIN_OPERATORS) {
+            // Every place an operator is named: expressions, `op ANY/ALL
+            // (SELECT …)`, `ORDER BY … USING op`.
+            "AExpr" => self.operator(n.get("name")),
+            "SubLink" => self.operator(n.get("oper_name")),
+            "SortBy" => self.operator(n.get("use_op")),
+            // Column notation: `x.f` calls `f(x)` when `x` has no column `f`.
+            "ColumnRef" => {
+                if let Some(fields) = n
+                    .get("fields")
+                    .and_then(Value::as_array)
+                    .filter(|f| (2..=4).contains(&f.len()))
+                    && let Some(name) = fields
+                        .last()
+                        .and_then(|l| l.pointer("/node/String/sval"))
+                        .and_then(Value::as_str)
+                {
+                    self.column_notation(name);
+                }
+            }
+            // `(expr).f` calls any one-argument `f(expr)`.
+            "AIndirection" => {
+                for item in n
+                    .get("indirection")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(name) = item.pointer("/node/String/sval").and_then(Value::as_str) {
+                        self.column_notation(name);
+                    }
+                }
+            }
+            "RangeTableSample" => {
+                let method = names(n.get("method"));
+                if !builtin(&method, BUILTIN_SAMPLING) {
                     self.raise(ActionClass::SqlUnknown, || {
-                        format!("operator {} is not a built-in", op.join("."))
+                        format!("sampling method {} is not a built-in", method.join("."))
                     });
                 }
             }
-            "TypeCast" => {
-                let ty = names(n.pointer("/type_name/names"));
-                if !ty.is_empty() && !builtin(&ty, BUILTIN_TYPES) {
-                    self.raise(ActionClass::SqlUnknown, || {
-                        format!("cast to {}, which is not a built-in type", ty.join("."))
-                    });
+            "DropStmt" => {
+                // DROP names its relations as lists of strings, not
+                // RangeVars; a schema stands for all its tables
+                // (`schema.*`).
+                let kind = n.get("remove_type").and_then(Value::as_i64).unwrap_or(0);
+                for object in n
+                    .get("objects")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let parts = names(object.pointer("/node/List/items"));
+                    let single = object
+                        .pointer("/node/String/sval")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                    match (kind, single) {
+                        (OBJECT_SCHEMA, Some(schema)) => {
+                            self.tables.insert(format!("{schema}.*"));
+                        }
+                        (k, _) if RELATION_OBJECTS.contains(&k) && !parts.is_empty() => {
+                            self.tables.insert(parts.join("."));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            "CommentStmt" | "SecLabelStmt" => {
+                let kind = n.get("objtype").and_then(Value::as_i64).unwrap_or(0);
+                let parts = names(n.pointer("/object/node/List/items"));
+                if RELATION_OBJECTS.contains(&kind) && !parts.is_empty() {
+                    self.tables.insert(parts.join("."));
+                } else if kind == OBJECT_COLUMN && parts.len() >= 2 {
+                    self.tables.insert(parts[..parts.len() - 1].join("."));
                 }
             }
             "ExecuteStmt" => {
@@ -982,6 +1425,35 @@ impl Walk<'_> {
                 })
             }
             _ => {}
+        }
+    }
+
+    fn operator(&mut self, name: Option<&Value>) {
+        let op = names(name);
+        if !op.is_empty() && !builtin(&op, BUILTIN_OPERATORS) {
+            self.raise(ActionClass::SqlUnknown, || {
+                format!("operator {} is not a built-in", op.join("."))
+            });
+        }
+    }
+
+    /// A name column notation may turn into a call: judged as the call
+    /// when the server has such a function.
+    fn column_notation(&mut self, name: &str) {
+        let catalog = self.classifier.catalog();
+        if catalog.user_functions.contains(name) {
+            self.raise(ActionClass::SqlUnknown, || {
+                format!("{name} may call the user function {name}() in column notation")
+            });
+        } else if catalog.volatile_builtins.contains(name) || VOLATILE_ONE_ARG.contains(&name) {
+            match self.classifier.side_effects.get(name) {
+                Some(class) => self.raise(*class, || {
+                    format!("{name} calls {name}() in column notation, which has side effects")
+                }),
+                None => self.raise(ActionClass::SqlUnknown, || {
+                    format!("{name} may call the volatile function {name}() in column notation")
+                }),
+            }
         }
     }
 
@@ -1063,7 +1535,36 @@ impl Classifier {
         Classifier {
             side_effects: se,
             read_only: ro,
+            catalog: Arc::default(),
+            generation: Arc::default(),
         }
+    }
+
+    /// Changes whenever what the classifier knows of the server's
+    /// functions changes.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Replaces what the classifier knows of the server's functions.
+    /// Returns whether it changed.
+    pub fn set_catalog(&self, catalog: Catalog) -> bool {
+        let mut slot = self.catalog.write().unwrap_or_else(|p| p.into_inner());
+        let changed = slot.user_functions != catalog.user_functions
+            || slot.volatile_builtins != catalog.volatile_builtins;
+        *slot = Arc::new(catalog);
+        if changed {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        changed
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Classifies `sql`. `names` resolves the session's prepared
@@ -1227,15 +1728,41 @@ impl Classifier {
                 .as_ref()
                 .is_none_or(|f| rank(walk.class) > rank(f.class))
             {
+                let whole = statement_text(source, raw);
                 found = Some(Resolved {
                     class: walk.class,
                     tables: walk.tables.into_iter().collect(),
-                    text: Arc::from(statement_text(source, raw)),
+                    text: Arc::from(definition_body(whole).unwrap_or(whole)),
                 });
             }
         }
         found
     }
+}
+
+/// The statement a `PREPARE name … AS statement` or `DECLARE name … FOR
+/// query` defines: what runs, and what policy judges as the operation of
+/// an `Execute` of it. The body follows the first `AS` (`PREPARE`) or
+/// `FOR` (`DECLARE`) token, as the scanner reads the text.
+fn definition_body(definition: &str) -> Option<&str> {
+    use pg_query::protobuf::Token;
+    let tokens: Vec<_> = pg_query::scan(definition)
+        .ok()?
+        .tokens
+        .into_iter()
+        .filter(|t| t.token != Token::SqlComment as i32 && t.token != Token::CComment as i32)
+        .collect();
+    let first = tokens.first()?.token;
+    let keyword = if first == pg_query::protobuf::Token::Prepare as i32 {
+        pg_query::protobuf::Token::As as i32
+    } else if first == pg_query::protobuf::Token::Declare as i32 {
+        pg_query::protobuf::Token::For as i32
+    } else {
+        return None;
+    };
+    let at = tokens.iter().position(|t| t.token == keyword)?;
+    let start = usize::try_from(tokens.get(at + 1)?.start).ok()?;
+    definition.get(start..).map(str::trim)
 }
 
 /// The text of one statement of a query string.
@@ -1323,5 +1850,31 @@ fn effect(kind: &str, n: &Value) -> Effect {
             }
         }
         _ => Effect::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_definition_s_body_is_what_runs() {
+        assert_eq!(
+            definition_body("PREPARE p (int, text) AS DELETE FROM t WHERE a = $1"),
+            Some("DELETE FROM t WHERE a = $1")
+        );
+        assert_eq!(
+            definition_body("/* x */ DECLARE c SCROLL CURSOR WITH HOLD FOR SELECT 1 FOR UPDATE"),
+            Some("SELECT 1 FOR UPDATE")
+        );
+        assert_eq!(definition_body("SELECT 1"), None);
+        let c = Classifier::default();
+        let r = c
+            .prepared_in("DEALLOCATE r; PREPARE r AS DELETE FROM t", "r")
+            .unwrap();
+        assert_eq!(
+            (r.class, &*r.text),
+            (ActionClass::SqlWrite, "DELETE FROM t")
+        );
     }
 }

@@ -48,8 +48,13 @@ pub fn check_protocol_name(what: &str, name: &str) -> Result<(), String> {
 /// A prepared statement as the server holds it.
 #[derive(Debug)]
 pub struct Prepared {
-    /// Its text as parsed (for SQL `PREPARE`, the statement that made it).
+    /// What it runs: the text parsed, or the body of a SQL `PREPARE` /
+    /// `DECLARE`. The operation of an `Execute` of it.
     pub text: Arc<str>,
+    /// The text the server reports for it (`pg_prepared_statements`,
+    /// `pg_cursors`): for SQL ones, the whole string that made it. `None`
+    /// when it is the same as `text`.
+    pub source: Option<Arc<str>>,
     /// What it runs.
     pub classified: Arc<Classified>,
     /// The intent of a leading `/* intent: … */` comment.
@@ -157,7 +162,7 @@ impl Names {
                     let kept = self
                         .statements
                         .get(&row.name)
-                        .filter(|p| *p.text == *row.text)
+                        .filter(|p| p.reported() == row.text)
                         .cloned();
                     let prepared = kept.unwrap_or_else(|| {
                         Arc::new(prepared_from_server(row, classify, classifier))
@@ -168,7 +173,11 @@ impl Names {
                     let kept = self
                         .portals
                         .get(&row.name)
-                        .filter(|p| p.statement.as_ref().is_some_and(|s| *s.text == *row.text))
+                        .filter(|p| {
+                            p.statement
+                                .as_ref()
+                                .is_some_and(|s| s.reported() == row.text)
+                        })
                         .cloned();
                     let portal = match kept {
                         Some(mut p) => {
@@ -197,11 +206,12 @@ impl Names {
 }
 
 fn from_resolved(row: &ServerRow, r: Option<Resolved>, what: &str) -> Prepared {
-    let (class, tables, reason) = match r {
+    let (class, tables, reason, text) = match r {
         Some(r) => (
             r.class,
             r.tables,
             format!("{what} {:?} as the server holds it", row.name),
+            r.text,
         ),
         None => (
             ActionClass::SqlUnknown,
@@ -210,10 +220,12 @@ fn from_resolved(row: &ServerRow, r: Option<Resolved>, what: &str) -> Prepared {
                 "{what} {:?}: gavel cannot tell what the server holds",
                 row.name
             ),
+            Arc::from(row.text.as_str()),
         ),
     };
     Prepared {
-        text: Arc::from(row.text.as_str()),
+        text,
+        source: Some(Arc::from(row.text.as_str())),
         classified: Arc::new(Classified {
             class,
             tables,
@@ -221,6 +233,7 @@ fn from_resolved(row: &ServerRow, r: Option<Resolved>, what: &str) -> Prepared {
             kinds: Vec::new(),
             classes: vec![class],
             facts: None,
+            generation: 0,
         }),
         intent: None,
     }
@@ -244,6 +257,7 @@ fn prepared_from_server(
     let classified = classify(&row.text);
     Prepared {
         text: Arc::from(row.text.as_str()),
+        source: None,
         intent: classify::comment_intent(&row.text),
         classified,
     }
@@ -263,8 +277,16 @@ fn cursor_from_server(
     let classified = classify(&row.text);
     Prepared {
         text: Arc::from(row.text.as_str()),
+        source: None,
         intent: classify::comment_intent(&row.text),
         classified,
+    }
+}
+
+impl Prepared {
+    /// The text the server reports for it.
+    pub fn reported(&self) -> &str {
+        self.source.as_deref().unwrap_or(&self.text)
     }
 }
 

@@ -84,6 +84,7 @@ impl Session {
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         self.settle().await?;
+        self.surface.ensure_catalog().await;
         let mut messages = Vec::with_capacity(batch.len());
         for frame in &batch {
             match wire::decode_frontend(frame) {
@@ -130,6 +131,7 @@ impl Session {
         let mut changes_statements = false;
         let mut changes_portals = false;
         let mut changed_settings: Vec<String> = Vec::new();
+        let mut runs_unseen_code = false;
         let mut refused = refused_names.map(|message| Refused::Batch {
             code: "42622",
             message: format!("gavel: {message}"),
@@ -147,6 +149,7 @@ impl Session {
                     let intent = classified.facts().and_then(|f| f.intent.clone());
                     let prepared = Arc::new(Prepared {
                         text: Arc::from(p.query.as_str()),
+                        source: None,
                         classified,
                         intent,
                     });
@@ -223,7 +226,12 @@ impl Session {
                     // EXECUTE, FETCH and MOVE name other statements and
                     // portals: judged against the tables as they are now,
                     // this batch's own changes included.
-                    if classified.facts().is_some_and(|f| f.uses_names()) {
+                    // So is a statement parsed before the server's functions
+                    // last changed.
+                    if classified.facts().is_some_and(|f| f.uses_names())
+                        || (classified.facts().is_some()
+                            && classified.generation != self.surface.classifier.generation())
+                    {
                         classified = self.classify_fresh(&text, &statements, &portals).await;
                     }
                     if let Some(intent) = classified.facts().and_then(|f| f.intent_setting()) {
@@ -238,6 +246,7 @@ impl Session {
                     {
                         Ok(permitted) => {
                             self.remember(classified.class, &text, "allowed");
+                            runs_unseen_code |= classified.runs_unseen_code();
                             match classified.facts() {
                                 Some(f) => {
                                     changes_statements |= f.may_change_statements();
@@ -292,6 +301,9 @@ impl Session {
                         return Err(WireError::Protocol("internal error".into()));
                     }
                 }
+            }
+            if runs_unseen_code {
+                self.surface.catalog_may_have_changed();
             }
             self.names.statements_stale |= changes_statements;
             self.names.portals_stale |= changes_portals;
@@ -352,6 +364,7 @@ impl Session {
             let segment = self.segments_sent;
             let raised = Prepared {
                 text: Arc::from("gavel's own refusal"),
+                source: None,
                 classified: Arc::new(Classified::unknown("gavel's own refusal".into())),
                 intent: None,
             };

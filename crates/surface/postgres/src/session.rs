@@ -924,6 +924,7 @@ impl Session {
     }
 
     async fn simple_query(&mut self, frame: BytesMut, sql: &str) -> Result<bool, WireError> {
+        self.surface.ensure_catalog().await;
         let classified = self.classify_fresh(sql, &[], &[]).await;
         let facts = classified.facts();
         if let Some(intent) = facts.and_then(|f| f.intent_setting()) {
@@ -966,6 +967,9 @@ impl Session {
                     return Ok(true);
                 }
                 self.names.simple_query_sent();
+                if classified.runs_unseen_code() {
+                    self.surface.catalog_may_have_changed();
+                }
                 if let Some(f) = facts {
                     self.names.statements_stale |= f.may_change_statements();
                     self.names.portals_stale |= f.may_change_portals();

@@ -197,6 +197,11 @@ impl<V: Clone> ShapeCache<V> {
             .cloned()
     }
 
+    /// Forgets everything.
+    pub fn clear(&self) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Remembers `value` for `key`.
     pub fn insert(&self, key: String, value: V) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());

@@ -5,7 +5,7 @@
 
 use crate::classify::{Classifier, Names};
 use crate::shape::{ShapeCache, shape};
-use crate::upstream::{Stream, Upstream, simple_query};
+use crate::upstream::{Stream, Upstream, simple_query, simple_query_rows};
 use bytes::BytesMut;
 use gavel_config::PostgresResourceConfig;
 use gavel_core::{ActionClass, Gate, Resource};
@@ -34,6 +34,8 @@ pub struct Classified {
     /// The classifier's full answer (effects, intent); `None` for entries
     /// made from the server's tables.
     pub facts: Option<crate::classify::Classification>,
+    /// The classifier's catalog generation it was made under.
+    pub generation: u64,
 }
 
 impl Classified {
@@ -50,7 +52,14 @@ impl Classified {
             kinds: Vec::new(),
             classes: Vec::new(),
             facts: None,
+            generation: 0,
         }
+    }
+
+    /// Whether it may run code gavel does not see (anything but a read or
+    /// a write), which may also create or drop functions.
+    pub fn runs_unseen_code(&self) -> bool {
+        !matches!(self.class, ActionClass::SqlRead | ActionClass::SqlWrite)
     }
 }
 
@@ -87,6 +96,9 @@ pub struct PostgresSurface {
     /// their result is released (`audit.read_durability`).
     pub(crate) durable_reads: bool,
     explainer: tokio::sync::Mutex<Option<Stream>>,
+    /// Something that may have created or dropped functions ran since the
+    /// classifier last read the server's catalog.
+    catalog_stale: std::sync::atomic::AtomicBool,
     pub(crate) hold: Duration,
     cancels: Mutex<HashMap<(i32, i32), Arc<CancelTarget>>>,
     /// What the server reported at startup, replayed to clients before
@@ -164,6 +176,7 @@ impl PostgresSurface {
             explain: config.explain_estimates,
             durable_reads,
             explainer: tokio::sync::Mutex::new(None),
+            catalog_stale: std::sync::atomic::AtomicBool::new(true),
             hold,
             cancels: Mutex::new(HashMap::new()),
             server_parameters: Mutex::new(None),
@@ -187,6 +200,18 @@ impl PostgresSurface {
         gate: Gate,
         auth: Arc<Authenticator>,
     ) {
+        let surface = self.clone();
+        let refresher = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CATALOG_REFRESH);
+            loop {
+                tick.tick().await;
+                surface
+                    .catalog_stale
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                surface.ensure_catalog().await;
+            }
+        });
+        let _refresher = AbortOnDrop(refresher);
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -215,7 +240,10 @@ impl PostgresSurface {
     /// class depends only on their text share one classification per shape
     /// (literals aside).
     pub(crate) fn classify(&self, sql: &str, names: &dyn Names) -> Arc<Classified> {
-        let key = shape(sql);
+        // Keyed by the catalog's generation too: a classification made
+        // before the server's functions changed is not reused after.
+        let generation = self.classifier.generation();
+        let key = shape(sql).map(|k| format!("{generation:020}{k}"));
         if let Some(hit) = key.as_deref().and_then(|k| self.classes.get(k)) {
             return hit;
         }
@@ -236,6 +264,7 @@ impl PostgresSurface {
             kinds: c.statements.iter().map(|s| s.kind.clone()).collect(),
             classes: c.statements.iter().map(|s| s.class).collect(),
             facts: Some(c),
+            generation,
         });
         if let (Some(k), true) = (key, cacheable) {
             self.classes.insert(k, classified.clone());
@@ -259,6 +288,75 @@ impl PostgresSurface {
             && let Err(e) = self.upstream.cancel(up).await
         {
             tracing::warn!(error = %e, "forwarding a cancel request failed");
+        }
+    }
+
+    /// Something that may create or drop functions was forwarded: read the
+    /// catalog again before the next classification.
+    pub(crate) fn catalog_may_have_changed(&self) {
+        self.catalog_stale
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Reads what column notation can call from the server, if something
+    /// may have changed it. A statement is classified only after that.
+    pub(crate) async fn ensure_catalog(&self) {
+        if !self
+            .catalog_stale
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let mut slot = self.explainer.lock().await;
+        // Another session may have read it while this one waited.
+        if !self
+            .catalog_stale
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let read = async {
+            if slot.is_none() {
+                let started = self
+                    .upstream
+                    .connect(&[("application_name".into(), "gavel-catalog".into())])
+                    .await
+                    .map_err(|e| format!("cannot connect: {e}"))?;
+                *slot = Some(started.stream);
+            }
+            let conn = slot.as_mut().ok_or("no connection")?;
+            simple_query_rows(conn, crate::classify::CATALOG_SQL)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), read).await {
+            Ok(Ok(rows)) => {
+                let mut catalog = crate::classify::Catalog::default();
+                for row in rows {
+                    if let [Some(name), Some(kind)] = row.as_slice() {
+                        if kind == "user" {
+                            catalog.user_functions.insert(name.clone());
+                        } else {
+                            catalog.volatile_builtins.insert(name.clone());
+                        }
+                    }
+                }
+                if self.classifier.set_catalog(catalog) {
+                    // Cached classifications were made without it (they
+                    // are keyed by generation; this frees the memory).
+                    self.classes.clear();
+                }
+            }
+            Ok(Err(e)) => {
+                *slot = None;
+                self.catalog_may_have_changed();
+                tracing::warn!(error = %e, resource = %self.resource.name, "cannot read the server's functions; column notation is judged by the built-in list until it can");
+            }
+            Err(_) => {
+                *slot = None;
+                self.catalog_may_have_changed();
+                tracing::warn!(resource = %self.resource.name, "reading the server's functions timed out");
+            }
         }
     }
 
@@ -347,6 +445,20 @@ impl PostgresSurface {
                 return key;
             }
         }
+    }
+}
+
+/// How often the classifier reads the server's functions again (to see
+/// those created outside gavel; those created through gavel are seen at
+/// once).
+const CATALOG_REFRESH: Duration = Duration::from_secs(30);
+
+/// Aborts a background task when its owner ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

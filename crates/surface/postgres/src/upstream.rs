@@ -382,6 +382,20 @@ impl Upstream {
                             "the server sent data before the first query".into(),
                         ));
                     }
+                    // gavel's parser reads names as a UTF8 server does
+                    // (truncation at a character boundary, case folding of
+                    // A–Z only); under another server encoding two names it
+                    // tells apart could be one on the server.
+                    let encoding = started_params
+                        .iter()
+                        .find(|(k, _)| k == "server_encoding")
+                        .map(|(_, v)| v.as_str());
+                    if encoding != Some("UTF8") {
+                        return Err(UpstreamError::Protocol(format!(
+                            "the database's server_encoding is {}: gavel serves only UTF8 databases",
+                            encoding.unwrap_or("not reported")
+                        )));
+                    }
                     return Ok(Started {
                         stream,
                         parameters: started_params,
@@ -417,6 +431,19 @@ impl Upstream {
 /// Runs `sql` (simple protocol) on `stream` and returns the first column of
 /// every row as text, or the server's error.
 pub async fn simple_query(stream: &mut Stream, sql: &str) -> Result<Vec<String>, UpstreamError> {
+    Ok(simple_query_rows(stream, sql)
+        .await?
+        .into_iter()
+        .filter_map(|row| row.into_iter().next().flatten())
+        .collect())
+}
+
+/// Runs `sql` (simple protocol) on `stream` and returns every row's columns
+/// as text, or the server's error.
+pub async fn simple_query_rows(
+    stream: &mut Stream,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, UpstreamError> {
     let mut out = BytesMut::new();
     frontend::query(sql, &mut out)?;
     stream.write_all(&out).await?;
@@ -438,9 +465,11 @@ pub async fn simple_query(stream: &mut Stream, sql: &str) -> Result<Vec<String>,
             Message::DataRow(row) => {
                 let buffer = row.buffer();
                 let mut ranges = row.ranges();
-                if let Some(Some(r)) = ranges.next()? {
-                    rows.push(String::from_utf8_lossy(&buffer[r]).into_owned());
+                let mut columns = Vec::new();
+                while let Some(r) = ranges.next()? {
+                    columns.push(r.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned()));
                 }
+                rows.push(columns);
             }
             Message::ErrorResponse(e) => failure = Some(error_text(e.fields())),
             Message::ReadyForQuery(_) => break,

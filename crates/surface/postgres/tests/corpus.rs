@@ -75,7 +75,87 @@ const CASES: &[(ActionClass, &str)] = &[
         "SELECT * FROM users WHERE name LIKE 'a%' AND id BETWEEN 1 AND 9",
     ),
     (SqlRead, "SELECT data->>'k', data @> '{}'::jsonb FROM docs"),
-    (SqlRead, "SELECT * FROM pg_stat_activity"),
+    (SqlAdmin, "SELECT * FROM pg_stat_activity"),
+    // Catalogs: an allow-list of metadata; credentials, other sessions and
+    // server internals are admin, however they are named.
+    (SqlRead, "SELECT relname FROM pg_class"),
+    (SqlRead, "SELECT * FROM pg_catalog.pg_tables"),
+    (SqlRead, "SELECT * FROM information_schema.columns"),
+    (SqlAdmin, "SELECT umoptions FROM pg_user_mapping"),
+    (SqlAdmin, "SELECT * FROM pg_catalog.pg_user_mappings"),
+    (SqlAdmin, "SELECT subconninfo FROM pg_subscription"),
+    (SqlAdmin, "SELECT * FROM pg_largeobject"),
+    (SqlAdmin, "SELECT * FROM pg_statistic"),
+    (SqlAdmin, "SELECT * FROM pg_catalog.pg_authid"),
+    (SqlAdmin, "SELECT * FROM pg_settings"),
+    (SqlAdmin, "SELECT * FROM information_schema.user_mappings"),
+    (SqlAdmin, "SELECT * FROM pg_toast.pg_toast_1259"),
+    (SqlAdmin, "SELECT * FROM pg_some_future_catalog"),
+    (SqlAdmin, "SELECT 1 WHERE EXISTS (SELECT 1 FROM pg_shadow)"),
+    // Operators anywhere: op ANY/ALL (SELECT …), OPERATOR(schema.op),
+    // ORDER BY … USING.
+    (SqlUnknown, "SELECT 1 WHERE 1 === ANY (SELECT 1)"),
+    (
+        SqlUnknown,
+        "SELECT x FROM t WHERE x OPERATOR(public.===) ALL (SELECT 1)",
+    ),
+    (
+        SqlUnknown,
+        "SELECT * FROM t ORDER BY a USING OPERATOR(public.<<<)",
+    ),
+    (
+        SqlUnknown,
+        "SELECT array_agg(a ORDER BY a USING OPERATOR(public.<<<)) FROM t",
+    ),
+    (SqlRead, "SELECT * FROM t ORDER BY a USING >"),
+    (SqlRead, "SELECT 1 WHERE 1 = ANY (SELECT 1)"),
+    (
+        SqlRead,
+        "SELECT a FROM t WHERE (a, b) = ANY (SELECT a, b FROM u)",
+    ),
+    // Types anywhere: XMLSERIALIZE, XMLTABLE and JSON_TABLE columns,
+    // RETURNING, column definitions, PREPARE's argument types.
+    (
+        SqlUnknown,
+        "SELECT XMLSERIALIZE(DOCUMENT x AS public.dom) FROM t",
+    ),
+    (
+        SqlUnknown,
+        "SELECT * FROM XMLTABLE('/r' PASSING x COLUMNS a public.dom PATH 'a')",
+    ),
+    (
+        SqlUnknown,
+        "SELECT * FROM JSON_TABLE(j, '$' COLUMNS (a public.dom PATH '$.a'))",
+    ),
+    (
+        SqlUnknown,
+        "SELECT JSON_VALUE(j, '$' RETURNING public.dom) FROM t",
+    ),
+    (
+        SqlUnknown,
+        "SELECT * FROM generate_series(1, 2) AS x(a public.dom)",
+    ),
+    (SqlUnknown, "PREPARE p(public.dom) AS SELECT $1"),
+    (SqlUnknown, "SELECT 'a'::public.dom"),
+    (SqlUnknown, "SELECT CAST(1 AS dom)"),
+    (SqlUnknown, "SELECT a COLLATE public.c FROM t"),
+    (SqlUnknown, "SELECT * FROM t TABLESAMPLE public.evil(1)"),
+    (SqlRead, "SELECT * FROM t TABLESAMPLE system(1)"),
+    (SqlRead, "SELECT a COLLATE \"C\" FROM t"),
+    (SqlRead, "SELECT XMLSERIALIZE(DOCUMENT x AS text) FROM t"),
+    (
+        SqlRead,
+        "SELECT oid::regoperator, 'x'::pg_catalog.regclass FROM pg_operator",
+    ),
+    // Column notation reaches functions where no call is written.
+    (SqlWrite, "SELECT ('s').nextval"),
+    (SqlWrite, "SELECT (ARRAY['s'::regclass])[1].nextval"),
+    (SqlWrite, "SELECT ((SELECT 's'::regclass)).nextval"),
+    (SqlAdmin, "SELECT (0.1).pg_sleep"),
+    (SqlAdmin, "SELECT (1).pg_terminate_backend"),
+    (SqlAdmin, "SELECT ('.').pg_ls_dir"),
+    (SqlUnknown, "SELECT ('DELETE FROM t').ts_stat"),
+    (SqlRead, "SELECT x.a, (x).b, s.t.c FROM t x"),
     (SqlRead, ""),
     (SqlRead, ";"),
     (SqlRead, "SELECT 1; SELECT 2"),
@@ -446,6 +526,79 @@ fn tables_and_reasons_are_reported() {
         "{}",
         r.reason
     );
+}
+
+#[test]
+fn every_statement_kind_names_its_tables_for_policy() {
+    let c = Classifier::default();
+    for (sql, table) in [
+        ("DROP TABLE audit.events", "audit.events"),
+        (
+            "DROP TABLE IF EXISTS x, audit.events CASCADE",
+            "audit.events",
+        ),
+        ("DROP VIEW audit.events", "audit.events"),
+        ("DROP MATERIALIZED VIEW audit.events", "audit.events"),
+        ("DROP SCHEMA audit CASCADE", "audit.*"),
+        ("ALTER TABLE audit.events DROP COLUMN x", "audit.events"),
+        ("TRUNCATE audit.events", "audit.events"),
+        ("GRANT SELECT ON audit.events TO bob", "audit.events"),
+        ("REVOKE ALL ON audit.events FROM bob", "audit.events"),
+        ("COMMENT ON TABLE audit.events IS 'x'", "audit.events"),
+        ("COMMENT ON COLUMN audit.events.x IS 'x'", "audit.events"),
+        ("CREATE INDEX i ON audit.events (x)", "audit.events"),
+        ("REINDEX TABLE audit.events", "audit.events"),
+        ("LOCK TABLE audit.events", "audit.events"),
+        ("COPY audit.events TO STDOUT", "audit.events"),
+        ("COPY audit.events FROM STDIN", "audit.events"),
+        ("VACUUM audit.events", "audit.events"),
+        ("ANALYZE audit.events", "audit.events"),
+        ("CLUSTER audit.events USING i", "audit.events"),
+        ("ALTER TABLE audit.events RENAME TO e2", "audit.events"),
+        ("ALTER TABLE audit.events SET SCHEMA public", "audit.events"),
+        ("ALTER TABLE audit.events OWNER TO bob", "audit.events"),
+        (
+            "CREATE TRIGGER tr BEFORE DELETE ON audit.events FOR EACH ROW EXECUTE FUNCTION f()",
+            "audit.events",
+        ),
+        (
+            "CREATE POLICY p ON audit.events USING (true)",
+            "audit.events",
+        ),
+        ("REFRESH MATERIALIZED VIEW audit.events", "audit.events"),
+        ("DELETE FROM audit.events", "audit.events"),
+        ("EXECUTE known_write", "t"),
+    ] {
+        let r = c.classify(sql, &Session);
+        assert!(
+            r.tables.iter().any(|t| t == table),
+            "{sql:?} names {table}, got {:?}",
+            r.tables
+        );
+    }
+}
+
+#[test]
+fn column_notation_follows_the_servers_catalog() {
+    let c = Classifier::default();
+    let user = "SELECT x.audit_everything FROM t x";
+    assert_eq!(
+        c.classify(user, &Session).class,
+        SqlRead,
+        "a column until the server says otherwise"
+    );
+    let mut catalog = gavel_postgres::classify::Catalog::default();
+    catalog.user_functions.insert("audit_everything".into());
+    assert!(c.set_catalog(catalog.clone()));
+    assert!(!c.set_catalog(catalog), "unchanged");
+    for sql in [
+        user,
+        "SELECT (x).audit_everything FROM t x",
+        "SELECT public.t.audit_everything FROM public.t",
+        "SELECT (1).audit_everything",
+    ] {
+        assert_eq!(c.classify(sql, &Session).class, SqlUnknown, "{sql}");
+    }
 }
 
 #[test]

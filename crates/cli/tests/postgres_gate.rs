@@ -1,0 +1,399 @@
+//! No path around the gate on the PostgreSQL surface: each way an agent
+//! once made the server run something other than what gavel judged,
+//! replayed against the machine's PostgreSQL, checked by its effect on the
+//! server (rows, tables, files), not only by gavel's answer.
+
+mod harness;
+
+use bytes::BytesMut;
+use harness::ALICE;
+use harness::pg::*;
+use postgres_protocol::message::frontend;
+use std::time::{Duration, Instant};
+
+/// Only reads are allowed: anything else an agent runs is a hole.
+const READ_ONLY: &str = r#"
+@id("reads") permit(principal, action == Action::"sql.read", resource);
+"#;
+
+/// Reads pass; writes wait for a DBA.
+const WRITES_NEED_APPROVAL: &str = r#"
+@id("reads") permit(principal, action == Action::"sql.read", resource);
+@id("writes-need-a-dba") @approval("group:dba")
+permit(principal, action == Action::"sql.write", resource);
+"#;
+
+fn count(t: &str) -> String {
+    admin(&format!("SELECT count(*) FROM {t}"))
+}
+
+fn rows_table(prefix: &str) -> String {
+    let t = table(prefix);
+    admin(&format!(
+        "CREATE TABLE {t} (id int); INSERT INTO {t} SELECT generate_series(1, 5)"
+    ));
+    t
+}
+
+fn exists(t: &str) -> bool {
+    admin(&format!("SELECT to_regclass('{t}') IS NOT NULL")) == "t"
+}
+
+/// A file the server's OS user would create if `COPY … TO PROGRAM` ran.
+fn marker(name: &str) -> String {
+    let path = format!("/tmp/gavel-{name}-{}", std::process::id());
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+fn parse(out: &mut BytesMut, name: &str, sql: &str) {
+    frontend::parse(name, sql, std::iter::empty(), out).unwrap();
+}
+
+fn sqlstate(messages: &[(u8, Vec<u8>)]) -> Option<String> {
+    let (_, body) = messages.iter().find(|(t, _)| *t == b'E')?;
+    let mut fields = body.as_slice();
+    while let Some((&t, rest)) = fields.split_first() {
+        let end = rest.iter().position(|b| *b == 0)?;
+        if t == b'C' {
+            return Some(String::from_utf8_lossy(&rest[..end]).into_owned());
+        }
+        fields = &rest[end + 1..];
+    }
+    None
+}
+
+#[tokio::test]
+async fn statement_names_the_server_would_truncate_are_refused() {
+    let pg = Pg::start_policies("1s", READ_ONLY, "").await;
+    let t = rows_table("alias");
+    let dropped = rows_table("alias_drop");
+    let file = marker("alias");
+    let mut raw = Raw::login(&pg).await;
+    let a = "a".repeat(63);
+    for privileged in [
+        format!("DELETE FROM {t}"),
+        format!("DROP TABLE {dropped}"),
+        format!("COPY (SELECT 1) TO PROGRAM 'touch {file}'"),
+    ] {
+        // The server keeps 63 bytes: `A1`, `A2` and `A3` are one name to it.
+        let mut out = BytesMut::new();
+        parse(&mut out, &format!("{a}1"), "SELECT 1");
+        frontend::close(b'S', &format!("{a}2"), &mut out).unwrap();
+        parse(&mut out, &format!("{a}3"), &privileged);
+        bind(&mut out, "", &format!("{a}1"));
+        frontend::execute("", 0, &mut out).unwrap();
+        frontend::sync(&mut out);
+        raw.send(&out).await;
+        let r = raw.until_ready().await;
+        assert_eq!(sqlstate(&r).as_deref(), Some("42622"), "{r:?}");
+        let e = Raw::error(&r).unwrap();
+        assert!(e.contains("63 bytes"), "{e}");
+    }
+    assert_eq!(count(&t), "5", "nothing was deleted");
+    assert!(exists(&dropped), "nothing was dropped");
+    assert!(!std::path::Path::new(&file).exists(), "no program ran");
+    // Names of 63 bytes are the server's own: they work.
+    let r = raw.parse_bind(&a, "SELECT 1", None).await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let r = raw.bind_execute(&a).await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    admin(&format!("DROP TABLE {t}; DROP TABLE {dropped}"));
+}
+
+#[tokio::test]
+async fn a_deallocate_the_server_never_ran_changes_nothing_gavel_believes() {
+    let pg = Pg::start_policies("1s", READ_ONLY, "").await;
+    let t = rows_table("dealloc");
+    let mut raw = Raw::login(&pg).await;
+    let r = raw.parse_bind("p", &format!("DELETE FROM {t}"), None).await;
+    assert!(Raw::error(&r).is_none(), "a Parse runs nothing: {r:?}");
+    // The server stops at the error: `p` stays the DELETE.
+    let r = raw.query("SELECT 1/0; DEALLOCATE p").await;
+    assert!(Raw::error(&r).unwrap().contains("division by zero"));
+    let r = raw.query("PREPARE p AS SELECT 1").await;
+    assert_eq!(sqlstate(&r).as_deref(), Some("42P05"), "{r:?}");
+    let r = raw.query("EXECUTE p").await;
+    let e = Raw::error(&r).expect("refused");
+    assert!(e.contains("gavel"), "{e}");
+    assert_eq!(count(&t), "5", "the DELETE did not run");
+
+    // The same inside a transaction that the error aborts.
+    let file = marker("dealloc");
+    assert!(Raw::error(&raw.query("BEGIN").await).is_none());
+    let r = raw
+        .parse_bind(
+            "q",
+            &format!("COPY (SELECT 1) TO PROGRAM 'touch {file}'"),
+            None,
+        )
+        .await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let r = raw.query("SELECT 1/0; DEALLOCATE q").await;
+    assert!(Raw::error(&r).unwrap().contains("division by zero"));
+    assert!(Raw::error(&raw.query("ROLLBACK").await).is_none());
+    let r = raw.query("PREPARE q AS SELECT 1").await;
+    assert_eq!(sqlstate(&r).as_deref(), Some("42P05"), "{r:?}");
+    let r = raw.query("EXECUTE q").await;
+    assert!(Raw::error(&r).is_some(), "refused: {r:?}");
+    assert!(!std::path::Path::new(&file).exists(), "no program ran");
+    // A DEALLOCATE that did run is believed: the name is free again.
+    assert!(Raw::error(&raw.query("DEALLOCATE q").await).is_none());
+    assert!(Raw::error(&raw.query("PREPARE q AS SELECT 2").await).is_none());
+    assert!(Raw::error(&raw.query("EXECUTE q").await).is_none());
+    admin(&format!("DROP TABLE {t}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statements_redefined_by_sql_are_read_back_from_the_server() {
+    // Agents may prepare writes (the operator wants to see them first) but
+    // not run them.
+    let policies = r#"
+@id("reads") permit(principal, action == Action::"sql.read", resource);
+@id("prepare-only") permit(principal, action == Action::"sql.write", resource)
+when { context.operation like "*PREPARE*" && !(context.operation like "*EXECUTE*") };
+"#;
+    let pg = Pg::start_policies("1s", policies, "").await;
+    let t = rows_table("redefine");
+    let mut raw = Raw::login(&pg).await;
+    let r = raw.parse_bind("r", "SELECT 1", None).await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    // SQL replaces the protocol-level statement behind gavel's back.
+    let r = raw
+        .query(&format!("DEALLOCATE r; PREPARE r AS DELETE FROM {t}"))
+        .await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let r = raw.bind_execute("r").await;
+    let e = Raw::error(&r).unwrap_or_else(|| {
+        panic!(
+            "the DELETE the server now holds is refused: {:#?}",
+            audit_lines(&pg)
+        )
+    });
+    assert!(e.contains("sql.write") || e.contains("denied"), "{e}");
+    // The same through a portal bound earlier and a protocol Close.
+    let r = raw.query("DEALLOCATE ALL").await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let r = raw.query(&format!("PREPARE s AS DELETE FROM {t}")).await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let r = raw.bind_execute("s").await;
+    assert!(Raw::error(&r).is_some(), "{r:?}");
+    assert_eq!(count(&t), "5");
+    admin(&format!("DROP TABLE {t}"));
+}
+
+#[tokio::test]
+async fn fetch_runs_what_the_server_holds_under_the_portal_name() {
+    let pg = Pg::start_policies("1s", READ_ONLY, "").await;
+    let t = rows_table("fetch");
+    let mut raw = Raw::login(&pg).await;
+    assert!(Raw::error(&raw.query("BEGIN").await).is_none());
+    let long = format!("{}x", "p".repeat(63));
+    let mut out = BytesMut::new();
+    parse(&mut out, "d", &format!("DELETE FROM {t} RETURNING id"));
+    bind(&mut out, &long, "d");
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    let r = raw.until_ready().await;
+    assert_eq!(sqlstate(&r).as_deref(), Some("42622"), "{r:?}");
+    assert!(Raw::error(&raw.query("ROLLBACK").await).is_none());
+    assert!(Raw::error(&raw.query("BEGIN").await).is_none());
+    let r = raw
+        .query(&format!("FETCH ALL FROM {}", "p".repeat(63)))
+        .await;
+    assert!(Raw::error(&r).is_some(), "{r:?}");
+    assert!(Raw::error(&raw.query("ROLLBACK").await).is_none());
+    // A portal of a proper name: FETCH runs its DELETE, and is judged so.
+    assert!(Raw::error(&raw.query("BEGIN").await).is_none());
+    let r = raw
+        .parse_bind("d", &format!("DELETE FROM {t} RETURNING id"), Some("c"))
+        .await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let r = raw.query("FETCH ALL FROM c").await;
+    let e = Raw::error(&r).expect("refused");
+    assert!(e.contains("sql.write"), "{e}");
+    assert!(Raw::error(&raw.query("ROLLBACK").await).is_none());
+    // A cursor declared by SQL is read from the server's own table.
+    assert!(Raw::error(&raw.query("BEGIN").await).is_none());
+    let r = raw
+        .query(&format!("DECLARE k CURSOR FOR SELECT id FROM {t}"))
+        .await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let r = raw.query("FETCH 2 FROM k").await;
+    assert!(Raw::error(&r).is_none(), "a read: {r:?}");
+    assert!(Raw::error(&raw.query("COMMIT").await).is_none());
+    assert_eq!(count(&t), "5");
+    admin(&format!("DROP TABLE {t}"));
+}
+
+/// The request id a refusal names.
+fn named_request(messages: &[(u8, Vec<u8>)]) -> String {
+    let e = Raw::error(messages).expect("an error");
+    let at = e.find("request ").expect("names a request") + "request ".len();
+    e[at..at + 36].to_owned()
+}
+
+#[tokio::test]
+async fn an_approval_is_bound_to_the_session_settings_and_the_surface() {
+    let pg = Pg::start_policies("1s", WRITES_NEED_APPROVAL, "").await;
+    let t = table("datestyle");
+    admin(&format!(
+        "CREATE TABLE {t} (day date); INSERT INTO {t} VALUES ('2024-03-01'), ('2024-03-10'), ('2024-03-20')"
+    ));
+    let delete = format!("DELETE FROM {t} WHERE day < '03/04/2024'");
+    let mut raw = Raw::login(&pg).await;
+    assert!(Raw::error(&raw.query("SET datestyle = 'ISO, MDY'").await).is_none());
+    let r = raw.query(&delete).await;
+    let id = named_request(&r);
+    let (_, request) = pg.g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
+    let settings = &request["settings"];
+    assert_eq!(settings["DateStyle"], "ISO, MDY", "{request}");
+    assert!(settings["search_path"].is_string(), "{request}");
+    let (s, e) = pg.g.approve(ALICE, &id).await;
+    assert_eq!(s, 200, "{e}");
+    // Under DMY the identical text deletes three rows: not what was approved.
+    assert!(Raw::error(&raw.query("SET datestyle = 'ISO, DMY'").await).is_none());
+    let r = raw.query(&delete).await;
+    let other = named_request(&r);
+    assert_ne!(other, id, "a new request, for the new meaning");
+    assert_eq!(count(&t), "3");
+    // Under MDY again, it is the approved statement: it runs once.
+    assert!(Raw::error(&raw.query("SET datestyle = 'ISO, MDY'").await).is_none());
+    let r = raw.query(&delete).await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    assert_eq!(count(&t), "2");
+
+    // A grant filed over REST is not spent through the proxy.
+    let rest = format!("DELETE FROM {t} WHERE day < '01/01/2030'");
+    let (s, v) =
+        pg.g.call(
+            reqwest::Method::POST,
+            "/api/v1/actions",
+            Some(&pg.g.agent_token),
+            Some(serde_json::json!({
+                "resource": "app-db", "action": "sql.write", "operation": rest,
+                "details": {"tables": [t]}
+            })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let rest_id = v["request_id"].as_str().unwrap().to_owned();
+    let (s, e) = pg.g.approve(ALICE, &rest_id).await;
+    assert_eq!(s, 200, "{e}");
+    let r = raw.query(&rest).await;
+    assert_ne!(named_request(&r), rest_id);
+    assert_eq!(count(&t), "2", "the REST approval deleted nothing here");
+    admin(&format!("DROP TABLE {t}"));
+}
+
+#[tokio::test]
+async fn a_table_forbid_refuses_every_statement_that_names_the_table() {
+    let schema = format!("gavel_audit_{}", std::process::id());
+    admin(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; CREATE TABLE {schema}.events (x int)"
+    ));
+    let policies = format!(
+        r#"
+@id("reads") permit(principal, action == Action::"sql.read", resource);
+@id("ddl-needs-a-dba") @approval("group:dba")
+permit(principal, action in [Action::"sql.ddl", Action::"sql.write", Action::"sql.dcl"], resource);
+@id("guard-the-audit-trail")
+forbid(principal, action in [Action::"sql.ddl", Action::"sql.write", Action::"sql.dcl"], resource)
+when {{ context.tables.contains("{schema}.events") || context.tables.contains("{schema}.*") }};
+"#
+    );
+    let pg = Pg::start_policies("1s", &policies, "").await;
+    let mut raw = Raw::login(&pg).await;
+    for sql in [
+        format!("DROP TABLE {schema}.events"),
+        format!("TRUNCATE {schema}.events"),
+        format!("ALTER TABLE {schema}.events RENAME TO gone"),
+        format!("COMMENT ON TABLE {schema}.events IS 'x'"),
+        format!("GRANT ALL ON {schema}.events TO PUBLIC"),
+        format!("DROP SCHEMA {schema} CASCADE"),
+    ] {
+        let r = raw.query(&sql).await;
+        let e = Raw::error(&r).unwrap_or_default();
+        assert!(
+            e.contains("guard-the-audit-trail"),
+            "{sql}: refused at once by the forbid, not held: {e}"
+        );
+    }
+    assert!(exists(&format!("{schema}.events")));
+    assert!(pg.pending().await.is_empty(), "nothing waits for approval");
+    admin(&format!("DROP SCHEMA {schema} CASCADE"));
+}
+
+#[tokio::test]
+async fn revoking_an_agent_ends_its_held_statements_and_its_sessions() {
+    let pg = Pg::start_policies("20s", WRITES_NEED_APPROVAL, "").await;
+    let t = rows_table("revoke");
+    let delete = format!("DELETE FROM {t}");
+    let held = {
+        let token = pg.g.agent_token.clone();
+        let port = pg.port;
+        let delete = delete.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("psql")
+                .args([
+                    "-X",
+                    "-q",
+                    &format!("host=127.0.0.1 port={port} user=bot dbname=test"),
+                    "-c",
+                    &delete,
+                ])
+                .env("PGPASSWORD", token)
+                .output()
+                .unwrap()
+        })
+    };
+    let request = pg.wait_for_pending(&delete).await;
+    let id = request["id"].as_str().unwrap().to_owned();
+    let mut other = Raw::login(&pg).await;
+    let out = pg.g.cli(&["agent", "revoke", "bot"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = held.await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("revoked"), "{stderr}");
+    // Its request is withdrawn: nobody can approve it any more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, r) = pg.g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
+        if r["state"] == "expired" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {}", r["state"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, e) = pg.g.approve(ALICE, &id).await;
+    assert_eq!(s, 409, "{e}");
+    // Its open session ends at its next statement.
+    other.send(&query_message("SELECT 1")).await;
+    let (tag, body) = other.message().await;
+    assert_eq!(tag, b'E');
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("FATAL") && text.contains("28000"), "{text}");
+    assert_eq!(count(&t), "5");
+    admin(&format!("DROP TABLE {t}"));
+}
+
+fn query_message(sql: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    frontend::query(sql, &mut out).unwrap();
+    out
+}
+fn audit_lines(pg: &Pg) -> Vec<serde_json::Value> {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(pg.audit()))
+        .into_iter()
+        .map(|r| {
+            serde_json::json!([
+                r["event"],
+                r["class"],
+                r["operation"],
+                r["decision"],
+                r["outcome"]
+            ])
+        })
+        .collect()
+}
