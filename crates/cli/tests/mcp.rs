@@ -132,6 +132,11 @@ command = ["{fs}", "{dir}"]
         }
     }
 
+    async fn pending_requests(&self) -> Vec<Value> {
+        let (_, list) = self.g.get("/api/v1/requests?state=pending", ALICE).await;
+        list["requests"].as_array().cloned().unwrap_or_default()
+    }
+
     async fn audit_events(&self, query: &str) -> Vec<Value> {
         let (_, page) = self.g.get(&format!("/api/v1/audit?{query}"), ALICE).await;
         page["records"]
@@ -729,4 +734,130 @@ async fn bad_tokens_malformed_json_rpc_and_session_theft_are_refused() {
         .unwrap();
     let text = r.text().await.unwrap();
     assert!(text.contains("-32601"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resource_uris_are_judged_in_the_form_the_upstream_reads() {
+    let m = Mcp::start("60s").await;
+    let policies = MCP_POLICIES
+        .replace("DATA", &m.data.path().display().to_string())
+        .replace(
+            r#"@id("resources-and-prompts") permit(principal, action == Action::"mcp.read", resource);"#,
+            r#"@id("dynamic-text") permit(principal, action == Action::"mcp.read", resource)
+  when { context.operation like "demo://resource/dynamic/text/*" };
+@id("no-static") forbid(principal, action == Action::"mcp.read", resource)
+  when { context.operation like "demo://resource/static/*" };
+@id("no-dot-dot") forbid(principal, action == Action::"mcp.read", resource)
+  when { context.operation like "*..*" };"#,
+        );
+    m.g.write_policy_and_wait("main.cedar", &policies).await;
+    let secret = "demo://resource/static/document/architecture.md";
+    let dressed = [
+        // Dot segments the upstream removes, however they are spelled.
+        "demo://resource/dynamic/text/%2e%2e/%2e%2e/static/document/architecture.md",
+        "demo://resource/dynamic/text/%2E%2E/%2E%2E/static/document/architecture.md",
+        "demo://resource/dynamic/text/.%2e/%2E./static/document/architecture.md",
+        // What the upstream's URL parser trims or deletes.
+        " demo://resource/static/document/architecture.md",
+        "\tdemo://resource/static/document/architecture.md",
+        "demo://resource/sta\ttic/document/architecture.md",
+        "DEMO://resource/static/document/architecture.md",
+    ];
+    let steps: Vec<Value> = std::iter::once(secret)
+        .chain(dressed)
+        .map(|uri| json!({"op": "read_resource", "uri": uri}))
+        .chain(std::iter::once(
+            json!({"op": "read_resource", "uri": "demo://resource/dynamic/text/1"}),
+        ))
+        .collect();
+    let out = m.client(&m.g.agent_token, Value::Array(steps)).await;
+    let (allowed, refused) = out.split_last().unwrap();
+    for (i, r) in refused.iter().enumerate() {
+        assert!(
+            r.get("error").is_some(),
+            "read {i} reached the upstream: {r}"
+        );
+        assert!(
+            !r["text"].as_str().unwrap_or("").contains("architecture"),
+            "{r}"
+        );
+    }
+    assert!(allowed.get("error").is_none(), "{allowed}");
+    // What policy judged is what the upstream would read.
+    let reads = m.audit_events("resource=everything&event=decision").await;
+    let judged: Vec<&str> = reads
+        .iter()
+        .filter(|r| r["class"] == "mcp.read")
+        .filter_map(|r| r["operation"].as_str())
+        .collect();
+    assert!(judged.contains(&secret), "{judged:?}");
+    assert!(
+        judged
+            .iter()
+            .all(|op| !op.contains("%2e") && !op.contains("..")),
+        "{judged:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn path_arguments_are_judged_as_the_filesystem_server_resolves_them() {
+    let m = Mcp::start("1s").await;
+    let escape = format!("{}/../escaped.txt", m.path("allowed"));
+    let out = m
+        .client(
+            &m.g.agent_token,
+            json!([
+                {"op": "call", "tool": "fs__write_file", "args": {"path": escape, "content": "x"}},
+                {"op": "call", "tool": "fs__write_file", "args": {"path": "allowed/relative.txt", "content": "x"}},
+            ]),
+        )
+        .await;
+    assert_eq!(out[0]["is_error"], true, "{}", out[0]);
+    assert!(
+        out[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("fs-writes-only-in-allowed"),
+        "refused outright by the forbid, as the path the server would write: {}",
+        out[0]
+    );
+    assert_eq!(out[1]["is_error"], true, "{}", out[1]);
+    assert!(
+        out[1]["text"].as_str().unwrap().contains("not absolute"),
+        "{}",
+        out[1]
+    );
+    assert!(!std::path::Path::new(&m.path("escaped.txt")).exists());
+    assert!(m.pending_requests().await.is_empty(), "nothing waits");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_call_of_a_revoked_agent_never_runs() {
+    let m = Mcp::start("60s").await;
+    let target = m.path("allowed/revoked.txt");
+    let call = tokio::spawn(run_client(json!({
+        "transport": "http", "url": m.url(), "token": m.g.agent_token,
+        "steps": [{"op": "call", "tool": "fs__write_file",
+                   "args": {"path": target, "content": "after revocation"}}],
+    })));
+    let request = m.pending_request().await;
+    let id = request["id"].as_str().unwrap().to_owned();
+    let out = m.g.cli(&["agent", "revoke", "bot"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = call.await.unwrap();
+    assert_eq!(out[0]["is_error"], true, "{}", out[0]);
+    assert!(
+        out[0]["text"].as_str().unwrap().contains("revoked"),
+        "{}",
+        out[0]
+    );
+    let (_, r) = m.g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
+    assert_eq!(r["state"], "expired", "withdrawn: {r}");
+    let (status, v) = m.g.approve(BOB, &id).await;
+    assert_eq!(status, 409, "nothing left to approve: {v}");
+    assert!(!std::path::Path::new(&target).exists(), "never written");
 }
