@@ -3,6 +3,7 @@
 use crate::flags::RequestsArgs;
 use crate::{Fail, exit};
 use anyhow::Context as _;
+use gavel_core::display::{one_line, visible};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -328,13 +329,25 @@ async fn call(
         400 => exit::USAGE,
         _ => exit::FAILURE,
     };
-    Err(Fail::with(code, format!("{} ({status})", message)))
+    Err(Fail::with(
+        code,
+        format!("{} ({status})", one_line(&message)),
+    ))
 }
 
 const QUICK: Duration = Duration::from_secs(30);
 
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or("")
+/// A string field as a terminal may show it: agent-written text is
+/// inert (no escape sequences, bidi or zero-width characters; hidden
+/// characters appear as `⟨U+XXXX⟩`), on one line.
+fn s(v: &Value, key: &str) -> String {
+    one_line(v[key].as_str().unwrap_or(""))
+}
+
+/// A multi-line field (an operation) made inert, its lines indented to
+/// the column values start at.
+fn block(text: &str) -> String {
+    visible(text).replace('\n', "\n           ")
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -389,9 +402,9 @@ pub async fn requests(server: &str, a: RequestsArgs) -> anyhow::Result<ExitCode>
             s(&r, "id"),
             s(&r, "state"),
             truncate(&initiator(&r), 24),
-            truncate(s(&r["resource"], "name"), 16),
+            truncate(&s(&r["resource"], "name"), 16),
             s(&r, "action"),
-            truncate(s(&r, "operation"), 60)
+            truncate(&s(&r, "operation"), 60)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -422,31 +435,46 @@ fn print_request(r: &Value) {
         s(&r["resource"], "kind")
     );
     println!("action     {}", s(r, "action"));
-    println!("operation  {}", s(r, "operation"));
+    println!(
+        "operation  {}",
+        block(r["operation"].as_str().unwrap_or(""))
+    );
     if !s(r, "intent").is_empty() {
         println!("intent     {}", s(r, "intent"));
     }
     if r["details"].as_object().is_some_and(|d| !d.is_empty()) {
-        println!("details    {}", r["details"]);
+        println!("details    {}", one_line(&r["details"].to_string()));
+    }
+    if let Some(settings) = r["settings"].as_object().filter(|m| !m.is_empty()) {
+        println!("settings:");
+        for (k, v) in settings {
+            println!("  {} = {}", one_line(k), one_line(v.as_str().unwrap_or("")));
+        }
     }
     if let Some(context) = r["data_context"].as_object() {
         for (k, v) in context {
             match v {
                 serde_json::Value::Array(items) => {
-                    println!("{k}:");
+                    println!("{}:", one_line(k));
                     for item in items {
                         println!(
                             "  {}",
-                            item.as_str()
-                                .map_or_else(|| item.to_string(), str::to_owned)
+                            one_line(
+                                &item
+                                    .as_str()
+                                    .map_or_else(|| item.to_string(), str::to_owned)
+                            )
                         );
                     }
                 }
                 other => println!(
-                    "{k}  {}",
-                    other
-                        .as_str()
-                        .map_or_else(|| other.to_string(), str::to_owned)
+                    "{}  {}",
+                    one_line(k),
+                    one_line(
+                        &other
+                            .as_str()
+                            .map_or_else(|| other.to_string(), str::to_owned)
+                    )
                 ),
             }
         }
@@ -457,7 +485,7 @@ fn print_request(r: &Value) {
         .unwrap_or_default();
     println!(
         "approvers  {} ({} of {} approvals)",
-        approvers.join(", "),
+        one_line(&approvers.join(", ")),
         r["approvals"],
         r["quorum"]
     );
@@ -465,7 +493,7 @@ fn print_request(r: &Value) {
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    println!("policies   {}", policies.join(", "));
+    println!("policies   {}", one_line(&policies.join(", ")));
     println!("created    {}", s(r, "created_at"));
     println!("expires    {}", s(r, "expires_at"));
     if let Some(g) = r["grant_expires_at"].as_str() {
@@ -498,7 +526,7 @@ fn print_request(r: &Value) {
                     s(&h, "created_at"),
                     s(&h, "state"),
                     s(&h, "action"),
-                    truncate(s(&h, "operation"), 60)
+                    truncate(&s(&h, "operation"), 60)
                 );
             }
         }

@@ -547,7 +547,7 @@ async fn reviewers_sign_in_and_decide_on_the_approval_page() {
             &g.agent_token,
             "sql.ddl",
             "prod-db",
-            "DROP TABLE <script>orders</script>",
+            "DROP TABLE <script>orders</script> \u{202E}sredro\u{1b}[2K",
         )
         .await;
     let id = harness::request_id(&pending);
@@ -586,6 +586,10 @@ async fn reviewers_sign_in_and_decide_on_the_approval_page() {
         "operation not escaped"
     );
     assert!(!page.contains("<script>orders"));
+    // Characters that reorder or hide text, or that a terminal acts on,
+    // are shown, not passed on.
+    assert!(page.contains("⟨U+202E⟩sredro⟨U+001B⟩[2K"), "{page}");
+    assert!(!page.contains('\u{202E}') && !page.contains('\u{1b}'));
     let csrf = csrf_of(&page);
     let decide = |form: Vec<(&'static str, String)>| {
         http.post(format!("{page_url}/decision"))

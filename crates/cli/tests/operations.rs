@@ -17,6 +17,38 @@ fn stderr(o: &std::process::Output) -> String {
 }
 
 #[tokio::test]
+async fn agent_text_is_inert_in_the_terminal() {
+    let g = Gavel::start().await;
+    // A title change, a line erase and a cursor move up, a right-to-left
+    // override and a zero-width space: what a hostile agent would use to
+    // make a reviewer's terminal show something else.
+    let hostile = "DROP TABLE t\u{1b}]0;approved\u{7}\u{1b}[2K\u{1b}[1A\u{202E}elbat_eslaf\u{200B}";
+    let v = g.act(&g.agent_token, "sql.ddl", "prod-db", hostile).await;
+    let id = request_id(&v);
+    for args in [
+        vec!["show", id.as_str()],
+        vec!["requests", "--state", "pending"],
+    ] {
+        let out = g.cli(&args, Some(ALICE));
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            !text
+                .chars()
+                .any(|c| (c.is_control() && c != '\n') || c == '\u{202E}' || c == '\u{200B}'),
+            "{args:?} passed hidden characters to the terminal: {text:?}"
+        );
+        assert!(
+            text.contains("DROP TABLE t⟨U+001B⟩]0;approved⟨U+0007⟩"),
+            "{text}"
+        );
+        if args[0] == "show" {
+            assert!(text.contains("⟨U+202E⟩elbat_eslaf⟨U+200B⟩"), "{text}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn reviewers_work_from_the_cli() {
     let g = Gavel::start().await;
     let id = request_id(

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
+use gavel_core::display::{one_line, visible};
 use gavel_core::{
     DecideFailure, Decision, Human, Principal, RequestFilter, RequestId, RequestState,
 };
@@ -482,7 +483,7 @@ async fn list(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
                     tr {
                         td { a href={ "/requests/" (r.id.0) } { (r.id.0) } }
                         td { (r.action.principal.qualified_id()) }
-                        td { (r.action.resource.name) }
+                        td { (one_line(&r.action.resource.name)) }
                         td { (r.action.class.as_str()) }
                         td { code { (excerpt(&r.action.operation, 120)) } }
                     }
@@ -493,9 +494,12 @@ async fn list(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
     Html(page_shell("Pending requests", Some(&who), body).into_string()).into_response()
 }
 
+/// Agent text on one line, inert (hidden characters shown as
+/// `⟨U+XXXX⟩`), at most `max` characters.
 fn excerpt(s: &str, max: usize) -> String {
+    let s = one_line(s);
     if s.chars().count() <= max {
-        return s.to_owned();
+        return s;
     }
     format!("{}…", s.chars().take(max).collect::<String>())
 }
@@ -568,7 +572,7 @@ fn deliveries_section(deliveries: &[gavel_core::Delivery]) -> Markup {
 }
 
 fn pretty(v: &serde_json::Value) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default()
+    visible(&serde_json::to_string_pretty(v).unwrap_or_default())
 }
 
 fn request_body(
@@ -586,20 +590,24 @@ fn request_body(
         p { "State: " span.state { (v.state) } " · approvals " (v.approvals) " of " (v.quorum)
             " · expires " (v.expires_at) }
         table {
-            tr { th { "Initiator" } td { (v.initiator.kind) " " (v.initiator.id) } }
-            @if let Some(owner) = &v.initiator.owner { tr { th { "Owner" } td { (owner) } } }
-            @if let Some(h) = &v.initiator.on_behalf_of { tr { th { "Acting for" } td { (h) } } }
-            tr { th { "Resource" } td { (v.resource.name) " (" (v.resource.kind) ")"
-                @for (k, t) in &v.resource.tags { " " code { (k) "=" (t) } } } }
+            tr { th { "Initiator" } td { (v.initiator.kind) " " (one_line(&v.initiator.id)) } }
+            @if let Some(owner) = &v.initiator.owner { tr { th { "Owner" } td { (one_line(owner)) } } }
+            @if let Some(h) = &v.initiator.on_behalf_of { tr { th { "Acting for" } td { (one_line(h)) } } }
+            tr { th { "Resource" } td { (one_line(&v.resource.name)) " (" (v.resource.kind) ")"
+                @for (k, t) in &v.resource.tags { " " code { (one_line(k)) "=" (one_line(t)) } } } }
             tr { th { "Action" } td { (v.action) } }
-            tr { th { "Intent" } td { @if v.intent.is_empty() { em { "none given" } } @else { (v.intent) } } }
+            tr { th { "Intent" } td { @if v.intent.is_empty() { em { "none given" } } @else { (one_line(&v.intent)) } } }
             tr { th { "Policies" } td { (v.policies.join(", ")) " (version " (v.policy_version) ")" } }
             tr { th { "Approvers" } td { (v.approvers.join(", ")) } }
             tr { th { "Surface" } td { (v.surface) @if let Some(s) = &v.source { " from " (s) } } }
             tr { th { "Created" } td { (v.created_at) } }
         }
         h2 { "Operation" }
-        pre { (v.operation) }
+        pre { (visible(&v.operation)) }
+        @if !v.settings.is_empty() {
+            h2 { "Session settings (bound into the approval)" }
+            table { @for (k, value) in &v.settings { tr { th { (one_line(k)) } td { code { (one_line(value)) } } } } }
+        }
         @if !v.details.is_null() {
             h2 { "Details (bound into the approval)" }
             pre { (pretty(&v.details)) }
@@ -610,15 +618,15 @@ fn request_body(
         }
         @if !v.reviews.is_empty() {
             h2 { "Reviews" }
-            ul { @for r in &v.reviews { li { (r.reviewer) " " (r.decision) " at " (r.at)
-                @if !r.comment.is_empty() { ": " (r.comment) } } } }
+            ul { @for r in &v.reviews { li { (one_line(&r.reviewer)) " " (r.decision) " at " (r.at)
+                @if !r.comment.is_empty() { ": " (one_line(&r.comment)) } } } }
         }
         @if let Some(h) = &v.history {
             h2 { "History" }
             h3 { "The initiator's recent requests" }
-            ul { @for i in &h.initiator_recent { li { a href={ "/requests/" (i.id) } { (i.id) } " " (i.state) " " (i.action) " on " (i.resource) ": " code { (excerpt(&i.operation, 100)) } } } }
+            ul { @for i in &h.initiator_recent { li { a href={ "/requests/" (i.id) } { (i.id) } " " (i.state) " " (i.action) " on " (one_line(&i.resource)) ": " code { (excerpt(&i.operation, 100)) } } } }
             h3 { "Recent requests on this resource" }
-            ul { @for i in &h.resource_recent { li { a href={ "/requests/" (i.id) } { (i.id) } " " (i.state) " " (i.action) " by " (i.initiator) ": " code { (excerpt(&i.operation, 100)) } } } }
+            ul { @for i in &h.resource_recent { li { a href={ "/requests/" (i.id) } { (i.id) } " " (i.state) " " (i.action) " by " (one_line(&i.initiator)) ": " code { (excerpt(&i.operation, 100)) } } } }
         }
         (deliveries_section(&v.deliveries))
         h2 { "Decision" }
