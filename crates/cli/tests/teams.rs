@@ -243,7 +243,7 @@ routes = ["group:security"]
         "{text}"
     );
     assert!(
-        text.contains("scratch Policy: all-good (") && !text.contains('\u{202e}'),
+        text.contains("scratch Policy: all-good⟨U+202E⟩ (") && !text.contains('\u{202e}'),
         "{text}"
     );
 }
