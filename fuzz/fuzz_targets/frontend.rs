@@ -26,10 +26,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(shape(&other).as_deref(), Some(original.as_str()), "{sql:?}");
         thread_local!(static CLASSIFIER: Classifier = Classifier::default());
         CLASSIFIER.with(|c| {
-            let a = c.classify(&sql, &|_| None);
-            let b = c.classify(&other, &|_| None);
+            let a = c.classify(&sql, &gavel_postgres::classify::NoNames);
+            let b = c.classify(&other, &gavel_postgres::classify::NoNames);
             // Only when both parse: a value the grammar refuses is not
-            // cached (see proxy.rs).
+            // cached (see surface.rs).
             if !a.statements.is_empty() && !b.statements.is_empty() {
                 assert_eq!(a.class, b.class, "{sql:?} vs {other:?}");
                 assert_eq!(a.tables, b.tables, "{sql:?} vs {other:?}");

@@ -44,6 +44,9 @@ pub struct StatementClass {
     /// What it does to the session's prepared statements, cursors and
     /// settings.
     pub effect: Effect,
+    /// It runs a prepared statement or portal (`EXECUTE`, `FETCH`) that may
+    /// itself change them.
+    pub runs_session_changes: bool,
 }
 
 /// What a statement does to the session beyond its class: the facts the
@@ -74,6 +77,8 @@ pub enum Effect {
     Discard,
     /// Transaction control.
     Transaction(Transaction),
+    /// `SHOW name`.
+    Show(String),
     /// `SET name …` / `RESET name`, with the value when it is one string
     /// constant (`None` for RESET, `DEFAULT` or anything else).
     Set {
@@ -113,6 +118,10 @@ pub struct Resolved {
     pub tables: Vec<String>,
     /// Its text, for reviewers.
     pub text: std::sync::Arc<str>,
+    /// Running it may change the session's prepared statements, portals
+    /// or settings (it is a `DEALLOCATE`, a `SET`, code gavel cannot see,
+    /// …).
+    pub changes_session: bool,
 }
 
 /// The session's prepared statements and portals, as the server holds
@@ -172,7 +181,14 @@ impl Classification {
                 s.effect,
                 Effect::Prepare(_) | Effect::Deallocate(_) | Effect::Discard
             ) || runs_unseen_code(s)
+                || s.runs_session_changes
         })
+    }
+
+    /// Whether running it may change the session's names or settings at
+    /// all (for what runs it again: `EXECUTE`, `FETCH`, a protocol Execute).
+    pub fn changes_session(&self) -> bool {
+        self.may_change_statements() || self.may_change_portals() || self.may_change_settings()
     }
 
     /// Whether it may change the session's portals and cursors beyond
@@ -193,6 +209,7 @@ impl Classification {
                             | Transaction::TwoPhase
                     )
             ) || runs_unseen_code(s)
+                || s.runs_session_changes
         })
     }
 
@@ -205,7 +222,23 @@ impl Classification {
                 s.effect,
                 Effect::Set { .. } | Effect::Discard | Effect::Transaction(_)
             ) || runs_unseen_code(s)
+                || s.runs_session_changes
         })
+    }
+
+    /// `SHOW gavel.…` alone: the name of gavel's own setting asked for
+    /// (`gavel.names`: what gavel believes the session's prepared
+    /// statements and portals are).
+    pub fn gavel_show(&self) -> Option<&str> {
+        match self.statements.as_slice() {
+            [
+                StatementClass {
+                    effect: Effect::Show(name),
+                    ..
+                },
+            ] if name.starts_with("gavel.") => Some(name),
+            _ => None,
+        }
     }
 
     /// `SET gavel.intent = '…'` / `RESET gavel.intent` alone: the new
@@ -1132,6 +1165,8 @@ struct Walk<'a> {
     class: ActionClass,
     reason: String,
     tables: BTreeSet<String>,
+    /// It runs a prepared statement or portal that may change the session.
+    runs_session_changes: bool,
 }
 
 /// The session's names as a query string sees them: what the statements
@@ -1378,7 +1413,9 @@ impl Walk<'_> {
             }
             "ExecuteStmt" => {
                 let name = n.get("name").and_then(Value::as_str).unwrap_or("");
-                match self.names.statement(name) {
+                let resolved = self.names.statement(name);
+                self.runs_session_changes |= resolved.as_ref().is_none_or(|r| r.changes_session);
+                match resolved {
                     Some(r) => {
                         self.tables.extend(r.tables.iter().cloned());
                         self.raise(r.class, || {
@@ -1398,7 +1435,9 @@ impl Walk<'_> {
             }
             "FetchStmt" => {
                 let name = n.get("portalname").and_then(Value::as_str).unwrap_or("");
-                match self.names.portal(name) {
+                let resolved = self.names.portal(name);
+                self.runs_session_changes |= resolved.as_ref().is_none_or(|r| r.changes_session);
+                match resolved {
                     Some(r) => {
                         self.tables.extend(r.tables.iter().cloned());
                         self.raise(r.class, || {
@@ -1612,9 +1651,15 @@ impl Classifier {
                 class: ActionClass::SqlRead,
                 reason: kind.clone(),
                 tables: BTreeSet::new(),
+                runs_session_changes: false,
             };
             walk.visit(&tree);
-            let (walk_class, walk_reason, walk_tables) = (walk.class, walk.reason, walk.tables);
+            let (walk_class, walk_reason, walk_tables, runs_session_changes) = (
+                walk.class,
+                walk.reason,
+                walk.tables,
+                walk.runs_session_changes,
+            );
             if rank(walk_class) > rank(class) {
                 class = walk_class;
                 reason = walk_reason.clone();
@@ -1629,6 +1674,12 @@ impl Classifier {
                             class: walk_class,
                             tables: walk_tables.iter().cloned().collect(),
                             text,
+                            // A PREPARE or DECLARE body is a query or DML:
+                            // it changes the session only through code.
+                            changes_session: !matches!(
+                                walk_class,
+                                ActionClass::SqlRead | ActionClass::SqlWrite
+                            ) || runs_session_changes,
                         }),
                     );
                 }
@@ -1646,6 +1697,12 @@ impl Classifier {
                             class: walk_class,
                             tables: walk_tables.iter().cloned().collect(),
                             text,
+                            // A PREPARE or DECLARE body is a query or DML:
+                            // it changes the session only through code.
+                            changes_session: !matches!(
+                                walk_class,
+                                ActionClass::SqlRead | ActionClass::SqlWrite
+                            ) || runs_session_changes,
                         }),
                     );
                 }
@@ -1668,6 +1725,7 @@ impl Classifier {
                 kind,
                 reason: walk_reason,
                 effect,
+                runs_session_changes,
             });
         }
         Classification {
@@ -1722,6 +1780,7 @@ impl Classifier {
                 class: ActionClass::SqlRead,
                 reason: kind.clone(),
                 tables: BTreeSet::new(),
+                runs_session_changes: false,
             };
             walk.visit(&tree);
             if found
@@ -1733,6 +1792,10 @@ impl Classifier {
                     class: walk.class,
                     tables: walk.tables.into_iter().collect(),
                     text: Arc::from(definition_body(whole).unwrap_or(whole)),
+                    changes_session: !matches!(
+                        walk.class,
+                        ActionClass::SqlRead | ActionClass::SqlWrite
+                    ) || walk.runs_session_changes,
                 });
             }
         }
@@ -1819,6 +1882,7 @@ fn effect(kind: &str, n: &Value) -> Effect {
             Effect::Close((!name.is_empty()).then_some(name))
         }
         "FetchStmt" => Effect::Fetch(text("portalname")),
+        "VariableShowStmt" => Effect::Show(text("name").to_lowercase()),
         "DiscardStmt" => Effect::Discard,
         "TransactionStmt" => {
             Effect::Transaction(match n.get("kind").and_then(Value::as_i64).unwrap_or(0) {

@@ -172,6 +172,10 @@ fn resolved(p: &Prepared) -> Resolved {
         class: p.classified.class,
         tables: p.classified.tables.clone(),
         text: p.text.clone(),
+        changes_session: p
+            .classified
+            .facts()
+            .map_or(p.classified.runs_unseen_code(), |f| f.changes_session()),
     }
 }
 
@@ -942,6 +946,11 @@ impl Session {
             self.flush_client().await?;
             return Ok(true);
         }
+        if let Some(name) = facts.and_then(|f| f.gavel_show()) {
+            let name = name.to_owned();
+            self.show_gavel(&name).await?;
+            return Ok(true);
+        }
         let intent = facts
             .and_then(|f| f.intent.clone())
             .unwrap_or_else(|| self.intent.clone());
@@ -989,6 +998,79 @@ impl Session {
             }
         }
         Ok(true)
+    }
+
+    /// Answers `SHOW gavel.…` itself: `gavel.intent`, or `gavel.names`,
+    /// what gavel believes this session's prepared statements and portals
+    /// are (kind `s` or `c`, name, the text the server reports for it, and
+    /// whether gavel will ask the server again before relying on it). For
+    /// people debugging a client, and for the differential test that
+    /// compares it with the server's own tables.
+    async fn show_gavel(&mut self, name: &str) -> Result<(), WireError> {
+        self.drain().await?;
+        match name {
+            "gavel.intent" => {
+                wire::row_description(&mut self.cout, &["gavel.intent"]);
+                let intent = self.intent.clone();
+                wire::data_row(&mut self.cout, &[Some(&intent)]);
+                wire::command_complete(&mut self.cout, "SHOW");
+            }
+            "gavel.names" => {
+                wire::row_description(&mut self.cout, &["kind", "name", "statement", "stale"]);
+                // First each table's own row: whether gavel will read it
+                // from the server again before relying on it.
+                let stale = |s: bool| Some(if s { "t" } else { "f" });
+                wire::data_row(
+                    &mut self.cout,
+                    &[Some("s"), None, None, stale(self.names.statements_stale)],
+                );
+                wire::data_row(
+                    &mut self.cout,
+                    &[Some("c"), None, None, stale(self.names.portals_stale)],
+                );
+                let mut rows: Vec<(&str, String, String, bool)> = Vec::new();
+                for (n, p) in &self.names.statements {
+                    rows.push((
+                        "s",
+                        n.clone(),
+                        p.reported().to_owned(),
+                        self.names.statements_stale,
+                    ));
+                }
+                for (n, p) in &self.names.portals {
+                    let text = p
+                        .statement
+                        .as_ref()
+                        .map(|s| s.reported().to_owned())
+                        .unwrap_or_default();
+                    rows.push(("c", n.clone(), text, self.names.portals_stale));
+                }
+                rows.sort();
+                for (kind, n, text, stale) in &rows {
+                    wire::data_row(
+                        &mut self.cout,
+                        &[
+                            Some(kind),
+                            Some(n),
+                            Some(text),
+                            Some(if *stale { "t" } else { "f" }),
+                        ],
+                    );
+                }
+                wire::command_complete(&mut self.cout, &format!("SELECT {}", rows.len() + 2));
+            }
+            other => {
+                wire::error(
+                    &mut self.cout,
+                    "42704",
+                    &format!("unrecognized gavel setting \"{other}\" (gavel.intent, gavel.names)"),
+                    None,
+                    None,
+                );
+            }
+        }
+        wire::ready(&mut self.cout, self.tx_status);
+        self.flush_client().await
     }
 
     /// Writes `refusal` to the client as an ErrorResponse (a FATAL one for

@@ -300,6 +300,43 @@ pub fn command_complete(out: &mut BytesMut, tag: &str) {
     );
 }
 
+/// A RowDescription of text columns named `names`.
+pub fn row_description(out: &mut BytesMut, names: &[&str]) {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(names.len() as i16).to_be_bytes());
+    for name in names {
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(&0i32.to_be_bytes()); // table
+        body.extend_from_slice(&0i16.to_be_bytes()); // column
+        body.extend_from_slice(&25i32.to_be_bytes()); // text
+        body.extend_from_slice(&(-1i16).to_be_bytes());
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        body.extend_from_slice(&0i16.to_be_bytes()); // text format
+    }
+    out.extend_from_slice(b"T");
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+}
+
+/// A DataRow of text values (`None` is NULL).
+pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(values.len() as i16).to_be_bytes());
+    for v in values {
+        match v {
+            Some(v) => {
+                body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                body.extend_from_slice(v.as_bytes());
+            }
+            None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    out.extend_from_slice(b"D");
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+}
+
 /// `AuthenticationCleartextPassword`.
 pub fn ask_password(out: &mut BytesMut) {
     encode(

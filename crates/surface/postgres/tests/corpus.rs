@@ -453,6 +453,7 @@ impl Names for Session {
             class,
             tables: vec!["t".into()],
             text: text.into(),
+            changes_session: false,
         })
     }
 
@@ -461,6 +462,7 @@ impl Names for Session {
             class: SqlRead,
             tables: vec!["t".into()],
             text: "SELECT * FROM t".into(),
+            changes_session: false,
         })
     }
 }
