@@ -371,11 +371,6 @@ impl Gate {
         &self.approvals
     }
 
-    /// The policy engine this gate consults.
-    pub fn policy(&self) -> &Arc<dyn PolicyEngine> {
-        &self.policy
-    }
-
     /// Decides `action` without holding it: policy, then grants, then audit
     /// (before any forwarding), then an approval request if one is needed.
     /// Any internal failure is an `Err`, which callers must treat as deny.

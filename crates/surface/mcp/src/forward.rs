@@ -1,7 +1,9 @@
-//! The only calls that reach an upstream on a client's behalf. Each takes
-//! the [`Permitted`] the gate gave for exactly that call, builds the
-//! upstream request from the admitted action (never from the client's
-//! message), sends it, and finishes the admission with the outcome.
+//! The only calls that reach an upstream on a client's behalf. A session
+//! reaches an upstream only through a [`Forwarder`] (the connection is
+//! private to it), and each of its calls takes the [`Permitted`] the gate
+//! gave for exactly that call, builds the upstream request from the
+//! admitted action (never from the client's message), sends it, and
+//! finishes the admission with the outcome.
 
 use crate::ProgressRelay;
 use gavel_core::{Outcome, Permitted};
@@ -58,6 +60,22 @@ fn result_outcome<T>(result: &Result<T, ServiceError>, what: &str) -> Outcome {
     }
 }
 
+/// A session's handle on an upstream connection: every request it sends
+/// needs a [`Permitted`].
+pub(crate) struct Forwarder(Peer<RoleClient>);
+
+impl Forwarder {
+    /// Wraps the upstream's connection; only `upstream.rs` has one.
+    pub(crate) fn new(peer: Peer<RoleClient>) -> Forwarder {
+        Forwarder(peer)
+    }
+
+    /// What the upstream said it can do when it initialized.
+    pub(crate) fn capabilities(&self) -> Option<rmcp::model::ServerCapabilities> {
+        self.0.peer_info().map(|i| i.capabilities.clone())
+    }
+}
+
 /// What the client gets when it cancelled a call already forwarded.
 pub(crate) enum Forwarded<T> {
     Answered(Result<T, ServiceError>),
@@ -68,7 +86,7 @@ pub(crate) enum Forwarded<T> {
 /// arguments.
 pub(crate) async fn call_tool(
     permitted: Permitted,
-    peer: &Peer<RoleClient>,
+    Forwarder(peer): &Forwarder,
     relay: Option<&ProgressRelay>,
     cancelled: &CancellationToken,
 ) -> Forwarded<CallToolResponse> {
@@ -112,7 +130,7 @@ pub(crate) async fn call_tool(
 /// `resources/read` of the admitted URI (`operation`, normalized).
 pub(crate) async fn read_resource(
     permitted: Permitted,
-    peer: &Peer<RoleClient>,
+    Forwarder(peer): &Forwarder,
 ) -> Result<ReadResourceResponse, ServiceError> {
     let request = ReadResourceRequestParams::new(permitted.action().operation.clone());
     let result = peer.read_resource_once(request).await;
@@ -123,7 +141,7 @@ pub(crate) async fn read_resource(
 /// `prompts/get` of the admitted prompt with the admitted arguments.
 pub(crate) async fn get_prompt(
     permitted: Permitted,
-    peer: &Peer<RoleClient>,
+    Forwarder(peer): &Forwarder,
 ) -> Result<GetPromptResponse, ServiceError> {
     let mut request = GetPromptRequestParams::new(permitted.action().operation.clone());
     request.arguments = admitted_args(&permitted);
@@ -135,7 +153,7 @@ pub(crate) async fn get_prompt(
 /// `resources/subscribe` to the admitted URI.
 pub(crate) async fn subscribe(
     permitted: Permitted,
-    peer: &Peer<RoleClient>,
+    Forwarder(peer): &Forwarder,
 ) -> Result<(), ServiceError> {
     let request = SubscribeRequestParams::new(permitted.action().operation.clone());
     #[allow(deprecated)]
@@ -147,7 +165,7 @@ pub(crate) async fn subscribe(
 /// `resources/unsubscribe` from the admitted URI.
 pub(crate) async fn unsubscribe(
     permitted: Permitted,
-    peer: &Peer<RoleClient>,
+    Forwarder(peer): &Forwarder,
 ) -> Result<(), ServiceError> {
     let request = UnsubscribeRequestParams::new(permitted.action().operation.clone());
     #[allow(deprecated)]

@@ -228,12 +228,12 @@ impl Session {
         upstream: &Upstream,
         context: &RequestContext<RoleServer>,
         meta: &RequestMetaObject,
-    ) -> Result<(Permitted, rmcp::service::Peer<rmcp::service::RoleClient>), McpError> {
+    ) -> Result<(Permitted, forward::Forwarder), McpError> {
         let permitted = self
             .admit(action, context, meta)
             .await
             .map_err(|r| McpError::new(REFUSED, refusal_text(&self.hub, &r), None))?;
-        let Some(peer) = upstream.peer() else {
+        let Some(peer) = upstream.forwarder() else {
             let detail = format!("upstream {} is not connected", upstream.name);
             permitted.finish(Outcome::Failed {
                 detail: detail.clone(),
@@ -279,9 +279,9 @@ impl Session {
             let with_resources: Vec<&Arc<Upstream>> = ups
                 .iter()
                 .filter(|u| {
-                    u.peer()
-                        .and_then(|p| p.peer_info())
-                        .is_some_and(|i| i.capabilities.resources.is_some())
+                    u.forwarder()
+                        .and_then(|f| f.capabilities())
+                        .is_some_and(|c| c.resources.is_some())
                 })
                 .collect();
             if let [only] = with_resources.as_slice() {
@@ -440,7 +440,7 @@ impl ServerHandler for Session {
         let (upstream, tool_name) = self.split(&request.name)?;
         let offer = upstream.offer();
         let Some(tool) = offer.tools.iter().find(|t| t.name == tool_name) else {
-            if upstream.peer().is_none() {
+            if upstream.forwarder().is_none() {
                 return Ok(tool_error(format!(
                     "gavel: upstream {} is not connected (it is being restarted); try again shortly",
                     upstream.name
@@ -488,7 +488,7 @@ impl ServerHandler for Session {
             Ok(p) => p,
             Err(refusal) => return Ok(tool_error(refusal_text(&self.hub, &refusal))),
         };
-        let Some(peer) = upstream.peer() else {
+        let Some(peer) = upstream.forwarder() else {
             let detail = format!("upstream {} is not connected", upstream.name);
             permitted.finish(Outcome::Failed {
                 detail: detail.clone(),
@@ -576,9 +576,9 @@ impl ServerHandler for Session {
         let uri = normal_uri(&request.uri)?;
         let upstream = self.resource_owner(&uri)?;
         let supports = upstream
-            .peer()
-            .and_then(|p| p.peer_info())
-            .and_then(|i| i.capabilities.resources.as_ref().and_then(|r| r.subscribe))
+            .forwarder()
+            .and_then(|f| f.capabilities())
+            .and_then(|c| c.resources.as_ref().and_then(|r| r.subscribe))
             .unwrap_or(false);
         if !supports {
             return Err(McpError::invalid_params(

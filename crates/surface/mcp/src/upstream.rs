@@ -175,8 +175,14 @@ impl Upstream {
     }
 
     /// The live connection, if there is one.
-    pub fn peer(&self) -> Option<Peer<RoleClient>> {
+    fn peer(&self) -> Option<Peer<RoleClient>> {
         self.state().peer.clone()
+    }
+
+    /// The connection, for sessions: requests through it need a
+    /// `Permitted` (`None` while the upstream is down).
+    pub(crate) fn forwarder(&self) -> Option<crate::forward::Forwarder> {
+        self.peer().map(crate::forward::Forwarder::new)
     }
 
     /// What it offers (empty while it is down).

@@ -11,7 +11,7 @@
 use crate::classify::{self, Resolved};
 use crate::names::{Names, Portal, Prepared, ServerRow};
 use crate::surface::{CancelTarget, Classified, PostgresSurface};
-use crate::to_server::{GavelStatement, Passive, ToServer};
+use crate::to_server::{GavelStatement, Passive, ServerConn, ToServer};
 use crate::upstream::Stream;
 use crate::wire::{self, WireError};
 use bytes::BytesMut;
@@ -85,7 +85,7 @@ pub(crate) struct Session {
     pub principal: Principal,
     pub source: String,
     pub client: Stream,
-    pub upstream: Option<Stream>,
+    pub upstream: Option<ServerConn>,
     pub passed: Vec<(String, String)>,
     /// Bytes from the client not yet handled.
     cbuf: BytesMut,
@@ -255,7 +255,7 @@ impl Session {
                 for (k, v) in &started.parameters {
                     self.reported.insert(k.clone(), v.clone());
                 }
-                self.upstream = Some(started.stream);
+                self.upstream = Some(ServerConn::new(started.stream));
                 Ok(())
             }
             Err(e) => {
@@ -285,7 +285,7 @@ impl Session {
         if let Some(mut up) = self.upstream.take() {
             let mut bye = ToServer::default();
             bye.terminate();
-            let _ = up.write_all(bye.bytes()).await;
+            let _ = up.send(&mut bye).await;
         }
         result
     }
@@ -352,9 +352,8 @@ impl Session {
             self.connect_upstream().await?;
         }
         if let Some(up) = self.upstream.as_mut() {
-            up.write_all(self.to_server.bytes()).await?;
+            up.send(&mut self.to_server).await?;
         }
-        self.to_server.clear();
         Ok(())
     }
 
@@ -774,10 +773,9 @@ impl Session {
         let Some(up) = self.upstream.as_mut() else {
             return Err("no upstream connection".into());
         };
-        up.write_all(self.to_server.bytes())
+        up.send(&mut self.to_server)
             .await
             .map_err(|e| e.to_string())?;
-        self.to_server.clear();
         let mut rows = Vec::new();
         let mut failure = None;
         let mut asynchronous = BytesMut::new();

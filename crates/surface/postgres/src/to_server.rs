@@ -10,9 +10,33 @@
 //! other constructor of outgoing bytes, so a statement cannot reach the
 //! server around the gate.
 
+use crate::upstream::Stream;
 use bytes::BytesMut;
 use gavel_core::{Outcome, Permitted};
 use std::collections::VecDeque;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A client session's connection to its server backend. It is read
+/// freely; it is written only what a [`ToServer`] holds.
+pub struct ServerConn(Stream);
+
+impl ServerConn {
+    pub fn new(stream: Stream) -> ServerConn {
+        ServerConn(stream)
+    }
+
+    /// Reads what the server sent into `buf`; 0 at its end.
+    pub async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        self.0.read_buf(buf).await
+    }
+
+    /// Writes everything `out` holds, and empties it.
+    pub async fn send(&mut self, out: &mut ToServer) -> std::io::Result<()> {
+        self.0.write_all(&out.out).await?;
+        out.out.clear();
+        Ok(())
+    }
+}
 
 /// A whole client message that runs nothing by itself.
 pub struct Passive(BytesMut);
@@ -223,14 +247,5 @@ impl ToServer {
 
     pub fn is_empty(&self) -> bool {
         self.out.is_empty()
-    }
-
-    /// The bytes to write now.
-    pub fn bytes(&self) -> &[u8] {
-        &self.out
-    }
-
-    pub fn clear(&mut self) {
-        self.out.clear();
     }
 }
