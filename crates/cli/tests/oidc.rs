@@ -348,6 +348,26 @@ upstream = "postgres://postgres@127.0.0.1:5432/test"
         page["records"][0]["record"]["initiator"], "human:dana@x",
         "{page}"
     );
+    // A session does not outlive its token: the statement after `exp`
+    // ends it.
+    let mut claims = human("dana@x");
+    claims["exp"] = json!(now() + 3);
+    let short = p.mint("RS256", claims).await;
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={pg_port} user=dana dbname=test password={short}"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let row = client.query_one("SELECT 40 + 2", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let e = client.query_one("SELECT 1", &[]).await.unwrap_err();
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "28000", "{db}");
+    assert!(db.message().contains("expired"), "{db}");
+    let _ = connection.await;
     // A tampered token is a failed login, in PostgreSQL's terms.
     let forged = p.forge("tampered", human("dana@x")).await;
     let out = Command::new("psql")

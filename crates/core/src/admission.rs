@@ -480,10 +480,7 @@ impl Gate {
                 principal: action.principal.qualified_id(),
             });
         }
-        let verdict = self
-            .decide_with(action.clone(), hold)
-            .await
-            .map_err(internal)?;
+        let verdict = self.decide_with(action, hold).await.map_err(internal)?;
         let request = match verdict {
             Verdict::Allow(p) => return Ok(*p),
             Verdict::Deny { policies, reason } => return Err(Refusal::Denied { policies, reason }),
@@ -514,7 +511,7 @@ impl Gate {
                 r = &mut wait => break r,
                 _ = &mut cancelled => {
                     // Nobody will run the action, so nobody should approve it.
-                    if let Err(e) = approvals.withdraw(&id, &action.principal).await {
+                    if let Err(e) = approvals.withdraw(&id, &filed.principal).await {
                         tracing::error!(request = %id, error = %e, "withdrawing a cancelled request failed");
                     }
                     return Err(Refusal::Cancelled { request });

@@ -128,7 +128,10 @@ impl Authenticator {
         }
     }
 
-    async fn authenticate_jwt(&self, token: &str) -> Result<Principal, AuthError> {
+    async fn authenticate_jwt(
+        &self,
+        token: &str,
+    ) -> Result<(Principal, Option<gavel_core::Timestamp>), AuthError> {
         // The unverified `iss` only picks the issuer whose keys must then
         // verify the whole token, `iss` included.
         let iss = oidc::unverified_issuer(token).ok_or(AuthError::Invalid)?;
@@ -137,7 +140,7 @@ impl Authenticator {
             .iter()
             .find(|i| i.issuer() == iss)
             .ok_or(AuthError::Invalid)?;
-        let subject = issuer.verify(token).await.map_err(|e| match e {
+        let (subject, exp) = issuer.verify_until(token).await.map_err(|e| match e {
             oidc::OidcError::Refused(why) => AuthError::Oidc(why),
             unavailable @ oidc::OidcError::Unavailable { .. } => {
                 tracing::error!(error = %unavailable, "cannot verify an OIDC token");
@@ -146,6 +149,7 @@ impl Authenticator {
                 )
             }
         })?;
+        let until = exp.map(|s| gavel_core::Timestamp(s.saturating_mul(1000)));
         match subject {
             oidc::Subject::Human { id, groups } => {
                 // Groups configured for the same human add to the token's.
@@ -157,10 +161,13 @@ impl Authenticator {
                         }
                     }
                 }
-                Ok(Principal::Human(Human {
-                    id: HumanId(id),
-                    groups,
-                }))
+                Ok((
+                    Principal::Human(Human {
+                        id: HumanId(id),
+                        groups,
+                    }),
+                    until,
+                ))
             }
             oidc::Subject::Agent { name, on_behalf_of } => {
                 let agents = self.agents.list_agents().await?;
@@ -181,7 +188,11 @@ impl Authenticator {
                 {
                     *slot = on_behalf_of.map(HumanId);
                 }
-                Ok(principal)
+                let until = match (until, agent.expires_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                Ok((principal, until))
             }
         }
     }
@@ -191,6 +202,16 @@ impl Authenticator {
     /// Lookups are by the token's SHA-256, so comparison time depends on the
     /// hash of what was presented, not on any stored secret.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        self.authenticate_until(token).await.map(|(p, _)| p)
+    }
+
+    /// As [`Authenticator::authenticate`], with when the credential stops
+    /// being valid (a JWT's `exp`, an agent token's expiry), for sessions
+    /// that outlive one request (a PostgreSQL connection).
+    pub async fn authenticate_until(
+        &self,
+        token: &str,
+    ) -> Result<(Principal, Option<gavel_core::Timestamp>), AuthError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::Missing);
@@ -200,7 +221,7 @@ impl Authenticator {
         }
         let hash = token_sha256(token);
         if let Some(human) = self.humans_by_hash.get(&hash) {
-            return Ok(Principal::Human(human.clone()));
+            return Ok((Principal::Human(human.clone()), None));
         }
         let Some(agent) = self.agents.agent_by_token(&hash).await? else {
             return Err(AuthError::Invalid);
@@ -211,7 +232,7 @@ impl Authenticator {
         if !agent.is_active(self.clock.now()) {
             return Err(AuthError::Expired(agent.name));
         }
-        Ok(agent.principal())
+        Ok((agent.principal(), agent.expires_at))
     }
 
     /// The human configured with `id`, for channels that map identities.

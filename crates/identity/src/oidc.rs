@@ -362,8 +362,15 @@ impl Issuer {
     /// Verifies `token` (its signature, `iss`, `aud`, `exp`, `nbf`) and
     /// says whom it identifies.
     pub async fn verify(&self, token: &str) -> Result<Subject, OidcError> {
+        self.verify_until(token).await.map(|(s, _)| s)
+    }
+
+    /// As [`Issuer::verify`], with the token's expiry (`exp`, seconds since
+    /// the epoch).
+    pub async fn verify_until(&self, token: &str) -> Result<(Subject, Option<i64>), OidcError> {
         let claims = self.verified_claims(token, &self.config.audience).await?;
-        self.subject(&claims)
+        let exp = claims.get("exp").and_then(serde_json::Value::as_i64);
+        Ok((self.subject(&claims)?, exp))
     }
 
     /// The issuer's browser endpoints (discovery is fetched if needed).

@@ -84,6 +84,9 @@ impl Session {
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         self.settle().await?;
+        if !self.credential_valid().await? {
+            return Ok(false);
+        }
         self.surface.ensure_catalog().await;
         let mut messages = Vec::with_capacity(batch.len());
         for frame in &batch {

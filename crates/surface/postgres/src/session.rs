@@ -131,6 +131,9 @@ pub(crate) struct Session {
     pub reported: BTreeMap<String, String>,
     /// The name of gavel's own statement and portal on this backend.
     own_name: String,
+    /// When the credential the client logged in with stops being valid
+    /// (a JWT's `exp`, an agent token's expiry): nothing runs after it.
+    pub valid_until: Option<gavel_core::Timestamp>,
 }
 
 /// The session's statements and portals as one query string or pipeline
@@ -241,6 +244,7 @@ impl Session {
             cancel: Arc::new(CancelTarget::new()),
             reported: BTreeMap::new(),
             own_name: format!("gavel_{:016x}", rand::random::<u64>()),
+            valid_until: None,
         }
     }
 
@@ -925,7 +929,30 @@ impl Session {
         }
     }
 
+    /// Ends the session if its credential has expired: what the session
+    /// sends after that is not the principal's any more. Returns whether it
+    /// goes on.
+    pub async fn credential_valid(&mut self) -> Result<bool, WireError> {
+        use gavel_core::Clock as _;
+        match self.valid_until {
+            Some(until) if gavel_core::SystemClock.now() >= until => {
+                self.drain().await?;
+                wire::fatal(
+                    &mut self.cout,
+                    "28000",
+                    "gavel: the credential this session logged in with has expired; reconnect with a fresh token",
+                );
+                self.flush_client().await?;
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
+    }
+
     async fn simple_query(&mut self, frame: BytesMut, sql: &str) -> Result<bool, WireError> {
+        if !self.credential_valid().await? {
+            return Ok(false);
+        }
         self.surface.ensure_catalog().await;
         let classified = self.classify_fresh(sql, &[], &[]).await;
         let facts = classified.facts();

@@ -214,7 +214,7 @@ impl PostgresSurface {
                 return Ok(());
             }
         };
-        let principal = match auth.authenticate(&token).await {
+        let (principal, valid_until) = match auth.authenticate_until(&token).await {
             Ok(p) => p,
             Err(e) => {
                 let why = match e {
@@ -235,6 +235,7 @@ impl PostgresSurface {
         drop(token);
 
         let mut session = Session::new(self.clone(), gate, principal, peer, client, passed);
+        session.valid_until = valid_until;
         // Replay the server's parameters: cached from an earlier connection,
         // else learned by connecting now.
         let cached = self
