@@ -1287,6 +1287,16 @@ impl Walk<'_> {
                 }
             }
             "CopyStmt" => self.copy(n),
+            "VariableShowStmt"
+                if n
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|name| name.eq_ignore_ascii_case("all")) =>
+            {
+                self.raise(ActionClass::SqlAdmin, || {
+                    "SHOW ALL lists the server's whole configuration, as pg_settings does".into()
+                });
+            }
             "VariableSetStmt" => {
                 let name = n
                     .get("name")

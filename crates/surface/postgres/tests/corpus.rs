@@ -88,6 +88,8 @@ const CASES: &[(ActionClass, &str)] = &[
     (SqlAdmin, "SELECT * FROM pg_statistic"),
     (SqlAdmin, "SELECT * FROM pg_catalog.pg_authid"),
     (SqlAdmin, "SELECT * FROM pg_settings"),
+    (SqlAdmin, "SHOW ALL"),
+    (SqlRead, "SHOW TimeZone"),
     (SqlAdmin, "SELECT * FROM information_schema.user_mappings"),
     (SqlAdmin, "SELECT * FROM pg_toast.pg_toast_1259"),
     (SqlAdmin, "SELECT * FROM pg_some_future_catalog"),
