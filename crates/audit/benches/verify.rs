@@ -29,6 +29,7 @@ fn records() -> (Vec<StoredRecord>, Vec<StoredCheckpoint>, NoteSigner) {
             resource: format!("db-{}", seq % 7),
             class: ActionClass::SqlRead,
             operation: format!("SELECT id, name, email FROM customers WHERE id = {seq}"),
+            details: serde_json::Value::Null,
             intent: "look up a customer for a support ticket".into(),
             policies: vec!["reads-allowed".into()],
             decision: Some("allow".into()),

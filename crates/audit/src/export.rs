@@ -116,6 +116,7 @@ pub fn ocsf(seq: u64, r: &AuditRecord, origin: &str) -> Value {
             "seq": seq,
             "event": r.event.as_str(),
             "operation": r.operation,
+            "details": r.details,
             "intent": r.intent,
             "owner": r.owner,
             "on_behalf_of": r.on_behalf_of,

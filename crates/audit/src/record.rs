@@ -93,6 +93,7 @@ mod tests {
             resource: "db".into(),
             class: ActionClass::SqlRead,
             operation: "SELECT 1".into(),
+            details: serde_json::Value::Null,
             intent: String::new(),
             policies: vec!["p".into()],
             decision: Some("allow".into()),

@@ -16,6 +16,7 @@ fn record(event: AuditEvent, decision: Option<&str>) -> AuditRecord {
         resource: "prod-db".into(),
         class: ActionClass::SqlDdl,
         operation: "ALTER TABLE t ADD c int -- a|b=c".into(),
+        details: serde_json::Value::Null,
         intent: "migrate".into(),
         policies: vec!["prod-ddl".into(), "other".into()],
         decision: decision.map(str::to_owned),

@@ -484,3 +484,87 @@ async fn outcomes_are_recorded_once_by_the_initiator_and_a_failed_approved_actio
         "succeeded: disk full"
     );
 }
+
+#[tokio::test]
+async fn rest_actions_are_judged_as_a_server_reads_them() {
+    let g = Gavel::start_custom(
+        "1s",
+        r#"
+@id("tickets") permit(principal, action == Action::"http.read", resource == Resource::"tickets");
+@id("no-admin") forbid(principal, action, resource) when { context has path && context.path like "/admin/*" };
+"#,
+        "",
+    )
+    .await;
+    let agent = g.agent_token.clone();
+    let ask = |operation: &str, details: serde_json::Value| json!({"resource": "tickets", "action": "http.read", "operation": operation, "details": details});
+    // The path policy judges is the one a server would act on.
+    for dressed in [
+        "GET /tickets/../admin/users",
+        "GET /%61dmin/users",
+        "get /admin/./users",
+    ] {
+        let (s, v) = g
+            .call(
+                Method::POST,
+                "/api/v1/actions",
+                Some(&agent),
+                Some(ask(dressed, json!({}))),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(verdict(&v), "deny", "{dressed}: {v}");
+    }
+    // Details cannot claim another path than the operation's, and what a
+    // server could read two ways is refused.
+    for (operation, details) in [
+        ("GET /admin/users", json!({"path": "/tickets/1"})),
+        ("GET //admin/users", json!({})),
+        ("GET /tickets/%2e%2e%2fadmin", json!({})),
+        ("GET tickets", json!({})),
+    ] {
+        let (s, v) = g
+            .call(
+                Method::POST,
+                "/api/v1/actions",
+                Some(&agent),
+                Some(ask(operation, details)),
+            )
+            .await;
+        assert_eq!(s, 400, "{operation}: {v}");
+    }
+    let (s, v) = g
+        .call(
+            Method::POST,
+            "/api/v1/actions",
+            Some(&agent),
+            Some(ask("GET /tickets/1", json!({}))),
+        )
+        .await;
+    assert_eq!((s, verdict(&v)), (200, "allow"), "{v}");
+    // Resource names: a configured one in another case is that resource;
+    // an unconfigured one may not hide behind spaces, controls or
+    // look-alike letters.
+    let v = g.act(&agent, "sql.read", "PROD-DB", "SELECT 1").await;
+    assert!(
+        v["reason"].as_str().unwrap().contains("on prod-db"),
+        "judged as the configured prod-db: {v}"
+    );
+    for name in [
+        "payroll ",
+        " payroll",
+        "payroll\u{200b}",
+        "payro\u{217c}l",
+        "pay roll",
+    ] {
+        let (s, v) = g
+            .call(
+                Method::POST,
+                "/api/v1/actions",
+                Some(&agent),
+                Some(json!({"resource": name, "action": "http.read", "operation": "GET /x"})),
+            )
+            .await;
+        assert_eq!(s, 400, "{name:?}: {v}");
+    }
+}

@@ -809,6 +809,7 @@ async fn path_arguments_are_judged_as_the_filesystem_server_resolves_them() {
             json!([
                 {"op": "call", "tool": "fs__write_file", "args": {"path": escape, "content": "x"}},
                 {"op": "call", "tool": "fs__write_file", "args": {"path": "allowed/relative.txt", "content": "x"}},
+                {"op": "call", "tool": "fs__read_text_file", "args": {"path": "file://../escaped.txt"}},
             ]),
         )
         .await;
@@ -827,8 +828,33 @@ async fn path_arguments_are_judged_as_the_filesystem_server_resolves_them() {
         "{}",
         out[1]
     );
+    // A URI is not a path: a filesystem server reads `file://../x` as a
+    // relative path.
+    assert_eq!(out[2]["is_error"], true, "{}", out[2]);
+    assert!(
+        out[2]["text"].as_str().unwrap().contains("not absolute"),
+        "{}",
+        out[2]
+    );
     assert!(!std::path::Path::new(&m.path("escaped.txt")).exists());
     assert!(m.pending_requests().await.is_empty(), "nothing waits");
+    // Each refusal is recorded, with the arguments as sent.
+    let refused = m.audit_events("resource=fs&event=decision").await;
+    let judged: Vec<&Value> = refused
+        .iter()
+        .filter(|r| {
+            r["comment"]
+                .as_str()
+                .is_some_and(|c| c.contains("not judgeable"))
+        })
+        .collect();
+    assert_eq!(judged.len(), 2, "{refused:#?}");
+    assert!(
+        judged
+            .iter()
+            .any(|r| r["details"]["args"]["path"] == "file://../escaped.txt"),
+        "{judged:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -726,13 +726,12 @@ async fn statement_names_cannot_be_swapped_behind_gavels_back() {
     let e = Raw::error(&r).expect("refused");
     assert!(e.contains("no-admin"), "{e}");
 
-    // FETCH from a protocol-level portal runs the statement bound to it.
+    // A protocol-level portal left for a FETCH to run: binding it is
+    // judged as its statement (binding plans it), so it never exists.
     assert!(Raw::error(&raw.query("BEGIN").await).is_none());
     let r = raw
         .parse_bind("", "SELECT pg_reload_conf()", Some("c"))
         .await;
-    assert!(Raw::error(&r).is_none(), "{r:?}");
-    let r = raw.query("FETCH ALL FROM c").await;
     let e = Raw::error(&r).expect("refused");
     assert!(e.contains("no-admin"), "{e}");
     assert!(Raw::error(&raw.query("ROLLBACK").await).is_none());

@@ -203,13 +203,13 @@ async fn fetch_runs_what_the_server_holds_under_the_portal_name() {
         .await;
     assert!(Raw::error(&r).is_some(), "{r:?}");
     assert!(Raw::error(&raw.query("ROLLBACK").await).is_none());
-    // A portal of a proper name: FETCH runs its DELETE, and is judged so.
+    // A portal of a proper name bound to the DELETE: binding it is judged
+    // as the DELETE (nothing executes it in that pipeline), and FETCH from
+    // it would run it.
     assert!(Raw::error(&raw.query("BEGIN").await).is_none());
     let r = raw
         .parse_bind("d", &format!("DELETE FROM {t} RETURNING id"), Some("c"))
         .await;
-    assert!(Raw::error(&r).is_none(), "{r:?}");
-    let r = raw.query("FETCH ALL FROM c").await;
     let e = Raw::error(&r).expect("refused");
     assert!(e.contains("sql.write"), "{e}");
     assert!(Raw::error(&raw.query("ROLLBACK").await).is_none());
@@ -396,4 +396,187 @@ fn audit_lines(pg: &Pg) -> Vec<serde_json::Value> {
             ])
         })
         .collect()
+}
+
+#[tokio::test]
+async fn an_approved_execute_is_bound_to_what_the_statement_is() {
+    let pg = Pg::start_policies("1s", WRITES_NEED_APPROVAL, "").await;
+    let t = table("execswap");
+    admin(&format!(
+        "CREATE TABLE {t} (id int); INSERT INTO {t} SELECT generate_series(1, 10)"
+    ));
+    let mut raw = Raw::login(&pg).await;
+    let r = raw
+        .parse_bind("p", &format!("DELETE FROM {t} WHERE id = 4"), None)
+        .await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let id = named_request(&raw.query("EXECUTE p").await);
+    let (_, request) = pg.g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
+    assert_eq!(
+        request["details"]["runs"][0],
+        format!("DELETE FROM {t} WHERE id = 4"),
+        "{request}"
+    );
+    let (s, e) = pg.g.approve(ALICE, &id).await;
+    assert_eq!(s, 200, "{e}");
+    // `p` becomes another statement: the approval grants nothing for it.
+    let mut out = BytesMut::new();
+    frontend::close(b'S', "p", &mut out).unwrap();
+    parse(&mut out, "p", &format!("DELETE FROM {t}"));
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    assert!(Raw::error(&raw.until_ready().await).is_none());
+    let r = raw.query("EXECUTE p").await;
+    assert_ne!(named_request(&r), id);
+    assert_eq!(count(&t), "10");
+    admin(&format!("DROP TABLE {t}"));
+}
+
+#[tokio::test]
+async fn parameters_and_binds_cannot_run_user_code_unseen() {
+    let pg = Pg::start_policies("1s", READ_ONLY, "").await;
+    let suffix = std::process::id();
+    let log = table("bindlog");
+    admin(&format!(
+        "CREATE TABLE {log} (x int);
+         CREATE FUNCTION gavel_side_{suffix}(int) RETURNS bool LANGUAGE sql AS 'INSERT INTO {log} VALUES ($1) RETURNING true';
+         CREATE DOMAIN gavel_dom_{suffix} AS int CHECK (gavel_side_{suffix}(VALUE))"
+    ));
+    let oid: u32 = admin(&format!("SELECT 'gavel_dom_{suffix}'::regtype::oid"))
+        .parse()
+        .unwrap();
+    let mut raw = Raw::login(&pg).await;
+    // A parameter declared of a user type: its domain's CHECK runs at Bind.
+    let mut out = BytesMut::new();
+    frontend::parse("", "SELECT $1 AS x", [oid], &mut out).unwrap();
+    frontend::bind(
+        "",
+        "",
+        [0i16],
+        [Some(b"7".as_slice())],
+        |v: Option<&[u8]>,
+         buf: &mut BytesMut|
+         -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+            match v {
+                Some(v) => {
+                    buf.extend_from_slice(v);
+                    Ok(postgres_protocol::IsNull::No)
+                }
+                None => Ok(postgres_protocol::IsNull::Yes),
+            }
+        },
+        [0i16],
+        &mut out,
+    )
+    .map_err(|_| "bind")
+    .unwrap();
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    assert!(Raw::error(&raw.until_ready().await).is_some());
+    // A Bind that no Execute follows is admitted as its statement: binding
+    // plans it, and planning folds immutable functions.
+    let r = raw
+        .parse_bind("w", &format!("INSERT INTO {log} VALUES (1)"), Some("pw"))
+        .await;
+    assert!(
+        Raw::error(&r).is_some(),
+        "a Bind of a write is a write: {r:?}"
+    );
+    assert_eq!(count(&log), "0", "no user code ran");
+    admin(&format!(
+        "DROP DOMAIN gavel_dom_{suffix}; DROP FUNCTION gavel_side_{suffix}(int); DROP TABLE {log}"
+    ));
+}
+
+#[tokio::test]
+async fn built_in_names_that_a_user_object_shadows_are_not_trusted() {
+    // A database of its own: a user `+` operator changes how every session
+    // on it is judged.
+    let db = format!("gavel_shadow_{}", std::process::id());
+    admin(&format!("DROP DATABASE IF EXISTS {db}"));
+    admin(&format!("CREATE DATABASE {db}"));
+    let on_db = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-tA",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                &db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sql}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    on_db(
+        "CREATE TABLE hits (x text);
+         CREATE FUNCTION hit(text, text) RETURNS text LANGUAGE sql AS 'INSERT INTO hits VALUES ($1) RETURNING $1';
+         CREATE OPERATOR public.+ (LEFTARG = text, RIGHTARG = text, FUNCTION = hit);
+         CREATE FUNCTION reverse(int) RETURNS text LANGUAGE sql AS 'INSERT INTO hits VALUES (''r'') RETURNING ''r''';
+         CREATE FUNCTION side_effect(t hits) RETURNS text LANGUAGE sql AS 'INSERT INTO hits VALUES (''c'') RETURNING ''c'''",
+    );
+    let policies = READ_ONLY;
+    let port = harness::free_port();
+    let extra = format!(
+        r#"
+[[resources.postgres]]
+name = "shadow-db"
+listen = "127.0.0.1:{port}"
+upstream = "postgres://postgres@127.0.0.1:5432/{db}"
+"#
+    );
+    let g = harness::Gavel::start_custom("1s", policies, &extra).await;
+    let pg = Pg { g, port };
+    let mut raw = Raw::login_db(&pg, &db).await;
+    for sql in [
+        "SELECT 'a'::text + 'b'::text",
+        "SELECT reverse(5)",
+        "SELECT h.side_effect FROM hits h",
+    ] {
+        let r = raw.query(sql).await;
+        assert!(Raw::error(&r).is_some(), "{sql} ran: {r:?}");
+    }
+    // Qualified built-ins and other names stay reads.
+    let r = raw
+        .query("SELECT pg_catalog.reverse('abc'), 1 OPERATOR(pg_catalog.+) 2, 3 - 1")
+        .await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    assert_eq!(on_db("SELECT count(*) FROM hits"), "0");
+    drop(raw);
+    drop(pg);
+    admin(&format!("DROP DATABASE {db} WITH (FORCE)"));
+}
+
+#[tokio::test]
+async fn databases_gavel_cannot_read_as_the_server_does_are_refused() {
+    let role = format!("gavel_nonconforming_{}", std::process::id());
+    admin(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN SUPERUSER; ALTER ROLE {role} SET standard_conforming_strings = off"
+    ));
+    let port = harness::free_port();
+    let extra = format!(
+        r#"
+[[resources.postgres]]
+name = "nonconforming"
+listen = "127.0.0.1:{port}"
+upstream = "postgres://{role}@127.0.0.1:5432/test"
+"#
+    );
+    let g = harness::Gavel::start_custom("1s", READ_ONLY, &extra).await;
+    let pg = Pg { g, port };
+    let out = pg.psql(&["-c", "SELECT 'x\\'; SELECT 1; --'"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        pg.g.log().contains("standard_conforming_strings is off"),
+        "the log names the reason"
+    );
+    drop(pg);
+    admin(&format!("DROP ROLE {role}"));
 }

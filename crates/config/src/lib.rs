@@ -619,6 +619,16 @@ impl Loaded {
                     .map(|m| found("mcp", &m.tags))
             })
     }
+
+    /// The names of every configured resource.
+    pub fn resource_names(&self) -> impl Iterator<Item = String> + '_ {
+        let r = &self.config.resources;
+        r.api
+            .iter()
+            .map(|a| a.name.clone())
+            .chain(r.postgres.iter().map(|p| p.name.clone()))
+            .chain(r.mcp.iter().map(|m| m.name.clone()))
+    }
 }
 
 /// Loads `file`, or the defaults when `file` is `None`.

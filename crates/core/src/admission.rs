@@ -571,6 +571,25 @@ impl Gate {
         }
     }
 
+    /// Refuses an action the surface cannot put in a form policy can
+    /// judge (a path that is not absolute, an ambiguous URI, a name the
+    /// upstream would truncate): never forwarded, and recorded like any
+    /// denial, durably, with `reason`.
+    pub async fn refuse_unjudgeable(&self, action: Action, reason: &str) -> Refusal {
+        let shared = &self.approvals().shared;
+        let mut record = shared.record(&action, crate::audit::AuditEvent::Decision);
+        record.decision = Some("deny".into());
+        record.comment = Some(format!("not judgeable: {reason}"));
+        if let Err(e) = shared.audit.append(record).await {
+            return internal(e);
+        }
+        metrics::counter!("gavel_decisions_total", "verdict" => "deny").increment(1);
+        Refusal::Denied {
+            policies: Vec::new(),
+            reason: reason.to_owned(),
+        }
+    }
+
     /// Records the outcome of a parked admission, once, for its initiator
     /// only.
     pub async fn finish_parked(

@@ -79,6 +79,12 @@ pub struct AuditRecord {
     pub class: ActionClass,
     /// The operation text.
     pub operation: String,
+    /// What the decision depended on besides the operation (MCP
+    /// arguments, bound parameters, tables, what an `EXECUTE` runs), as
+    /// canonical JSON; past [`AuditRecord::MAX_DETAILS`] bytes, its SHA-256
+    /// and size instead. Absent when there is nothing.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
     /// The initiator's stated intent.
     pub intent: String,
     /// Policy ids behind the decision.
@@ -95,6 +101,32 @@ pub struct AuditRecord {
     pub request_id: Option<RequestId>,
     /// Which gateway wrote it.
     pub gateway_id: String,
+}
+
+impl AuditRecord {
+    /// The most bytes of details a record carries whole.
+    pub const MAX_DETAILS: usize = 8 * 1024;
+
+    /// `details` as a record carries it: `null` when empty, whole when
+    /// small, else `{"sha256": …, "bytes": …}` of its canonical JSON.
+    pub fn details_of(details: &serde_json::Value) -> serde_json::Value {
+        match details {
+            serde_json::Value::Null => serde_json::Value::Null,
+            serde_json::Value::Object(m) if m.is_empty() => serde_json::Value::Null,
+            other => {
+                let canonical = crate::fingerprint::canonical_json(other);
+                if canonical.len() <= Self::MAX_DETAILS {
+                    other.clone()
+                } else {
+                    use sha2::{Digest, Sha256};
+                    serde_json::json!({
+                        "sha256": hex::encode(Sha256::digest(&canonical)),
+                        "bytes": canonical.len(),
+                    })
+                }
+            }
+        }
+    }
 }
 
 /// A record on its way to disk: resolves to its sequence number once it is

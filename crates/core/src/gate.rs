@@ -201,9 +201,9 @@ impl Verdict {
 }
 
 /// Shared machinery of the gate and approvals.
-struct Shared {
+pub(crate) struct Shared {
     store: Arc<dyn Store>,
-    audit: Arc<dyn AuditSink>,
+    pub(crate) audit: Arc<dyn AuditSink>,
     clock: Arc<dyn Clock>,
     config: GateConfig,
     notifiers: Vec<Arc<dyn Notifier>>,
@@ -212,7 +212,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn record(&self, action: &Action, event: AuditEvent) -> AuditRecord {
+    pub(crate) fn record(&self, action: &Action, event: AuditEvent) -> AuditRecord {
         AuditRecord {
             time: self.clock.now(),
             event,
@@ -224,6 +224,7 @@ impl Shared {
             resource: action.resource.name.clone(),
             class: action.class,
             operation: action.operation.clone(),
+            details: AuditRecord::details_of(&action.details),
             intent: action.intent.clone(),
             policies: Vec::new(),
             decision: None,
@@ -337,6 +338,13 @@ impl Gate {
             policy: self.policy,
             approvals: Approvals { shared },
         }
+    }
+
+    /// Whether `principal` may still act (a view at most about a second
+    /// old): for what a surface sends unprompted, such as subscription
+    /// updates.
+    pub fn in_good_standing(&self, principal: &Principal) -> bool {
+        self.standing().in_good_standing(principal)
     }
 
     pub(crate) fn standing(&self) -> &Arc<dyn Standing> {
@@ -750,7 +758,7 @@ impl RelatedHistory {
 /// one set of rules. Cheap to clone.
 #[derive(Clone)]
 pub struct Approvals {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Approvals {

@@ -288,19 +288,90 @@ pub(crate) async fn post_outcome(
     }
 }
 
-fn resource_named(gw: &Gateway, name: &str) -> Resource {
-    match gw.config.resource(name) {
-        Some(r) => Resource {
+/// The resource an agent names: a configured one (matched without regard
+/// to case, so `Payroll` is `payroll` with its tags), or any other name
+/// made only of letters, digits and `._:/@-` (a name with spaces, controls,
+/// invisible or look-alike characters could dodge a policy written for
+/// the name it resembles).
+fn resource_named(gw: &Gateway, name: &str) -> Result<Resource, ApiError> {
+    let configured = gw.config.resource(name).or_else(|| {
+        gw.config
+            .resource_names()
+            .find(|n| n.eq_ignore_ascii_case(name))
+            .and_then(|n| gw.config.resource(&n))
+    });
+    if let Some(r) = configured {
+        return Ok(Resource {
             name: r.name.clone(),
             kind: r.kind.clone(),
             tags: r.tags.clone(),
-        },
-        None => Resource {
-            name: name.to_owned(),
-            kind: "api".into(),
-            tags: Default::default(),
-        },
+        });
     }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._:/@-".contains(c))
+    {
+        return Err(ApiError::bad_request(format!(
+            "resource {:?}: a name that is not configured may hold only letters, digits and ._:/@-",
+            gavel_core::display::one_line(name)
+        )));
+    }
+    Ok(Resource {
+        name: name.to_owned(),
+        kind: "api".into(),
+        tags: Default::default(),
+    })
+}
+
+/// For HTTP classes, the method and path policy judges are the
+/// operation's (`METHOD /path`), with the path as a server reads it (dot
+/// segments, percent-encoding of unreserved characters; `//`, encoded `/`
+/// and the like refused), and the operation says exactly that. Details
+/// that name another method or path are refused, never believed.
+fn judgeable_operation(
+    class: ActionClass,
+    operation: String,
+    mut details: serde_json::Value,
+) -> Result<(String, serde_json::Value), ApiError> {
+    if !matches!(class, ActionClass::HttpRead | ActionClass::HttpWrite) {
+        return Ok((operation, details));
+    }
+    let bad = |why: String| ApiError::bad_request(format!("operation {operation:?}: {why}"));
+    let (method, target) = operation
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| bad("expected `METHOD /path`".into()))?;
+    let method = method.to_ascii_uppercase();
+    if method.is_empty() || !method.chars().all(|c| c.is_ascii_uppercase()) {
+        return Err(bad("the method must be letters only".into()));
+    }
+    let target = target.trim();
+    if !target.starts_with('/') {
+        return Err(bad("the path must start with `/`".into()));
+    }
+    let normal = gavel_mcp::uri::normalize_uri(&format!("http://gavel.invalid{target}"))
+        .map_err(|e| bad(format!("the path is ambiguous: {e}")))?;
+    let path = normal
+        .strip_prefix("http://gavel.invalid")
+        .unwrap_or(&normal)
+        .to_owned();
+    let map = details
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("details must be a JSON object"))?;
+    for (key, value) in [("method", &method), ("path", &path)] {
+        match map.get(key).and_then(|v| v.as_str()) {
+            None => {}
+            Some(given) if given.eq_ignore_ascii_case(value) && key == "method" => {}
+            Some(given) if given == value => {}
+            Some(given) => {
+                return Err(bad(format!(
+                    "details.{key} {given:?} is not the operation's ({value:?})"
+                )));
+            }
+        }
+        map.insert(key.into(), serde_json::Value::String(value.clone()));
+    }
+    Ok((format!("{method} {path}"), details))
 }
 
 /// Generic action check for agents that act themselves and ask first.
@@ -335,12 +406,13 @@ pub(crate) async fn post_action(
         Some(d @ serde_json::Value::Object(_)) => d,
         Some(_) => return Err(ApiError::bad_request("details must be a JSON object")),
     };
-    let resource = resource_named(&gw, &body.resource);
+    let resource = resource_named(&gw, &body.resource)?;
+    let (operation, details) = judgeable_operation(class, body.operation, details)?;
     let action = Action {
         principal,
         resource,
         class,
-        operation: body.operation,
+        operation,
         details,
         intent: body.intent,
         data_context: serde_json::Value::Null,

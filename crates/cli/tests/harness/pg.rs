@@ -164,11 +164,16 @@ pub struct Raw {
 
 impl Raw {
     pub async fn login(pg: &Pg) -> Raw {
+        Raw::login_db(pg, "test").await
+    }
+
+    /// As [`Raw::login`], naming database `db`.
+    pub async fn login_db(pg: &Pg, db: &str) -> Raw {
         use tokio::io::AsyncWriteExt;
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", pg.port))
             .await
             .unwrap();
-        s.write_all(&startup(&[("user", "bot"), ("database", "test")]))
+        s.write_all(&startup(&[("user", "bot"), ("database", db)]))
             .await
             .unwrap();
         let mut raw = Raw {

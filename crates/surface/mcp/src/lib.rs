@@ -17,7 +17,7 @@ mod bridge;
 mod forward;
 mod session;
 mod upstream;
-mod uri;
+pub mod uri;
 
 pub use bridge::bridge_stdio;
 pub use upstream::{Health, Offer, Transport, Upstream};
@@ -70,7 +70,9 @@ pub(crate) struct Hub {
 }
 
 /// The sessions subscribed to one URI: (session id, its peer).
-type Subscribers = Vec<(u64, Peer<RoleServer>)>;
+/// Sessions subscribed to one URI: the session, its peer, and the
+/// principal it belongs to (updates stop when that principal falls).
+type Subscribers = Vec<(u64, Peer<RoleServer>, Principal)>;
 
 fn token_key(t: &ProgressToken) -> String {
     match &t.0 {
@@ -153,14 +155,15 @@ impl Hub {
         uri: &str,
         session: u64,
         peer: Peer<RoleServer>,
+        principal: Principal,
     ) -> bool {
         let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
         let list = subs
             .entry((upstream.to_owned(), uri.to_owned()))
             .or_default();
         let first = list.is_empty();
-        if !list.iter().any(|(id, _)| *id == session) {
-            list.push((session, peer));
+        if !list.iter().any(|(id, _, _)| *id == session) {
+            list.push((session, peer, principal));
         }
         first
     }
@@ -174,7 +177,7 @@ impl Hub {
             return false;
         };
         let before = list.len();
-        list.retain(|(id, _)| *id != session);
+        list.retain(|(id, _, _)| *id != session);
         let last = before > 0 && list.is_empty();
         if list.is_empty() {
             subs.remove(&key);
@@ -202,8 +205,9 @@ impl Hub {
             let Some(list) = subs.get_mut(&key) else {
                 return;
             };
-            list.retain(|(_, p)| !p.is_transport_closed());
-            let peers = list.iter().map(|(_, p)| p.clone()).collect();
+            // A revoked or expired principal hears no more updates.
+            list.retain(|(_, p, who)| !p.is_transport_closed() && self.gate.in_good_standing(who));
+            let peers = list.iter().map(|(_, p, _)| p.clone()).collect();
             if list.is_empty() {
                 subs.remove(&key);
             }

@@ -106,10 +106,8 @@ fn refusal_text(hub: &Hub, refusal: &Refusal) -> String {
 
 /// A client's resource URI as the upstream will read it; refused when
 /// that is ambiguous.
-fn normal_uri(raw: &str) -> Result<String, McpError> {
-    crate::uri::normalize_uri(raw).map_err(|e| {
-        McpError::invalid_params(format!("gavel: resource URI {raw:?} refused: {e}"), None)
-    })
+fn normal_uri(raw: &str) -> Result<String, String> {
+    crate::uri::normalize_uri(raw)
 }
 
 fn service_error(e: ServiceError) -> McpError {
@@ -241,6 +239,38 @@ impl Session {
             return Err(McpError::internal_error(detail, None));
         };
         Ok((permitted, peer))
+    }
+
+    /// A client's resource URI as the upstream will read it; refused (and
+    /// recorded) when that is ambiguous.
+    async fn judgeable_uri(&self, caller: &Caller, raw: &str) -> Result<String, McpError> {
+        match normal_uri(raw) {
+            Ok(uri) => Ok(uri),
+            Err(e) => {
+                let action = Action {
+                    principal: caller.principal.clone(),
+                    resource: gavel_core::Resource {
+                        name: "mcp".into(),
+                        kind: "mcp".into(),
+                        tags: Default::default(),
+                    },
+                    class: ActionClass::McpRead,
+                    operation: raw.to_owned(),
+                    details: serde_json::json!({}),
+                    intent: String::new(),
+                    data_context: serde_json::Value::Null,
+                    settings: Default::default(),
+                    surface: "mcp".into(),
+                    source: caller.source.clone(),
+                };
+                let reason = format!("resource URI refused: {e}");
+                let _ = self.hub.gate.refuse_unjudgeable(action, &reason).await;
+                Err(McpError::invalid_params(
+                    format!("gavel: resource URI {raw:?} refused: {e}"),
+                    None,
+                ))
+            }
+        }
     }
 
     fn split<'a>(&self, name: &'a str) -> Result<(&Arc<Upstream>, &'a str), McpError> {
@@ -459,9 +489,20 @@ impl ServerHandler for Session {
         if let Some(map) = args.as_mut()
             && let Err(e) = crate::uri::normalize_path_arguments(map)
         {
-            return Ok(tool_error(format!(
-                "gavel: refused: {e} (send absolute paths without `..`, control characters or surrounding spaces)"
-            )));
+            let raw = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
+            let action = self.action(
+                &caller,
+                upstream,
+                ActionClass::McpCall,
+                tool_name,
+                raw,
+                intent,
+            );
+            let reason = format!(
+                "{e} (send absolute paths without control characters or surrounding spaces)"
+            );
+            let refusal = self.hub.gate.refuse_unjudgeable(action, &reason).await;
+            return Ok(tool_error(refusal_text(&self.hub, &refusal)));
         }
         let args_json = serde_json::Value::Object(args.clone().unwrap_or_default());
         let mut action = self.action(
@@ -549,7 +590,7 @@ impl ServerHandler for Session {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let caller = self.caller(&context)?;
-        let uri = normal_uri(&request.uri)?;
+        let uri = self.judgeable_uri(&caller, &request.uri).await?;
         let upstream = self.resource_owner(&uri)?;
         let meta = request_meta(&context, request.meta.as_ref());
         let intent = take_intent(&meta, &mut None, None);
@@ -573,7 +614,7 @@ impl ServerHandler for Session {
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         let caller = self.caller(&context)?;
-        let uri = normal_uri(&request.uri)?;
+        let uri = self.judgeable_uri(&caller, &request.uri).await?;
         let upstream = self.resource_owner(&uri)?;
         let supports = upstream
             .forwarder()
@@ -601,10 +642,13 @@ impl ServerHandler for Session {
         let (permitted, peer) = self.admit_read(action, upstream, &context, &meta).await?;
         // One upstream subscription per URI serves every session: only the
         // first subscriber's admission reaches the upstream.
-        if !self
-            .hub
-            .subscribe(&upstream.name, &uri, self.id, context.peer.clone())
-        {
+        if !self.hub.subscribe(
+            &upstream.name,
+            &uri,
+            self.id,
+            context.peer.clone(),
+            caller.principal.clone(),
+        ) {
             permitted.finish(Outcome::Succeeded {
                 detail: "subscribed (the upstream subscription exists)".into(),
             });
@@ -623,7 +667,7 @@ impl ServerHandler for Session {
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         let caller = self.caller(&context)?;
-        let uri = normal_uri(&request.uri)?;
+        let uri = self.judgeable_uri(&caller, &request.uri).await?;
         let upstream = self.resource_owner(&uri)?;
         // This session stops hearing updates whatever policy says; the
         // upstream hears of it only through an admission.

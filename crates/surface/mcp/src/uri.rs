@@ -18,7 +18,7 @@
 use fluent_uri::{Iri, normalize::Normalizer};
 
 /// A resource URI in the form the upstream reads, or why it is refused.
-pub(crate) fn normalize_uri(raw: &str) -> Result<String, String> {
+pub fn normalize_uri(raw: &str) -> Result<String, String> {
     // 1. Characters WHATWG strips or rewrites silently (C0/C1 controls, DEL,
     //    tab/LF/CR anywhere, leading/trailing space) or that special schemes
     //    read as '/' (backslash). Refuse rather than trim: no client needs them.
@@ -46,34 +46,13 @@ pub(crate) fn normalize_uri(raw: &str) -> Result<String, String> {
     }
     // 3. Non-ASCII in path/query/fragment -> UTF-8 percent-encoding (what WHATWG does).
     let uri = iri.to_uri();
-    // 4. Escapes that no normalization can make unambiguous: a server that
-    //    decodes a template variable would see a separator, a control or a
-    //    dot the policy never saw. Checked in path, query and fragment alike:
-    //    `{+path}` and `{?x}` template variables capture query text too.
+    // 4. Escapes that no normalization can make unambiguous.
     let (path, query, fragment) = (
         uri.path().as_str(),
         uri.query().map_or("", |q| q.as_str()),
         uri.fragment().map_or("", |f| f.as_str()),
     );
-    for part in [path, query, fragment] {
-        for (i, _) in part.match_indices('%') {
-            let hex = part
-                .get(i + 1..i + 3)
-                .ok_or("invalid percent-encoding")?
-                .to_ascii_uppercase();
-            let byte =
-                u8::from_str_radix(&hex, 16).map_err(|_| "invalid percent-encoding".to_owned())?;
-            if matches!(byte, b'/' | b'\\') || byte < 0x20 || byte == 0x7f {
-                return Err(format!("encoded {:?} in URI", byte as char));
-            }
-            if byte == b'%' {
-                let next = part.get(i + 3..i + 5).map(str::to_ascii_uppercase);
-                if matches!(next.as_deref(), Some("2E" | "2F" | "5C")) {
-                    return Err("double-encoded '.', '/' or '\\' in URI".into());
-                }
-            }
-        }
-    }
+    check_escapes([path, query, fragment])?;
     for (what, part) in [
         ("path", Some(uri.path().decode().to_bytes())),
         ("query", uri.query().map(|q| q.decode().to_bytes())),
@@ -94,11 +73,15 @@ pub(crate) fn normalize_uri(raw: &str) -> Result<String, String> {
     // 6. What normalization leaves ambiguous.
     let (scheme, rest) = n.split_once(':').ok_or("not an absolute URI")?;
     let special = matches!(scheme, "http" | "https" | "ws" | "wss" | "ftp" | "file");
-    let npath = fluent_uri::Uri::parse(n.as_str())
-        .map_err(|e| format!("its normal form does not parse: {e}"))?
-        .path()
-        .as_str()
-        .to_owned();
+    let normal = fluent_uri::Uri::parse(n.as_str())
+        .map_err(|e| format!("its normal form does not parse: {e}"))?;
+    // Decoding can make an escape of one (`%25%32%46` is `%252F`).
+    check_escapes([
+        normal.path().as_str(),
+        normal.query().map_or("", |q| q.as_str()),
+        normal.fragment().map_or("", |f| f.as_str()),
+    ])?;
+    let npath = normal.path().as_str().to_owned();
     if npath.is_empty() && special && rest.starts_with("//") {
         // RFC 3986 §6.2.3: http://h == http://h/ ; WHATWG writes the '/'.
         let at = n.find(['?', '#']).unwrap_or(n.len());
@@ -134,7 +117,7 @@ pub(crate) fn normalize_uri(raw: &str) -> Result<String, String> {
 /// `@modelcontextprotocol/server-filesystem` matches names by), or why it
 /// is refused. Symlinks cannot be seen from the text: policies for
 /// filesystem tools should permit directories, not deny sub-directories.
-pub(crate) fn normalize_fs_path(raw: &str) -> Result<String, String> {
+pub fn normalize_fs_path(raw: &str) -> Result<String, String> {
     if let Some(c) = raw.chars().find(|c| c.is_control() || *c == '\\') {
         return Err(format!("path contains {c:?}"));
     }
@@ -162,6 +145,33 @@ pub(crate) fn normalize_fs_path(raw: &str) -> Result<String, String> {
     Ok(joined.nfc().collect())
 }
 
+/// Escapes that no normalization can make unambiguous: a server that
+/// decodes a template variable would see a separator, a control or a dot
+/// the policy never saw. Checked in path, query and fragment alike:
+/// `{+path}` and `{?x}` template variables capture query text too.
+fn check_escapes(parts: [&str; 3]) -> Result<(), String> {
+    for part in parts {
+        for (i, _) in part.match_indices('%') {
+            let hex = part
+                .get(i + 1..i + 3)
+                .ok_or("invalid percent-encoding")?
+                .to_ascii_uppercase();
+            let byte =
+                u8::from_str_radix(&hex, 16).map_err(|_| "invalid percent-encoding".to_owned())?;
+            if matches!(byte, b'/' | b'\\') || byte < 0x20 || byte == 0x7f {
+                return Err(format!("encoded {:?} in URI", byte as char));
+            }
+            if byte == b'%' {
+                let next = part.get(i + 3..i + 5).map(str::to_ascii_uppercase);
+                if matches!(next.as_deref(), Some("2E" | "2F" | "5C")) {
+                    return Err("double-encoded '.', '/' or '\\' in URI".into());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Argument names that hold filesystem paths, by convention of the MCP
 /// filesystem servers (`path`, `paths`, `source`, `destination`, …).
 pub(crate) const PATH_ARGUMENTS: &[&str] = &[
@@ -179,26 +189,16 @@ pub(crate) const PATH_ARGUMENTS: &[&str] = &[
 ];
 
 /// Normalizes the path-like arguments of a tool call in place (strings,
-/// or lists of strings, under a [`PATH_ARGUMENTS`] name): a URI with a
-/// scheme as [`normalize_uri`], anything else as [`normalize_fs_path`].
+/// or lists of strings, under a [`PATH_ARGUMENTS`] name) as
+/// [`normalize_fs_path`] does: an absolute path, resolved lexically.
+/// Anything else is refused, URIs included (`file://../x` is a relative
+/// path to a filesystem server, not a URI).
 pub(crate) fn normalize_path_arguments(
     args: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), String> {
     let one = |name: &str, v: &mut serde_json::Value| -> Result<(), String> {
         let Some(s) = v.as_str() else { return Ok(()) };
-        let has_scheme = s.split_once(':').is_some_and(|(scheme, rest)| {
-            rest.starts_with("//")
-                && !scheme.is_empty()
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-        });
-        let normal = if has_scheme {
-            normalize_uri(s)
-        } else {
-            normalize_fs_path(s)
-        }
-        .map_err(|e| format!("argument {name:?}: {e}"))?;
+        let normal = normalize_fs_path(s).map_err(|e| format!("argument {name:?}: {e}"))?;
         *v = serde_json::Value::String(normal);
         Ok(())
     };
@@ -283,6 +283,8 @@ mod tests {
             "demo://resource/x?a=..",
             "relative/path",
             "",
+            "demo://resource/dynamic/text/%25%32%46..%25%32%46static",
+            "demo://resource/dynamic/text/%25%32%65%25%32%65/x",
         ] {
             refused(raw);
         }
@@ -336,7 +338,18 @@ mod tests {
         assert_eq!(args["path"], "/srv/secret");
         assert_eq!(args["paths"], serde_json::json!(["/a/b", "/c/d"]));
         assert_eq!(args["content"], "../not a path");
-        let mut relative = serde_json::json!({"path": "notes.txt"});
-        assert!(normalize_path_arguments(relative.as_object_mut().unwrap()).is_err());
+        for relative in [
+            "notes.txt",
+            "file://../secret.txt",
+            "gavel://../x",
+            "file:///srv/x",
+            "~/x",
+        ] {
+            let mut args = serde_json::json!({ "path": relative });
+            assert!(
+                normalize_path_arguments(args.as_object_mut().unwrap()).is_err(),
+                "{relative}"
+            );
+        }
     }
 }

@@ -160,6 +160,10 @@ pub struct Classification {
     pub reason: String,
     /// The intent of a leading `/* intent: … */` comment.
     pub intent: Option<String>,
+    /// What its `EXECUTE` and `FETCH` statements run, as the session holds
+    /// it now: bound into an approval with the text, so approving `EXECUTE
+    /// p` grants nothing once `p` is another statement.
+    pub runs: Vec<String>,
 }
 
 impl Classification {
@@ -659,6 +663,42 @@ const SAFE_SETTINGS: &[&str] = &[
     "row_security",
 ];
 
+/// Settings whose values are server configuration an agent has no need
+/// to read (paths to keys and configuration files, replication
+/// connection strings with their passwords, commands the server runs):
+/// `SHOW` of them, or `current_setting()` of them, is `sql.admin`.
+const SENSITIVE_SETTINGS: &[&str] = &[
+    "archive_command",
+    "archive_library",
+    "config_file",
+    "data_directory",
+    "dynamic_library_path",
+    "external_pid_file",
+    "hba_file",
+    "ident_file",
+    "krb_server_keyfile",
+    "listen_addresses",
+    "local_preload_libraries",
+    "log_directory",
+    "log_filename",
+    "primary_conninfo",
+    "primary_slot_name",
+    "restore_command",
+    "archive_cleanup_command",
+    "recovery_end_command",
+    "session_preload_libraries",
+    "shared_preload_libraries",
+    "ssl_ca_file",
+    "ssl_cert_file",
+    "ssl_crl_dir",
+    "ssl_crl_file",
+    "ssl_dh_params_file",
+    "ssl_key_file",
+    "ssl_passphrase_command",
+    "unix_socket_directories",
+    "unix_socket_group",
+];
+
 /// Operators PostgreSQL ships. Any other operator, or one qualified with a
 /// schema other than pg_catalog, runs whatever function its creator chose.
 const BUILTIN_OPERATORS: &[&str] = &[
@@ -902,9 +942,6 @@ const PG_CATALOG_READ_ALLOW: &[&str] = &[
     "pg_statio_user_sequences",
     "pg_statio_user_tables",
     "pg_statistic_ext",
-    "pg_stats",
-    "pg_stats_ext",
-    "pg_stats_ext_exprs",
     "pg_tables",
     "pg_tablespace",
     "pg_timezone_abbrevs",
@@ -1096,14 +1133,48 @@ pub struct Catalog {
     pub user_functions: HashSet<String>,
     /// pg_catalog functions callable with one argument that are volatile.
     pub volatile_builtins: HashSet<String>,
+    /// Every function name defined outside pg_catalog and
+    /// information_schema, but by an extension: an unqualified call of a
+    /// built-in name may resolve to one of them (`lower(5)` to a user's
+    /// `public.lower(int)`). (Extensions are installed by an approved
+    /// `CREATE EXTENSION`; their functions are judged by name as built-ins
+    /// are.)
+    pub user_function_names: HashSet<String>,
+    /// Every operator name defined outside pg_catalog and
+    /// information_schema, but by an extension (`public.+(text, text)`).
+    pub user_operators: HashSet<String>,
+}
+
+impl Catalog {
+    /// Adds one row of [`CATALOG_SQL`].
+    pub fn add(&mut self, name: &str, kind: &str) {
+        let set = match kind {
+            "user" => &mut self.user_functions,
+            "builtin" => &mut self.volatile_builtins,
+            "user_function" => &mut self.user_function_names,
+            "user_operator" => &mut self.user_operators,
+            _ => return,
+        };
+        set.insert(name.to_owned());
+    }
 }
 
 /// The query that reads a [`Catalog`] on gavel's own connection: rows
-/// `(name, 'user' | 'builtin')`.
-pub const CATALOG_SQL: &str = "SELECT DISTINCT p.proname, CASE WHEN n.nspname IN ('pg_catalog', 'information_schema') THEN 'builtin' ELSE 'user' END \
+/// `(name, kind)`, kind `user` or `builtin` (callable in column notation),
+/// `user_function` or `user_operator` (any defined outside the system
+/// schemas).
+pub const CATALOG_SQL: &str = "SELECT DISTINCT p.proname::text, CASE WHEN n.nspname IN ('pg_catalog', 'information_schema') THEN 'builtin' ELSE 'user' END \
      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      WHERE p.prokind <> 'p' AND p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 \
-     AND (n.nspname NOT IN ('pg_catalog', 'information_schema') OR p.provolatile = 'v')";
+     AND (n.nspname NOT IN ('pg_catalog', 'information_schema') OR p.provolatile = 'v') \
+     UNION SELECT DISTINCT p.proname::text, 'user_function' \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+       WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND d.deptype = 'e') \
+     UNION SELECT DISTINCT o.oprname::text, 'user_operator' \
+     FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+       WHERE d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND d.objid = o.oid AND d.deptype = 'e')";
 
 /// The names in a list of `String` nodes (`funcname`, an operator, a type).
 fn names(list: Option<&Value>) -> Vec<String> {
@@ -1145,6 +1216,9 @@ fn contains_dml(v: &Value) -> bool {
 pub struct Classifier {
     side_effects: HashMap<String, ActionClass>,
     read_only: HashSet<String>,
+    /// The read-only names the operator configured: trusted even where a
+    /// user function shares the name.
+    configured_read_only: HashSet<String>,
     /// What the server's catalog says column notation can call; shared by
     /// every clone, replaced whole.
     catalog: Arc<std::sync::RwLock<Arc<Catalog>>>,
@@ -1167,6 +1241,8 @@ struct Walk<'a> {
     tables: BTreeSet<String>,
     /// It runs a prepared statement or portal that may change the session.
     runs_session_changes: bool,
+    /// The texts of the prepared statements and portals it runs.
+    runs: Vec<String>,
 }
 
 /// The session's names as a query string sees them: what the statements
@@ -1287,15 +1363,22 @@ impl Walk<'_> {
                 }
             }
             "CopyStmt" => self.copy(n),
-            "VariableShowStmt"
-                if n
+            "VariableShowStmt" => {
+                let name = n
                     .get("name")
                     .and_then(Value::as_str)
-                    .is_some_and(|name| name.eq_ignore_ascii_case("all")) =>
-            {
-                self.raise(ActionClass::SqlAdmin, || {
-                    "SHOW ALL lists the server's whole configuration, as pg_settings does".into()
-                });
+                    .unwrap_or("")
+                    .to_lowercase();
+                if name == "all" {
+                    self.raise(ActionClass::SqlAdmin, || {
+                        "SHOW ALL lists the server's whole configuration, as pg_settings does"
+                            .into()
+                    });
+                } else if SENSITIVE_SETTINGS.contains(&name.as_str()) {
+                    self.raise(ActionClass::SqlAdmin, || {
+                        format!("{name} is server configuration an agent has no need to read")
+                    });
+                }
             }
             "VariableSetStmt" => {
                 let name = n
@@ -1428,6 +1511,7 @@ impl Walk<'_> {
                 match resolved {
                     Some(r) => {
                         self.tables.extend(r.tables.iter().cloned());
+                        self.runs.push(r.text.to_string());
                         self.raise(r.class, || {
                             format!(
                                 "EXECUTE {name} runs a prepared {}: {}",
@@ -1450,6 +1534,7 @@ impl Walk<'_> {
                 match resolved {
                     Some(r) => {
                         self.tables.extend(r.tables.iter().cloned());
+                        self.runs.push(r.text.to_string());
                         self.raise(r.class, || {
                             format!(
                                 "FETCH from {name:?} runs a {}: {}",
@@ -1482,6 +1567,18 @@ impl Walk<'_> {
         if !op.is_empty() && !builtin(&op, BUILTIN_OPERATORS) {
             self.raise(ActionClass::SqlUnknown, || {
                 format!("operator {} is not a built-in", op.join("."))
+            });
+        } else if let [unqualified] = op.as_slice()
+            && self
+                .classifier
+                .catalog()
+                .user_operators
+                .contains(unqualified)
+        {
+            self.raise(ActionClass::SqlUnknown, || {
+                format!(
+                    "operator {unqualified} may resolve to a user-defined operator of that name"
+                )
             });
         }
     }
@@ -1535,6 +1632,25 @@ impl Walk<'_> {
 
     fn function(&mut self, n: &Value) {
         let parts = names(n.get("funcname"));
+        if parts.last().is_some_and(|f| f == "current_setting")
+            && matches!(parts.as_slice(), [_] | [_, _])
+            && (parts.len() == 1 || parts[0] == "pg_catalog")
+        {
+            let setting = n
+                .pointer("/args/0/node/AConst/val/Sval/sval")
+                .and_then(Value::as_str)
+                .map(str::to_lowercase);
+            match setting {
+                Some(s) if SENSITIVE_SETTINGS.contains(&s.as_str()) => self
+                    .raise(ActionClass::SqlAdmin, || {
+                        format!("{s} is server configuration an agent has no need to read")
+                    }),
+                Some(_) => {}
+                None => self.raise(ActionClass::SqlUnknown, || {
+                    "current_setting() of a setting named at run time".into()
+                }),
+            }
+        }
         let Some(name) = parts.last() else {
             self.raise(ActionClass::SqlUnknown, || {
                 "a function call gavel cannot name".into()
@@ -1552,11 +1668,25 @@ impl Walk<'_> {
         let read_only = self.classifier.read_only.contains(qualified.as_str())
             || ((schema.is_empty() || schema == "pg_catalog")
                 && self.classifier.read_only.contains(name.as_str()));
+        // An unqualified built-in name resolves across the search path: a
+        // user's function of that name (another argument type) may be the
+        // one called. Only a name the operator configured is trusted then.
+        let shadowed = schema.is_empty()
+            && self
+                .classifier
+                .catalog()
+                .user_function_names
+                .contains(name.as_str())
+            && !self.classifier.configured_read_only.contains(name.as_str());
         if let Some(class) = self.classifier.side_effects.get(name.as_str()) {
             self.raise(*class, || format!("{qualified}() has side effects"));
         } else if !read_only {
             self.raise(ActionClass::SqlUnknown, || {
                 format!("{qualified}() is not known to be read-only")
+            });
+        } else if shadowed {
+            self.raise(ActionClass::SqlUnknown, || {
+                format!("{qualified}() may call a user-defined function of the same name")
             });
         }
     }
@@ -1580,10 +1710,12 @@ impl Classifier {
             .collect();
         se.extend(side_effects.iter().map(|(n, c)| (n.to_lowercase(), *c)));
         let mut ro: HashSet<String> = READ_ONLY.iter().map(|n| (*n).to_owned()).collect();
-        ro.extend(read_only.iter().map(|n| n.to_lowercase()));
+        let configured: HashSet<String> = read_only.iter().map(|n| n.to_lowercase()).collect();
+        ro.extend(configured.iter().cloned());
         Classifier {
             side_effects: se,
             read_only: ro,
+            configured_read_only: configured,
             catalog: Arc::default(),
             generation: Arc::default(),
         }
@@ -1600,7 +1732,9 @@ impl Classifier {
     pub fn set_catalog(&self, catalog: Catalog) -> bool {
         let mut slot = self.catalog.write().unwrap_or_else(|p| p.into_inner());
         let changed = slot.user_functions != catalog.user_functions
-            || slot.volatile_builtins != catalog.volatile_builtins;
+            || slot.volatile_builtins != catalog.volatile_builtins
+            || slot.user_function_names != catalog.user_function_names
+            || slot.user_operators != catalog.user_operators;
         *slot = Arc::new(catalog);
         if changed {
             self.generation
@@ -1628,6 +1762,7 @@ impl Classifier {
             tables: Vec::new(),
             reason,
             intent: intent.clone(),
+            runs: Vec::new(),
         };
         let parsed = match pg_query::parse(sql, 0) {
             Ok(p) => p,
@@ -1644,6 +1779,7 @@ impl Classifier {
         let mut reason = String::from("read-only statements");
         let mut statements = Vec::new();
         let mut tables = BTreeSet::new();
+        let mut runs = Vec::new();
         for raw in &parsed.protobuf.stmts {
             let tree = match serde_json::to_value(raw) {
                 Ok(t) => t,
@@ -1662,8 +1798,10 @@ impl Classifier {
                 reason: kind.clone(),
                 tables: BTreeSet::new(),
                 runs_session_changes: false,
+                runs: Vec::new(),
             };
             walk.visit(&tree);
+            runs.extend(std::mem::take(&mut walk.runs));
             let (walk_class, walk_reason, walk_tables, runs_session_changes) = (
                 walk.class,
                 walk.reason,
@@ -1744,6 +1882,7 @@ impl Classifier {
             tables: tables.into_iter().collect(),
             reason,
             intent,
+            runs,
         }
     }
 
@@ -1791,6 +1930,7 @@ impl Classifier {
                 reason: kind.clone(),
                 tables: BTreeSet::new(),
                 runs_session_changes: false,
+                runs: Vec::new(),
             };
             walk.visit(&tree);
             if found

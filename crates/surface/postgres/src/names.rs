@@ -59,7 +59,16 @@ pub struct Prepared {
     pub classified: Arc<Classified>,
     /// The intent of a leading `/* intent: … */` comment.
     pub intent: Option<String>,
+    /// The parameter types Parse declared (OIDs; 0 lets the server infer
+    /// one): part of what the statement means, so part of what an approval
+    /// binds.
+    pub param_types: Arc<Vec<u32>>,
 }
+
+/// The first OID PostgreSQL gives objects created after initdb: a type at
+/// or above it is user-defined (its input function, or a domain's CHECK,
+/// runs when a parameter is bound).
+pub const FIRST_USER_OID: u32 = 16_384;
 
 /// A portal as the server holds it.
 #[derive(Debug, Clone)]
@@ -236,6 +245,7 @@ fn from_resolved(row: &ServerRow, r: Option<Resolved>, what: &str) -> Prepared {
             generation: 0,
         }),
         intent: None,
+        param_types: Arc::default(),
     }
 }
 
@@ -260,6 +270,7 @@ fn prepared_from_server(
         source: None,
         intent: classify::comment_intent(&row.text),
         classified,
+        param_types: Arc::default(),
     }
 }
 
@@ -280,6 +291,7 @@ fn cursor_from_server(
         source: None,
         intent: classify::comment_intent(&row.text),
         classified,
+        param_types: Arc::default(),
     }
 }
 

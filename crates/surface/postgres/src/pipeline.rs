@@ -3,7 +3,7 @@
 //! forwarded, or none of it.
 
 use crate::classify::NoNames;
-use crate::names::{Portal, Prepared, check_protocol_name};
+use crate::names::{FIRST_USER_OID, Portal, Prepared, check_protocol_name};
 use crate::session::{Discard, Session, TableOp};
 use crate::surface::Classified;
 use crate::to_server::Passive;
@@ -78,6 +78,59 @@ enum Refused {
 }
 
 impl Session {
+    /// Classifies and admits what running `portal` (named `name`) runs,
+    /// seen through the batch's own changes.
+    async fn admit_portal(
+        &mut self,
+        portal: Option<Portal>,
+        name: &str,
+        statements: &[(String, Option<Arc<Prepared>>)],
+        portals: &[(String, Option<Portal>)],
+        changed_settings: &[String],
+    ) -> (Arc<Classified>, Arc<str>, Result<Permitted, Refusal>) {
+        let (mut classified, text, stmt_intent, params) = match portal
+            .as_ref()
+            .and_then(|p| p.statement.as_ref().map(|s| (s, p)))
+        {
+            Some((s, portal)) => (
+                s.classified.clone(),
+                s.text.clone(),
+                s.intent.clone(),
+                Some(portal.clone()),
+            ),
+            // Unknown to gavel: the server will refuse it too, but it is
+            // not forwarded on faith.
+            None => (
+                Arc::new(Classified::unknown(format!(
+                    "Execute of portal {name:?}, which gavel cannot vouch for"
+                ))),
+                Arc::from(format!("<portal {name:?}>").as_str()),
+                None,
+                None,
+            ),
+        };
+        // EXECUTE, FETCH and MOVE name other statements and portals: judged
+        // against the tables as they are now, this batch's own changes
+        // included. So is a statement parsed before the server's functions
+        // last changed.
+        if classified.facts().is_some_and(|f| f.uses_names())
+            || (classified.facts().is_some()
+                && classified.generation != self.surface.classifier.generation())
+        {
+            classified = self.classify_fresh(&text, statements, portals).await;
+        }
+        if let Some(intent) = classified.facts().and_then(|f| f.intent_setting()) {
+            self.intent = intent;
+        }
+        let intent = stmt_intent.unwrap_or_else(|| self.intent.clone());
+        let has_params = params.as_ref().is_some_and(|p| !p.params.is_empty());
+        let action = self.action(&classified, &text, intent, params.as_ref());
+        let admission = self
+            .admit(action, &classified, &text, has_params, changed_settings)
+            .await;
+        (classified, text, admission)
+    }
+
     /// Decides every Execute of the queued extended-protocol messages, then
     /// forwards them all, or none. Returns whether the session goes on.
     pub(crate) async fn run_batch(&mut self, sync: bool) -> Result<bool, WireError> {
@@ -135,6 +188,12 @@ impl Session {
         let mut changes_portals = false;
         let mut changed_settings: Vec<String> = Vec::new();
         let mut runs_unseen_code = false;
+        // Every Bind, and whether an Execute of its portal follows in this
+        // batch: binding converts the parameters (a user type's input
+        // function, a domain's CHECK), so a Bind whose portal is not run
+        // here is admitted as its statement.
+        let mut binds: Vec<(usize, String, Portal, bool)> = Vec::new();
+        let mut bound_only: Vec<Permitted> = Vec::new();
         let mut refused = refused_names.map(|message| Refused::Batch {
             code: "42622",
             message: format!("gavel: {message}"),
@@ -148,10 +207,18 @@ impl Session {
                     // Judged at Execute; a text that names other statements
                     // (EXECUTE, FETCH) is judged again then, against the
                     // tables as they are by that time.
-                    let classified = self.surface.classify(&p.query, &NoNames);
+                    let mut classified = self.surface.classify(&p.query, &NoNames);
+                    if let Some(oid) = p.type_oids.iter().find(|o| **o >= FIRST_USER_OID) {
+                        // Binding a parameter of a user-defined type runs its
+                        // input function (or a domain's CHECK).
+                        classified = Arc::new(Classified::unknown(format!(
+                            "parameter type {oid} is not built in: binding runs its input function or a domain's CHECK"
+                        )));
+                    }
                     let intent = classified.facts().and_then(|f| f.intent.clone());
                     let prepared = Arc::new(Prepared {
                         text: Arc::from(p.query.as_str()),
+                        param_types: Arc::new(p.type_oids.clone()),
                         source: None,
                         classified,
                         intent,
@@ -182,6 +249,7 @@ impl Session {
                     };
                     let name = b.portal_name.unwrap_or_default();
                     ops.push(TableOp::Portal(name.clone(), Some(portal.clone())));
+                    binds.push((index, name.clone(), portal.clone(), false));
                     portals.push((name, Some(portal)));
                 }
                 PgWireFrontendMessage::Close(c) => {
@@ -205,48 +273,13 @@ impl Session {
                         };
                         view.portal(&name)
                     };
-                    let (mut classified, text, stmt_intent, params) = match portal
-                        .as_ref()
-                        .and_then(|p| p.statement.as_ref().map(|s| (s, p)))
-                    {
-                        Some((s, portal)) => (
-                            s.classified.clone(),
-                            s.text.clone(),
-                            s.intent.clone(),
-                            Some(portal.clone()),
-                        ),
-                        // Unknown to gavel: the server will refuse it too,
-                        // but it is not forwarded on faith.
-                        None => (
-                            Arc::new(Classified::unknown(format!(
-                                "Execute of portal {name:?}, which gavel cannot vouch for"
-                            ))),
-                            Arc::from(format!("<portal {name:?}>").as_str()),
-                            None,
-                            None,
-                        ),
-                    };
-                    // EXECUTE, FETCH and MOVE name other statements and
-                    // portals: judged against the tables as they are now,
-                    // this batch's own changes included.
-                    // So is a statement parsed before the server's functions
-                    // last changed.
-                    if classified.facts().is_some_and(|f| f.uses_names())
-                        || (classified.facts().is_some()
-                            && classified.generation != self.surface.classifier.generation())
-                    {
-                        classified = self.classify_fresh(&text, &statements, &portals).await;
+                    if let Some(bind) = binds.iter_mut().rev().find(|b| b.1 == name) {
+                        bind.3 = true;
                     }
-                    if let Some(intent) = classified.facts().and_then(|f| f.intent_setting()) {
-                        self.intent = intent;
-                    }
-                    let intent = stmt_intent.unwrap_or_else(|| self.intent.clone());
-                    let has_params = params.as_ref().is_some_and(|p| !p.params.is_empty());
-                    let action = self.action(&classified, &text, intent, params.as_ref());
-                    match self
-                        .admit(action, &classified, &text, has_params, &changed_settings)
-                        .await
-                    {
+                    let (classified, text, admission) = self
+                        .admit_portal(portal, &name, &statements, &portals, &changed_settings)
+                        .await;
+                    match admission {
                         Ok(permitted) => {
                             self.remember(classified.class, &text, "allowed");
                             runs_unseen_code |= classified.runs_unseen_code();
@@ -255,13 +288,14 @@ impl Session {
                                     changes_statements |= f.may_change_statements();
                                     changes_portals |= f.may_change_portals();
                                     if f.may_change_settings() {
-                                        changed_settings.push(crate::session::truncate(&text, 200));
+                                        // Whole: a grant binds what it says.
+                                        changed_settings.push(text.to_string());
                                     }
                                 }
                                 None => {
                                     changes_statements = true;
                                     changes_portals = true;
-                                    changed_settings.push(crate::session::truncate(&text, 200));
+                                    changed_settings.push(text.to_string());
                                 }
                             }
                             admitted.push((index, text, permitted));
@@ -273,6 +307,33 @@ impl Session {
                     }
                 }
                 _ => {}
+            }
+        }
+        if refused.is_none() {
+            for (_, name, portal, executed) in std::mem::take(&mut binds) {
+                if executed {
+                    continue;
+                }
+                let (classified, text, admission) = self
+                    .admit_portal(
+                        Some(portal),
+                        &name,
+                        &statements,
+                        &portals,
+                        &changed_settings,
+                    )
+                    .await;
+                match admission {
+                    Ok(permitted) => {
+                        self.remember(classified.class, &text, "bound");
+                        bound_only.push(permitted);
+                    }
+                    Err(r) => {
+                        self.remember(classified.class, &text, "refused");
+                        refused = Some(Refused::Gate(r, classified));
+                        break;
+                    }
+                }
             }
         }
         let Some(refusal) = refused else {
@@ -305,6 +366,12 @@ impl Session {
                     }
                 }
             }
+            for permitted in bound_only {
+                permitted.finish(gavel_core::Outcome::Succeeded {
+                    detail: "bound (its parameters converted); not executed in this pipeline"
+                        .into(),
+                });
+            }
             if runs_unseen_code {
                 self.surface.catalog_may_have_changed();
             }
@@ -320,6 +387,7 @@ impl Session {
             return Ok(true);
         };
         // Statements allowed earlier in this batch are not run either.
+        drop(bound_only);
         for (_, _, permitted) in admitted {
             permitted.finish(gavel_core::Outcome::Failed {
                 detail: "not run: a later statement of the same pipeline was refused".into(),
@@ -330,7 +398,26 @@ impl Session {
                 let pg = crate::hold::pg_refusal(r, classified, &self.gate);
                 (pg.code, pg.message, matches!(r, Refusal::Revoked { .. }))
             }
-            Refused::Batch { code, message } => (*code, message.clone(), false),
+            Refused::Batch { code, message } => {
+                // Recorded like any denial, with what the batch would have
+                // parsed.
+                let texts: Vec<String> = batch
+                    .iter()
+                    .filter_map(|f| match wire::decode_frontend(f) {
+                        Ok(PgWireFrontendMessage::Parse(p)) => Some(p.query),
+                        _ => None,
+                    })
+                    .collect();
+                let unknown = Classified::unknown(message.clone());
+                let operation = if texts.is_empty() {
+                    "<extended-protocol batch>".to_owned()
+                } else {
+                    texts.join("; ")
+                };
+                let action = self.action(&unknown, &operation, self.intent.clone(), None);
+                let _ = self.gate.refuse_unjudgeable(action, message).await;
+                (*code, message.clone(), false)
+            }
         };
         if fatal {
             self.drain().await?;
@@ -367,6 +454,7 @@ impl Session {
             let segment = self.segments_sent;
             let raised = Prepared {
                 text: Arc::from("gavel's own refusal"),
+                param_types: Arc::default(),
                 source: None,
                 classified: Arc::new(Classified::unknown("gavel's own refusal".into())),
                 intent: None,

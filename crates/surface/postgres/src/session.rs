@@ -134,6 +134,10 @@ pub(crate) struct Session {
     /// When the credential the client logged in with stops being valid
     /// (a JWT's `exp`, an agent token's expiry): nothing runs after it.
     pub valid_until: Option<gavel_core::Timestamp>,
+    /// Why gavel can no longer read this session's statements as the
+    /// server does (the server reported another client_encoding or
+    /// standard_conforming_strings off): the session ends.
+    unreadable: Option<String>,
 }
 
 /// The session's statements and portals as one query string or pipeline
@@ -245,6 +249,7 @@ impl Session {
             reported: BTreeMap::new(),
             own_name: format!("gavel_{:016x}", rand::random::<u64>()),
             valid_until: None,
+            unreadable: None,
         }
     }
 
@@ -533,6 +538,14 @@ impl Session {
                     .unwrap_or("");
                 if !name.is_empty() {
                     self.reported.insert(name.to_owned(), value.to_owned());
+                }
+                let lower = name.to_ascii_lowercase();
+                if (lower == "client_encoding" && !value.eq_ignore_ascii_case("UTF8"))
+                    || (lower == "standard_conforming_strings" && value != "on")
+                {
+                    self.unreadable = Some(format!(
+                        "the server reports {name} = {value}: gavel can no longer read this session's statements as the server does"
+                    ));
                 }
             }
             b'E' => {
@@ -911,9 +924,25 @@ impl Session {
     ) -> Action {
         let mut details = serde_json::Map::new();
         details.insert("tables".into(), serde_json::json!(classified.tables));
+        // What EXECUTE and FETCH run, as the server holds it now.
+        if let Some(runs) = classified
+            .facts()
+            .map(|f| &f.runs)
+            .filter(|r| !r.is_empty())
+        {
+            details.insert("runs".into(), serde_json::json!(runs));
+        }
         if let Some(p) = params.filter(|p| !p.params.is_empty()) {
             details.insert("params".into(), serde_json::Value::Array(p.params.to_vec()));
             details.insert("param_formats".into(), serde_json::json!(*p.formats));
+            if let Some(types) = p
+                .statement
+                .as_ref()
+                .map(|s| &s.param_types)
+                .filter(|t| t.iter().any(|oid| *oid != 0))
+            {
+                details.insert("param_types".into(), serde_json::json!(**types));
+            }
         }
         Action {
             principal: self.principal.clone(),
@@ -934,6 +963,12 @@ impl Session {
     /// goes on.
     pub async fn credential_valid(&mut self) -> Result<bool, WireError> {
         use gavel_core::Clock as _;
+        if let Some(why) = self.unreadable.clone() {
+            self.drain().await?;
+            wire::fatal(&mut self.cout, "0A000", &format!("gavel: {why}; reconnect"));
+            self.flush_client().await?;
+            return Ok(false);
+        }
         match self.valid_until {
             Some(until) if gavel_core::SystemClock.now() >= until => {
                 self.drain().await?;

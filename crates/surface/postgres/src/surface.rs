@@ -5,7 +5,7 @@
 
 use crate::classify::{Classifier, Names};
 use crate::shape::{ShapeCache, shape};
-use crate::upstream::{Stream, Upstream, simple_query, simple_query_rows};
+use crate::upstream::{Stream, Upstream, one_statement, simple_query, simple_query_rows};
 use bytes::BytesMut;
 use gavel_config::PostgresResourceConfig;
 use gavel_core::{ActionClass, Gate, Resource};
@@ -254,9 +254,17 @@ impl PostgresSurface {
         // a valid statement of the same shape unknown); COPY (`FROM ''`
         // parses like `FROM STDIN`, so its file name is a literal that
         // changes the class).
+        // Nor a `SET` with a value: its value is one of the facts (the
+        // intent of `SET gavel.intent`), and values are literals.
         let cacheable = !c.statements.is_empty()
             && !c.uses_names()
-            && !c.statements.iter().any(|s| s.kind == "CopyStmt");
+            && !c.statements.iter().any(|s| {
+                s.kind == "CopyStmt"
+                    || matches!(
+                        s.effect,
+                        crate::classify::Effect::Set { value: Some(_), .. }
+                    )
+            });
         let classified = Arc::new(Classified {
             class: c.class,
             tables: c.tables.clone(),
@@ -334,11 +342,7 @@ impl PostgresSurface {
                 let mut catalog = crate::classify::Catalog::default();
                 for row in rows {
                     if let [Some(name), Some(kind)] = row.as_slice() {
-                        if kind == "user" {
-                            catalog.user_functions.insert(name.clone());
-                        } else {
-                            catalog.volatile_builtins.insert(name.clone());
-                        }
+                        catalog.add(name, kind);
                     }
                 }
                 if self.classifier.set_catalog(catalog) {
@@ -379,7 +383,9 @@ impl PostgresSurface {
         let result = async {
             simple_query(conn, "BEGIN READ ONLY").await?;
             simple_query(conn, "SET LOCAL statement_timeout = 2000").await?;
-            let plan = simple_query(conn, &format!("EXPLAIN (FORMAT JSON) {sql}")).await;
+            // One statement only: whatever the text holds, the server will
+            // not run a second one on gavel's connection.
+            let plan = one_statement(conn, &format!("EXPLAIN (FORMAT JSON) {sql}")).await;
             simple_query(conn, "ROLLBACK").await?;
             plan
         };

@@ -396,6 +396,19 @@ impl Upstream {
                             encoding.unwrap_or("not reported")
                         )));
                     }
+                    // Nor with backslashes as escapes in plain strings: the
+                    // server would end a literal where gavel's parser does
+                    // not (`'x\'; DELETE …; --'`).
+                    let conforming = started_params
+                        .iter()
+                        .find(|(k, _)| k == "standard_conforming_strings")
+                        .map(|(_, v)| v.as_str());
+                    if conforming != Some("on") {
+                        return Err(UpstreamError::Protocol(format!(
+                            "standard_conforming_strings is {} for gavel's role and database: gavel serves only databases where it is on",
+                            conforming.unwrap_or("not reported")
+                        )));
+                    }
                     return Ok(Started {
                         stream,
                         parameters: started_params,
@@ -438,6 +451,36 @@ pub async fn simple_query(stream: &mut Stream, sql: &str) -> Result<Vec<String>,
         .collect())
 }
 
+/// Runs `sql` as one extended-protocol statement (the server refuses a
+/// string of several) and returns the first column of every row as text,
+/// or the server's error.
+pub async fn one_statement(stream: &mut Stream, sql: &str) -> Result<Vec<String>, UpstreamError> {
+    let mut out = BytesMut::new();
+    frontend::parse("", sql, std::iter::empty(), &mut out)?;
+    frontend::bind(
+        "",
+        "",
+        std::iter::empty::<i16>(),
+        std::iter::empty::<i32>(),
+        |_: i32,
+         _: &mut BytesMut|
+         -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+            Ok(postgres_protocol::IsNull::No)
+        },
+        std::iter::empty::<i16>(),
+        &mut out,
+    )
+    .map_err(|_| UpstreamError::Protocol("encoding a Bind failed".into()))?;
+    frontend::execute("", 0, &mut out)?;
+    frontend::sync(&mut out);
+    stream.write_all(&out).await?;
+    read_rows(stream).await.map(|rows| {
+        rows.into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect()
+    })
+}
+
 /// Runs `sql` (simple protocol) on `stream` and returns every row's columns
 /// as text, or the server's error.
 pub async fn simple_query_rows(
@@ -447,6 +490,11 @@ pub async fn simple_query_rows(
     let mut out = BytesMut::new();
     frontend::query(sql, &mut out)?;
     stream.write_all(&out).await?;
+    read_rows(stream).await
+}
+
+/// Reads rows up to ReadyForQuery.
+async fn read_rows(stream: &mut Stream) -> Result<Vec<Vec<Option<String>>>, UpstreamError> {
     let mut inbox = BytesMut::with_capacity(4096);
     let mut rows = Vec::new();
     let mut failure = None;
