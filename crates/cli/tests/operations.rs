@@ -407,7 +407,7 @@ async fn bad_input_gets_clear_json_errors() {
             Some(agent.as_str()),
             r#"{"resource": "db", "action": "http.read", "operation": "GET"}"#,
             400,
-            "details.method",
+            "METHOD /path",
         ),
         (
             Some("not-a-token"),

@@ -218,16 +218,28 @@ routes = ["group:security"]
     assert_eq!(approved["errors"], json!([]), "{approved}");
     assert_eq!(teams.calls("webhook").len(), 2);
 
-    // An agent cannot fake fields with line breaks in a one-line value,
-    // nor make its card too large for Teams with a huge operation.
-    let v = g
-        .act(
-            &g.agent_token,
-            "sql.ddl",
-            "scratch\nPolicy: all-good\u{202e}",
-            &"é".repeat(30_000),
+    // An agent cannot name a resource that fakes fields (REST refuses it),
+    // nor hide text with bidi controls, nor make its card too large for
+    // Teams with a huge operation.
+    let (status, _) = g
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/actions",
+            Some(&g.agent_token),
+            Some(json!({"resource": "scratch\nPolicy: all-good", "action": "sql.ddl", "operation": "x"})),
         )
         .await;
+    assert_eq!(status, 400);
+    let (status, v) = g
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/actions",
+            Some(&g.agent_token),
+            Some(json!({"resource": "scratch", "action": "sql.ddl",
+                        "operation": "é".repeat(30_000), "intent": "tidy up all-good\u{202e}"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
     let id = harness::request_id(&v);
     let posted = teams
         .wait("webhook", |c| card_text(&c["card"]).contains(&id))
@@ -243,7 +255,7 @@ routes = ["group:security"]
         "{text}"
     );
     assert!(
-        text.contains("scratch Policy: all-good⟨U+202E⟩ (") && !text.contains('\u{202e}'),
+        text.contains("tidy up all-good⟨U+202E⟩") && !text.contains('\u{202e}'),
         "{text}"
     );
 }
