@@ -1812,24 +1812,23 @@ impl Classifier {
                 class = walk_class;
                 reason = walk_reason.clone();
             }
-            // What later statements of the same string see.
-            let text: std::sync::Arc<str> = Arc::from(statement_text(sql, raw));
+            // What later statements of the same string see: a PREPARE or
+            // DECLARE defines what its body runs.
+            let whole = statement_text(sql, raw);
+            let defined = || Resolved {
+                class: walk_class,
+                tables: walk_tables.iter().cloned().collect(),
+                text: Arc::from(definition_body(whole).unwrap_or(whole)),
+                // A body is a query or DML: it changes the session only
+                // through code.
+                changes_session: !matches!(
+                    walk_class,
+                    ActionClass::SqlRead | ActionClass::SqlWrite
+                ) || runs_session_changes,
+            };
             match &effect {
                 Effect::Prepare(name) => {
-                    staged.statements.insert(
-                        name.clone(),
-                        Some(Resolved {
-                            class: walk_class,
-                            tables: walk_tables.iter().cloned().collect(),
-                            text,
-                            // A PREPARE or DECLARE body is a query or DML:
-                            // it changes the session only through code.
-                            changes_session: !matches!(
-                                walk_class,
-                                ActionClass::SqlRead | ActionClass::SqlWrite
-                            ) || runs_session_changes,
-                        }),
-                    );
+                    staged.statements.insert(name.clone(), Some(defined()));
                 }
                 Effect::Deallocate(Some(name)) => {
                     staged.statements.insert(name.clone(), None);
@@ -1839,20 +1838,7 @@ impl Classifier {
                     staged.statements_cleared = true;
                 }
                 Effect::Declare { name, .. } => {
-                    staged.portals.insert(
-                        name.clone(),
-                        Some(Resolved {
-                            class: walk_class,
-                            tables: walk_tables.iter().cloned().collect(),
-                            text,
-                            // A PREPARE or DECLARE body is a query or DML:
-                            // it changes the session only through code.
-                            changes_session: !matches!(
-                                walk_class,
-                                ActionClass::SqlRead | ActionClass::SqlWrite
-                            ) || runs_session_changes,
-                        }),
-                    );
+                    staged.portals.insert(name.clone(), Some(defined()));
                 }
                 Effect::Close(Some(name)) => {
                     staged.portals.insert(name.clone(), None);

@@ -264,12 +264,17 @@ fn prepared_from_server(
             "prepared statement",
         );
     }
-    let classified = classify(&row.text);
+    protocol_level(row, classify)
+}
+
+/// A protocol-level statement or portal from the server's tables: its
+/// text is what it runs.
+fn protocol_level(row: &ServerRow, classify: &dyn Fn(&str) -> Arc<Classified>) -> Prepared {
     Prepared {
         text: Arc::from(row.text.as_str()),
         source: None,
         intent: classify::comment_intent(&row.text),
-        classified,
+        classified: classify(&row.text),
         param_types: Arc::default(),
     }
 }
@@ -285,14 +290,7 @@ fn cursor_from_server(
     if let Some(declared) = classifier.declared_in(&row.text, &row.name) {
         return from_resolved(row, Some(declared), "cursor");
     }
-    let classified = classify(&row.text);
-    Prepared {
-        text: Arc::from(row.text.as_str()),
-        source: None,
-        intent: classify::comment_intent(&row.text),
-        classified,
-        param_types: Arc::default(),
-    }
+    protocol_level(row, classify)
 }
 
 impl Prepared {

@@ -268,19 +268,7 @@ impl Session {
                 Ok(())
             }
             Err(e) => {
-                // Logged in full; the client learns only that it failed, not
-                // what the server said about gavel's credentials.
-                tracing::error!(error = %e, resource = %self.surface.resource.name, "cannot open the upstream connection");
-                let mut out = BytesMut::new();
-                wire::fatal(
-                    &mut out,
-                    "08006",
-                    &format!(
-                        "gavel cannot reach the database behind resource {}; the gateway log has the reason",
-                        self.surface.resource.name
-                    ),
-                );
-                self.client.write_all(&out).await?;
+                self.client.write_all(&self.surface.unreachable(&e)).await?;
                 Err(WireError::Protocol("upstream unavailable".into()))
             }
         }
@@ -714,19 +702,28 @@ impl Session {
     pub async fn drain(&mut self) -> Result<(), WireError> {
         self.send_upstream().await?;
         while self.pending_ready > 0 {
-            let Some(up) = self.upstream.as_mut() else {
+            if !self.relay_more().await? {
                 self.pending_ready = 0;
                 break;
-            };
-            if up.read_buf(&mut self.ubuf).await? == 0 {
-                self.upstream_closed().await?;
-                return Err(WireError::Protocol(
-                    "the server closed the connection".into(),
-                ));
             }
-            self.relay().await?;
         }
         Ok(())
+    }
+
+    /// Reads what the server sends next and relays it; false when there is
+    /// no server connection yet.
+    async fn relay_more(&mut self) -> Result<bool, WireError> {
+        let Some(up) = self.upstream.as_mut() else {
+            return Ok(false);
+        };
+        if up.read_buf(&mut self.ubuf).await? == 0 {
+            self.upstream_closed().await?;
+            return Err(WireError::Protocol(
+                "the server closed the connection".into(),
+            ));
+        }
+        self.relay().await?;
+        Ok(true)
     }
 
     /// Waits until the server has answered every Parse, Bind and Close sent
@@ -741,16 +738,9 @@ impl Session {
             && (!self.pending_ops.is_empty()
                 || (self.forwarded_since_sync && self.to_server.inflight.iter().any(|s| !s.simple)))
         {
-            let Some(up) = self.upstream.as_mut() else {
+            if !self.relay_more().await? {
                 break;
-            };
-            if up.read_buf(&mut self.ubuf).await? == 0 {
-                self.upstream_closed().await?;
-                return Err(WireError::Protocol(
-                    "the server closed the connection".into(),
-                ));
             }
-            self.relay().await?;
         }
         Ok(())
     }

@@ -248,17 +248,7 @@ impl PostgresSurface {
             None => match self.learn_server_parameters().await {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::error!(error = %e, resource = %self.resource.name, "cannot open the upstream connection");
-                    let mut out = BytesMut::new();
-                    wire::fatal(
-                        &mut out,
-                        "08006",
-                        &format!(
-                            "gavel cannot reach the database behind resource {}; the gateway log has the reason",
-                            self.resource.name
-                        ),
-                    );
-                    session.client.write_all(&out).await?;
+                    session.client.write_all(&self.unreachable(&e)).await?;
                     return Ok(());
                 }
             },

@@ -299,6 +299,23 @@ impl PostgresSurface {
         }
     }
 
+    /// What a client is told when gavel cannot open its upstream
+    /// connection: logged in full; the client learns only that it failed,
+    /// not what the server said about gavel's credentials.
+    pub(crate) fn unreachable(&self, e: &crate::upstream::UpstreamError) -> BytesMut {
+        tracing::error!(error = %e, resource = %self.resource.name, "cannot open the upstream connection");
+        let mut out = BytesMut::new();
+        crate::wire::fatal(
+            &mut out,
+            "08006",
+            &format!(
+                "gavel cannot reach the database behind resource {}; the gateway log has the reason",
+                self.resource.name
+            ),
+        );
+        out
+    }
+
     /// Something that may create or drop functions was forwarded: read the
     /// catalog again before the next classification.
     pub(crate) fn catalog_may_have_changed(&self) {

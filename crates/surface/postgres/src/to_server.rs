@@ -113,20 +113,7 @@ pub struct ToServer {
 impl ToServer {
     /// A simple Query whose whole text `sql` the gate admitted.
     pub fn query(&mut self, frame: &[u8], sql: &str, permitted: Permitted) -> Result<(), Mismatch> {
-        if frame.first() != Some(&b'Q') || permitted.action().operation != sql {
-            return Err(Mismatch(format!(
-                "admission for {:?} offered with another query",
-                permitted.action().operation
-            )));
-        }
-        self.out.extend_from_slice(frame);
-        self.inflight.push_back(InFlight {
-            permitted,
-            simple: true,
-            tags: Vec::new(),
-            error: None,
-        });
-        Ok(())
+        self.admitted(b'Q', frame, sql, permitted)
     }
 
     /// An Execute of a portal whose statement, `statement_text`, the gate
@@ -137,16 +124,29 @@ impl ToServer {
         statement_text: &str,
         permitted: Permitted,
     ) -> Result<(), Mismatch> {
-        if frame.first() != Some(&b'E') || permitted.action().operation != statement_text {
+        self.admitted(b'E', frame, statement_text, permitted)
+    }
+
+    /// A message of type `tag` that runs `text`, which `permitted` must be
+    /// the admission of.
+    fn admitted(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        text: &str,
+        permitted: Permitted,
+    ) -> Result<(), Mismatch> {
+        if frame.first() != Some(&tag) || permitted.action().operation != text {
             return Err(Mismatch(format!(
-                "admission for {:?} offered with another statement",
-                permitted.action().operation
+                "admission for {:?} offered with another {}",
+                permitted.action().operation,
+                if tag == b'Q' { "query" } else { "statement" }
             )));
         }
         self.out.extend_from_slice(frame);
         self.inflight.push_back(InFlight {
             permitted,
-            simple: false,
+            simple: tag == b'Q',
             tags: Vec::new(),
             error: None,
         });
@@ -163,25 +163,9 @@ impl ToServer {
     /// a Sync. The client's unnamed statement and portal are untouched.
     pub fn gavel(&mut self, statement: &GavelStatement, name: &str) {
         use postgres_protocol::message::frontend;
-        let mut b = BytesMut::new();
-        // Encoding fails only for a NUL inside a text; these are fixed.
-        if frontend::parse(name, statement.sql(), std::iter::empty(), &mut b).is_err() {
+        let Some(mut b) = parse_bind_execute(name, statement.sql()) else {
             return;
-        }
-        let bound = frontend::bind(
-            name,
-            name,
-            std::iter::empty::<i16>(),
-            std::iter::empty::<i32>(),
-            |_: i32, _: &mut BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-                Ok(postgres_protocol::IsNull::No)
-            },
-            std::iter::empty::<i16>(),
-            &mut b,
-        );
-        if bound.is_err() || frontend::execute(name, 0, &mut b).is_err() {
-            return;
-        }
+        };
         let _ = frontend::close(b'P', name, &mut b);
         let _ = frontend::close(b'S', name, &mut b);
         frontend::sync(&mut b);
@@ -208,26 +192,9 @@ impl ToServer {
         let sql = format!(
             "DO $gavel$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{text}'; END$gavel$"
         );
-        use postgres_protocol::message::frontend;
-        let mut b = BytesMut::new();
-        if frontend::parse("", &sql, std::iter::empty(), &mut b).is_err() {
-            return;
+        if let Some(b) = parse_bind_execute("", &sql) {
+            self.out.extend_from_slice(&b);
         }
-        let bound = frontend::bind(
-            "",
-            "",
-            std::iter::empty::<i16>(),
-            std::iter::empty::<i32>(),
-            |_: i32, _: &mut BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-                Ok(postgres_protocol::IsNull::No)
-            },
-            std::iter::empty::<i16>(),
-            &mut b,
-        );
-        if bound.is_err() || frontend::execute("", 0, &mut b).is_err() {
-            return;
-        }
-        self.out.extend_from_slice(&b);
     }
 
     /// A Sync or Flush of gavel's own (after a raised refusal).
@@ -248,4 +215,28 @@ impl ToServer {
     pub fn is_empty(&self) -> bool {
         self.out.is_empty()
     }
+}
+
+/// Parse, Bind (no parameters) and Execute of `sql` as statement and portal
+/// `name`; `None` only for a text with a NUL, which gavel's own never hold.
+fn parse_bind_execute(name: &str, sql: &str) -> Option<BytesMut> {
+    use postgres_protocol::message::frontend;
+    let mut b = BytesMut::new();
+    frontend::parse(name, sql, std::iter::empty(), &mut b).ok()?;
+    frontend::bind(
+        name,
+        name,
+        std::iter::empty::<i16>(),
+        std::iter::empty::<i32>(),
+        |_: i32,
+         _: &mut BytesMut|
+         -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+            Ok(postgres_protocol::IsNull::No)
+        },
+        std::iter::empty::<i16>(),
+        &mut b,
+    )
+    .ok()?;
+    frontend::execute(name, 0, &mut b).ok()?;
+    Some(b)
 }
