@@ -522,6 +522,8 @@ async fn rest_actions_are_judged_as_a_server_reads_them() {
         ("GET //admin/users", json!({})),
         ("GET /tickets/%2e%2e%2fadmin", json!({})),
         ("GET tickets", json!({})),
+        ("GET /public/..;/admin/users", json!({})),
+        ("GET /public/%2E%2E%3B/admin/users", json!({})),
     ] {
         let (s, v) = g
             .call(
@@ -542,6 +544,40 @@ async fn rest_actions_are_judged_as_a_server_reads_them() {
         )
         .await;
     assert_eq!((s, verdict(&v)), (200, "allow"), "{v}");
+    // The method says what a request does, whatever class the agent names.
+    let (s, v) = g
+        .call(
+            Method::POST,
+            "/api/v1/actions",
+            Some(&agent),
+            Some(ask("DELETE /tickets/1", json!({}))),
+        )
+        .await;
+    assert_eq!((s, verdict(&v)), (200, "deny"), "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("http.write"), "{v}");
+    // SQL is judged by what it does, and the tables it names are added to
+    // those the agent listed.
+    let v = g
+        .act(&agent, "sql.read", "prod-db", "DELETE FROM orders")
+        .await;
+    assert!(
+        v["reason"].as_str().unwrap().contains("sql.write"),
+        "a DELETE asked as a read is a write: {v}"
+    );
+    let v = g
+        .act(&agent, "sql.read", "prod-db", "SELECT 1; DROP TABLE orders")
+        .await;
+    assert!(
+        v["reason"].as_str().unwrap().contains("sql.ddl"),
+        "judged by its most privileged statement: {v}"
+    );
+    let v = g
+        .act(&agent, "sql.ddl", "prod-db", "drop every table")
+        .await;
+    assert!(
+        v["reason"].as_str().unwrap().contains("sql.unknown"),
+        "what is not SQL is sql.unknown: {v}"
+    );
     // Resource names: a configured one in another case is that resource;
     // an unconfigured one may not hide behind spaces, controls or
     // look-alike letters.

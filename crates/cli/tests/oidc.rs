@@ -567,7 +567,7 @@ async fn reviewers_sign_in_and_decide_on_the_approval_page() {
             &g.agent_token,
             "sql.ddl",
             "prod-db",
-            "DROP TABLE <script>orders</script> \u{202E}sredro\u{1b}[2K",
+            "DROP TABLE \"<script>orders</script> \u{202E}sredro\u{1b}[2K\"",
         )
         .await;
     let id = harness::request_id(&pending);

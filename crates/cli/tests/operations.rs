@@ -22,7 +22,8 @@ async fn agent_text_is_inert_in_the_terminal() {
     // A title change, a line erase and a cursor move up, a right-to-left
     // override and a zero-width space: what a hostile agent would use to
     // make a reviewer's terminal show something else.
-    let hostile = "DROP TABLE t\u{1b}]0;approved\u{7}\u{1b}[2K\u{1b}[1A\u{202E}elbat_eslaf\u{200B}";
+    let hostile =
+        "DROP TABLE t /*\u{1b}]0;approved\u{7}\u{1b}[2K\u{1b}[1A\u{202E}elbat_eslaf\u{200B}*/";
     let v = g.act(&g.agent_token, "sql.ddl", "prod-db", hostile).await;
     let id = request_id(&v);
     for args in [
@@ -39,7 +40,7 @@ async fn agent_text_is_inert_in_the_terminal() {
             "{args:?} passed hidden characters to the terminal: {text:?}"
         );
         assert!(
-            text.contains("DROP TABLE t⟨U+001B⟩]0;approved⟨U+0007⟩"),
+            text.contains("DROP TABLE t /*⟨U+001B⟩]0;approved⟨U+0007⟩"),
             "{text}"
         );
         if args[0] == "show" {

@@ -178,6 +178,17 @@ when { context.operation like "*PREPARE*" && !(context.operation like "*EXECUTE*
     assert!(Raw::error(&r).is_none(), "{r:?}");
     let r = raw.bind_execute("s").await;
     assert!(Raw::error(&r).is_some(), "{r:?}");
+    // What EXPLAIN ANALYZE EXECUTE runs depends on the session: judging it
+    // once for one session is no judgement for another.
+    let mut reader = Raw::login(&pg).await;
+    let r = reader.query("PREPARE q AS SELECT 1").await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let r = reader.query("EXPLAIN ANALYZE EXECUTE q").await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let r = raw.query(&format!("PREPARE q AS DELETE FROM {t}")).await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let r = raw.query("EXPLAIN ANALYZE EXECUTE q").await;
+    assert!(Raw::error(&r).is_some(), "{r:?}");
     assert_eq!(count(&t), "5");
     admin(&format!("DROP TABLE {t}"));
 }
@@ -493,47 +504,16 @@ async fn parameters_and_binds_cannot_run_user_code_unseen() {
 async fn built_in_names_that_a_user_object_shadows_are_not_trusted() {
     // A database of its own: a user `+` operator changes how every session
     // on it is judged.
-    let db = format!("gavel_shadow_{}", std::process::id());
-    admin(&format!("DROP DATABASE IF EXISTS {db}"));
-    admin(&format!("CREATE DATABASE {db}"));
-    let on_db = |sql: &str| {
-        let out = std::process::Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-tA",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                &db,
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{sql}: {}", text(&out));
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let db = fresh_db("shadow");
     on_db(
+        &db,
         "CREATE TABLE hits (x text);
          CREATE FUNCTION hit(text, text) RETURNS text LANGUAGE sql AS 'INSERT INTO hits VALUES ($1) RETURNING $1';
          CREATE OPERATOR public.+ (LEFTARG = text, RIGHTARG = text, FUNCTION = hit);
          CREATE FUNCTION reverse(int) RETURNS text LANGUAGE sql AS 'INSERT INTO hits VALUES (''r'') RETURNING ''r''';
          CREATE FUNCTION side_effect(t hits) RETURNS text LANGUAGE sql AS 'INSERT INTO hits VALUES (''c'') RETURNING ''c'''",
     );
-    let policies = READ_ONLY;
-    let port = harness::free_port();
-    let extra = format!(
-        r#"
-[[resources.postgres]]
-name = "shadow-db"
-listen = "127.0.0.1:{port}"
-upstream = "postgres://postgres@127.0.0.1:5432/{db}"
-"#
-    );
-    let g = harness::Gavel::start_custom("1s", policies, &extra).await;
-    let pg = Pg { g, port };
+    let pg = gavel_on_db(&db, READ_ONLY).await;
     let mut raw = Raw::login_db(&pg, &db).await;
     for sql in [
         "SELECT 'a'::text + 'b'::text",
@@ -548,7 +528,109 @@ upstream = "postgres://postgres@127.0.0.1:5432/{db}"
         .query("SELECT pg_catalog.reverse('abc'), 1 OPERATOR(pg_catalog.+) 2, 3 - 1")
         .await;
     assert!(Raw::error(&r).is_none(), "{r:?}");
-    assert_eq!(on_db("SELECT count(*) FROM hits"), "0");
+    assert_eq!(on_db(&db, "SELECT count(*) FROM hits"), "0");
+    drop(raw);
+    drop(pg);
+    admin(&format!("DROP DATABASE {db} WITH (FORCE)"));
+}
+
+/// A database of the test's own, for objects that change how every
+/// session on it is judged.
+fn fresh_db(prefix: &str) -> String {
+    let db = format!("gavel_{prefix}_{}", std::process::id());
+    admin(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+    admin(&format!("CREATE DATABASE {db}"));
+    db
+}
+
+fn on_db(db: &str, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-tA",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            db,
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{sql}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// gavel in front of `db` alone (it reads that database's catalog when it
+/// starts).
+async fn gavel_on_db(db: &str, policies: &str) -> Pg {
+    let port = harness::free_port();
+    let extra = format!(
+        r#"
+[[resources.postgres]]
+name = "own-db"
+listen = "127.0.0.1:{port}"
+upstream = "postgres://postgres@127.0.0.1:5432/{db}"
+"#
+    );
+    let g = harness::Gavel::start_custom("1s", policies, &extra).await;
+    Pg { g, port }
+}
+
+#[tokio::test]
+async fn code_that_runs_where_no_call_is_written_is_not_trusted() {
+    let db = fresh_db("implicit");
+    on_db(
+        &db,
+        "CREATE TABLE hits (x text); INSERT INTO hits VALUES ('seed');
+         CREATE TABLE log (x text);
+         CREATE FUNCTION eq_hit(text, int) RETURNS bool LANGUAGE sql AS 'INSERT INTO log VALUES (''eq'') RETURNING true';
+         CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = int, FUNCTION = eq_hit);
+         CREATE FUNCTION to_hit(int) RETURNS text LANGUAGE sql AS 'INSERT INTO log VALUES (''cast'') RETURNING ''c'''",
+    );
+    // Reads, schema changes and new functions pass; writes do not.
+    let policies = r#"
+@id("reads") permit(principal, action == Action::"sql.read", resource);
+@id("schema") permit(principal, action in [Action::"sql.ddl", Action::"sql.admin"], resource);
+"#;
+    let pg = gavel_on_db(&db, policies).await;
+    let mut raw = Raw::login_db(&pg, &db).await;
+    let r = raw.query("SELECT x FROM hits").await;
+    assert!(Raw::error(&r).is_none(), "a plain read passes: {r:?}");
+    // `CASE x WHEN 1` compares with `=`, which is the user's operator here.
+    let r = raw
+        .query("SELECT CASE x WHEN 1 THEN 'one' END FROM hits")
+        .await;
+    assert!(Raw::error(&r).is_some(), "the user's = ran: {r:?}");
+    // A function created in the session's own transaction, which no other
+    // connection can see yet, called by column notation.
+    assert!(Raw::error(&raw.query("BEGIN").await).is_none());
+    let r = raw
+        .query(
+            "CREATE FUNCTION side(h hits) RETURNS text LANGUAGE sql \
+             AS 'INSERT INTO log VALUES (''own'') RETURNING ''o'''",
+        )
+        .await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let r = raw.query("SELECT h.side FROM hits h").await;
+    assert!(
+        Raw::error(&r).is_some(),
+        "the session's own function ran: {r:?}"
+    );
+    assert!(Raw::error(&raw.query("ROLLBACK").await).is_none());
+    drop(raw);
+    drop(pg);
+    // A user cast runs wherever its types meet, written or not.
+    on_db(&db, "CREATE CAST (int AS text) WITH FUNCTION to_hit(int)");
+    let pg = gavel_on_db(&db, policies).await;
+    let mut raw = Raw::login_db(&pg, &db).await;
+    for sql in ["SELECT 5::text", "SELECT 'n' || 5::text FROM hits"] {
+        let r = raw.query(sql).await;
+        assert!(Raw::error(&r).is_some(), "{sql} ran the cast: {r:?}");
+    }
+    assert_eq!(on_db(&db, "SELECT count(*) FROM log"), "0");
     drop(raw);
     drop(pg);
     admin(&format!("DROP DATABASE {db} WITH (FORCE)"));

@@ -236,7 +236,7 @@ routes = ["group:security"]
             "/api/v1/actions",
             Some(&g.agent_token),
             Some(json!({"resource": "scratch", "action": "sql.ddl",
-                        "operation": "é".repeat(30_000), "intent": "tidy up all-good\u{202e}"})),
+                        "operation": format!("COMMENT ON TABLE t IS '{}'", "é".repeat(30_000)), "intent": "tidy up all-good\u{202e}"})),
         )
         .await;
     assert_eq!(status, 200, "{v}");

@@ -330,11 +330,15 @@ fn resource_named(gw: &Gateway, name: &str) -> Result<Resource, ApiError> {
 /// that name another method or path are refused, never believed.
 fn judgeable_operation(
     class: ActionClass,
+    resource: &Resource,
     operation: String,
     mut details: serde_json::Value,
-) -> Result<(String, serde_json::Value), ApiError> {
+) -> Result<(ActionClass, String, serde_json::Value), ApiError> {
+    if class.is_sql() && resource.kind != "mysql" {
+        return Ok(classified_sql(class, operation, details));
+    }
     if !matches!(class, ActionClass::HttpRead | ActionClass::HttpWrite) {
-        return Ok((operation, details));
+        return Ok((class, operation, details));
     }
     let bad = |why: String| ApiError::bad_request(format!("operation {operation:?}: {why}"));
     let (method, target) = operation
@@ -348,6 +352,15 @@ fn judgeable_operation(
     let target = target.trim();
     if !target.starts_with('/') {
         return Err(bad("the path must start with `/`".into()));
+    }
+    // Path parameters (`/public/..;/admin`) are read as `..` by some
+    // servers and not by others: refused, never guessed.
+    let lower = target.to_ascii_lowercase();
+    let path_part = lower.split(['?', '#']).next().unwrap_or("");
+    if path_part.contains(';') || path_part.contains("%3b") {
+        return Err(bad(
+            "`;` in a path is read differently by different servers".into(),
+        ));
     }
     let normal = gavel_mcp::uri::normalize_uri(&format!("http://gavel.invalid{target}"))
         .map_err(|e| bad(format!("the path is ambiguous: {e}")))?;
@@ -371,7 +384,52 @@ fn judgeable_operation(
         }
         map.insert(key.into(), serde_json::Value::String(value.clone()));
     }
-    Ok((format!("{method} {path}"), details))
+    // The method says what the request does, whatever class was asked for.
+    let class = if matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS") {
+        class
+    } else {
+        ActionClass::HttpWrite
+    };
+    Ok((class, format!("{method} {path}"), details))
+}
+
+/// SQL sent over REST is judged as the PostgreSQL surface judges it: the
+/// stricter of the class asked for and the classifier's (a `DELETE` asked
+/// as `sql.read` is a `sql.write`), and the tables it names added to those
+/// the agent listed.
+fn classified_sql(
+    class: ActionClass,
+    operation: String,
+    mut details: serde_json::Value,
+) -> (ActionClass, String, serde_json::Value) {
+    use gavel_postgres::classify::{Classifier, NoNames};
+    thread_local!(static CLASSIFIER: Classifier = Classifier::default());
+    let judged = CLASSIFIER.with(|c| c.classify(&operation, &NoNames));
+    let rank = |c: ActionClass| gavel_postgres::classify::rank(c);
+    let class = if rank(judged.class) > rank(class) {
+        judged.class
+    } else {
+        class
+    };
+    if let Some(map) = details.as_object_mut()
+        && map.get("tables").is_none_or(|t| t.is_array())
+    {
+        let mut tables: Vec<serde_json::Value> = map
+            .get("tables")
+            .and_then(|t| t.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for t in judged.tables {
+            let t = serde_json::Value::String(t);
+            if !tables.contains(&t) {
+                tables.push(t);
+            }
+        }
+        if !tables.is_empty() {
+            map.insert("tables".into(), serde_json::Value::Array(tables));
+        }
+    }
+    (class, operation, details)
 }
 
 /// Generic action check for agents that act themselves and ask first.
@@ -407,7 +465,8 @@ pub(crate) async fn post_action(
         Some(_) => return Err(ApiError::bad_request("details must be a JSON object")),
     };
     let resource = resource_named(&gw, &body.resource)?;
-    let (operation, details) = judgeable_operation(class, body.operation, details)?;
+    let (class, operation, details) =
+        judgeable_operation(class, &resource, body.operation, details)?;
     let action = Action {
         principal,
         resource,

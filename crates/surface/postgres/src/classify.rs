@@ -18,9 +18,8 @@ use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-/// How privileged a class is; a query string takes its highest.
 /// How privileged a class is, for "most privileged wins".
-pub(crate) fn rank(class: ActionClass) -> u8 {
+pub fn rank(class: ActionClass) -> u8 {
     match class {
         ActionClass::SqlRead => 0,
         ActionClass::SqlWrite => 1,
@@ -47,6 +46,10 @@ pub struct StatementClass {
     /// It runs a prepared statement or portal (`EXECUTE`, `FETCH`) that may
     /// itself change them.
     pub runs_session_changes: bool,
+    /// It names a prepared statement or portal anywhere (`EXECUTE`,
+    /// `FETCH` or `MOVE`, also inside `EXPLAIN` or `CREATE TABLE … AS`):
+    /// its class depends on the session, not on its text alone.
+    pub uses_names: bool,
 }
 
 /// What a statement does to the session beyond its class: the facts the
@@ -170,9 +173,7 @@ impl Classification {
     /// Whether it resolves names of the session (`EXECUTE`, `FETCH`,
     /// `MOVE`): its class depends on more than its text.
     pub fn uses_names(&self) -> bool {
-        self.statements
-            .iter()
-            .any(|s| matches!(s.effect, Effect::Execute(_) | Effect::Fetch(_)))
+        self.statements.iter().any(|s| s.uses_names)
     }
 
     /// Whether it may change the session's prepared statements (and so
@@ -616,6 +617,25 @@ const RELATION_OBJECTS: &[i64] = &[
     52, // OBJECT_VIEW
 ];
 const OBJECT_COLUMN: i64 = 7;
+/// `SubLinkType::AnySublink` (`x IN (SELECT …)`, `x op ANY (SELECT …)`).
+const SUBLINK_ANY: i64 = 3;
+
+/// Statement kinds that evaluate expressions, where an implicit cast can
+/// run.
+const EVALUATING: &[&str] = &[
+    "SelectStmt",
+    "InsertStmt",
+    "UpdateStmt",
+    "DeleteStmt",
+    "MergeStmt",
+    "ExplainStmt",
+    "DeclareCursorStmt",
+    "CopyStmt",
+    "CreateTableAsStmt",
+    "PrepareStmt",
+    "ExecuteStmt",
+    "FetchStmt",
+];
 const OBJECT_SCHEMA: i64 = 37;
 
 /// `AlterTableType::AtChangeOwner` in libpg_query's protobuf.
@@ -1143,6 +1163,28 @@ pub struct Catalog {
     /// Every operator name defined outside pg_catalog and
     /// information_schema, but by an extension (`public.+(text, text)`).
     pub user_operators: HashSet<String>,
+    /// Casts created after initdb, but by an extension (`int4 AS point`):
+    /// an implicit one runs where no cast is written, so while any exists
+    /// no query is a plain read.
+    pub user_casts: std::collections::BTreeSet<String>,
+}
+
+impl Catalog {
+    /// This catalog and `other` together (a session's own, uncommitted
+    /// objects over the committed ones).
+    pub fn merged(&self, other: &Catalog) -> Catalog {
+        let mut out = self.clone();
+        out.user_functions
+            .extend(other.user_functions.iter().cloned());
+        out.volatile_builtins
+            .extend(other.volatile_builtins.iter().cloned());
+        out.user_function_names
+            .extend(other.user_function_names.iter().cloned());
+        out.user_operators
+            .extend(other.user_operators.iter().cloned());
+        out.user_casts.extend(other.user_casts.iter().cloned());
+        out
+    }
 }
 
 impl Catalog {
@@ -1153,6 +1195,10 @@ impl Catalog {
             "builtin" => &mut self.volatile_builtins,
             "user_function" => &mut self.user_function_names,
             "user_operator" => &mut self.user_operators,
+            "user_cast" => {
+                self.user_casts.insert(name.to_owned());
+                return;
+            }
             _ => return,
         };
         set.insert(name.to_owned());
@@ -1174,7 +1220,11 @@ pub const CATALOG_SQL: &str = "SELECT DISTINCT p.proname::text, CASE WHEN n.nspn
      UNION SELECT DISTINCT o.oprname::text, 'user_operator' \
      FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
-       WHERE d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND d.objid = o.oid AND d.deptype = 'e')";
+       WHERE d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND d.objid = o.oid AND d.deptype = 'e') \
+     UNION SELECT c.castsource::pg_catalog.regtype::pg_catalog.text OPERATOR(pg_catalog.||) ' AS ' \
+       OPERATOR(pg_catalog.||) c.casttarget::pg_catalog.regtype::pg_catalog.text, 'user_cast' \
+     FROM pg_catalog.pg_cast c WHERE c.oid >= 16384 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+       WHERE d.classid = 'pg_catalog.pg_cast'::pg_catalog.regclass AND d.objid = c.oid AND d.deptype = 'e')";
 
 /// The names in a list of `String` nodes (`funcname`, an operator, a type).
 fn names(list: Option<&Value>) -> Vec<String> {
@@ -1235,6 +1285,9 @@ impl Default for Classifier {
 
 struct Walk<'a> {
     classifier: &'a Classifier,
+    /// What the server's catalog says (the session's own, uncommitted
+    /// objects included when it has any).
+    catalog: &'a Catalog,
     names: &'a Staged<'a>,
     class: ActionClass,
     reason: String,
@@ -1243,6 +1296,8 @@ struct Walk<'a> {
     runs_session_changes: bool,
     /// The texts of the prepared statements and portals it runs.
     runs: Vec<String>,
+    /// It resolved a name of the session's (anywhere in the tree).
+    uses_names: bool,
 }
 
 /// The session's names as a query string sees them: what the statements
@@ -1331,7 +1386,21 @@ impl Walk<'_> {
                 }
                 for (key, child) in map {
                     self.node(key, child);
-                    self.visit(child);
+                    match (key.as_str(), child) {
+                        // A signature's types are recorded, not evaluated,
+                        // when a function is created: a call of it is
+                        // judged where it is made.
+                        ("FunctionParameter", _) => {
+                            if let Some(default) = child.get("defexpr") {
+                                self.visit(default);
+                            }
+                        }
+                        ("CreateFunctionStmt", Value::Object(fields)) => fields
+                            .iter()
+                            .filter(|(k, _)| *k != "returnType")
+                            .for_each(|(_, v)| self.visit(v)),
+                        _ => self.visit(child),
+                    }
                 }
             }
             Value::Array(items) => items.iter().for_each(|i| self.visit(i)),
@@ -1431,7 +1500,26 @@ impl Walk<'_> {
             // Every place an operator is named: expressions, `op ANY/ALL
             // (SELECT …)`, `ORDER BY … USING op`.
             "AExpr" => self.operator(n.get("name")),
-            "SubLink" => self.operator(n.get("oper_name")),
+            "SubLink" => {
+                self.operator(n.get("oper_name"));
+                // `x IN (SELECT …)` compares with `=`, looked up by name.
+                if n.get("sub_link_type").and_then(Value::as_i64) == Some(SUBLINK_ANY)
+                    && names(n.get("oper_name")).is_empty()
+                {
+                    self.implicit_operator("=");
+                }
+            }
+            // `CASE x WHEN y`, `JOIN … USING` and `NATURAL JOIN` compare
+            // with `=`, looked up by name like a written one.
+            "CaseExpr" if n.get("arg").is_some_and(|a| !a.is_null()) => self.implicit_operator("="),
+            "JoinExpr"
+                if n.get("is_natural").and_then(Value::as_bool) == Some(true)
+                    || n.get("using_clause")
+                        .and_then(Value::as_array)
+                        .is_some_and(|u| !u.is_empty()) =>
+            {
+                self.implicit_operator("=")
+            }
             "SortBy" => self.operator(n.get("use_op")),
             // Column notation: `x.f` calls `f(x)` when `x` has no column `f`.
             "ColumnRef" => {
@@ -1505,6 +1593,7 @@ impl Walk<'_> {
                 }
             }
             "ExecuteStmt" => {
+                self.uses_names = true;
                 let name = n.get("name").and_then(Value::as_str).unwrap_or("");
                 let resolved = self.names.statement(name);
                 self.runs_session_changes |= resolved.as_ref().is_none_or(|r| r.changes_session);
@@ -1528,6 +1617,7 @@ impl Walk<'_> {
                 }
             }
             "FetchStmt" => {
+                self.uses_names = true;
                 let name = n.get("portalname").and_then(Value::as_str).unwrap_or("");
                 let resolved = self.names.portal(name);
                 self.runs_session_changes |= resolved.as_ref().is_none_or(|r| r.changes_session);
@@ -1569,11 +1659,7 @@ impl Walk<'_> {
                 format!("operator {} is not a built-in", op.join("."))
             });
         } else if let [unqualified] = op.as_slice()
-            && self
-                .classifier
-                .catalog()
-                .user_operators
-                .contains(unqualified)
+            && self.catalog.user_operators.contains(unqualified)
         {
             self.raise(ActionClass::SqlUnknown, || {
                 format!(
@@ -1583,10 +1669,19 @@ impl Walk<'_> {
         }
     }
 
+    /// An operator the statement uses without naming it.
+    fn implicit_operator(&mut self, op: &str) {
+        if self.catalog.user_operators.contains(op) {
+            self.raise(ActionClass::SqlUnknown, || {
+                format!("an implicit {op} may resolve to a user-defined operator of that name")
+            });
+        }
+    }
+
     /// A name column notation may turn into a call: judged as the call
     /// when the server has such a function.
     fn column_notation(&mut self, name: &str) {
-        let catalog = self.classifier.catalog();
+        let catalog = self.catalog;
         if catalog.user_functions.contains(name) {
             self.raise(ActionClass::SqlUnknown, || {
                 format!("{name} may call the user function {name}() in column notation")
@@ -1672,11 +1767,7 @@ impl Walk<'_> {
         // user's function of that name (another argument type) may be the
         // one called. Only a name the operator configured is trusted then.
         let shadowed = schema.is_empty()
-            && self
-                .classifier
-                .catalog()
-                .user_function_names
-                .contains(name.as_str())
+            && self.catalog.user_function_names.contains(name.as_str())
             && !self.classifier.configured_read_only.contains(name.as_str());
         if let Some(class) = self.classifier.side_effects.get(name.as_str()) {
             self.raise(*class, || format!("{qualified}() has side effects"));
@@ -1755,6 +1846,27 @@ impl Classifier {
     /// through what the string itself prepares and declares before them;
     /// a name nobody vouches for fails closed.
     pub fn classify(&self, sql: &str, names: &dyn Names) -> Classification {
+        self.classify_with(sql, names, None)
+    }
+
+    /// As [`Classifier::classify`], with `own` objects of the session's
+    /// that the server's catalog as gavel read it cannot show yet
+    /// (created in its open transaction).
+    pub fn classify_with(
+        &self,
+        sql: &str,
+        names: &dyn Names,
+        own: Option<&Catalog>,
+    ) -> Classification {
+        let committed = self.catalog();
+        let merged;
+        let catalog: &Catalog = match own {
+            Some(own) => {
+                merged = committed.merged(own);
+                &merged
+            }
+            None => &committed,
+        };
         let intent = comment_intent(sql);
         let unknown = |reason: String| Classification {
             class: ActionClass::SqlUnknown,
@@ -1793,15 +1905,27 @@ impl Classifier {
             let effect = effect(&kind, body);
             let mut walk = Walk {
                 classifier: self,
+                catalog,
                 names: &staged,
                 class: ActionClass::SqlRead,
                 reason: kind.clone(),
                 tables: BTreeSet::new(),
                 runs_session_changes: false,
                 runs: Vec::new(),
+                uses_names: false,
             };
             walk.visit(&tree);
+            if !catalog.user_casts.is_empty() && EVALUATING.contains(&kind.as_str()) {
+                let casts: Vec<&str> = catalog.user_casts.iter().map(String::as_str).collect();
+                walk.raise(ActionClass::SqlUnknown, || {
+                    format!(
+                        "user-defined casts ({}) may run wherever the types meet",
+                        casts.join(", ")
+                    )
+                });
+            }
             runs.extend(std::mem::take(&mut walk.runs));
+            let uses_names = walk.uses_names;
             let (walk_class, walk_reason, walk_tables, runs_session_changes) = (
                 walk.class,
                 walk.reason,
@@ -1860,6 +1984,7 @@ impl Classifier {
                 reason: walk_reason,
                 effect,
                 runs_session_changes,
+                uses_names,
             });
         }
         Classification {
@@ -1894,6 +2019,7 @@ impl Classifier {
 
     fn defined_in(&self, source: &str, wanted: impl Fn(&Effect) -> bool) -> Option<Resolved> {
         let parsed = pg_query::parse(source, 0).ok()?;
+        let catalog = self.catalog();
         let mut found: Option<Resolved> = None;
         for raw in &parsed.protobuf.stmts {
             let tree = serde_json::to_value(raw).ok()?;
@@ -1911,12 +2037,14 @@ impl Classifier {
             };
             let mut walk = Walk {
                 classifier: self,
+                catalog: &catalog,
                 names: &staged,
                 class: ActionClass::SqlRead,
                 reason: kind.clone(),
                 tables: BTreeSet::new(),
                 runs_session_changes: false,
                 runs: Vec::new(),
+                uses_names: false,
             };
             walk.visit(&tree);
             if found

@@ -4,7 +4,7 @@
 
 use crate::session::{SETTINGS, Session};
 use crate::surface::Classified;
-use crate::to_server::GavelStatement;
+use crate::to_server::GavelRead;
 use bytes::BytesMut;
 use gavel_core::{
     Action, ActionClass, ApprovalRequest, Cancellation, Gate, Hold, Permitted, ReadAudit, Refusal,
@@ -53,7 +53,7 @@ impl Session {
         changed_before: &[String],
     ) -> std::collections::BTreeMap<String, String> {
         let mut settings = std::collections::BTreeMap::new();
-        match self.gavel_query(GavelStatement::ReadSettings).await {
+        match self.gavel_query(GavelRead::Settings).await {
             Ok(rows) => {
                 let row = rows.into_iter().next().unwrap_or_default();
                 for (name, value) in SETTINGS.iter().zip(row.iter()) {

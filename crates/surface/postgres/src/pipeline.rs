@@ -114,6 +114,7 @@ impl Session {
         // included. So is a statement parsed before the server's functions
         // last changed.
         if classified.facts().is_some_and(|f| f.uses_names())
+            || self.has_own_objects()
             || (classified.facts().is_some()
                 && classified.generation != self.surface.classifier.generation())
         {
@@ -373,7 +374,7 @@ impl Session {
                 });
             }
             if runs_unseen_code {
-                self.surface.catalog_may_have_changed();
+                self.ran_unseen_code();
             }
             self.names.statements_stale |= changes_statements;
             self.names.portals_stale |= changes_portals;

@@ -11,7 +11,7 @@
 use crate::classify::{self, Resolved};
 use crate::names::{Names, Portal, Prepared, ServerRow};
 use crate::surface::{CancelTarget, Classified, PostgresSurface};
-use crate::to_server::{GavelStatement, Passive, ServerConn, ToServer};
+use crate::to_server::{GavelRead, Passive, ServerConn, ToServer};
 use crate::upstream::Stream;
 use crate::wire::{self, WireError};
 use bytes::BytesMut;
@@ -134,6 +134,12 @@ pub(crate) struct Session {
     /// When the credential the client logged in with stops being valid
     /// (a JWT's `exp`, an agent token's expiry): nothing runs after it.
     pub valid_until: Option<gavel_core::Timestamp>,
+    /// What this session's own transaction created that the committed
+    /// catalog does not show (read on its backend after it ran code gavel
+    /// cannot see, dropped when the transaction ends).
+    own_catalog: Option<crate::classify::Catalog>,
+    /// The session ran such code since `own_catalog` was read.
+    own_catalog_stale: bool,
     /// Why gavel can no longer read this session's statements as the
     /// server does (the server reported another client_encoding or
     /// standard_conforming_strings off): the session ends.
@@ -250,6 +256,8 @@ impl Session {
             own_name: format!("gavel_{:016x}", rand::random::<u64>()),
             valid_until: None,
             unreadable: None,
+            own_catalog: None,
+            own_catalog_stale: false,
         }
     }
 
@@ -460,6 +468,10 @@ impl Session {
                 self.copy_in = false;
                 if self.tx_status == b'I' {
                     self.names.transaction_ended();
+                    // Committed or gone: the surface's catalog read (flagged
+                    // when the code ran) shows what is left.
+                    self.own_catalog = None;
+                    self.own_catalog_stale = false;
                 }
                 // Everything before this ReadyForQuery has ended; Executes
                 // still waiting were skipped after an error.
@@ -759,7 +771,7 @@ impl Session {
     /// aborted transaction.
     pub async fn gavel_query(
         &mut self,
-        statement: GavelStatement,
+        statement: GavelRead,
     ) -> Result<Vec<Vec<Option<String>>>, String> {
         if self.forwarded_since_sync || !self.batch.is_empty() || self.copy_in {
             return Err("an extended-protocol pipeline is open".into());
@@ -769,7 +781,7 @@ impl Session {
             return Err("the transaction is aborted".into());
         }
         if self.upstream.is_none() {
-            if let GavelStatement::ReadNames = statement {
+            if let GavelRead::Names = statement {
                 // No backend yet: it holds nothing.
                 return Ok(Vec::new());
             }
@@ -837,7 +849,7 @@ impl Session {
         if !self.names.statements_stale && !self.names.portals_stale {
             return;
         }
-        let rows = match self.gavel_query(GavelStatement::ReadNames).await {
+        let rows = match self.gavel_query(GavelRead::Names).await {
             Ok(rows) => rows,
             Err(why) => {
                 tracing::debug!(%why, "cannot read the session's names yet; they stay unknown");
@@ -874,6 +886,7 @@ impl Session {
         staged_statements: &[(String, Option<Arc<Prepared>>)],
         staged_portals: &[(String, Option<Portal>)],
     ) -> Arc<Classified> {
+        self.refresh_own_catalog().await;
         let (classified, wanted_stale) = {
             let view = View {
                 names: &self.names,
@@ -881,7 +894,9 @@ impl Session {
                 portals: staged_portals,
                 wanted_stale: Cell::new(false),
             };
-            let c = self.surface.classify(sql, &view);
+            let c = self
+                .surface
+                .classify_own(sql, &view, self.own_catalog.as_ref());
             (c, view.wanted_stale.get())
         };
         if !wanted_stale {
@@ -894,7 +909,58 @@ impl Session {
             portals: staged_portals,
             wanted_stale: Cell::new(false),
         };
-        self.surface.classify(sql, &view)
+        self.surface
+            .classify_own(sql, &view, self.own_catalog.as_ref())
+    }
+
+    /// The session ran code gavel cannot see (it may have created
+    /// functions, operators or casts): inside a transaction the committed
+    /// catalog does not show them, so read them on the session's own
+    /// backend.
+    pub async fn refresh_own_catalog(&mut self) {
+        if !self.own_catalog_stale {
+            return;
+        }
+        if let Err(e) = self.drain().await {
+            tracing::debug!(error = %e, "draining before reading the session's catalog failed");
+            return;
+        }
+        match self.tx_status {
+            b'I' => {
+                self.own_catalog = None;
+                self.own_catalog_stale = false;
+            }
+            b'T' => match self.gavel_query(GavelRead::Catalog).await {
+                Ok(rows) => {
+                    let mut catalog = crate::classify::Catalog::default();
+                    for row in rows {
+                        if let [Some(name), Some(kind)] = row.as_slice() {
+                            catalog.add(name, kind);
+                        }
+                    }
+                    self.own_catalog = Some(catalog);
+                    self.own_catalog_stale = false;
+                }
+                Err(why) => {
+                    tracing::debug!(%why, "cannot read the session's own catalog");
+                }
+            },
+            // Aborted: only the transaction's end runs, and it takes the
+            // uncommitted objects with it.
+            _ => {}
+        }
+    }
+
+    /// Whether the session has (or may have) objects of its own that the
+    /// committed catalog does not show.
+    pub fn has_own_objects(&self) -> bool {
+        self.own_catalog_stale || self.own_catalog.is_some()
+    }
+
+    /// Code gavel cannot see was forwarded.
+    pub fn ran_unseen_code(&mut self) {
+        self.surface.catalog_may_have_changed();
+        self.own_catalog_stale = true;
     }
 
     pub fn remember(&mut self, class: gavel_core::ActionClass, sql: &str, verdict: &str) {
@@ -1027,7 +1093,7 @@ impl Session {
                 }
                 self.names.simple_query_sent();
                 if classified.runs_unseen_code() {
-                    self.surface.catalog_may_have_changed();
+                    self.ran_unseen_code();
                 }
                 if let Some(f) = facts {
                     self.names.statements_stale |= f.may_change_statements();

@@ -240,14 +240,28 @@ impl PostgresSurface {
     /// class depends only on their text share one classification per shape
     /// (literals aside).
     pub(crate) fn classify(&self, sql: &str, names: &dyn Names) -> Arc<Classified> {
+        self.classify_own(sql, names, None)
+    }
+
+    /// As [`PostgresSurface::classify`], for a session with objects of its
+    /// own the server's committed catalog does not show yet (`own`): such
+    /// a classification is neither taken from the cache nor put in it.
+    pub(crate) fn classify_own(
+        &self,
+        sql: &str,
+        names: &dyn Names,
+        own: Option<&crate::classify::Catalog>,
+    ) -> Arc<Classified> {
         // Keyed by the catalog's generation too: a classification made
         // before the server's functions changed is not reused after.
         let generation = self.classifier.generation();
-        let key = shape(sql).map(|k| format!("{generation:020}{k}"));
+        let key = shape(sql)
+            .filter(|_| own.is_none())
+            .map(|k| format!("{generation:020}{k}"));
         if let Some(hit) = key.as_deref().and_then(|k| self.classes.get(k)) {
             return hit;
         }
-        let c = self.classifier.classify(sql, names);
+        let c = self.classifier.classify_with(sql, names, own);
         // Not cached: what names the session's statements and portals
         // (EXECUTE, FETCH, MOVE: not the text alone); what the parser
         // rejects (a value the grammar refuses, `SECOND(1.5)`, must not make
@@ -474,7 +488,7 @@ impl PostgresSurface {
 /// How often the classifier reads the server's functions again (to see
 /// those created outside gavel; those created through gavel are seen at
 /// once).
-const CATALOG_REFRESH: Duration = Duration::from_secs(30);
+const CATALOG_REFRESH: Duration = Duration::from_secs(5);
 
 /// Aborts a background task when its owner ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

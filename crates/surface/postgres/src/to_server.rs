@@ -6,7 +6,7 @@
 //! text being sent, and keeps it until the server reports how the
 //! statement ended. Everything else a client sends runs nothing on its own
 //! ([`Passive`]: Parse, Bind, Describe, Close, Sync, Flush, COPY data), and
-//! gavel's own statements are fixed texts ([`GavelStatement`]). There is no
+//! gavel's own statements are fixed texts ([`GavelRead`]). There is no
 //! other constructor of outgoing bytes, so a statement cannot reach the
 //! server around the gate.
 
@@ -54,22 +54,27 @@ impl Passive {
     }
 }
 
-/// A statement gavel itself sends on the client's backend, with a fixed
+/// A read gavel itself sends on the client's backend, with a fixed
 /// text: never anything a client wrote.
-pub enum GavelStatement {
+pub enum GavelRead {
     /// Reads the session's prepared statements and cursors
     /// ([`crate::names::SERVER_NAMES_SQL`]).
-    ReadNames,
+    Names,
     /// Reads the settings bound into an approval
     /// ([`crate::session::SETTINGS_SQL`]).
-    ReadSettings,
+    Settings,
+    /// Reads the functions, operators and casts the classifier must know
+    /// of, as this backend sees them (its own uncommitted ones included)
+    /// ([`crate::classify::CATALOG_SQL`]).
+    Catalog,
 }
 
-impl GavelStatement {
+impl GavelRead {
     pub fn sql(&self) -> &'static str {
         match self {
-            GavelStatement::ReadNames => crate::names::SERVER_NAMES_SQL,
-            GavelStatement::ReadSettings => crate::session::SETTINGS_SQL,
+            GavelRead::Names => crate::names::SERVER_NAMES_SQL,
+            GavelRead::Settings => crate::session::SETTINGS_SQL,
+            GavelRead::Catalog => crate::classify::CATALOG_SQL,
         }
     }
 }
@@ -161,7 +166,7 @@ impl ToServer {
     /// gavel's own statement through the extended protocol, under names of
     /// its own (`name` for both statement and portal), closed again, with
     /// a Sync. The client's unnamed statement and portal are untouched.
-    pub fn gavel(&mut self, statement: &GavelStatement, name: &str) {
+    pub fn gavel(&mut self, statement: &GavelRead, name: &str) {
         use postgres_protocol::message::frontend;
         let Some(mut b) = parse_bind_execute(name, statement.sql()) else {
             return;
