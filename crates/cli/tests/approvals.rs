@@ -578,6 +578,17 @@ async fn rest_actions_are_judged_as_a_server_reads_them() {
         v["reason"].as_str().unwrap().contains("sql.unknown"),
         "what is not SQL is sql.unknown: {v}"
     );
+    // A database's actions are SQL: another class is refused, not judged
+    // by rules written for something else.
+    let (s, v) = g
+        .call(
+            Method::POST,
+            "/api/v1/actions",
+            Some(&agent),
+            Some(json!({"resource": "prod-db", "action": "mcp.read", "operation": "DROP TABLE orders"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
     // Resource names: a configured one in another case is that resource;
     // an unconfigured one may not hide behind spaces, controls or
     // look-alike letters.

@@ -588,22 +588,42 @@ async fn code_that_runs_where_no_call_is_written_is_not_trusted() {
          CREATE TABLE log (x text);
          CREATE FUNCTION eq_hit(text, int) RETURNS bool LANGUAGE sql AS 'INSERT INTO log VALUES (''eq'') RETURNING true';
          CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = int, FUNCTION = eq_hit);
+         CREATE FUNCTION ge_hit(int, text) RETURNS bool LANGUAGE sql AS 'INSERT INTO log VALUES (''ge'') RETURNING true';
+         CREATE OPERATOR public.>= (LEFTARG = int, RIGHTARG = text, FUNCTION = ge_hit);
          CREATE FUNCTION to_hit(int) RETURNS text LANGUAGE sql AS 'INSERT INTO log VALUES (''cast'') RETURNING ''c'''",
     );
-    // Reads, schema changes and new functions pass; writes do not.
+    let cast_exists = || {
+        on_db(
+            &db,
+            "SELECT count(*) FROM pg_cast WHERE castfunc = 'to_hit'::regproc",
+        ) == "1"
+    };
+    // Reads, schema changes and new code pass; writes do not.
     let policies = r#"
 @id("reads") permit(principal, action == Action::"sql.read", resource);
 @id("schema") permit(principal, action in [Action::"sql.ddl", Action::"sql.admin"], resource);
 "#;
     let pg = gavel_on_db(&db, policies).await;
     let mut raw = Raw::login_db(&pg, &db).await;
-    let r = raw.query("SELECT x FROM hits").await;
-    assert!(Raw::error(&r).is_none(), "a plain read passes: {r:?}");
-    // `CASE x WHEN 1` compares with `=`, which is the user's operator here.
-    let r = raw
-        .query("SELECT CASE x WHEN 1 THEN 'one' END FROM hits")
-        .await;
-    assert!(Raw::error(&r).is_some(), "the user's = ran: {r:?}");
+    for read in ["SELECT x FROM hits", "SELECT 5::text AS cached"] {
+        let r = raw.query(read).await;
+        assert!(Raw::error(&r).is_none(), "a plain read passes: {r:?}");
+    }
+    // Operators PostgreSQL looks up by name where none is written: `CASE
+    // x WHEN 1` compares with `=`, `BETWEEN` with `>=` and `<=`.
+    for sql in [
+        "SELECT CASE x WHEN 1 THEN 'one' END FROM hits",
+        "SELECT 1 BETWEEN 'a'::text AND 5",
+    ] {
+        let r = raw.query(sql).await;
+        assert!(
+            Raw::error(&r).is_some(),
+            "{sql}: the user's operator ran: {r:?}"
+        );
+        // The same over REST, for the database gavel proxies.
+        let v = pg.g.act(&pg.g.agent_token, "sql.read", "own-db", sql).await;
+        assert_eq!(v["verdict"], "deny", "{sql} over REST: {v}");
+    }
     // A function created in the session's own transaction, which no other
     // connection can see yet, called by column notation.
     assert!(Raw::error(&raw.query("BEGIN").await).is_none());
@@ -620,20 +640,64 @@ async fn code_that_runs_where_no_call_is_written_is_not_trusted() {
         "the session's own function ran: {r:?}"
     );
     assert!(Raw::error(&raw.query("ROLLBACK").await).is_none());
-    drop(raw);
-    drop(pg);
-    // A user cast runs wherever its types meet, written or not.
-    on_db(&db, "CREATE CAST (int AS text) WITH FUNCTION to_hit(int)");
-    let pg = gavel_on_db(&db, policies).await;
-    let mut raw = Raw::login_db(&pg, &db).await;
-    for sql in ["SELECT 5::text", "SELECT 'n' || 5::text FROM hits"] {
+    // A cast created earlier in the same pipeline or string is in no
+    // catalog gavel can read before the pipeline runs.
+    let create_cast = "CREATE CAST (int AS text) WITH FUNCTION to_hit(int)";
+    let mut out = BytesMut::new();
+    for sql in [create_cast, "SELECT 6::text AS piped"] {
+        parse(&mut out, "", sql);
+        bind(&mut out, "", "");
+        frontend::execute("", 0, &mut out).unwrap();
+    }
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    let r = raw.until_ready().await;
+    assert!(Raw::error(&r).is_some(), "{r:?}");
+    let r = raw
+        .query(&format!(
+            "{create_cast}; SELECT 7::text AS one_string; DROP CAST (int AS text)"
+        ))
+        .await;
+    assert!(Raw::error(&r).is_some(), "{r:?}");
+    assert!(!cast_exists(), "nothing of either ran");
+    // Created in a transaction and committed: judged by the catalog the
+    // commit left, and not from what was cached before.
+    for sql in ["BEGIN", create_cast, "COMMIT"] {
+        let r = raw.query(sql).await;
+        assert!(Raw::error(&r).is_none(), "{sql}: {r:?}");
+    }
+    assert!(cast_exists());
+    for sql in [
+        "SELECT 8::text AS cached",
+        "SELECT 'n' || 5::text FROM hits",
+    ] {
         let r = raw.query(sql).await;
         assert!(Raw::error(&r).is_some(), "{sql} ran the cast: {r:?}");
     }
+    drop(raw);
+    drop(pg);
+    // A gavel started later reads the cast from the server.
+    let pg = gavel_on_db(&db, policies).await;
+    let mut raw = Raw::login_db(&pg, &db).await;
+    let r = raw.query("SELECT 9::text").await;
+    assert!(Raw::error(&r).is_some(), "{r:?}");
     assert_eq!(on_db(&db, "SELECT count(*) FROM log"), "0");
     drop(raw);
     drop(pg);
     admin(&format!("DROP DATABASE {db} WITH (FORCE)"));
+}
+
+#[tokio::test]
+async fn a_class_a_literal_decides_is_never_taken_from_the_cache() {
+    let pg = Pg::start_policies("1s", READ_ONLY, "").await;
+    let mut raw = Raw::login(&pg).await;
+    let r = raw.query("SELECT current_setting('TimeZone') AS cs").await;
+    assert!(Raw::error(&r).is_none(), "{r:?}");
+    let r = raw
+        .query("SELECT current_setting('data_directory') AS cs")
+        .await;
+    let e = Raw::error(&r).expect("the server's paths are not a read");
+    assert!(e.contains("sql.admin"), "{e}");
 }
 
 #[tokio::test]

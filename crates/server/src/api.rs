@@ -334,8 +334,18 @@ fn judgeable_operation(
     operation: String,
     mut details: serde_json::Value,
 ) -> Result<(ActionClass, String, serde_json::Value), ApiError> {
-    if class.is_sql() && resource.kind != "mysql" {
-        return Ok(classified_sql(class, operation, details));
+    // A database's actions are SQL and an MCP server's are MCP calls: any
+    // other class would be judged by rules written for something else.
+    let fits = match resource.kind.as_str() {
+        "postgres" | "mysql" => class.is_sql(),
+        "mcp" => matches!(class, ActionClass::McpCall | ActionClass::McpRead),
+        _ => true,
+    };
+    if !fits {
+        return Err(ApiError::bad_request(format!(
+            "resource {} is of kind {}: {class} is not one of its actions",
+            resource.name, resource.kind
+        )));
     }
     if !matches!(class, ActionClass::HttpRead | ActionClass::HttpWrite) {
         return Ok((class, operation, details));
@@ -396,18 +406,32 @@ fn judgeable_operation(
 /// SQL sent over REST is judged as the PostgreSQL surface judges it: the
 /// stricter of the class asked for and the classifier's (a `DELETE` asked
 /// as `sql.read` is a `sql.write`), and the tables it names added to those
-/// the agent listed.
-fn classified_sql(
+/// the agent listed. For a database gavel proxies, with that surface's
+/// classifier and the server's catalog; for any other, by its text and
+/// PostgreSQL's built-ins alone.
+async fn classified_sql(
+    gw: &Gateway,
     class: ActionClass,
-    operation: String,
+    resource: &Resource,
+    operation: &str,
     mut details: serde_json::Value,
-) -> (ActionClass, String, serde_json::Value) {
+) -> (ActionClass, serde_json::Value) {
     use gavel_postgres::classify::{Classifier, NoNames};
     thread_local!(static CLASSIFIER: Classifier = Classifier::default());
-    let judged = CLASSIFIER.with(|c| c.classify(&operation, &NoNames));
+    let proxied = gw
+        .postgres
+        .iter()
+        .find(|surface| surface.resource_name() == resource.name);
+    let (judged_class, judged_tables) = match proxied {
+        Some(surface) => surface.judge_text(operation).await,
+        None => CLASSIFIER.with(|c| {
+            let judged = c.classify(operation, &NoNames);
+            (judged.class, judged.tables)
+        }),
+    };
     let rank = |c: ActionClass| gavel_postgres::classify::rank(c);
-    let class = if rank(judged.class) > rank(class) {
-        judged.class
+    let class = if rank(judged_class) > rank(class) {
+        judged_class
     } else {
         class
     };
@@ -419,7 +443,7 @@ fn classified_sql(
             .and_then(|t| t.as_array())
             .cloned()
             .unwrap_or_default();
-        for t in judged.tables {
+        for t in judged_tables {
             let t = serde_json::Value::String(t);
             if !tables.contains(&t) {
                 tables.push(t);
@@ -429,7 +453,7 @@ fn classified_sql(
             map.insert("tables".into(), serde_json::Value::Array(tables));
         }
     }
-    (class, operation, details)
+    (class, details)
 }
 
 /// Generic action check for agents that act themselves and ask first.
@@ -467,6 +491,11 @@ pub(crate) async fn post_action(
     let resource = resource_named(&gw, &body.resource)?;
     let (class, operation, details) =
         judgeable_operation(class, &resource, body.operation, details)?;
+    let (class, details) = if class.is_sql() && resource.kind != "mysql" {
+        classified_sql(&gw, class, &resource, &operation, details).await
+    } else {
+        (class, details)
+    };
     let action = Action {
         principal,
         resource,

@@ -50,6 +50,13 @@ pub struct StatementClass {
     /// `FETCH` or `MOVE`, also inside `EXPLAIN` or `CREATE TABLE … AS`):
     /// its class depends on the session, not on its text alone.
     pub uses_names: bool,
+    /// Its class depends on a literal's value (`current_setting('…')`):
+    /// one classification per shape would not hold for another value.
+    pub reads_literals: bool,
+    /// It may add or re-point code that statements resolve by name or
+    /// type (functions, operators, casts, types, rules, triggers, …), which
+    /// gavel learns of only by reading the catalog after it ran.
+    pub creates_code: bool,
 }
 
 /// What a statement does to the session beyond its class: the facts the
@@ -174,6 +181,25 @@ impl Classification {
     /// `MOVE`): its class depends on more than its text.
     pub fn uses_names(&self) -> bool {
         self.statements.iter().any(|s| s.uses_names)
+    }
+
+    /// Whether its class depends on a literal's value.
+    pub fn reads_literals(&self) -> bool {
+        self.statements.iter().any(|s| s.reads_literals)
+    }
+
+    /// Whether it may create code gavel has not read yet (see
+    /// [`StatementClass::creates_code`]).
+    pub fn creates_code(&self) -> bool {
+        self.statements.iter().any(|s| s.creates_code)
+    }
+
+    /// Whether it evaluates expressions (where code resolved by name or
+    /// type runs).
+    pub fn evaluates(&self) -> bool {
+        self.statements
+            .iter()
+            .any(|s| EVALUATING.contains(&s.kind.as_str()))
     }
 
     /// Whether it may change the session's prepared statements (and so
@@ -594,12 +620,14 @@ fn node_class(kind: &str) -> Option<ActionClass> {
         | "CreatePublicationStmt" | "AlterPublicationStmt" | "CreatedbStmt" | "AlterDatabaseStmt"
         | "AlterDatabaseSetStmt" | "AlterDatabaseRefreshCollStmt" | "DropdbStmt"
         | "CreateTableSpaceStmt" | "DropTableSpaceStmt" | "AlterTableSpaceOptionsStmt"
-        | "CreateConversionStmt" | "CreateTransformStmt" | "CreateAmStmt" => SqlAdmin,
+        | "CreateConversionStmt" | "CreateTransformStmt" | "CreateAmStmt"
+        // A cast runs wherever its two types meet, in every session.
+        | "CreateCastStmt" => SqlAdmin,
         "CreateStmt" | "AlterTableStmt" | "DropStmt" | "IndexStmt" | "ViewStmt" | "CreateSeqStmt"
         | "AlterSeqStmt" | "CreateSchemaStmt" | "RenameStmt" | "CommentStmt" | "CreateTableAsStmt"
         | "CompositeTypeStmt" | "CreateEnumStmt" | "AlterEnumStmt" | "CreateRangeStmt"
         | "CreateDomainStmt" | "AlterDomainStmt" | "DefineStmt" | "AlterObjectSchemaStmt"
-        | "CreateCastStmt" | "CreateOpClassStmt" | "CreateOpFamilyStmt" | "AlterOpFamilyStmt"
+        | "CreateOpClassStmt" | "CreateOpFamilyStmt" | "AlterOpFamilyStmt"
         | "CreateStatsStmt" | "AlterStatsStmt" | "AlterTypeStmt" | "AlterCollationStmt"
         | "AlterTableMoveAllStmt" | "AlterObjectDependsStmt" | "AlterOperatorStmt"
         | "AlterTsdictionaryStmt" | "AlterTsconfigurationStmt" | "AlterTableCmd" => SqlDdl,
@@ -637,6 +665,40 @@ const EVALUATING: &[&str] = &[
     "FetchStmt",
 ];
 const OBJECT_SCHEMA: i64 = 37;
+
+/// Statement kinds that may add or re-point code other statements resolve
+/// by name or type: what follows them in the same string or pipeline is
+/// judged before gavel can read what they did.
+const CREATES_CODE: &[&str] = &[
+    "CreateFunctionStmt",
+    "AlterFunctionStmt",
+    "CreateCastStmt",
+    "DefineStmt",
+    "CreateOpClassStmt",
+    "CreateOpFamilyStmt",
+    "AlterOpFamilyStmt",
+    "AlterOperatorStmt",
+    "CreateDomainStmt",
+    "AlterDomainStmt",
+    "CreateRangeStmt",
+    "AlterTypeStmt",
+    "RenameStmt",
+    "AlterObjectSchemaStmt",
+    "CreateExtensionStmt",
+    "AlterExtensionStmt",
+    "AlterExtensionContentsStmt",
+    "CreateTransformStmt",
+    "CreateConversionStmt",
+    "CreatePlangStmt",
+    "CreateTrigStmt",
+    "RuleStmt",
+    "CreatePolicyStmt",
+    "AlterPolicyStmt",
+    "DoStmt",
+    "CallStmt",
+    "LoadStmt",
+    "CreateAmStmt",
+];
 
 /// `AlterTableType::AtChangeOwner` in libpg_query's protobuf.
 const AT_CHANGE_OWNER: i64 = 27;
@@ -1146,8 +1208,11 @@ const VOLATILE_ONE_ARG: &[&str] = &[
 /// What the server's catalog says about names that column notation can
 /// turn into function calls: `x.f` calls `f(x)` when `x` has no column
 /// `f`, and `(expr).f` calls `f(expr)`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalog {
+    /// gavel could not read the server's catalog: any user object may
+    /// exist, so nothing that evaluates expressions is a plain read.
+    pub unavailable: bool,
     /// Functions outside pg_catalog and information_schema callable with
     /// one argument (any volatility): user code.
     pub user_functions: HashSet<String>,
@@ -1183,7 +1248,16 @@ impl Catalog {
         out.user_operators
             .extend(other.user_operators.iter().cloned());
         out.user_casts.extend(other.user_casts.iter().cloned());
+        out.unavailable |= other.unavailable;
         out
+    }
+
+    /// What the classifier knows when the server's catalog cannot be read.
+    pub fn unavailable() -> Catalog {
+        Catalog {
+            unavailable: true,
+            ..Catalog::default()
+        }
     }
 }
 
@@ -1298,6 +1372,8 @@ struct Walk<'a> {
     runs: Vec<String>,
     /// It resolved a name of the session's (anywhere in the tree).
     uses_names: bool,
+    /// Its class came from a literal's value.
+    reads_literals: bool,
 }
 
 /// The session's names as a query string sees them: what the statements
@@ -1654,6 +1730,19 @@ impl Walk<'_> {
 
     fn operator(&mut self, name: Option<&Value>) {
         let op = names(name);
+        // BETWEEN is no operator of its own: PostgreSQL looks up `>=` and
+        // `<=` (`<` and `>` for NOT BETWEEN) by name, like written ones.
+        match op.as_slice() {
+            [b] if b == "BETWEEN" || b == "BETWEEN SYMMETRIC" => {
+                self.implicit_operator(">=");
+                self.implicit_operator("<=");
+            }
+            [b] if b == "NOT BETWEEN" || b == "NOT BETWEEN SYMMETRIC" => {
+                self.implicit_operator("<");
+                self.implicit_operator(">");
+            }
+            _ => {}
+        }
         if !op.is_empty() && !builtin(&op, BUILTIN_OPERATORS) {
             self.raise(ActionClass::SqlUnknown, || {
                 format!("operator {} is not a built-in", op.join("."))
@@ -1735,6 +1824,7 @@ impl Walk<'_> {
                 .pointer("/args/0/node/AConst/val/Sval/sval")
                 .and_then(Value::as_str)
                 .map(str::to_lowercase);
+            self.reads_literals = true;
             match setting {
                 Some(s) if SENSITIVE_SETTINGS.contains(&s.as_str()) => self
                     .raise(ActionClass::SqlAdmin, || {
@@ -1822,10 +1912,7 @@ impl Classifier {
     /// Returns whether it changed.
     pub fn set_catalog(&self, catalog: Catalog) -> bool {
         let mut slot = self.catalog.write().unwrap_or_else(|p| p.into_inner());
-        let changed = slot.user_functions != catalog.user_functions
-            || slot.volatile_builtins != catalog.volatile_builtins
-            || slot.user_function_names != catalog.user_function_names
-            || slot.user_operators != catalog.user_operators;
+        let changed = **slot != catalog;
         *slot = Arc::new(catalog);
         if changed {
             self.generation
@@ -1892,6 +1979,7 @@ impl Classifier {
         let mut statements = Vec::new();
         let mut tables = BTreeSet::new();
         let mut runs = Vec::new();
+        let mut code_created_by: Option<String> = None;
         for raw in &parsed.protobuf.stmts {
             let tree = match serde_json::to_value(raw) {
                 Ok(t) => t,
@@ -1913,9 +2001,23 @@ impl Classifier {
                 runs_session_changes: false,
                 runs: Vec::new(),
                 uses_names: false,
+                reads_literals: false,
             };
             walk.visit(&tree);
-            if !catalog.user_casts.is_empty() && EVALUATING.contains(&kind.as_str()) {
+            let evaluates = EVALUATING.contains(&kind.as_str());
+            if evaluates && catalog.unavailable {
+                walk.raise(ActionClass::SqlUnknown, || {
+                    "gavel cannot read the server's catalog now: user functions, operators and casts may run anywhere".into()
+                });
+            }
+            if let Some(earlier) = code_created_by.as_deref().filter(|_| evaluates) {
+                walk.raise(ActionClass::SqlUnknown, || {
+                    format!(
+                        "an earlier statement of this string ({earlier}) may create code gavel has not read yet; send what follows it on its own"
+                    )
+                });
+            }
+            if !catalog.user_casts.is_empty() && evaluates {
                 let casts: Vec<&str> = catalog.user_casts.iter().map(String::as_str).collect();
                 walk.raise(ActionClass::SqlUnknown, || {
                     format!(
@@ -1926,6 +2028,12 @@ impl Classifier {
             }
             runs.extend(std::mem::take(&mut walk.runs));
             let uses_names = walk.uses_names;
+            let reads_literals = walk.reads_literals;
+            let creates_code =
+                CREATES_CODE.contains(&kind.as_str()) || walk.class == ActionClass::SqlUnknown;
+            if creates_code && code_created_by.is_none() {
+                code_created_by = Some(kind.clone());
+            }
             let (walk_class, walk_reason, walk_tables, runs_session_changes) = (
                 walk.class,
                 walk.reason,
@@ -1985,6 +2093,8 @@ impl Classifier {
                 effect,
                 runs_session_changes,
                 uses_names,
+                reads_literals,
+                creates_code,
             });
         }
         Classification {
@@ -2045,6 +2155,7 @@ impl Classifier {
                 runs_session_changes: false,
                 runs: Vec::new(),
                 uses_names: false,
+                reads_literals: false,
             };
             walk.visit(&tree);
             if found

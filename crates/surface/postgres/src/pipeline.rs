@@ -77,17 +77,31 @@ enum Refused {
     Batch { code: &'static str, message: String },
 }
 
+/// What a batch has done before the Execute being judged.
+#[derive(Clone, Copy)]
+struct BatchSoFar<'a> {
+    statements: &'a [(String, Option<Arc<Prepared>>)],
+    portals: &'a [(String, Option<Portal>)],
+    changed_settings: &'a [String],
+    code_created_by: Option<&'a str>,
+}
+
 impl Session {
     /// Classifies and admits what running `portal` (named `name`) runs,
-    /// seen through the batch's own changes.
+    /// seen through the batch's own changes. `code_created_by` is an
+    /// earlier Execute of the batch that may create code gavel has not read.
     async fn admit_portal(
         &mut self,
         portal: Option<Portal>,
         name: &str,
-        statements: &[(String, Option<Arc<Prepared>>)],
-        portals: &[(String, Option<Portal>)],
-        changed_settings: &[String],
+        batch: BatchSoFar<'_>,
     ) -> (Arc<Classified>, Arc<str>, Result<Permitted, Refusal>) {
+        let BatchSoFar {
+            statements,
+            portals,
+            changed_settings,
+            code_created_by,
+        } = batch;
         let (mut classified, text, stmt_intent, params) = match portal
             .as_ref()
             .and_then(|p| p.statement.as_ref().map(|s| (s, p)))
@@ -119,6 +133,16 @@ impl Session {
                 && classified.generation != self.surface.classifier.generation())
         {
             classified = self.classify_fresh(&text, statements, portals).await;
+        }
+        // What an earlier Execute of this batch created is not in any
+        // catalog gavel can read before the batch runs.
+        if let Some(earlier) = code_created_by
+            && classified.facts().is_none_or(|f| f.evaluates())
+        {
+            classified = Arc::new(Classified::unknown(format!(
+                "an earlier statement of this pipeline ({}) may create code gavel has not read yet; send what follows it after a Sync",
+                crate::session::truncate(earlier.trim(), 80)
+            )));
         }
         if let Some(intent) = classified.facts().and_then(|f| f.intent_setting()) {
             self.intent = intent;
@@ -189,6 +213,7 @@ impl Session {
         let mut changes_portals = false;
         let mut changed_settings: Vec<String> = Vec::new();
         let mut runs_unseen_code = false;
+        let mut code_created_by: Option<Arc<str>> = None;
         // Every Bind, and whether an Execute of its portal follows in this
         // batch: binding converts the parameters (a user type's input
         // function, a domain's CHECK), so a Bind whose portal is not run
@@ -277,13 +302,23 @@ impl Session {
                     if let Some(bind) = binds.iter_mut().rev().find(|b| b.1 == name) {
                         bind.3 = true;
                     }
-                    let (classified, text, admission) = self
-                        .admit_portal(portal, &name, &statements, &portals, &changed_settings)
-                        .await;
+                    let so_far = BatchSoFar {
+                        statements: &statements,
+                        portals: &portals,
+                        changed_settings: &changed_settings,
+                        code_created_by: code_created_by.as_deref(),
+                    };
+                    let (classified, text, admission) =
+                        self.admit_portal(portal, &name, so_far).await;
                     match admission {
                         Ok(permitted) => {
                             self.remember(classified.class, &text, "allowed");
                             runs_unseen_code |= classified.runs_unseen_code();
+                            if code_created_by.is_none()
+                                && classified.facts().is_none_or(|f| f.creates_code())
+                            {
+                                code_created_by = Some(text.clone());
+                            }
                             match classified.facts() {
                                 Some(f) => {
                                     changes_statements |= f.may_change_statements();
@@ -315,15 +350,14 @@ impl Session {
                 if executed {
                     continue;
                 }
-                let (classified, text, admission) = self
-                    .admit_portal(
-                        Some(portal),
-                        &name,
-                        &statements,
-                        &portals,
-                        &changed_settings,
-                    )
-                    .await;
+                let so_far = BatchSoFar {
+                    statements: &statements,
+                    portals: &portals,
+                    changed_settings: &changed_settings,
+                    code_created_by: code_created_by.as_deref(),
+                };
+                let (classified, text, admission) =
+                    self.admit_portal(Some(portal), &name, so_far).await;
                 match admission {
                     Ok(permitted) => {
                         self.remember(classified.class, &text, "bound");

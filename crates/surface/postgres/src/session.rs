@@ -468,10 +468,14 @@ impl Session {
                 self.copy_in = false;
                 if self.tx_status == b'I' {
                     self.names.transaction_ended();
-                    // Committed or gone: the surface's catalog read (flagged
-                    // when the code ran) shows what is left.
-                    self.own_catalog = None;
-                    self.own_catalog_stale = false;
+                    // Committed or gone: only now can another connection
+                    // read what the session's code created (a read made
+                    // when it was forwarded may have come too early).
+                    if self.has_own_objects() {
+                        self.surface.catalog_may_have_changed();
+                        self.own_catalog = None;
+                        self.own_catalog_stale = true;
+                    }
                 }
                 // Everything before this ReadyForQuery has ended; Executes
                 // still waiting were skipped after an error.
@@ -926,9 +930,13 @@ impl Session {
             return;
         }
         match self.tx_status {
+            // Everything it ran has ended and committed: the surface reads
+            // the catalog again before anything of this session is judged.
             b'I' => {
                 self.own_catalog = None;
                 self.own_catalog_stale = false;
+                self.surface.catalog_may_have_changed();
+                self.surface.ensure_catalog().await;
             }
             b'T' => match self.gavel_query(GavelRead::Catalog).await {
                 Ok(rows) => {

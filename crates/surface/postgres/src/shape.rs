@@ -5,7 +5,9 @@
 //! A statement's shape is its text with each string and number literal
 //! replaced by a NUL byte. The classification does not depend on literal values
 //! (only on the grammar's structure and on identifiers), so statements of
-//! one shape share one classification.
+//! one shape share one classification; where a literal does decide
+//! (`current_setting('data_directory')`, a COPY's file name), the
+//! classification says so and is never cached (see `surface.rs`).
 //!
 //! The scan must never disagree with PostgreSQL about where a literal ends:
 //! two statements of one shape must have the same structure. So it judges

@@ -96,9 +96,13 @@ pub struct PostgresSurface {
     /// their result is released (`audit.read_durability`).
     pub(crate) durable_reads: bool,
     explainer: tokio::sync::Mutex<Option<Stream>>,
-    /// Something that may have created or dropped functions ran since the
-    /// classifier last read the server's catalog.
-    catalog_stale: std::sync::atomic::AtomicBool,
+    /// Counts what may have changed the server's catalog (code that ran,
+    /// the refresh tick). A read that starts at count `n` and succeeds
+    /// stores `n` in `catalog_read`; a statement is classified only once
+    /// `catalog_read` has caught up with the count when it asked, so one
+    /// never slips past a read still in progress.
+    catalog_changes: std::sync::atomic::AtomicU64,
+    catalog_read: std::sync::atomic::AtomicU64,
     pub(crate) hold: Duration,
     cancels: Mutex<HashMap<(i32, i32), Arc<CancelTarget>>>,
     /// What the server reported at startup, replayed to clients before
@@ -176,7 +180,8 @@ impl PostgresSurface {
             explain: config.explain_estimates,
             durable_reads,
             explainer: tokio::sync::Mutex::new(None),
-            catalog_stale: std::sync::atomic::AtomicBool::new(true),
+            catalog_changes: std::sync::atomic::AtomicU64::new(1),
+            catalog_read: std::sync::atomic::AtomicU64::new(0),
             hold,
             cancels: Mutex::new(HashMap::new()),
             server_parameters: Mutex::new(None),
@@ -205,9 +210,7 @@ impl PostgresSurface {
             let mut tick = tokio::time::interval(CATALOG_REFRESH);
             loop {
                 tick.tick().await;
-                surface
-                    .catalog_stale
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                surface.catalog_may_have_changed();
                 surface.ensure_catalog().await;
             }
         });
@@ -269,9 +272,11 @@ impl PostgresSurface {
         // parses like `FROM STDIN`, so its file name is a literal that
         // changes the class).
         // Nor a `SET` with a value: its value is one of the facts (the
-        // intent of `SET gavel.intent`), and values are literals.
+        // intent of `SET gavel.intent`), and values are literals. Nor what
+        // a literal's value classed (`current_setting('data_directory')`).
         let cacheable = !c.statements.is_empty()
             && !c.uses_names()
+            && !c.reads_literals()
             && !c.statements.iter().any(|s| {
                 s.kind == "CopyStmt"
                     || matches!(
@@ -333,27 +338,50 @@ impl PostgresSurface {
     /// Something that may create or drop functions was forwarded: read the
     /// catalog again before the next classification.
     pub(crate) fn catalog_may_have_changed(&self) {
-        self.catalog_stale
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.catalog_changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The resource this surface proxies.
+    pub fn resource_name(&self) -> &str {
+        &self.resource.name
+    }
+
+    /// The class and tables of `sql` as this surface would judge it from
+    /// a session with no prepared statements or portals (for actions an
+    /// agent runs itself and reports over REST), with the server's catalog.
+    pub async fn judge_text(&self, sql: &str) -> (gavel_core::ActionClass, Vec<String>) {
+        self.ensure_catalog().await;
+        let classified = self.classify(sql, &crate::classify::NoNames);
+        (classified.class, classified.tables.clone())
+    }
+
+    /// Fails closed until the next read succeeds: any user object may
+    /// exist.
+    fn catalog_unreadable(&self) {
+        if self
+            .classifier
+            .set_catalog(crate::classify::Catalog::unavailable())
+        {
+            self.classes.clear();
+        }
+        // `catalog_read` stays behind: the next statement tries again.
     }
 
     /// Reads what column notation can call from the server, if something
     /// may have changed it. A statement is classified only after that.
     pub(crate) async fn ensure_catalog(&self) {
-        if !self
-            .catalog_stale
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        use std::sync::atomic::Ordering;
+        let wanted = self.catalog_changes.load(Ordering::Acquire);
+        if self.catalog_read.load(Ordering::Acquire) >= wanted {
             return;
         }
         let mut slot = self.explainer.lock().await;
         // Another session may have read it while this one waited.
-        if !self
-            .catalog_stale
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
-        {
+        if self.catalog_read.load(Ordering::Acquire) >= wanted {
             return;
         }
+        let reading = self.catalog_changes.load(Ordering::Acquire);
         let read = async {
             if slot.is_none() {
                 let started = self
@@ -381,16 +409,17 @@ impl PostgresSurface {
                     // are keyed by generation; this frees the memory).
                     self.classes.clear();
                 }
+                self.catalog_read.fetch_max(reading, Ordering::AcqRel);
             }
             Ok(Err(e)) => {
                 *slot = None;
-                self.catalog_may_have_changed();
-                tracing::warn!(error = %e, resource = %self.resource.name, "cannot read the server's functions; column notation is judged by the built-in list until it can");
+                self.catalog_unreadable();
+                tracing::warn!(error = %e, resource = %self.resource.name, "cannot read the server's catalog; statements that evaluate expressions are sql.unknown until it can");
             }
             Err(_) => {
                 *slot = None;
-                self.catalog_may_have_changed();
-                tracing::warn!(resource = %self.resource.name, "reading the server's functions timed out");
+                self.catalog_unreadable();
+                tracing::warn!(resource = %self.resource.name, "reading the server's catalog timed out; statements that evaluate expressions are sql.unknown until it can");
             }
         }
     }

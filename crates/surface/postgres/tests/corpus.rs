@@ -640,3 +640,83 @@ fn configuration_extends_both_lists() {
         "a name elsewhere is not trusted"
     );
 }
+
+#[test]
+fn code_resolved_where_none_is_written_follows_the_catalog() {
+    let c = Classifier::default();
+    let mut catalog = gavel_postgres::classify::Catalog::default();
+    catalog.user_operators.insert(">=".into());
+    assert!(c.set_catalog(catalog));
+    for sql in [
+        "SELECT 1 BETWEEN 0 AND 2",
+        "SELECT 1 BETWEEN SYMMETRIC 2 AND 0",
+    ] {
+        assert_eq!(c.classify(sql, &Session).class, SqlUnknown, "{sql}");
+    }
+    let mut catalog = gavel_postgres::classify::Catalog::default();
+    catalog.user_operators.insert("<".into());
+    assert!(c.set_catalog(catalog));
+    assert_eq!(
+        c.classify("SELECT 1 NOT BETWEEN 0 AND 2", &Session).class,
+        SqlUnknown
+    );
+    assert_eq!(
+        c.classify("SELECT 1 BETWEEN 0 AND 2", &Session).class,
+        SqlRead,
+        "BETWEEN uses >= and <="
+    );
+    // A cast alone changes the catalog (and so every cached judgement).
+    let mut catalog = gavel_postgres::classify::Catalog::default();
+    catalog.user_casts.insert("integer AS text".into());
+    assert!(c.set_catalog(catalog));
+    assert_eq!(c.classify("SELECT 1", &Session).class, SqlUnknown);
+    assert_eq!(
+        c.classify("CREATE TABLE t (id int)", &Session).class,
+        SqlDdl,
+        "what evaluates nothing stays what it is"
+    );
+}
+
+#[test]
+fn an_unreadable_catalog_fails_closed() {
+    let c = Classifier::default();
+    assert!(c.set_catalog(gavel_postgres::classify::Catalog::unavailable()));
+    let r = c.classify("SELECT id FROM users", &Session);
+    assert_eq!(r.class, SqlUnknown);
+    assert!(
+        r.reason.contains("cannot read the server's catalog"),
+        "{}",
+        r.reason
+    );
+    assert_eq!(c.classify("DROP TABLE users", &Session).class, SqlDdl);
+}
+
+#[test]
+fn what_follows_code_created_in_the_same_string_is_not_trusted() {
+    let c = Classifier::default();
+    for sql in [
+        "CREATE CAST (int AS text) WITH FUNCTION f(int); SELECT 1::text",
+        "CREATE FUNCTION lower(int) RETURNS text LANGUAGE sql AS 'SELECT 1'; SELECT lower(1)",
+        "CREATE OPERATOR CLASS c FOR TYPE int USING btree AS OPERATOR 1 <; SELECT 1 ORDER BY 1",
+        "ALTER FUNCTION f(int) RENAME TO lower; SELECT lower(1)",
+        "CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f(); INSERT INTO t VALUES (1)",
+    ] {
+        let r = c.classify(sql, &Session);
+        assert_eq!(r.class, SqlUnknown, "{sql}: {}", r.reason);
+        assert!(r.creates_code(), "{sql}");
+    }
+    // Tables and indexes create no code: a migration's DDL then DML stays
+    // what it is.
+    let r = c.classify(
+        "CREATE SCHEMA s; CREATE TABLE s.t (id int); CREATE INDEX ON s.t (id); CREATE VIEW s.v AS SELECT id FROM s.t; INSERT INTO s.t VALUES (1)",
+        &Session,
+    );
+    assert_eq!(r.class, SqlDdl, "{}", r.reason);
+    assert!(!r.creates_code());
+    assert_eq!(
+        c.classify("CREATE CAST (int AS text) WITH FUNCTION f(int)", &Session)
+            .class,
+        SqlAdmin,
+        "a cast changes how every session evaluates"
+    );
+}
