@@ -77,8 +77,10 @@ pub fn ocsf(seq: u64, r: &AuditRecord, origin: &str) -> Value {
     if let Some(id) = &r.request_id {
         api["request"] = json!({"uid": id.0});
     }
-    let src_endpoint = match &r.source {
-        Some(ip) => json!({"ip": ip}),
+    let src_endpoint = match r.source.as_deref().map(endpoint) {
+        Some(Endpoint::Ip(ip, Some(port))) => json!({"ip": ip, "port": port}),
+        Some(Endpoint::Ip(ip, None)) => json!({"ip": ip}),
+        Some(Endpoint::Name(name)) => json!({"name": name}),
         None => json!({"name": r.surface}),
     };
     json!({
@@ -183,8 +185,15 @@ pub fn cef(seq: u64, r: &AuditRecord) -> String {
         ("cs6".into(), r.owner.clone().unwrap_or_default()),
         ("cs6Label".into(), "owner".into()),
     ];
-    if let Some(src) = &r.source {
-        ext.push(("src".into(), src.clone()));
+    match r.source.as_deref().map(endpoint) {
+        Some(Endpoint::Ip(ip, port)) => {
+            ext.push(("src".into(), ip));
+            if let Some(port) = port {
+                ext.push(("spt".into(), port.to_string()));
+            }
+        }
+        Some(Endpoint::Name(name)) => ext.push(("shost".into(), name)),
+        None => {}
     }
     if let Some(human) = &r.on_behalf_of {
         ext.push(("flexString1".into(), human.clone()));
@@ -255,8 +264,17 @@ pub fn syslog(seq: u64, r: &AuditRecord) -> String {
                 .map(|i| i.0.clone())
                 .unwrap_or_default(),
         ),
-        ("src", r.source.clone().unwrap_or_default()),
     ];
+    match r.source.as_deref().map(endpoint) {
+        Some(Endpoint::Ip(ip, port)) => {
+            params.push(("src", ip));
+            if let Some(port) = port {
+                params.push(("src_port", port.to_string()));
+            }
+        }
+        Some(Endpoint::Name(name)) => params.push(("src_host", name)),
+        None => params.push(("src", String::new())),
+    }
     if let Some(human) = &r.on_behalf_of {
         params.push(("on_behalf_of", human.clone()));
     }
@@ -274,4 +292,22 @@ pub fn syslog(seq: u64, r: &AuditRecord) -> String {
         no_controls(&r.resource),
         no_controls(&r.operation)
     )
+}
+
+/// A record's client address as exports want it: an IP and its port in
+/// their own fields (`127.0.0.1:53808`, `[::1]:5432`, `10.0.0.7`), or a
+/// name when it is no address.
+enum Endpoint {
+    Ip(String, Option<u16>),
+    Name(String),
+}
+
+fn endpoint(source: &str) -> Endpoint {
+    if let Ok(addr) = source.parse::<std::net::SocketAddr>() {
+        return Endpoint::Ip(addr.ip().to_string(), Some(addr.port()));
+    }
+    if let Ok(ip) = source.parse::<std::net::IpAddr>() {
+        return Endpoint::Ip(ip.to_string(), None);
+    }
+    Endpoint::Name(source.to_owned())
 }

@@ -118,6 +118,16 @@ impl NoteSigner {
         )
     }
 
+    /// The key at `path`; an error when there is none (for tools that read
+    /// and must not create).
+    pub fn load(path: &Path) -> Result<NoteSigner, NoteError> {
+        let text = std::fs::read_to_string(path).map_err(|e| NoteError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        NoteSigner::parse(&text)
+    }
+
     /// Loads the key at `path`, or creates it (mode 0600) if missing.
     pub fn load_or_create(path: &Path, name: &str) -> Result<NoteSigner, NoteError> {
         let io = |e: std::io::Error| NoteError::Io {

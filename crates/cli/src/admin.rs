@@ -1,7 +1,7 @@
 //! Commands that work on the configuration and store directly.
 
 use crate::flags::ExplainArgs;
-use crate::{Fail, exit};
+use crate::{Fail, exit, outln};
 use gavel_core::{
     Action, AgentRecord, AgentRegistry, Clock, Human, HumanId, Principal, Resource, SystemClock,
 };
@@ -14,12 +14,46 @@ pub fn load_config(file: Option<&Path>) -> anyhow::Result<gavel_config::Loaded> 
         .map_err(|e| Fail::with(exit::USAGE, format!("invalid configuration: {e}")))
 }
 
+/// The store of an existing gateway, for commands that read it: never
+/// created by them (a typo in --config must not make an empty store look
+/// like a verified one).
+pub async fn open_existing_store(
+    loaded: &gavel_config::Loaded,
+) -> anyhow::Result<gavel_store::SqliteStore> {
+    let url = loaded.storage_url();
+    if let Ok(gavel_store::StorageUrl::Sqlite(path)) = gavel_store::StorageUrl::parse(&url)
+        && !path.exists()
+    {
+        let config = loaded
+            .file
+            .as_deref()
+            .map(|f| format!("the config {}", f.display()))
+            .unwrap_or_else(|| "the defaults (no --config or GAVEL_CONFIG)".into());
+        return Err(Fail::with(
+            exit::NOT_FOUND,
+            format!(
+                "no gavel store at {} (from {config}); point --config at the gateway's config, or start `gavel serve` first",
+                path.display()
+            ),
+        ));
+    }
+    open_store(loaded).await
+}
+
 pub async fn serve(file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    // Colours only for a person watching; never in a file or a pipe
+    // unless asked (GAVEL_LOG_COLOR=1).
+    let ansi = std::env::var("GAVEL_LOG_COLOR").map_or_else(
+        |_| std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        |v| v == "1",
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn")),
         )
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
     let loaded = load_config(file)?;
@@ -116,20 +150,29 @@ pub async fn agent_create(
             other => anyhow::Error::new(other),
         })?;
     eprintln!("created agent {name} (owner {owner}); its token is shown once, on the next line:");
-    println!("{token}");
+    outln!("{token}");
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn agent_list(file: Option<&Path>, as_json: bool) -> anyhow::Result<ExitCode> {
     let loaded = load_config(file)?;
-    let store = open_store(&loaded).await?;
+    let store = open_existing_store(&loaded).await?;
     let agents = store.list_agents().await?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&agents)?);
+        outln!("{}", serde_json::to_string_pretty(&agents)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if agents.is_empty() {
+        eprintln!("no agents; add one with `gavel agent create NAME --owner you@example.com`");
         return Ok(ExitCode::SUCCESS);
     }
     let now = SystemClock.now();
-    println!("{:<24}  {:<28}  {:<8}  GROUPS", "NAME", "OWNER", "STATUS");
+    let at = |t: gavel_core::Timestamp| {
+        crate::out::relative(&humantime::format_rfc3339_millis(t.to_system_time()).to_string())
+    };
+    let mut table = crate::out::Table::new(vec![
+        "NAME", "OWNER", "STATUS", "CREATED", "EXPIRES", "GROUPS",
+    ]);
     for a in agents {
         let status = if a.revoked_at.is_some() {
             "revoked"
@@ -138,22 +181,24 @@ pub async fn agent_list(file: Option<&Path>, as_json: bool) -> anyhow::Result<Ex
         } else {
             "active"
         };
-        println!(
-            "{:<24}  {:<28}  {:<8}  {}",
-            a.name,
-            a.owner,
-            status,
-            a.groups.join(",")
-        );
+        table.row(vec![
+            gavel_core::display::one_line(&a.name),
+            gavel_core::display::one_line(&a.owner.0),
+            status.to_owned(),
+            at(a.created_at),
+            a.expires_at.map_or_else(|| "never".to_owned(), at),
+            gavel_core::display::one_line(&a.groups.join(",")),
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn agent_revoke(file: Option<&Path>, name: &str) -> anyhow::Result<ExitCode> {
     let loaded = load_config(file)?;
-    let store = open_store(&loaded).await?;
+    let store = open_existing_store(&loaded).await?;
     if store.revoke_agent(name, SystemClock.now()).await? {
-        println!("revoked agent {name}; its token no longer authenticates");
+        outln!("revoked agent {name}; its token no longer authenticates");
         Ok(ExitCode::SUCCESS)
     } else {
         Err(Fail::with(
@@ -168,9 +213,28 @@ pub fn policy_validate(file: Option<&Path>, dir: Option<PathBuf>) -> anyhow::Res
         Some(d) => d,
         None => load_config(file)?.config.policy.dir,
     };
+    if !dir.is_dir() {
+        return Err(Fail::with(
+            exit::USAGE,
+            format!(
+                "{} is not a directory: nothing to validate (give --dir, or --config with policy.dir)",
+                dir.display()
+            ),
+        ));
+    }
+    let files = gavel_policy::policy_files(&dir)?;
+    if files.is_empty() {
+        return Err(Fail::with(
+            exit::FAILURE,
+            format!(
+                "{} holds no *.cedar files: a gateway with it denies every action",
+                dir.display()
+            ),
+        ));
+    }
     match gavel_policy::load_dir(&dir) {
         Ok(bundle) => {
-            println!(
+            outln!(
                 "{}: {} policies in {} files are valid (version {})",
                 dir.display(),
                 bundle.policies.len(),
@@ -193,10 +257,26 @@ pub async fn policy_explain(file: Option<&Path>, a: ExplainArgs) -> anyhow::Resu
     let loaded = load_config(file)?;
     let bundle = gavel_policy::load_dir(&loaded.config.policy.dir)
         .map_err(|e| Fail::with(exit::FAILURE, format!("policies are invalid:\n{e}")))?;
-    let class = a
+    let given_class = a
         .action
-        .parse()
-        .map_err(|e: gavel_core::UnknownActionClass| Fail::with(exit::USAGE, e.to_string()))?;
+        .as_deref()
+        .map(str::parse::<gavel_core::ActionClass>)
+        .transpose()
+        .map_err(|e| Fail::with(exit::USAGE, e.to_string()))?;
+    let classified = match &a.sql {
+        Some(sql) => Some(classify_sql(&loaded, &a.resource, sql)?),
+        None => None,
+    };
+    let class = match (given_class, &classified) {
+        (Some(c), _) => c,
+        (None, Some(c)) => c.class,
+        (None, None) => {
+            return Err(Fail::with(
+                exit::USAGE,
+                "give --action, or --sql to classify",
+            ));
+        }
+    };
     let principal = explain_principal(&loaded, &a).await?;
     let mut resource = match loaded.resource(&a.resource) {
         Some(r) => Resource {
@@ -236,7 +316,29 @@ pub async fn policy_explain(file: Option<&Path>, a: ExplainArgs) -> anyhow::Resu
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default()
     };
-    let operation = take(map, "operation");
+    let mut operation = take(map, "operation");
+    if let (Some(sql), Some(c)) = (&a.sql, &classified) {
+        operation = sql.clone();
+        if !map.contains_key("tables") {
+            map.insert("tables".into(), serde_json::json!(c.tables));
+        }
+        outln!(
+            "classified: {} ({}); tables: {}",
+            c.class,
+            gavel_core::display::one_line(&c.reason),
+            if c.tables.is_empty() {
+                "none".to_owned()
+            } else {
+                c.tables.join(", ")
+            }
+        );
+        if given_class.is_some_and(|g| g != c.class) {
+            outln!(
+                "note: judged as --action {class}, but the proxy would judge it as {}",
+                c.class
+            );
+        }
+    }
     let intent = take(map, "intent");
     let action = Action {
         principal,
@@ -276,10 +378,10 @@ pub async fn policy_explain(file: Option<&Path>, a: ExplainArgs) -> anyhow::Resu
                 ))
         ),
     };
-    println!("decision: {verdict}");
-    println!("reason:   {}", x.decision.reason);
+    outln!("decision: {verdict}");
+    outln!("reason:   {}", x.decision.reason);
     for p in &x.policies {
-        println!(
+        outln!(
             "  policy {} ({:?}) at {}:{}",
             p.id,
             p.effect,
@@ -287,7 +389,7 @@ pub async fn policy_explain(file: Option<&Path>, a: ExplainArgs) -> anyhow::Resu
             p.line
         );
     }
-    println!(
+    outln!(
         "principal {} · action {} · resource {} · policy version {} · {} of {} policies evaluated",
         action.principal.qualified_id(),
         action.class,
@@ -321,7 +423,7 @@ async fn explain_principal(
             }))
         }
         "agent" => {
-            let stored = match open_store(loaded).await {
+            let stored = match open_existing_store(loaded).await {
                 Ok(store) => store
                     .list_agents()
                     .await?
@@ -356,4 +458,27 @@ async fn explain_principal(
             format!("--principal kind {other:?}: expected agent or human"),
         )),
     }
+}
+
+/// What the PostgreSQL proxy for `resource` (its configured function
+/// lists; the server's catalog is not read here) makes of `sql`.
+fn classify_sql(
+    loaded: &gavel_config::Loaded,
+    resource: &str,
+    sql: &str,
+) -> anyhow::Result<gavel_postgres::Classification> {
+    let proxy = loaded
+        .config
+        .resources
+        .postgres
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.name == resource);
+    let classifier = match proxy {
+        Some((i, config)) => {
+            gavel_postgres::classifier_for(i, config).map_err(|e| Fail::with(exit::USAGE, e))?
+        }
+        None => gavel_postgres::Classifier::default(),
+    };
+    Ok(classifier.classify(sql, &gavel_postgres::classify::NoNames))
 }

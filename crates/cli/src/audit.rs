@@ -1,22 +1,33 @@
 //! `gavel audit …`: offline work on the audit log in the store.
 
 use crate::admin::load_config;
-use crate::{Fail, exit};
+use crate::admin::open_existing_store as open_store;
+use crate::{Fail, exit, outln};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use gavel_audit::{Checkpoint, NoteSigner, NoteVerifier, inclusion_proof, verify_log};
-use gavel_server::open_store;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// The gateway's signing key; never created here (the gateway creates it
+/// on its first start).
 fn signer(loaded: &gavel_config::Loaded) -> anyhow::Result<NoteSigner> {
-    NoteSigner::load_or_create(&loaded.audit_key_file(), &loaded.config.audit.origin)
-        .map_err(|e| Fail::with(exit::FAILURE, format!("audit key: {e}")))
+    let path = loaded.audit_key_file();
+    if !path.exists() {
+        return Err(Fail::with(
+            exit::NOT_FOUND,
+            format!(
+                "no audit key at {} (the gateway creates it on its first start); point --config at the gateway's config",
+                path.display()
+            ),
+        ));
+    }
+    NoteSigner::load(&path).map_err(|e| Fail::with(exit::FAILURE, format!("audit key: {e}")))
 }
 
 pub fn key(file: Option<&Path>) -> anyhow::Result<ExitCode> {
     let loaded = load_config(file)?;
-    println!("{}", signer(&loaded)?.verifier().encode());
+    outln!("{}", signer(&loaded)?.verifier().encode());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -67,14 +78,14 @@ pub async fn verify(
     let checkpoints = store.checkpoints().await?;
     match verify_log(records, &checkpoints, &verifier, external.as_deref()) {
         Ok(report) => {
-            println!(
+            outln!(
                 "audit log verified: {} records, {} signed checkpoints, root {}",
                 report.records,
                 report.checkpoints,
                 B64.encode(report.root)
             );
             if report.signed < report.records {
-                println!(
+                outln!(
                     "note: records {}..{} are not yet covered by a signed checkpoint (the gateway signs one every audit.checkpoint_interval and at shutdown)",
                     report.signed,
                     report.records - 1
@@ -143,7 +154,7 @@ pub async fn proof(
         "checkpoint": signed.map(|c| c.note.clone()),
         "verified": ok,
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    outln!("{}", serde_json::to_string_pretty(&out)?);
     if ok {
         eprintln!(
             "record {seq} is included in the {} tree of size {size}",
@@ -165,7 +176,7 @@ pub async fn checkpoint(file: Option<&Path>) -> anyhow::Result<ExitCode> {
     let store = open_store(&loaded).await?;
     match store.latest_checkpoint().await? {
         Some(cp) => {
-            print!("{}", cp.note);
+            crate::out::text(&cp.note);
             Ok(ExitCode::SUCCESS)
         }
         None => Err(Fail::with(
@@ -175,11 +186,24 @@ pub async fn checkpoint(file: Option<&Path>) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A time given as RFC 3339 (`2026-11-30T12:00:00Z`) or as a span back
+/// from now (`90m`, `1h`, `7d`).
 fn parse_time(flag: &str, v: Option<String>) -> anyhow::Result<Option<i64>> {
+    use gavel_core::Clock as _;
     v.map(|s| {
-        gavel_core::Timestamp::parse_rfc3339(&s)
-            .map(|t| t.0)
-            .map_err(|e| Fail::with(exit::USAGE, format!("{flag}: {e}")))
+        if let Ok(t) = gavel_core::Timestamp::parse_rfc3339(&s) {
+            return Ok(t.0);
+        }
+        match humantime::parse_duration(&s) {
+            Ok(ago) => Ok(gavel_core::SystemClock.now().0
+                - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)),
+            Err(_) => Err(Fail::with(
+                exit::USAGE,
+                format!(
+                    "{flag} {s:?}: give a time (2026-11-30T12:00:00Z) or how long ago (1h, 30m, 7d)"
+                ),
+            )),
+        }
     })
     .transpose()
 }

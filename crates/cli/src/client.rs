@@ -1,7 +1,8 @@
 //! Commands that talk to a running gateway over its REST API.
 
 use crate::flags::RequestsArgs;
-use crate::{Fail, exit};
+use crate::out::{Table, bold, relative, state};
+use crate::{Fail, exit, outln};
 use anyhow::Context as _;
 use gavel_core::display::{one_line, visible};
 use serde_json::{Value, json};
@@ -52,22 +53,30 @@ fn server_key(server: &str) -> String {
     server.trim_end_matches('/').to_owned()
 }
 
-/// GAVEL_TOKEN if set, else the token `gavel login` stored for `server`.
-fn token(server: &str) -> anyhow::Result<String> {
+/// GAVEL_TOKEN if set, else the token `gavel login` stored for `server`;
+/// with where it came from, for error messages.
+fn token(server: &str) -> anyhow::Result<(String, String)> {
     if let Some(t) = std::env::var("GAVEL_TOKEN")
         .ok()
         .filter(|t| !t.trim().is_empty())
     {
-        return Ok(t);
+        return Ok((t.trim().to_owned(), "GAVEL_TOKEN".into()));
     }
+    let file = credentials_file()
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| "the stored login".into());
     stored_tokens()
         .get(&server_key(server))
         .and_then(|v| v.as_str())
-        .map(str::to_owned)
+        .map(|t| (t.to_owned(), format!("the login stored in {file}")))
         .ok_or_else(|| {
             Fail::with(
                 exit::USAGE,
-                format!("not logged in to {server}: run `gavel login`, or set GAVEL_TOKEN"),
+                format!(
+                    "no token for {}: set GAVEL_TOKEN to your gavel token, or run `gavel login --server {}`",
+                    server_key(server),
+                    server_key(server)
+                ),
             )
         })
 }
@@ -152,7 +161,7 @@ pub async fn login(server: &str, paste: bool) -> anyhow::Result<ExitCode> {
     let mut tokens = read_tokens()?;
     tokens.insert(server_key(server), Value::String(candidate));
     let file = store_tokens(&tokens)?;
-    println!(
+    outln!(
         "logged in to {} as {} {} (token kept in {})",
         server_key(server),
         s(&who["principal"], "type"),
@@ -288,9 +297,9 @@ pub async fn logout(server: &str) -> anyhow::Result<ExitCode> {
     let mut tokens = read_tokens()?;
     if tokens.remove(&server_key(server)).is_some() {
         store_tokens(&tokens)?;
-        println!("logged out of {}", server_key(server));
+        outln!("logged out of {}", server_key(server));
     } else {
-        println!("not logged in to {}", server_key(server));
+        outln!("not logged in to {}", server_key(server));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -306,12 +315,20 @@ async fn call(
     let client = reqwest::Client::builder()
         .timeout(timeout + Duration::from_secs(10))
         .build()?;
-    let mut req = client.request(method, &url).bearer_auth(token(server)?);
+    let (token, source) = token(server)?;
+    let mut req = client.request(method, &url).bearer_auth(token);
     if let Some(b) = body {
         req = req.json(&b);
     }
-    let resp = req.send().await.with_context(|| {
-        format!("cannot reach gavel at {server} (set --server or GAVEL_SERVER)")
+    let resp = req.send().await.map_err(|e| {
+        Fail::with(
+            exit::FAILURE,
+            format!(
+                "cannot reach gavel at {} ({}): is `gavel serve` running there? Point elsewhere with --server, GAVEL_SERVER or --config",
+                server_key(server),
+                root_cause(&e)
+            ),
+        )
     })?;
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
@@ -329,10 +346,28 @@ async fn call(
         400 => exit::USAGE,
         _ => exit::FAILURE,
     };
-    Err(Fail::with(
-        code,
-        format!("{} ({status})", one_line(&message)),
-    ))
+    let message = one_line(&message);
+    let server = server_key(server);
+    let text = match status.as_u16() {
+        401 if message.contains("expired") => format!(
+            "{server} refused the token from {source}: {message}. Run `gavel login --server {server}` again, or set GAVEL_TOKEN to a fresh token"
+        ),
+        401 => format!(
+            "{server} refused the token from {source}: {message}. Check the token (a reviewer's is gvl_human_…; `gavel whoami` says who it is), or run `gavel login --server {server}`"
+        ),
+        403 => format!("{server} refused: {message}"),
+        _ => format!("{message} ({server}, HTTP {})", status.as_u16()),
+    };
+    Err(Fail::with(code, text))
+}
+
+/// The innermost cause of a transport error (`Connection refused`).
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 const QUICK: Duration = Duration::from_secs(30);
@@ -364,12 +399,56 @@ fn initiator(v: &Value) -> String {
     format!("{}:{}", s(p, "type"), s(p, "id"))
 }
 
+/// An initiator as the API wants it: `agent:NAME` or `human:ID`; a bare
+/// name is an agent's, a bare address a human's.
+fn qualified_initiator(given: &str) -> String {
+    if given.contains(':') {
+        given.to_owned()
+    } else if given.contains('@') {
+        format!("human:{given}")
+    } else {
+        format!("agent:{given}")
+    }
+}
+
+/// Whether `me` (from whoami) is asked to review `r` and may: pending, an
+/// approver entry covers me, and I am neither its initiator nor the
+/// initiating agent's owner nor the human it acts for.
+fn needs_review_by(r: &Value, me: &Value) -> bool {
+    let my_id = me["id"].as_str().unwrap_or("");
+    let my_groups: Vec<&str> = me["groups"]
+        .as_array()
+        .map(|g| g.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let same = |v: &Value| v.as_str().is_some_and(|x| x.eq_ignore_ascii_case(my_id));
+    let p = &r["initiator"];
+    let accountable =
+        (p["type"] == "human" && same(&p["id"])) || same(&p["owner"]) || same(&p["on_behalf_of"]);
+    let covered = r["approvers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .any(|a| match a.split_once(':') {
+            Some(("group", g)) => my_groups.contains(&g),
+            Some(("user", u)) => u.eq_ignore_ascii_case(my_id),
+            _ => false,
+        });
+    r["state"] == "pending" && covered && !accountable
+}
+
 pub async fn requests(server: &str, a: RequestsArgs) -> anyhow::Result<ExitCode> {
     let mut query = vec![format!("limit={}", a.limit)];
+    let state = if a.mine {
+        Some("pending".to_owned())
+    } else {
+        a.state.clone()
+    };
+    let initiator_filter = a.initiator.as_deref().map(qualified_initiator);
     for (k, v) in [
-        ("state", &a.state),
+        ("state", &state),
         ("resource", &a.resource),
-        ("initiator", &a.initiator),
+        ("initiator", &initiator_filter),
     ] {
         if let Some(v) = v {
             query.push(format!("{k}={}", urlencode(v)));
@@ -383,30 +462,64 @@ pub async fn requests(server: &str, a: RequestsArgs) -> anyhow::Result<ExitCode>
         QUICK,
     )
     .await?;
+    let mut list = v["requests"].as_array().cloned().unwrap_or_default();
+    if a.mine {
+        let me = call(reqwest::Method::GET, server, "/api/v1/whoami", None, QUICK).await?;
+        list.retain(|r| needs_review_by(r, &me["principal"]));
+    }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let list = v["requests"].as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
-        eprintln!("no requests");
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{:<36}  {:<8}  {:<24}  {:<16}  {:<11}  OPERATION",
-        "ID", "STATE", "INITIATOR", "RESOURCE", "ACTION"
-    );
-    for r in list {
-        println!(
-            "{:<36}  {:<8}  {:<24}  {:<16}  {:<11}  {}",
-            s(&r, "id"),
-            s(&r, "state"),
-            truncate(&initiator(&r), 24),
-            truncate(&s(&r["resource"], "name"), 16),
-            s(&r, "action"),
-            truncate(&s(&r, "operation"), 60)
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "requests": list }))?
         );
+        return Ok(ExitCode::SUCCESS);
     }
+    if a.quiet {
+        for r in &list {
+            outln!("{}", s(r, "short_id"));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        let what = match (&state, a.mine) {
+            (_, true) => "no pending requests need your review".to_owned(),
+            (Some(st), _) => format!("no {st} requests"),
+            (None, _) => "no requests".to_owned(),
+        };
+        eprintln!("{what}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(vec![
+        "ID",
+        "STATE",
+        "AGE",
+        "EXPIRES",
+        "APPROVALS",
+        "INITIATOR",
+        "RESOURCE",
+        "ACTION",
+        "OPERATION",
+    ])
+    .state_column(1);
+    for r in &list {
+        let pending = r["state"] == "pending";
+        table.row(vec![
+            s(r, "short_id"),
+            s(r, "state"),
+            relative(r["created_at"].as_str().unwrap_or("")).replace(" ago", ""),
+            if pending {
+                relative(r["expires_at"].as_str().unwrap_or(""))
+            } else {
+                "-".into()
+            },
+            format!("{}/{}", r["approvals"], r["quorum"]),
+            truncate(&initiator(r), 32),
+            truncate(&s(&r["resource"], "name"), 24),
+            s(r, "action"),
+            truncate(&s(r, "operation"), 60),
+        ]);
+    }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -421,114 +534,169 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// A time as `3m ago (2026-11-30T12:00:00.000Z)`.
+fn when(v: &Value) -> String {
+    let t = v.as_str().unwrap_or("");
+    match relative(t) {
+        r if r.is_empty() => one_line(t),
+        r => format!("{r} ({})", one_line(t)),
+    }
+}
+
+/// One field of `show`: a label column, then the value.
+fn field(label: &str, value: impl std::fmt::Display) {
+    outln!("{:<11}{value}", label);
+}
+
+/// What a surface put beside the operation for reviewers, in words.
+fn print_data_context(context: &serde_json::Map<String, Value>) {
+    for (k, v) in context {
+        let text = |v: &Value| one_line(&v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+        match (k.as_str(), v) {
+            ("classification", v) => field("classified", text(v)),
+            ("estimated_rows", v) => field("est. rows", text(v)),
+            (_, Value::Array(items)) if items.is_empty() => {}
+            ("recent_statements", Value::Array(items)) => {
+                outln!("the session's recent statements:");
+                for item in items {
+                    outln!("  {}", text(item));
+                }
+            }
+            (k, Value::Array(items)) => {
+                outln!("{}:", one_line(&k.replace('_', " ")));
+                for item in items {
+                    outln!("  {}", text(item));
+                }
+            }
+            (k, v) => field(&one_line(&k.replace('_', " ")), text(v)),
+        }
+    }
+}
+
 fn print_request(r: &Value) {
-    println!("request    {}", s(r, "id"));
-    println!("state      {}", s(r, "state"));
+    field(
+        "request",
+        format!("{} ({})", bold(&s(r, "short_id")), s(r, "id")),
+    );
+    field("state", state(&s(r, "state"), 0));
     let p = &r["initiator"];
     match p["owner"].as_str() {
-        Some(owner) => println!("initiator  {} (agent, owner {owner})", s(p, "id")),
-        None => println!("initiator  {} ({})", s(p, "id"), s(p, "type")),
+        Some(owner) => field(
+            "initiator",
+            format!("{} (agent, owner {})", s(p, "id"), one_line(owner)),
+        ),
+        None => field("initiator", format!("{} ({})", s(p, "id"), s(p, "type"))),
     }
-    println!(
-        "resource   {} ({})",
-        s(&r["resource"], "name"),
-        s(&r["resource"], "kind")
-    );
-    println!("action     {}", s(r, "action"));
-    println!(
-        "operation  {}",
-        block(r["operation"].as_str().unwrap_or(""))
-    );
-    if !s(r, "intent").is_empty() {
-        println!("intent     {}", s(r, "intent"));
+    if let Some(h) = p["on_behalf_of"].as_str() {
+        field("acting for", one_line(h));
     }
+    field(
+        "resource",
+        format!(
+            "{} ({})",
+            s(&r["resource"], "name"),
+            s(&r["resource"], "kind")
+        ),
+    );
+    field("action", s(r, "action"));
+    field("operation", block(r["operation"].as_str().unwrap_or("")));
+    field(
+        "intent",
+        if s(r, "intent").is_empty() {
+            "(none given)".to_owned()
+        } else {
+            s(r, "intent")
+        },
+    );
     if r["details"].as_object().is_some_and(|d| !d.is_empty()) {
-        println!("details    {}", one_line(&r["details"].to_string()));
+        field("details", one_line(&r["details"].to_string()));
     }
     if let Some(settings) = r["settings"].as_object().filter(|m| !m.is_empty()) {
-        println!("settings:");
+        outln!("settings (bound into the approval):");
         for (k, v) in settings {
-            println!("  {} = {}", one_line(k), one_line(v.as_str().unwrap_or("")));
+            outln!("  {} = {}", one_line(k), one_line(v.as_str().unwrap_or("")));
         }
     }
     if let Some(context) = r["data_context"].as_object() {
-        for (k, v) in context {
-            match v {
-                serde_json::Value::Array(items) => {
-                    println!("{}:", one_line(k));
-                    for item in items {
-                        println!(
-                            "  {}",
-                            one_line(
-                                &item
-                                    .as_str()
-                                    .map_or_else(|| item.to_string(), str::to_owned)
-                            )
-                        );
-                    }
-                }
-                other => println!(
-                    "{}  {}",
-                    one_line(k),
-                    one_line(
-                        &other
-                            .as_str()
-                            .map_or_else(|| other.to_string(), str::to_owned)
-                    )
-                ),
-            }
-        }
+        print_data_context(context);
     }
-    let approvers: Vec<&str> = r["approvers"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    println!(
-        "approvers  {} ({} of {} approvals)",
-        one_line(&approvers.join(", ")),
-        r["approvals"],
-        r["quorum"]
+    let list = |key: &str| -> String {
+        r[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(one_line)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    field(
+        "approvers",
+        format!(
+            "{} ({} of {} approvals)",
+            list("approvers"),
+            r["approvals"],
+            r["quorum"]
+        ),
     );
-    let policies: Vec<&str> = r["policies"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    println!("policies   {}", one_line(&policies.join(", ")));
-    println!("created    {}", s(r, "created_at"));
-    println!("expires    {}", s(r, "expires_at"));
-    if let Some(g) = r["grant_expires_at"].as_str() {
-        println!("grant til  {g}");
+    field("policies", list("policies"));
+    field("created", when(&r["created_at"]));
+    if r["state"] == "pending" {
+        field("expires", when(&r["expires_at"]));
     }
-    for review in r["reviews"].as_array().into_iter().flatten() {
-        println!(
-            "review     {} {} at {}{}",
-            s(review, "reviewer"),
-            s(review, "decision"),
-            s(review, "at"),
-            if s(review, "comment").is_empty() {
-                String::new()
-            } else {
-                format!(": {}", s(review, "comment"))
-            }
+    if let Some(g) = r["grant_expires_at"].as_str()
+        && r["state"] == "approved"
+    {
+        field(
+            "usable",
+            format!("until {}", when(&Value::String(g.into()))),
         );
     }
-    println!("url        {}", s(r, "url"));
+    for review in r["reviews"].as_array().into_iter().flatten() {
+        field(
+            "review",
+            format!(
+                "{} {} {}{}",
+                s(review, "reviewer"),
+                s(review, "decision"),
+                relative(review["at"].as_str().unwrap_or("")),
+                if s(review, "comment").is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", s(review, "comment"))
+                }
+            ),
+        );
+    }
+    field("url", s(r, "url"));
+    if r["state"] == "pending" {
+        field(
+            "decide",
+            format!(
+                "gavel approve {id}   or   gavel deny {id} --reason …",
+                id = s(r, "short_id")
+            ),
+        );
+    }
     for (title, key) in [
-        ("initiator's recent requests", "initiator_recent"),
-        ("recent requests on this resource", "resource_recent"),
+        ("the initiator's recent requests:", "initiator_recent"),
+        ("recent requests on this resource:", "resource_recent"),
     ] {
         let items = r["history"][key].as_array().cloned().unwrap_or_default();
         if !items.is_empty() {
-            println!("{title}:");
+            outln!("{title}");
+            let mut table = Table::new(vec!["", "", "", ""]).state_column(1);
             for h in items {
-                println!(
-                    "  {}  {:<8}  {:<11}  {}",
-                    s(&h, "created_at"),
+                table.row(vec![
+                    format!("  {}", relative(h["created_at"].as_str().unwrap_or(""))),
                     s(&h, "state"),
                     s(&h, "action"),
-                    truncate(&s(&h, "operation"), 60)
-                );
+                    truncate(&s(&h, "operation"), 60),
+                ]);
             }
+            table.print_rows();
         }
     }
 }
@@ -543,7 +711,7 @@ pub async fn show(server: &str, id: &str, as_json: bool) -> anyhow::Result<ExitC
     )
     .await?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_request(&v);
     }
@@ -559,9 +727,14 @@ pub async fn approve(server: &str, id: &str, comment: String) -> anyhow::Result<
         QUICK,
     )
     .await?;
-    println!(
-        "approved request {} ({} of {} approvals); it is now {}",
-        s(&v, "id"),
+    let next = match v["state"].as_str() {
+        Some("approved") => "; the initiator may now run it, once, unchanged",
+        Some("pending") => "; more approvals are needed",
+        _ => "",
+    };
+    outln!(
+        "approved request {} ({} of {} approvals): it is {}{next}",
+        s(&v, "short_id"),
         v["approvals"],
         v["quorum"],
         s(&v, "state")
@@ -578,15 +751,23 @@ pub async fn deny(server: &str, id: &str, reason: String) -> anyhow::Result<Exit
         QUICK,
     )
     .await?;
-    println!(
-        "denied request {}; it is now {}",
-        s(&v, "id"),
+    outln!(
+        "denied request {}: it is {}; the initiator sees your reason",
+        s(&v, "short_id"),
         s(&v, "state")
     );
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn wait(server: &str, id: &str, timeout: &str) -> anyhow::Result<ExitCode> {
+/// `gavel wait`: prints the request once decided. Exit 0 when it was
+/// approved (or has run since), DENIED when it was denied, expired or
+/// failed, STILL_PENDING when the timeout passed first.
+pub async fn wait(
+    server: &str,
+    id: &str,
+    timeout: &str,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
     let d = humantime::parse_duration(timeout)
         .map_err(|e| Fail::with(exit::USAGE, format!("--timeout {timeout:?}: {e}")))?;
     let v = call(
@@ -597,8 +778,22 @@ pub async fn wait(server: &str, id: &str, timeout: &str) -> anyhow::Result<ExitC
         d,
     )
     .await?;
-    print_request(&v);
-    Ok(ExitCode::SUCCESS)
+    if as_json {
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_request(&v);
+    }
+    Ok(match v["state"].as_str() {
+        Some("approved" | "admitted" | "executed") => ExitCode::SUCCESS,
+        Some("pending") => {
+            eprintln!(
+                "request {} is still pending after {timeout}",
+                s(&v, "short_id")
+            );
+            ExitCode::from(exit::STILL_PENDING)
+        }
+        _ => ExitCode::from(exit::DENIED),
+    })
 }
 
 pub async fn whoami(server: &str) -> anyhow::Result<ExitCode> {
@@ -609,12 +804,12 @@ pub async fn whoami(server: &str) -> anyhow::Result<ExitCode> {
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     match p["owner"].as_str() {
-        Some(o) => println!(
+        Some(o) => outln!(
             "agent {} (owner {o}; groups: {})",
             s(p, "id"),
             groups.join(", ")
         ),
-        None => println!("human {} (groups: {})", s(p, "id"), groups.join(", ")),
+        None => outln!("human {} (groups: {})", s(p, "id"), groups.join(", ")),
     }
     Ok(ExitCode::SUCCESS)
 }

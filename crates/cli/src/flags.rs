@@ -33,15 +33,12 @@ pub struct Cli {
     )]
     pub config: Option<PathBuf>,
 
-    /// A running gateway, for requests/show/approve/deny/wait/whoami. The
-    /// token comes from GAVEL_TOKEN.
-    #[arg(
-        long,
-        global = true,
-        env = "GAVEL_SERVER",
-        default_value = "http://127.0.0.1:8470"
-    )]
-    pub server: String,
+    /// A running gateway, for requests/show/approve/deny/wait/whoami
+    /// (default: the config's server.public_url, else
+    /// http://127.0.0.1:8470). The token comes from GAVEL_TOKEN or `gavel
+    /// login`.
+    #[arg(long, global = true, env = "GAVEL_SERVER", value_name = "URL")]
+    pub server: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -49,13 +46,21 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write a working setup to try gavel with: a config, the example
+    /// policies, a reviewer and an agent. Their tokens are printed once, as
+    /// `export` lines: run it as `eval "$(gavel quickstart)"`.
+    Quickstart {
+        /// Where (must not exist yet).
+        #[arg(long, default_value = "gavel-quickstart")]
+        dir: PathBuf,
+    },
     /// Run the gateway (API on [server] listen, default 127.0.0.1:8470).
     Serve,
     /// List approval requests (newest first).
     Requests(RequestsArgs),
     /// Show one request with everything a reviewer needs.
     Show {
-        /// The request id.
+        /// The request id, its short form, or an unambiguous prefix.
         id: String,
         /// Print the raw JSON.
         #[arg(long)]
@@ -64,7 +69,7 @@ pub enum Command {
     /// Approve a request (you must be in its approver set, and neither its
     /// initiator nor the initiating agent's owner).
     Approve {
-        /// The request id.
+        /// The request id, its short form, or an unambiguous prefix.
         id: String,
         /// A comment recorded with your approval.
         #[arg(long, short = 'm', default_value = "")]
@@ -72,19 +77,24 @@ pub enum Command {
     },
     /// Deny a request; one denial ends it.
     Deny {
-        /// The request id.
+        /// The request id, its short form, or an unambiguous prefix.
         id: String,
         /// Why; the initiator sees it and the audit log keeps it.
         #[arg(long, short = 'r')]
         reason: String,
     },
-    /// Wait until a request is decided (or the timeout passes) and print it.
+    /// Wait until a request is decided (or the timeout passes) and print
+    /// it. Exits 0 when approved (or since run), 5 when denied, expired or
+    /// failed, 6 when still pending at the timeout.
     Wait {
-        /// The request id.
+        /// The request id, its short form, or an unambiguous prefix.
         id: String,
         /// How long to wait, e.g. 30s or 5m.
         #[arg(long, default_value = "60s")]
         timeout: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show who GAVEL_TOKEN (or the stored login) authenticates as.
     Whoami,
@@ -157,10 +167,11 @@ pub enum AuditCommand {
         /// jsonl (the hashed bytes), ocsf (API Activity), cef, or syslog (RFC 5424).
         #[arg(long, value_parser = ["jsonl", "ocsf", "cef", "syslog"])]
         format: String,
-        /// Only records at or after this time (RFC 3339).
+        /// Only records at or after this time: RFC 3339, or how long ago
+        /// (1h, 30m, 7d).
         #[arg(long)]
         since: Option<String>,
-        /// Only records before this time (RFC 3339).
+        /// Only records before this time (RFC 3339, or how long ago).
         #[arg(long)]
         until: Option<String>,
     },
@@ -168,15 +179,23 @@ pub enum AuditCommand {
 
 #[derive(Debug, Args)]
 pub struct RequestsArgs {
-    /// Only this state: pending, approved, executed, failed, denied, expired.
+    /// Only this state: pending, approved, admitted, executed, failed,
+    /// denied, expired.
     #[arg(long)]
     pub state: Option<String>,
+    /// Only the pending requests you are asked to review (and may).
+    #[arg(long, conflicts_with = "state")]
+    pub mine: bool,
     /// Only this resource.
     #[arg(long)]
     pub resource: Option<String>,
-    /// Only this initiator (agent:NAME or human:ID).
+    /// Only this initiator: agent:NAME or human:ID (a bare NAME is an
+    /// agent, a bare address a human).
     #[arg(long)]
     pub initiator: Option<String>,
+    /// Print only the short ids, one per line.
+    #[arg(long, short = 'q', conflicts_with = "json")]
+    pub quiet: bool,
     /// At most this many.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
@@ -248,9 +267,14 @@ pub struct ExplainArgs {
     /// or `human:ID` (groups from the config, or --group).
     #[arg(long)]
     pub principal: String,
-    /// The action class, e.g. sql.ddl.
-    #[arg(long)]
-    pub action: String,
+    /// The action class, e.g. sql.ddl (with --sql: what the classifier
+    /// says, unless given).
+    #[arg(long, required_unless_present = "sql")]
+    pub action: Option<String>,
+    /// A SQL statement: classified as the PostgreSQL proxy classifies it
+    /// (class and tables), then judged.
+    #[arg(long, value_name = "STATEMENT")]
+    pub sql: Option<String>,
     /// The resource name (kind and tags from the config, or --kind/--tag).
     #[arg(long)]
     pub resource: String,

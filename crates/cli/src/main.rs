@@ -4,6 +4,8 @@ mod admin;
 mod audit;
 mod client;
 mod flags;
+mod out;
+mod quickstart;
 
 use clap::Parser;
 use flags::{AgentCommand, AuditCommand, Cli, Command, PolicyCommand, TokenCommand};
@@ -19,6 +21,10 @@ pub mod exit {
     pub const REFUSED: u8 = 3;
     /// No such request or agent.
     pub const NOT_FOUND: u8 = 4;
+    /// `gavel wait`: the request was denied, expired or failed.
+    pub const DENIED: u8 = 5;
+    /// `gavel wait`: still pending when the timeout passed.
+    pub const STILL_PENDING: u8 = 6;
 }
 
 fn main() -> ExitCode {
@@ -35,6 +41,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        // The reader went away (`gavel audit export | head`): it has all
+        // it wanted.
+        Err(e) if out::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gavel: {e:#}");
             ExitCode::from(e.downcast_ref::<Fail>().map_or(exit::FAILURE, |f| f.code))
@@ -66,19 +75,37 @@ impl std::fmt::Display for Fail {
 
 impl std::error::Error for Fail {}
 
+/// The gateway client commands talk to: `--server` (or GAVEL_SERVER), else
+/// the `server.public_url` of the config given, else the default address.
+fn server_url(server: Option<&str>, config: Option<&std::path::Path>) -> anyhow::Result<String> {
+    if let Some(server) = server {
+        return Ok(server.to_owned());
+    }
+    match config {
+        Some(file) => Ok(admin::load_config(Some(file))?.config.server.public_url),
+        None => Ok(DEFAULT_SERVER.to_owned()),
+    }
+}
+
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8470";
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = cli.config.as_deref();
+    // Resolved only for the commands that talk to a gateway.
+    let (server_flag, config_file) = (cli.server.clone(), cli.config.clone());
+    let server = || server_url(server_flag.as_deref(), config_file.as_deref());
+    let config = config_file.as_deref();
     match cli.command {
+        Command::Quickstart { ref dir } => quickstart::quickstart(dir).await,
         Command::Serve => admin::serve(config).await,
-        Command::Requests(args) => client::requests(&cli.server, args).await,
-        Command::Show { id, json } => client::show(&cli.server, &id, json).await,
-        Command::Approve { id, comment } => client::approve(&cli.server, &id, comment).await,
-        Command::Deny { id, reason } => client::deny(&cli.server, &id, reason).await,
-        Command::Wait { id, timeout } => client::wait(&cli.server, &id, &timeout).await,
-        Command::Whoami => client::whoami(&cli.server).await,
-        Command::Login { paste } => client::login(&cli.server, paste).await,
-        Command::Logout => client::logout(&cli.server).await,
-        Command::Mcp { token_env } => client::mcp(&cli.server, &token_env).await,
+        Command::Requests(args) => client::requests(&server()?, args).await,
+        Command::Show { id, json } => client::show(&server()?, &id, json).await,
+        Command::Approve { id, comment } => client::approve(&server()?, &id, comment).await,
+        Command::Deny { id, reason } => client::deny(&server()?, &id, reason).await,
+        Command::Wait { id, timeout, json } => client::wait(&server()?, &id, &timeout, json).await,
+        Command::Whoami => client::whoami(&server()?).await,
+        Command::Login { paste } => client::login(&server()?, paste).await,
+        Command::Logout => client::logout(&server()?).await,
+        Command::Mcp { token_env } => client::mcp(&server()?, &token_env).await,
         Command::Agent(AgentCommand::Create {
             name,
             owner,
@@ -88,7 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(AgentCommand::List { json }) => admin::agent_list(config, json).await,
         Command::Agent(AgentCommand::Revoke { name }) => admin::agent_revoke(config, &name).await,
         Command::Token(TokenCommand::Hash { token }) => {
-            println!("{}", gavel_identity::token_sha256(&token));
+            outln!("{}", gavel_identity::token_sha256(&token));
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::Generate) => {
@@ -99,7 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 gavel_identity::token_sha256(&token)
             );
             eprintln!("the token (shown once; give it to the human, store it nowhere else):");
-            println!("{token}");
+            outln!("{token}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy(PolicyCommand::Validate { dir }) => admin::policy_validate(config, dir),
@@ -118,7 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             until,
         }) => audit::export(config, &format, since, until).await,
         Command::Policy(PolicyCommand::Schema) => {
-            print!("{}", gavel_policy::SCHEMA_TEXT);
+            out::text(gavel_policy::SCHEMA_TEXT);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -7,7 +7,6 @@ mod harness;
 use harness::*;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// A log of 8 records with a signed checkpoint after each one, the
 /// gateway stopped, and the verifier key and last checkpoint kept apart.
@@ -250,15 +249,11 @@ async fn forged_checkpoints_and_foreign_keys_are_refused() {
     let (ok, text) = l.verify(false);
     assert!(!ok && text.contains("no valid signature"), "{text}");
 
+    // Another gateway's key, of the same origin name.
     let other = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .current_dir(other.path())
-        .args(["audit", "key"])
-        .env_remove("GAVEL_CONFIG")
-        .output()
-        .unwrap();
+    let foreign_key = gavel_audit::NoteSigner::generate("gavel.local/audit").unwrap();
     let foreign: &Path = &other.path().join("foreign.pub");
-    std::fs::write(foreign, &out.stdout).unwrap();
+    std::fs::write(foreign, format!("{}\n", foreign_key.verifier().encode())).unwrap();
     let out = l.g.cli(
         &["audit", "verify", "--pubkey", foreign.to_str().unwrap()],
         None,

@@ -6,7 +6,7 @@
 
 mod harness;
 
-use harness::{ALICE, BIN, BOB, Gavel, OWNER, free_port};
+use harness::{ALICE, BIN, BOB, Gavel, OWNER, Reaped, free_port};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -540,13 +540,15 @@ async fn stdio_clients_reach_the_gateway_through_gavel_mcp() {
 #[tokio::test(flavor = "multi_thread")]
 async fn streamable_http_upstreams_are_relayed_too() {
     let port = free_port();
-    let mut upstream = Command::new(npm_bin("mcp-server-everything"))
-        .arg("streamableHttp")
-        .env("PORT", port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _upstream = Reaped(
+        Command::new(npm_bin("mcp-server-everything"))
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "upstream did not listen");
@@ -577,8 +579,6 @@ async fn streamable_http_upstreams_are_relayed_too() {
     assert!(!tools.contains_key("remote__get-sum"), "{tools:?}");
     assert_eq!(out[1]["text"], "Echo: via http", "{}", out[1]);
     assert_eq!(out[2]["is_error"], true);
-    upstream.kill().unwrap();
-    upstream.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

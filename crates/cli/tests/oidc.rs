@@ -477,7 +477,7 @@ fn location(r: &reqwest::Response) -> String {
 async fn sign_in(g: &Gavel, p: &Provider, next: &str, email: &str) -> (String, String) {
     let http = no_redirects();
     let r = http
-        .get(format!("{}/login?next={next}", g.base))
+        .get(format!("{}/login/oidc?next={next}", g.base))
         .send()
         .await
         .unwrap();
@@ -673,7 +673,7 @@ async fn sign_in_is_bound_to_its_browser_and_returns_only_to_gavel_pages() {
     // A callback URL opened in another browser (no sign-in cookie) signs
     // nobody in.
     let r = http
-        .get(format!("{}/login?next=/requests", g.base))
+        .get(format!("{}/login/oidc?next=/requests", g.base))
         .send()
         .await
         .unwrap();

@@ -34,7 +34,8 @@ async fn start_with(hold: &str, listener: &str) -> Pg {
 }
 
 fn request_id(stderr: &str) -> String {
-    let at = stderr.find("request ").expect("names a request") + "request ".len();
+    // The full id is in the approval page's address it gives.
+    let at = stderr.find("/requests/").expect("links a request") + "/requests/".len();
     stderr[at..at + 36].to_owned()
 }
 

@@ -240,7 +240,8 @@ async fn fetch_runs_what_the_server_holds_under_the_portal_name() {
 /// The request id a refusal names.
 fn named_request(messages: &[(u8, Vec<u8>)]) -> String {
     let e = Raw::error(messages).expect("an error");
-    let at = e.find("request ").expect("names a request") + "request ".len();
+    // The full id is in the approval page's address it gives.
+    let at = e.find("/requests/").expect("links a request") + "/requests/".len();
     e[at..at + 36].to_owned()
 }
 

@@ -87,6 +87,18 @@ async fn every_state_change_arrives_signed_and_failures_are_retried() {
         .act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE t")
         .await;
     assert_eq!(harness::verdict(&v), "allow");
+    hook.wait_for(|g| g.iter().any(|e| e["event"] == "request.admitted"))
+        .await;
+    // So is the agent's report of how it went.
+    let (status, _) = g
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/actions/outcome",
+            Some(&g.agent_token),
+            Some(serde_json::json!({"admission_id": v["admission_id"], "status": "succeeded"})),
+        )
+        .await;
+    assert_eq!(status, 200);
     hook.wait_for(|g| g.iter().any(|e| e["event"] == "request.executed"))
         .await;
 }

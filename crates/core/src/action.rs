@@ -181,3 +181,16 @@ pub struct Action {
     /// The client's network address, when known.
     pub source: Option<String>,
 }
+
+/// The surface whose initiators ask first and then perform the action
+/// themselves (the REST API): gavel never forwards it, so what happened is
+/// what the initiator reports.
+pub const SURFACE_INITIATOR_ACTS: &str = "api";
+
+impl Action {
+    /// Whether the initiator performs the action itself (and reports how it
+    /// went) rather than gavel forwarding it.
+    pub fn initiator_acts(&self) -> bool {
+        self.surface == SURFACE_INITIATOR_ACTS
+    }
+}

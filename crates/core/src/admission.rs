@@ -183,9 +183,9 @@ impl Refusal {
                     _ => String::new(),
                 };
                 format!(
-                    "gavel: {waited}request {} needs approval: {}",
-                    request.id,
-                    url(&request.id)
+                    "gavel: {waited}request {short} needs approval: {} (a reviewer runs `gavel approve {short}`); retry it unchanged once approved",
+                    url(&request.id),
+                    short = request.id.short(),
                 )
             }
             Refusal::ReviewDenied { request } => {
@@ -203,22 +203,23 @@ impl Refusal {
                     .unwrap_or_else(|| "a reviewer".into());
                 format!(
                     "gavel: request {} was denied by {by} ({})",
-                    request.id,
+                    request.id.short(),
                     url(&request.id)
                 )
             }
             Refusal::Expired { request } => format!(
                 "gavel: request {} expired or was withdrawn without an approval: {}",
-                request.id,
+                request.id.short(),
                 url(&request.id)
             ),
             Refusal::Cancelled { request } => format!(
                 "gavel: cancelled by the client; request {} was withdrawn",
-                request.id
+                request.id.short()
             ),
             Refusal::GrantTaken { approved, request } => format!(
-                "gavel: the approval of request {approved} was used by an identical action first; this one needs request {} approved: {}",
-                request.id,
+                "gavel: the approval of request {} was used by an identical action first; this one needs request {} approved: {}",
+                approved.short(),
+                request.id.short(),
                 url(&request.id)
             ),
             Refusal::Revoked { principal } => {
@@ -266,7 +267,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub(crate) fn text(&self) -> String {
+    /// As the audit log records it: `succeeded: 42 rows`.
+    pub fn text(&self) -> String {
         match self {
             Outcome::Succeeded { detail } => format!("succeeded: {detail}"),
             Outcome::Failed { detail } => format!("failed: {detail}"),
@@ -544,7 +546,10 @@ impl Gate {
             RequestState::Expired => Err(Refusal::Expired {
                 request: Box::new(decided),
             }),
-            RequestState::Approved | RequestState::Executed | RequestState::Failed => {
+            RequestState::Approved
+            | RequestState::Admitted
+            | RequestState::Executed
+            | RequestState::Failed => {
                 // Revoked while it waited: the approval does not make a
                 // revoked principal act.
                 match self.standing().confirm(&filed.principal).await {

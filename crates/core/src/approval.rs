@@ -17,7 +17,27 @@ impl RequestId {
     pub fn generate() -> RequestId {
         RequestId(uuid::Uuid::now_v7().to_string())
     }
+
+    /// `text` as a full request id (a UUID, any case), or `None`.
+    pub fn parse_full(text: &str) -> Option<RequestId> {
+        uuid::Uuid::try_parse(text.trim())
+            .ok()
+            .filter(|_| text.trim().len() == 36)
+            .map(|u| RequestId(u.to_string()))
+    }
+
+    /// The short form people read and type: the last eight hex digits,
+    /// which are random in a version 7 UUID (its first digits are the
+    /// time, alike for requests made close together). Any unambiguous
+    /// prefix of it, or of the full id, finds the request.
+    pub fn short(&self) -> &str {
+        let tail = self.0.len().saturating_sub(SHORT_ID_LEN);
+        self.0.get(tail..).unwrap_or(&self.0)
+    }
 }
+
+/// Length of [`RequestId::short`].
+pub const SHORT_ID_LEN: usize = 8;
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -111,7 +131,9 @@ mod duration_ms {
 }
 
 /// SPEC §4 states. `pending → approved → executed | failed`,
-/// `pending → denied`, `pending → expired`, `approved → expired`.
+/// `pending → denied`, `pending → expired`, `approved → expired`; for an
+/// initiator that performs the action itself (the REST API),
+/// `approved → admitted → executed | failed` as it reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RequestState {
@@ -119,6 +141,9 @@ pub enum RequestState {
     Pending,
     /// Quorum reached; a single-use grant is live until it expires.
     Approved,
+    /// The grant was used by an initiator that performs the action itself
+    /// and has not reported how it went.
+    Admitted,
     /// The grant was used: the action went through.
     Executed,
     /// The grant was used but the forwarded action failed.
@@ -131,9 +156,10 @@ pub enum RequestState {
 
 impl RequestState {
     /// Every state.
-    pub const ALL: [RequestState; 6] = [
+    pub const ALL: [RequestState; 7] = [
         RequestState::Pending,
         RequestState::Approved,
+        RequestState::Admitted,
         RequestState::Executed,
         RequestState::Failed,
         RequestState::Denied,
@@ -145,6 +171,7 @@ impl RequestState {
         match self {
             RequestState::Pending => "pending",
             RequestState::Approved => "approved",
+            RequestState::Admitted => "admitted",
             RequestState::Executed => "executed",
             RequestState::Failed => "failed",
             RequestState::Denied => "denied",
@@ -178,7 +205,7 @@ impl FromStr for RequestState {
             .find(|x| x.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown state {s:?} (pending, approved, executed, failed, denied, expired)"
+                    "unknown state {s:?} (pending, approved, admitted, executed, failed, denied, expired)"
                 )
             })
     }
@@ -437,24 +464,33 @@ impl ApprovalRequest {
         ids.len()
     }
 
-    /// Spends the grant if it is live.
-    pub fn use_grant(&mut self, now: Timestamp) -> GrantUse {
+    /// Spends the grant if it is live: `executed` when gavel forwards the
+    /// action itself, `admitted` when the initiator performs it and reports
+    /// later (`initiator_acts`).
+    pub fn use_grant(&mut self, now: Timestamp, initiator_acts: bool) -> GrantUse {
         self.expire_if_due(now);
         if self.state != RequestState::Approved {
             return GrantUse::Unavailable;
         }
-        self.state = RequestState::Executed;
+        self.state = if initiator_acts {
+            RequestState::Admitted
+        } else {
+            RequestState::Executed
+        };
         self.updated_at = now;
         GrantUse::Used
     }
 
-    /// Records that the action let through by the grant failed downstream
-    /// (`executed → failed`). Returns whether the state changed.
-    pub fn record_failure(&mut self, now: Timestamp) -> bool {
-        if self.state != RequestState::Executed {
-            return false;
-        }
-        self.state = RequestState::Failed;
+    /// Records how the action let through by the grant ended:
+    /// `executed → failed` on failure, `admitted → executed | failed` when
+    /// the initiator reports. Returns whether the state changed.
+    pub fn record_outcome(&mut self, now: Timestamp, failed: bool) -> bool {
+        let next = match (self.state, failed) {
+            (RequestState::Executed | RequestState::Admitted, true) => RequestState::Failed,
+            (RequestState::Admitted, false) => RequestState::Executed,
+            _ => return false,
+        };
+        self.state = next;
         self.updated_at = now;
         true
     }

@@ -75,6 +75,9 @@ pub struct RequestFilter {
     pub initiator: Option<String>,
     /// Only this resource.
     pub resource: Option<String>,
+    /// Only requests whose short id or full id begins with this (lower-case
+    /// hex digits and `-` only).
+    pub id_prefix: Option<String>,
     /// At most this many, newest first (0 means a default of 100).
     pub limit: usize,
 }
@@ -142,6 +145,7 @@ pub trait Store: Send + Sync {
             state: Some(RequestState::Pending),
             initiator: Some(initiator.to_owned()),
             resource: None,
+            id_prefix: None,
             limit: 10_000,
         })
         .await
@@ -544,7 +548,7 @@ impl Gate {
             match live.state {
                 RequestState::Approved => {
                     let mut after = live.clone();
-                    if after.use_grant(now) != GrantUse::Used {
+                    if after.use_grant(now, action.initiator_acts()) != GrantUse::Used {
                         continue;
                     }
                     let mut record = shared.request_record(&after, AuditEvent::GrantUsed);
@@ -584,8 +588,9 @@ const MIN_REPOLL: Duration = Duration::from_millis(20);
 
 impl Gate {
     /// Records how an admitted action ended (SPEC §1, last step). When a
-    /// grant let it through and it failed, the request moves from
-    /// `executed` to `failed`.
+    /// grant let it through, the request moves with it: `executed →
+    /// failed` on failure, `admitted → executed | failed` on the
+    /// initiator's report.
     pub(crate) async fn record_outcome(
         &self,
         action: &Action,
@@ -595,16 +600,26 @@ impl Gate {
         let shared = &self.approvals.shared;
         let text = outcome.text();
         let failed = matches!(outcome, Outcome::Failed { .. });
-        if let (Some(id), true) = (request_id, failed) {
+        let moves_request = failed || action.initiator_acts();
+        if let (Some(id), true) = (request_id, moves_request) {
             let before = shared
                 .store
                 .get_request(id)
                 .await?
                 .ok_or_else(|| Error::Invalid(format!("no request with id {id}")))?;
             let mut after = before.clone();
-            if after.record_failure(shared.clock.now()) {
-                let mut record = shared.request_record(&after, AuditEvent::Failed);
-                record.comment = Some(text.clone());
+            if after.record_outcome(shared.clock.now(), failed) {
+                let event = if failed {
+                    AuditEvent::Failed
+                } else {
+                    AuditEvent::Outcome
+                };
+                let mut record = shared.request_record(&after, event);
+                if failed {
+                    record.comment = Some(text.clone());
+                } else {
+                    record.outcome = Some(text.clone());
+                }
                 record.source = action.source.clone();
                 if shared.commit(&before, &after, record).await? {
                     return Ok(());
@@ -1008,6 +1023,7 @@ impl Approvals {
             state: None,
             initiator,
             resource,
+            id_prefix: None,
             limit: limit + 1,
         };
         let others = |items: Vec<ApprovalRequest>| -> Vec<ApprovalRequest> {

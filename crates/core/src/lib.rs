@@ -30,7 +30,7 @@ mod gate;
 mod principal;
 mod time;
 
-pub use action::{Action, ActionClass, Resource, UnknownActionClass};
+pub use action::{Action, ActionClass, Resource, SURFACE_INITIATOR_ACTS, UnknownActionClass};
 pub use admission::{
     AdmissionId, AlwaysInGoodStanding, Cancellation, Hold, Outcome, OutcomeRefused, PROGRESS_EVERY,
     ParkedAdmission, Permitted, PlainHold, ReadAudit, Refusal, Standing, humanize, request_url,
@@ -38,7 +38,7 @@ pub use admission::{
 pub use agent::{AgentRecord, AgentRegistry};
 pub use approval::{
     ApprovalRequest, ApprovalRoute, Approver, DecideError, Decision, GrantUse, RequestId,
-    RequestState, Review,
+    RequestState, Review, SHORT_ID_LEN,
 };
 pub use audit::{AuditEvent, AuditReceipt, AuditRecord, AuditSink};
 pub use delivery::{

@@ -124,7 +124,7 @@ proptest! {
             match e {
                 Event::Tick(ms) => { now = Timestamp(now.0 + ms); r.expire_if_due(now); }
                 Event::UseGrant => {
-                    if r.use_grant(now) == GrantUse::Used { grants_used += 1; }
+                    if r.use_grant(now, false) == GrantUse::Used { grants_used += 1; }
                 }
                 Event::Decide { who, approve } => {
                     let p = &people[who];
@@ -246,10 +246,13 @@ fn grant_expires_unused_and_is_single_use() {
     .unwrap();
     assert_eq!(r.state, RequestState::Approved);
     let mut late = r.clone();
-    assert_eq!(late.use_grant(Timestamp(5_010)), GrantUse::Unavailable);
+    assert_eq!(
+        late.use_grant(Timestamp(5_010), false),
+        GrantUse::Unavailable
+    );
     assert_eq!(late.state, RequestState::Expired);
-    assert_eq!(r.use_grant(Timestamp(5_009)), GrantUse::Used);
-    assert_eq!(r.use_grant(Timestamp(5_009)), GrantUse::Unavailable);
+    assert_eq!(r.use_grant(Timestamp(5_009), false), GrantUse::Used);
+    assert_eq!(r.use_grant(Timestamp(5_009), false), GrantUse::Unavailable);
     assert_eq!(r.state, RequestState::Executed);
 }
 

@@ -61,7 +61,8 @@ pub enum AuthError {
 
 /// Resolves tokens to principals.
 pub struct Authenticator {
-    humans_by_hash: HashMap<String, Human>,
+    /// Replaced whole when the configuration's humans change.
+    humans_by_hash: std::sync::RwLock<Arc<HashMap<String, Human>>>,
     agents: Arc<dyn AgentRegistry>,
     clock: Arc<dyn Clock>,
     issuers: Vec<oidc::Issuer>,
@@ -74,24 +75,29 @@ impl Authenticator {
         agents: Arc<dyn AgentRegistry>,
         clock: Arc<dyn Clock>,
     ) -> Authenticator {
-        let humans_by_hash = humans
-            .iter()
-            .map(|h| {
-                (
-                    h.token_sha256.to_ascii_lowercase(),
-                    Human {
-                        id: HumanId(h.id.clone()),
-                        groups: h.groups.clone(),
-                    },
-                )
-            })
-            .collect();
         Authenticator {
-            humans_by_hash,
+            humans_by_hash: std::sync::RwLock::new(Arc::new(humans_by_hash(humans))),
             agents,
             clock,
             issuers: Vec::new(),
         }
+    }
+
+    /// Replaces the humans (the configuration changed): tokens of humans
+    /// removed stop authenticating at once.
+    pub fn set_humans(&self, humans: &[HumanConfig]) {
+        let fresh = Arc::new(humans_by_hash(humans));
+        *self
+            .humans_by_hash
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
+
+    fn humans(&self) -> Arc<HashMap<String, Human>> {
+        self.humans_by_hash
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Also accepts JWTs from these OpenID Connect issuers.
@@ -220,7 +226,7 @@ impl Authenticator {
             return self.authenticate_jwt(token).await;
         }
         let hash = token_sha256(token);
-        if let Some(human) = self.humans_by_hash.get(&hash) {
+        if let Some(human) = self.humans().get(&hash) {
             return Ok((Principal::Human(human.clone()), None));
         }
         let Some(agent) = self.agents.agent_by_token(&hash).await? else {
@@ -236,8 +242,8 @@ impl Authenticator {
     }
 
     /// The human configured with `id`, for channels that map identities.
-    pub fn human(&self, id: &str) -> Option<&Human> {
-        self.humans_by_hash.values().find(|h| h.id.0 == id)
+    pub fn human(&self, id: &str) -> Option<Human> {
+        self.humans().values().find(|h| h.id.0 == id).cloned()
     }
 }
 
@@ -320,6 +326,21 @@ impl gavel_core::Standing for AgentStanding {
             .iter()
             .any(|a| &a.name == id && a.is_active(now)))
     }
+}
+
+fn humans_by_hash(humans: &[HumanConfig]) -> HashMap<String, Human> {
+    humans
+        .iter()
+        .map(|h| {
+            (
+                h.token_sha256.to_ascii_lowercase(),
+                Human {
+                    id: HumanId(h.id.clone()),
+                    groups: h.groups.clone(),
+                },
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

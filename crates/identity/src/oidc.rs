@@ -517,7 +517,7 @@ impl Issuer {
         validation.validate_nbf = true;
         validation.set_required_spec_claims(required);
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
-            .map_err(|e| refused(e.to_string()))?;
+            .map_err(|e| refused(jwt_refusal(&e)))?;
         Ok((data.claims, endorsements))
     }
 
@@ -613,6 +613,20 @@ pub fn looks_like_jwt(token: &str) -> bool {
 pub fn unverified_issuer(token: &str) -> Option<String> {
     let claims: serde_json::Value = jsonwebtoken::dangerous::insecure_decode_claims(token).ok()?;
     claims.get("iss")?.as_str().map(str::to_owned)
+}
+
+/// Why a JWT was refused, in words a person acts on.
+fn jwt_refusal(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::ExpiredSignature => "the token has expired; sign in again".into(),
+        ErrorKind::ImmatureSignature => "the token is not valid yet (nbf is in the future)".into(),
+        ErrorKind::InvalidAudience => "the token is for another audience (aud)".into(),
+        ErrorKind::InvalidIssuer => "the token is from another issuer (iss)".into(),
+        ErrorKind::InvalidSignature => "the token's signature does not verify".into(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("the token has no {claim} claim"),
+        _ => format!("the token is not valid: {e}"),
+    }
 }
 
 #[cfg(test)]

@@ -253,18 +253,18 @@ pub(crate) async fn login_info(State(gw): State<Gateway>) -> Result<Json<LoginIn
 }
 
 /// Records how an action admitted over REST ended, for agents that act
-/// themselves: once per admission, by its initiator only. A failure after
-/// an approval moves the request to `failed`.
+/// themselves: once per admission, by its initiator only. An approved
+/// request moves from `admitted` to `executed` or `failed`.
 #[utoipa::path(post, path = "/api/v1/actions/outcome", security(("bearer" = [])),
     request_body = OutcomeReport,
-    responses((status = 204, description = "recorded"), (status = 400, body = crate::error::ErrorBody),
+    responses((status = 200, body = crate::views::OutcomeRecorded), (status = 400, body = crate::error::ErrorBody),
               (status = 404, body = crate::error::ErrorBody, description = "no admission of the caller's awaits an outcome under that id"),
               (status = 409, body = crate::error::ErrorBody, description = "the outcome was recorded already")))]
 pub(crate) async fn post_outcome(
     State(gw): State<Gateway>,
     Caller(principal): Caller,
     body: Bytes,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<crate::views::OutcomeRecorded>, ApiError> {
     let report: OutcomeReport = parse_json(&body)?;
     let outcome = match report.status.as_str() {
         "succeeded" => gavel_core::Outcome::Succeeded {
@@ -281,7 +281,9 @@ pub(crate) async fn post_outcome(
     };
     let id = AdmissionId(report.admission_id);
     match gw.gate.finish_parked(&id, &principal, &outcome).await {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Ok(()) => Ok(Json(crate::views::OutcomeRecorded {
+            recorded: outcome.text(),
+        })),
         Err(e @ OutcomeRefused::NotFound(_)) => Err(ApiError::not_found(e.to_string())),
         Err(e @ OutcomeRefused::AlreadyRecorded(_)) => Err(ApiError::conflict(e.to_string())),
         Err(OutcomeRefused::Internal(e)) => Err(e.into()),
@@ -505,7 +507,7 @@ pub(crate) async fn post_action(
         intent: body.intent,
         data_context: serde_json::Value::Null,
         settings: Default::default(),
-        surface: "api".into(),
+        surface: gavel_core::SURFACE_INITIATOR_ACTS.into(),
         source: Some(peer.ip().to_string()),
     };
     // Malformed details would only ever deny; say why instead.
@@ -532,12 +534,17 @@ fn allowed_view(p: &Permitted) -> ActionVerdict {
     ActionVerdict {
         verdict: "allow",
         request_id: p.request_id().map(|id| id.0.clone()),
+        short_id: p.request_id().map(|id| id.short().to_owned()),
         reason: match p.request_id() {
-            Some(id) => format!("approved in request {id}; this approval is now used"),
+            Some(id) => format!(
+                "approved in request {}; this approval is now used",
+                id.short()
+            ),
             None => format!("permitted by policy {}", p.policies().join(", ")),
         },
         policies: p.policies().to_vec(),
         url: None,
+        review_with: None,
         admission_id: None,
     }
 }
@@ -548,6 +555,7 @@ fn refusal_view(public_url: &str, refusal: Refusal) -> ActionVerdict {
         return ActionVerdict {
             verdict: "pending",
             request_id: Some(r.id.0.clone()),
+            short_id: Some(r.id.short().to_owned()),
             reason: format!(
                 "needs approval by {} ({} of them) under policy {}; request {} at {url}; retry the identical action after approval",
                 r.route
@@ -558,13 +566,18 @@ fn refusal_view(public_url: &str, refusal: Refusal) -> ActionVerdict {
                     .join(", "),
                 r.route.quorum,
                 r.policies.join(", "),
-                r.id
+                r.id.short()
             ),
             policies: r.policies.clone(),
             url: Some(url),
+            review_with: Some(format!(
+                "gavel approve {id}   (or: gavel deny {id} --reason …)",
+                id = r.id.short()
+            )),
             admission_id: None,
         };
     }
+    let short_id = refusal.request().map(|r| r.id.short().to_owned());
     let (request_id, policies, url) = match (&refusal, refusal.request()) {
         (Refusal::Denied { policies, .. }, _) => (None, policies.clone(), None),
         (_, Some(r)) => (
@@ -585,9 +598,11 @@ fn refusal_view(public_url: &str, refusal: Refusal) -> ActionVerdict {
     ActionVerdict {
         verdict: "deny",
         request_id,
+        short_id,
         reason,
         policies,
         url,
+        review_with: None,
         admission_id: None,
     }
 }
@@ -650,6 +665,7 @@ pub(crate) async fn list_requests(
             state,
             initiator,
             resource: q.resource,
+            id_prefix: None,
             limit: q.limit.unwrap_or(100),
         })
         .await?;
@@ -662,12 +678,71 @@ pub(crate) async fn list_requests(
     }))
 }
 
+/// The request `given` names for `p`: a full id, or a prefix (at least 4
+/// characters) of a short id or a full id that exactly one request `p`
+/// may see begins with. An ambiguous prefix is refused with the
+/// candidates.
+pub(crate) async fn resolve_id(
+    gw: &Gateway,
+    p: &Principal,
+    given: &str,
+) -> Result<RequestId, ApiError> {
+    if let Some(id) = RequestId::parse_full(given) {
+        return Ok(id);
+    }
+    let wanted = given.trim().to_ascii_lowercase();
+    let shown = gavel_core::display::one_line(given);
+    if wanted.len() < 4 || !wanted.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err(ApiError::not_found(format!(
+            "no request with id {shown}: give a request id, its short form (8 hex digits) or at least 4 of its first characters"
+        )));
+    }
+    let initiator = match p {
+        Principal::Agent { .. } => Some(p.qualified_id()),
+        Principal::Human(_) => None,
+    };
+    let matches = gw
+        .gate
+        .approvals()
+        .list(&RequestFilter {
+            initiator,
+            id_prefix: Some(wanted),
+            limit: 6,
+            ..RequestFilter::default()
+        })
+        .await?;
+    match matches.as_slice() {
+        [] => Err(ApiError::not_found(format!("no request matches {shown}"))),
+        [one] => Ok(one.id.clone()),
+        many => {
+            let listed: Vec<String> = many
+                .iter()
+                .take(5)
+                .map(|r| {
+                    format!(
+                        "{} ({} {} on {})",
+                        r.id.short(),
+                        r.state,
+                        r.action.class,
+                        r.action.resource.name
+                    )
+                })
+                .collect();
+            Err(ApiError::bad_request(format!(
+                "{shown} matches more than one request: {}{}; give more characters",
+                listed.join(", "),
+                if many.len() > 5 { ", …" } else { "" }
+            )))
+        }
+    }
+}
+
 pub(crate) async fn load_visible(
     gw: &Gateway,
     p: &Principal,
     id: &str,
 ) -> Result<ApprovalRequest, ApiError> {
-    let id = RequestId(id.to_owned());
+    let id = resolve_id(gw, p, id).await?;
     match gw.gate.approvals().get(&id).await? {
         Some(r) if may_see(p, &r) => Ok(r),
         _ => Err(ApiError::not_found(format!("no request with id {id}"))),
@@ -709,7 +784,7 @@ async fn decide(
     decision: Decision,
     comment: &str,
 ) -> Result<Json<RequestView>, ApiError> {
-    let id = RequestId(id.to_owned());
+    let id = resolve_id(gw, reviewer, id).await?;
     match gw
         .gate
         .approvals()

@@ -265,6 +265,18 @@ impl Gateway {
             );
         }
         let bundle = self.policy.bundle();
+        let dir = &self.config.config.policy.dir;
+        if !dir.is_dir() {
+            tracing::warn!(
+                policy_dir = %dir.display(),
+                "the policy directory does not exist: every action is denied until *.cedar files appear there (set policy.dir in the config)"
+            );
+        } else if bundle.policies.is_empty() {
+            tracing::warn!(
+                policy_dir = %dir.display(),
+                "no policies in the policy directory: every action is denied until *.cedar files appear there"
+            );
+        }
         tracing::info!(
             listen = %bound,
             storage = %self.config.storage_url(),
@@ -392,12 +404,16 @@ async fn checkpoint(gw: Gateway) {
     }
 }
 
-/// Hot-reloads policies; a broken set keeps the last good one live.
+/// Hot-reloads policies (a broken set keeps the last good one live) and
+/// the configuration's humans; other configuration changes are logged as
+/// needing a restart.
 async fn reload(gw: Gateway) {
     let mut tick = tokio::time::interval(gw.config.config.policy.reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut config_watch = ConfigWatch::new(&gw);
     loop {
         tick.tick().await;
+        config_watch.check(&gw);
         let policy = gw.policy.clone();
         let outcome = tokio::task::spawn_blocking(move || policy.reload_if_changed()).await;
         match outcome {
@@ -413,4 +429,66 @@ async fn reload(gw: Gateway) {
             Err(e) => tracing::error!(error = %e, "policy reload task failed"),
         }
     }
+}
+
+/// Watches the configuration file. Humans (`[[identity.humans]]`) take
+/// effect at once; anything else is reported as needing a restart.
+struct ConfigWatch {
+    file: Option<std::path::PathBuf>,
+    modified: Option<std::time::SystemTime>,
+    /// The configuration as last read (the humans as applied).
+    seen: gavel_config::Config,
+}
+
+impl ConfigWatch {
+    fn new(gw: &Gateway) -> ConfigWatch {
+        let file = gw.config.file.clone();
+        ConfigWatch {
+            modified: file.as_deref().and_then(modified),
+            file,
+            seen: gw.config.config.clone(),
+        }
+    }
+
+    fn check(&mut self, gw: &Gateway) {
+        let Some(file) = self.file.as_deref() else {
+            return;
+        };
+        let now = modified(file);
+        if now == self.modified {
+            return;
+        }
+        self.modified = now;
+        let fresh = match gavel_config::load(Some(file)) {
+            Ok(l) => l.config,
+            Err(e) => {
+                tracing::error!(error = %e, "the configuration file changed but is invalid; nothing of it was applied");
+                return;
+            }
+        };
+        let humans_changed =
+            format!("{:?}", fresh.identity.humans) != format!("{:?}", self.seen.identity.humans);
+        if humans_changed {
+            gw.auth.set_humans(&fresh.identity.humans);
+            tracing::info!(
+                humans = fresh.identity.humans.len(),
+                "reloaded [[identity.humans]] from the configuration"
+            );
+        }
+        let mut rest_before = self.seen.clone();
+        let mut rest_after = fresh.clone();
+        rest_before.identity.humans.clear();
+        rest_after.identity.humans.clear();
+        if format!("{rest_before:?}") != format!("{rest_after:?}") {
+            tracing::warn!(
+                file = %file.display(),
+                "the configuration changed beyond [[identity.humans]]; restart gavel for it to take effect"
+            );
+        }
+        self.seen = fresh;
+    }
+}
+
+fn modified(file: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(file).and_then(|m| m.modified()).ok()
 }

@@ -26,7 +26,7 @@ impl Modify for BearerAuth {
           crate::audit::list, crate::audit::checkpoint, crate::audit::proof, crate::audit::consistency),
     components(schemas(ErrorBody, ErrorDetail, ActionRequest, ActionVerdict, RequestView,
                        RequestList, PrincipalView, ResourceView, ReviewView, History, HistoryItem,
-                       DecisionBody, WhoAmI, Health, PolicyHealth, OutcomeReport, LoginInfo,
+                       DecisionBody, WhoAmI, Health, PolicyHealth, OutcomeReport, OutcomeRecorded, LoginInfo,
                        McpUpstreamHealth,
                        crate::audit::AuditPage, crate::audit::AuditEntry,
                        crate::audit::InclusionView, crate::audit::ConsistencyView)),

@@ -14,7 +14,7 @@ pub(crate) struct Humans<'a>(pub(crate) &'a gavel_identity::Authenticator);
 
 impl Directory for Humans<'_> {
     fn human(&self, id: &str) -> Option<Human> {
-        self.0.human(id).cloned()
+        self.0.human(id)
     }
 }
 

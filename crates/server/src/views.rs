@@ -62,6 +62,13 @@ pub(crate) struct OutcomeReport {
     pub detail: String,
 }
 
+/// Answer of `POST /api/v1/actions/outcome`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OutcomeRecorded {
+    /// What the audit log now says of the action, e.g. `succeeded: 42 rows`.
+    pub recorded: String,
+}
+
 /// Query of `POST /api/v1/actions`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -86,12 +93,18 @@ pub(crate) struct ActionVerdict {
     pub verdict: &'static str,
     /// The approval request, when one is involved.
     pub request_id: Option<String>,
+    /// Its short id, what people type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub short_id: Option<String>,
     /// Why.
     pub reason: String,
     /// Policies behind the verdict.
     pub policies: Vec<String>,
     /// Where a reviewer decides (pending only).
     pub url: Option<String>,
+    /// What a reviewer runs to decide (pending only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review_with: Option<String>,
     /// With `allow`: the id under which the agent reports how the action
     /// ended (`POST /api/v1/actions/outcome`), once.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -182,6 +195,8 @@ pub(crate) struct ReviewView {
 pub(crate) struct HistoryItem {
     /// Id.
     pub id: String,
+    /// The short id people type (its last 8 hex digits).
+    pub short_id: String,
     /// State.
     pub state: String,
     /// Initiator (`agent:NAME`).
@@ -200,6 +215,7 @@ impl From<&ApprovalRequest> for HistoryItem {
     fn from(r: &ApprovalRequest) -> Self {
         HistoryItem {
             id: r.id.0.clone(),
+            short_id: r.id.short().to_owned(),
             state: r.state.as_str().into(),
             initiator: r.action.principal.qualified_id(),
             resource: r.action.resource.name.clone(),
@@ -224,7 +240,11 @@ pub(crate) struct History {
 pub(crate) struct RequestView {
     /// Id.
     pub id: String,
-    /// `pending`, `approved`, `executed`, `failed`, `denied`, `expired`.
+    /// The short id people type (its last 8 hex digits); any unambiguous
+    /// prefix of it, or of `id`, names the request in the API and the CLI.
+    pub short_id: String,
+    /// `pending`, `approved`, `admitted` (the initiator acts itself and
+    /// has not reported), `executed`, `failed`, `denied`, `expired`.
     pub state: &'static str,
     /// Who asked.
     pub initiator: PrincipalView,
@@ -288,6 +308,7 @@ impl RequestView {
     pub(crate) fn new(r: &ApprovalRequest, public_url: &str) -> RequestView {
         RequestView {
             id: r.id.0.clone(),
+            short_id: r.id.short().to_owned(),
             state: r.state.as_str(),
             initiator: (&r.action.principal).into(),
             resource: ResourceView {

@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 const COOKIE: &str = "gavel_session";
+/// Ties a token sign-in form to the browser it was shown to (login CSRF).
+const LOGIN_FORM_COOKIE: &str = "gavel_login";
 /// Ties a sign-in to the browser that started it.
 const SIGN_IN_COOKIE: &str = "gavel_signin";
 /// Most signed-in sessions; the oldest go first past this.
@@ -95,7 +97,8 @@ async fn page_headers(request: axum::extract::Request, next: axum::middleware::N
 
 pub(crate) fn router(gw: Gateway) -> Router {
     Router::new()
-        .route("/login", get(login))
+        .route("/login", get(login).post(token_sign_in))
+        .route("/login/oidc", get(oidc_sign_in))
         .route("/auth/callback", get(callback))
         .route("/logout", post(logout))
         .route("/requests", get(list))
@@ -229,11 +232,164 @@ struct LoginQuery {
     next: Option<String>,
 }
 
+/// The sign-in page: a form for a reviewer's gavel token (always; it is
+/// posted, never put in a URL) and, when an identity provider is
+/// configured for browsers, a link to sign in there. With only the
+/// provider and no human holding a static token, it goes straight there.
 async fn login(State(gw): State<Gateway>, Query(q): Query<LoginQuery>) -> Response {
+    let next = safe_next(q.next.as_deref());
+    let has_oidc = gw.auth.browser_issuers().next().is_some();
+    let has_static_humans = !gw.config.config.identity.humans.is_empty();
+    if has_oidc && !has_static_humans {
+        return oidc_sign_in(State(gw), Query(LoginQuery { next: Some(next) })).await;
+    }
+    sign_in_form(&gw, &next, has_oidc, None, StatusCode::OK)
+}
+
+fn sign_in_form(
+    gw: &Gateway,
+    next: &str,
+    has_oidc: bool,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    let form_key = random_token();
+    let body = html! {
+        h1 { "Sign in to review" }
+        @if let Some(e) = error { p.error { (e) } }
+        form method="post" action="/login" {
+            input type="hidden" name="next" value=(next);
+            input type="hidden" name="form_key" value=(form_key);
+            p {
+                label for="token" { "Your gavel token" }
+                br;
+                input id="token" type="password" name="token" autocomplete="current-password" size="60" required autofocus;
+            }
+            p { button type="submit" { "Sign in" } }
+        }
+        p { "The token is the one your gavel operator gave you (" code { "gvl_human_…" } "). Agents cannot sign in here." }
+        @if has_oidc {
+            p { a href={ "/login/oidc?next=" (url_encode(next)) } { "Sign in with your identity provider instead" } }
+        }
+        p { "From a terminal: " code { "gavel requests" } ", " code { "gavel show ID" } ", " code { "gavel approve ID" } "." }
+    };
+    let mut response = (
+        status,
+        Html(page_shell("Sign in", None, body).into_string()),
+    )
+        .into_response();
+    let cookie = format!(
+        "{LOGIN_FORM_COOKIE}={form_key}; HttpOnly; SameSite=Strict; Path=/login; Max-Age={}{}",
+        FLOW_TTL.as_secs(),
+        secure_attr(gw)
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+struct TokenSignIn {
+    token: String,
+    next: Option<String>,
+    form_key: String,
+}
+
+/// A reviewer signs in with a gavel token (a static human token or any
+/// token that authenticates a human). Agents are refused.
+async fn token_sign_in(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Form(f): Form<TokenSignIn>,
+) -> Response {
+    let next = safe_next(f.next.as_deref());
+    let has_oidc = gw.auth.browser_issuers().next().is_some();
+    // The form must come from a page this browser was shown: no other
+    // site can sign a browser in as someone else.
+    let same_browser =
+        cookie_named(&headers, LOGIN_FORM_COOKIE).is_some_and(|v| csrf_ok(&v, &f.form_key));
+    if !same_browser {
+        return sign_in_form(
+            &gw,
+            &next,
+            has_oidc,
+            Some("The form is stale; sign in again."),
+            StatusCode::FORBIDDEN,
+        );
+    }
+    let human = match gw.auth.authenticate(&f.token).await {
+        Ok(Principal::Human(h)) => h,
+        Ok(Principal::Agent { .. }) => {
+            return sign_in_form(
+                &gw,
+                &next,
+                has_oidc,
+                Some(
+                    "That is an agent's token. Agents never review; sign in with a reviewer's token.",
+                ),
+                StatusCode::FORBIDDEN,
+            );
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "web token sign-in refused");
+            return sign_in_form(
+                &gw,
+                &next,
+                has_oidc,
+                Some("That token is not accepted. Check it, or ask your gavel operator for one."),
+                StatusCode::UNAUTHORIZED,
+            );
+        }
+    };
+    let mut response = Redirect::to(&next).into_response();
+    start_session(&gw, human, &mut response);
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_static("gavel_login=; HttpOnly; SameSite=Strict; Path=/login; Max-Age=0"),
+    );
+    response
+}
+
+/// Starts a browser session for `human` and sets its cookie on `response`.
+fn start_session(gw: &Gateway, human: Human, response: &mut Response) {
+    let session = random_token();
+    {
+        let mut sessions = gw.web.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|_, s| s.expires > Instant::now());
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone())
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(
+            session.clone(),
+            WebSession {
+                human,
+                csrf: random_token(),
+                expires: Instant::now() + SESSION_TTL,
+            },
+        );
+    }
+    let cookie = format!(
+        "{COOKIE}={session}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        secure_attr(gw)
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// Sign-in at the identity provider (authorization code with PKCE).
+async fn oidc_sign_in(State(gw): State<Gateway>, Query(q): Query<LoginQuery>) -> Response {
     let Some((index, issuer)) = gw.auth.browser_issuers().enumerate().next() else {
         return error_page(
             StatusCode::NOT_FOUND,
-            "Browser sign-in is not configured: set client_id on an [[identity.oidc]] issuer.",
+            "Sign-in with an identity provider is not configured (client_id on an [[identity.oidc]] issuer); sign in with your gavel token at /login.",
         );
     };
     let endpoints = match issuer.endpoints().await {
@@ -382,36 +538,8 @@ async fn callback(
         }
     };
     let human = gw.auth.human_from_sign_in(id, groups);
-    let session = random_token();
-    {
-        let mut sessions = gw.web.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.retain(|_, s| s.expires > Instant::now());
-        if sessions.len() >= MAX_SESSIONS
-            && let Some(oldest) = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| k.clone())
-        {
-            sessions.remove(&oldest);
-        }
-        sessions.insert(
-            session.clone(),
-            WebSession {
-                human,
-                csrf: random_token(),
-                expires: Instant::now() + SESSION_TTL,
-            },
-        );
-    }
-    let cookie = format!(
-        "{COOKIE}={session}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{}",
-        SESSION_TTL.as_secs(),
-        secure_attr(&gw)
-    );
     let mut response = Redirect::to(&flow.next).into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, v);
-    }
+    start_session(&gw, human, &mut response);
     response.headers_mut().append(
         header::SET_COOKIE,
         HeaderValue::from_static(
@@ -463,6 +591,7 @@ async fn list(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
         state: Some(RequestState::Pending),
         initiator: None,
         resource: None,
+        id_prefix: None,
         limit: 200,
     };
     let requests = match gw.gate.approvals().list(&filter).await {
@@ -481,7 +610,7 @@ async fn list(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
                 tr { th { "Request" } th { "Initiator" } th { "Resource" } th { "Action" } th { "Operation" } }
                 @for r in requests.iter().filter(|r| may_view(r, &who.0)) {
                     tr {
-                        td { a href={ "/requests/" (r.id.0) } { (r.id.0) } }
+                        td { a href={ "/requests/" (r.id.0) } { code { (r.id.short()) } } }
                         td { (r.action.principal.qualified_id()) }
                         td { (one_line(&r.action.resource.name)) }
                         td { (r.action.class.as_str()) }
@@ -521,7 +650,15 @@ async fn page(
     let principal = Principal::Human(who.0.clone());
     let request = match crate::api::load_visible(&gw, &principal, &id).await {
         Ok(r) if may_view(&r, &who.0) => r,
-        _ => return error_page(StatusCode::NOT_FOUND, &format!("No request {id}.")),
+        _ => {
+            return error_page(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "No request {} that you may see. `gavel requests` lists the requests you review.",
+                    one_line(&id)
+                ),
+            );
+        }
     };
     let view = match crate::api::with_history(&gw, &request).await {
         Ok(v) => v,
@@ -545,7 +682,8 @@ async fn page(
         &who.1,
         q.done.as_deref(),
     );
-    Html(page_shell(&format!("Request {id}"), Some(&who), body).into_string()).into_response()
+    Html(page_shell(&format!("Request {}", view.short_id), Some(&who), body).into_string())
+        .into_response()
 }
 
 /// Where the request was sent, so a reviewer sees a channel that failed
@@ -583,7 +721,7 @@ fn request_body(
     done: Option<&str>,
 ) -> Markup {
     html! {
-        h1 { "Request " (v.id) }
+        h1 { "Request " code { (v.short_id) } }
         @if let Some(done) = done {
             p.ok { "Your decision was recorded: " (done) "." }
         }
@@ -601,6 +739,7 @@ fn request_body(
             tr { th { "Approvers" } td { (v.approvers.join(", ")) } }
             tr { th { "Surface" } td { (v.surface) @if let Some(s) = &v.source { " from " (s) } } }
             tr { th { "Created" } td { (v.created_at) } }
+            tr { th { "Id" } td { code { (v.id) } " · from a terminal: " code { "gavel show " (v.short_id) } } }
         }
         h2 { "Operation" }
         pre { (visible(&v.operation)) }

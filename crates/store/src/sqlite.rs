@@ -563,6 +563,20 @@ impl Store for SqliteStore {
         if let Some(resource) = &f.resource {
             q.push(" AND resource = ").push_bind(resource.clone());
         }
+        if let Some(prefix) = &f.id_prefix {
+            // Ranges, so the indexes serve them: ids are lower-case hex and
+            // `-`, all below `g`.
+            let end = format!("{prefix}g");
+            q.push(" AND ((substr(id, 29) >= ")
+                .push_bind(prefix.clone())
+                .push(" AND substr(id, 29) < ")
+                .push_bind(end.clone())
+                .push(") OR (id >= ")
+                .push_bind(prefix.clone())
+                .push(" AND id < ")
+                .push_bind(end)
+                .push("))");
+        }
         let limit = if f.limit == 0 { 100 } else { f.limit.min(1000) };
         q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
             .push_bind(limit as i64);

@@ -305,7 +305,7 @@ impl Slack {
                 .collect();
             blocks.push(json!({"type": "context", "elements": [text(&format!("*Related history*\n{}", lines.join("\n")))]}));
         }
-        blocks.push(json!({"type": "context", "elements": [text(&format!("<{}|Open request {}> for the full context and history", self.url(r), r.id.0))]}));
+        blocks.push(json!({"type": "context", "elements": [text(&format!("<{}|Open request {}> for the full context and history, or run `gavel approve {}`", self.url(r), r.id.short(), r.id.short()))]}));
         if r.state == RequestState::Pending {
             blocks.push(
                 json!({"type": "actions", "block_id": "gavel_decision", "elements": [
@@ -341,7 +341,12 @@ impl Slack {
 
     async fn post(&self, r: &ApprovalRequest) -> Result<(), AttemptError> {
         let ts = self.messages.get(self.approvals.get(), &r.id.0).await;
-        let fallback = format!("gavel request {} is {}: {}", r.id.0, r.state, self.url(r));
+        let fallback = format!(
+            "gavel request {} is {}: {}",
+            r.id.short(),
+            r.state,
+            self.url(r)
+        );
         let history = self.history(r).await;
         match ts {
             None if r.state == RequestState::Pending => {

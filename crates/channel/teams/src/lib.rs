@@ -327,6 +327,10 @@ impl Teams {
                 ),
             ),
             line("Action", a.class.as_str()),
+            line(
+                "Request",
+                &format!("{} (gavel approve {})", r.id.short(), r.id.short()),
+            ),
             line("Policy", &shown(&r.policies.join(", "), text_shown)),
             line(
                 "Quorum",
@@ -405,7 +409,7 @@ impl Teams {
             "type": "AdaptiveCard",
             "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
             "version": "1.5",
-            "fallbackText": format!("gavel request {} is {}: {}", r.id.0, r.state, self.url(r)),
+            "fallbackText": format!("gavel request {} is {}: {}", r.id.short(), r.state, self.url(r)),
             "body": body,
             "actions": actions,
         })

@@ -5,6 +5,7 @@
 pub mod pg;
 
 use serde_json::{Value, json};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -202,6 +203,8 @@ tags = {{ env = "prod" }}
             .append(true)
             .open(self.dir.path().join("serve.log"))
             .unwrap();
+        // A process group of its own: what gavel starts (MCP servers over
+        // stdio) ends with it, however the test ends.
         let child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(self.config_path())
@@ -209,6 +212,7 @@ tags = {{ env = "prod" }}
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
+            .process_group(0)
             .spawn()
             .unwrap();
         self.child = Some(child);
@@ -237,11 +241,13 @@ tags = {{ env = "prod" }}
         }
     }
 
-    /// SIGKILL: no graceful shutdown, nothing flushed on the way out.
+    /// SIGKILL: no graceful shutdown, nothing flushed on the way out; the
+    /// processes gavel started go with it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
             c.wait().unwrap();
+            kill_group(c.id());
         }
     }
 
@@ -254,6 +260,7 @@ tags = {{ env = "prod" }}
                 .unwrap();
             assert!(status.success());
             let exit = c.wait().unwrap();
+            kill_group(c.id());
             assert!(
                 exit.success(),
                 "gavel exited with {exit} on SIGTERM: {}",
@@ -408,6 +415,28 @@ tags = {{ env = "prod" }}
 impl Drop for Gavel {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A process a test started, ended with the test however it ends.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SIGKILL to process group `leader` (what a gavel started with
+/// `process_group(0)` left behind). `--`: procps's kill would read `-PID`
+/// as an option and signal every process.
+pub fn kill_group(leader: u32) {
+    if leader > 1 {
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{leader}")])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

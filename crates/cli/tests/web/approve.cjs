@@ -14,7 +14,8 @@ const browser = await chromium.launch({
 try {
   const page = await browser.newPage();
   await page.goto(url);
-  // Redirected to the provider's sign-in form.
+  // gavel's sign-in page; this reviewer signs in at the identity provider.
+  await page.click("text=Sign in with your identity provider instead");
   await page.fill("#email", email);
   await Promise.all([page.waitForURL(url), page.click("button[type=submit]")]);
   const text = await page.textContent("main");

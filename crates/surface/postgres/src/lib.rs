@@ -27,4 +27,4 @@ mod upstream;
 pub mod wire;
 
 pub use classify::{Classification, Classifier, StatementClass};
-pub use surface::{Classified, PostgresSurface};
+pub use surface::{Classified, PostgresSurface, classifier_for};

@@ -144,6 +144,20 @@ fn load_tls(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The classifier configured for a `[[resources.postgres]]` entry (its
+/// side-effect and read-only function lists), without the server's
+/// catalog.
+pub fn classifier_for(i: usize, config: &PostgresResourceConfig) -> Result<Classifier, String> {
+    let mut side_effects = Vec::new();
+    for (name, class) in &config.side_effect_functions {
+        let class: ActionClass = class.parse().map_err(|e| {
+            format!("key `resources.postgres[{i}].side_effect_functions.{name}`: {e}")
+        })?;
+        side_effects.push((name.clone(), class));
+    }
+    Ok(Classifier::new(&side_effects, &config.read_only_functions))
+}
+
 impl PostgresSurface {
     /// Builds the listener's settings from `[[resources.postgres]]` entry
     /// `i`. Errors name the key.
@@ -158,13 +172,7 @@ impl PostgresSurface {
             (Some(cert), Some(key)) => Some(load_tls(i, cert, key)?),
             _ => None,
         };
-        let mut side_effects = Vec::new();
-        for (name, class) in &config.side_effect_functions {
-            let class: ActionClass = class.parse().map_err(|e| {
-                format!("key `resources.postgres[{i}].side_effect_functions.{name}`: {e}")
-            })?;
-            side_effects.push((name.clone(), class));
-        }
+        let classifier = classifier_for(i, config)?;
         Ok(PostgresSurface {
             resource: Resource {
                 name: config.name.clone(),
@@ -175,7 +183,7 @@ impl PostgresSurface {
             upstream,
             tls,
             require_tls: config.require_tls,
-            classifier: Classifier::new(&side_effects, &config.read_only_functions),
+            classifier,
             classes: ShapeCache::default(),
             explain: config.explain_estimates,
             durable_reads,
