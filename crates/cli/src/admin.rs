@@ -208,7 +208,11 @@ pub async fn agent_revoke(file: Option<&Path>, name: &str) -> anyhow::Result<Exi
     }
 }
 
-pub fn policy_validate(file: Option<&Path>, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub fn policy_validate(
+    file: Option<&Path>,
+    dir: Option<PathBuf>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
     let dir = match dir {
         Some(d) => d,
         None => load_config(file)?.config.policy.dir,
@@ -233,6 +237,19 @@ pub fn policy_validate(file: Option<&Path>, dir: Option<PathBuf>) -> anyhow::Res
         ));
     }
     match gavel_policy::load_dir(&dir) {
+        Ok(bundle) if as_json => {
+            outln!(
+                "{}",
+                serde_json::json!({
+                    "dir": dir.display().to_string(),
+                    "valid": true,
+                    "policies": bundle.policies.len(),
+                    "files": bundle.files,
+                    "version": bundle.version,
+                })
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(bundle) => {
             outln!(
                 "{}: {} policies in {} files are valid (version {})",
@@ -242,6 +259,25 @@ pub fn policy_validate(file: Option<&Path>, dir: Option<PathBuf>) -> anyhow::Res
                 bundle.version
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) if as_json => {
+            let problems: Vec<serde_json::Value> = errors
+                .0
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "file": p.file.display().to_string(),
+                        "line": p.line,
+                        "column": p.column,
+                        "message": p.message,
+                    })
+                })
+                .collect();
+            outln!(
+                "{}",
+                serde_json::json!({"dir": dir.display().to_string(), "valid": false, "errors": problems})
+            );
+            Ok(ExitCode::from(exit::FAILURE))
         }
         Err(errors) => {
             for p in &errors.0 {
@@ -253,7 +289,11 @@ pub fn policy_validate(file: Option<&Path>, dir: Option<PathBuf>) -> anyhow::Res
     }
 }
 
-pub async fn policy_explain(file: Option<&Path>, a: ExplainArgs) -> anyhow::Result<ExitCode> {
+pub async fn policy_explain(
+    file: Option<&Path>,
+    a: ExplainArgs,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
     let loaded = load_config(file)?;
     let bundle = gavel_policy::load_dir(&loaded.config.policy.dir)
         .map_err(|e| Fail::with(exit::FAILURE, format!("policies are invalid:\n{e}")))?;
@@ -322,6 +362,8 @@ pub async fn policy_explain(file: Option<&Path>, a: ExplainArgs) -> anyhow::Resu
         if !map.contains_key("tables") {
             map.insert("tables".into(), serde_json::json!(c.tables));
         }
+    }
+    if let (false, Some(c)) = (as_json, &classified) {
         outln!(
             "classified: {} ({}); tables: {}",
             c.class,
@@ -378,6 +420,37 @@ pub async fn policy_explain(file: Option<&Path>, a: ExplainArgs) -> anyhow::Resu
                 ))
         ),
     };
+    if as_json {
+        let policies: Vec<serde_json::Value> = x
+            .policies
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "id": p.id,
+                    "effect": format!("{:?}", p.effect).to_lowercase(),
+                    "file": p.file.display().to_string(),
+                    "line": p.line,
+                })
+            })
+            .collect();
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "decision": verdict,
+                "reason": x.decision.reason,
+                "policies": policies,
+                "principal": action.principal.qualified_id(),
+                "action": action.class.as_str(),
+                "resource": action.resource.name,
+                "tables": action.details.get("tables"),
+                "classified": classified.as_ref().map(|c| serde_json::json!({
+                    "class": c.class.as_str(), "reason": c.reason, "tables": c.tables,
+                })),
+                "policy_version": x.decision.policy_version,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     outln!("decision: {verdict}");
     outln!("reason:   {}", x.decision.reason);
     for p in &x.policies {

@@ -56,6 +56,7 @@ pub async fn verify(
     file: Option<&Path>,
     checkpoint: Option<PathBuf>,
     pubkey: Option<PathBuf>,
+    as_json: bool,
 ) -> anyhow::Result<ExitCode> {
     let loaded = load_config(file)?;
     let verifier = verifier(&loaded, pubkey.as_deref())?;
@@ -77,6 +78,26 @@ pub async fn verify(
     let records = store.audit_stored(0, u64::MAX).await?;
     let checkpoints = store.checkpoints().await?;
     match verify_log(records, &checkpoints, &verifier, external.as_deref()) {
+        Ok(report) if as_json => {
+            outln!(
+                "{}",
+                serde_json::json!({
+                    "verified": true,
+                    "records": report.records,
+                    "checkpoints": report.checkpoints,
+                    "signed": report.signed,
+                    "root": B64.encode(report.root),
+                })
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if as_json => {
+            outln!(
+                "{}",
+                serde_json::json!({"verified": false, "error": e.to_string()})
+            );
+            Ok(ExitCode::from(exit::FAILURE))
+        }
         Ok(report) => {
             outln!(
                 "audit log verified: {} records, {} signed checkpoints, root {}",

@@ -437,7 +437,7 @@ fn needs_review_by(r: &Value, me: &Value) -> bool {
     r["state"] == "pending" && covered && !accountable
 }
 
-pub async fn requests(server: &str, a: RequestsArgs) -> anyhow::Result<ExitCode> {
+pub async fn requests(server: &str, a: RequestsArgs, as_json: bool) -> anyhow::Result<ExitCode> {
     let mut query = vec![format!("limit={}", a.limit)];
     let state = if a.mine {
         Some("pending".to_owned())
@@ -467,7 +467,7 @@ pub async fn requests(server: &str, a: RequestsArgs) -> anyhow::Result<ExitCode>
         let me = call(reqwest::Method::GET, server, "/api/v1/whoami", None, QUICK).await?;
         list.retain(|r| needs_review_by(r, &me["principal"]));
     }
-    if a.json {
+    if as_json {
         outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "requests": list }))?
@@ -718,7 +718,12 @@ pub async fn show(server: &str, id: &str, as_json: bool) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn approve(server: &str, id: &str, comment: String) -> anyhow::Result<ExitCode> {
+pub async fn approve(
+    server: &str,
+    id: &str,
+    comment: String,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
     let v = call(
         reqwest::Method::POST,
         server,
@@ -727,6 +732,10 @@ pub async fn approve(server: &str, id: &str, comment: String) -> anyhow::Result<
         QUICK,
     )
     .await?;
+    if as_json {
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let next = match v["state"].as_str() {
         Some("approved") => "; the initiator may now run it, once, unchanged",
         Some("pending") => "; more approvals are needed",
@@ -742,7 +751,12 @@ pub async fn approve(server: &str, id: &str, comment: String) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn deny(server: &str, id: &str, reason: String) -> anyhow::Result<ExitCode> {
+pub async fn deny(
+    server: &str,
+    id: &str,
+    reason: String,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
     let v = call(
         reqwest::Method::POST,
         server,
@@ -751,6 +765,10 @@ pub async fn deny(server: &str, id: &str, reason: String) -> anyhow::Result<Exit
         QUICK,
     )
     .await?;
+    if as_json {
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     outln!(
         "denied request {}: it is {}; the initiator sees your reason",
         s(&v, "short_id"),
@@ -796,8 +814,12 @@ pub async fn wait(
     })
 }
 
-pub async fn whoami(server: &str) -> anyhow::Result<ExitCode> {
+pub async fn whoami(server: &str, as_json: bool) -> anyhow::Result<ExitCode> {
     let v = call(reqwest::Method::GET, server, "/api/v1/whoami", None, QUICK).await?;
+    if as_json {
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let p = &v["principal"];
     let groups: Vec<&str> = p["groups"]
         .as_array()

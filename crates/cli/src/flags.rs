@@ -40,6 +40,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "GAVEL_SERVER", value_name = "URL")]
     pub server: Option<String>,
 
+    /// Print JSON instead of text (commands that print data: requests,
+    /// show, wait, approve, deny, whoami, agent list, policy validate,
+    /// policy explain, audit verify).
+    #[arg(long, global = true)]
+    pub json: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -62,9 +68,6 @@ pub enum Command {
     Show {
         /// The request id, its short form, or an unambiguous prefix.
         id: String,
-        /// Print the raw JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Approve a request (you must be in its approver set, and neither its
     /// initiator nor the initiating agent's owner).
@@ -92,9 +95,6 @@ pub enum Command {
         /// How long to wait, e.g. 30s or 5m.
         #[arg(long, default_value = "60s")]
         timeout: String,
-        /// Print the raw JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Show who GAVEL_TOKEN (or the stored login) authenticates as.
     Whoami,
@@ -199,9 +199,6 @@ pub struct RequestsArgs {
     /// At most this many.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
-    /// Print the raw JSON.
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,11 +219,7 @@ pub enum AgentCommand {
         expires: Option<String>,
     },
     /// List agents.
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Revoke an agent's token at once.
     Revoke {
         /// The agent's name.

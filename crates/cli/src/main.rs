@@ -94,15 +94,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let (server_flag, config_file) = (cli.server.clone(), cli.config.clone());
     let server = || server_url(server_flag.as_deref(), config_file.as_deref());
     let config = config_file.as_deref();
+    let json = cli.json;
     match cli.command {
         Command::Quickstart { ref dir } => quickstart::quickstart(dir).await,
         Command::Serve => admin::serve(config).await,
-        Command::Requests(args) => client::requests(&server()?, args).await,
-        Command::Show { id, json } => client::show(&server()?, &id, json).await,
-        Command::Approve { id, comment } => client::approve(&server()?, &id, comment).await,
-        Command::Deny { id, reason } => client::deny(&server()?, &id, reason).await,
-        Command::Wait { id, timeout, json } => client::wait(&server()?, &id, &timeout, json).await,
-        Command::Whoami => client::whoami(&server()?).await,
+        Command::Requests(args) => client::requests(&server()?, args, json).await,
+        Command::Show { id } => client::show(&server()?, &id, json).await,
+        Command::Approve { id, comment } => client::approve(&server()?, &id, comment, json).await,
+        Command::Deny { id, reason } => client::deny(&server()?, &id, reason, json).await,
+        Command::Wait { id, timeout } => client::wait(&server()?, &id, &timeout, json).await,
+        Command::Whoami => client::whoami(&server()?, json).await,
         Command::Login { paste } => client::login(&server()?, paste).await,
         Command::Logout => client::logout(&server()?).await,
         Command::Mcp { token_env } => client::mcp(&server()?, &token_env).await,
@@ -112,7 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             group,
             expires,
         }) => admin::agent_create(config, &name, &owner, group, expires).await,
-        Command::Agent(AgentCommand::List { json }) => admin::agent_list(config, json).await,
+        Command::Agent(AgentCommand::List) => admin::agent_list(config, json).await,
         Command::Agent(AgentCommand::Revoke { name }) => admin::agent_revoke(config, &name).await,
         Command::Token(TokenCommand::Hash { token }) => {
             outln!("{}", gavel_identity::token_sha256(&token));
@@ -129,11 +130,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             outln!("{token}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy(PolicyCommand::Validate { dir }) => admin::policy_validate(config, dir),
-        Command::Policy(PolicyCommand::Explain(args)) => admin::policy_explain(config, args).await,
+        Command::Policy(PolicyCommand::Validate { dir }) => {
+            admin::policy_validate(config, dir, json)
+        }
+        Command::Policy(PolicyCommand::Explain(args)) => {
+            admin::policy_explain(config, args, json).await
+        }
         Command::Audit(AuditCommand::Key) => audit::key(config),
         Command::Audit(AuditCommand::Verify { checkpoint, pubkey }) => {
-            audit::verify(config, checkpoint, pubkey).await
+            audit::verify(config, checkpoint, pubkey, json).await
         }
         Command::Audit(AuditCommand::Proof { seq, size, pubkey }) => {
             audit::proof(config, seq, size, pubkey).await

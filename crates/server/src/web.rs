@@ -763,9 +763,11 @@ fn request_body(
         @if let Some(h) = &v.history {
             h2 { "History" }
             h3 { "The initiator's recent requests" }
-            ul { @for i in &h.initiator_recent { li { a href={ "/requests/" (i.id) } { (i.id) } " " (i.state) " " (i.action) " on " (one_line(&i.resource)) ": " code { (excerpt(&i.operation, 100)) } } } }
+            @if h.initiator_recent.is_empty() { p { em { "None before this one." } } }
+            ul { @for i in &h.initiator_recent { li { a href={ "/requests/" (i.id) } { code { (i.short_id) } } " " (i.state) " " (i.action) " on " (one_line(&i.resource)) ": " code { (excerpt(&i.operation, 100)) } } } }
             h3 { "Recent requests on this resource" }
-            ul { @for i in &h.resource_recent { li { a href={ "/requests/" (i.id) } { (i.id) } " " (i.state) " " (i.action) " by " (one_line(&i.initiator)) ": " code { (excerpt(&i.operation, 100)) } } } }
+            @if h.resource_recent.is_empty() { p { em { "None yet." } } }
+            ul { @for i in &h.resource_recent { li { a href={ "/requests/" (i.id) } { code { (i.short_id) } } " " (i.state) " " (i.action) " by " (one_line(&i.initiator)) ": " code { (excerpt(&i.operation, 100)) } } } }
         }
         (deliveries_section(&v.deliveries))
         h2 { "Decision" }
