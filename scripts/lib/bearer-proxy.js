@@ -7,7 +7,9 @@ const [port, target] = process.argv.slice(2);
 const upstream = new URL(target);
 http
   .createServer((req, res) => {
-    const headers = { ...req.headers, host: upstream.host, authorization: `Bearer ${process.env.TOKEN}` };
+    // The Host header passes as the client sent it: the gateway judges it
+    // (DNS-rebinding protection), not this proxy.
+    const headers = { ...req.headers, authorization: `Bearer ${process.env.TOKEN}` };
     const out = http.request(
       { host: upstream.hostname, port: upstream.port, path: req.url, method: req.method, headers },
       (up) => {

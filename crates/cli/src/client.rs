@@ -312,6 +312,14 @@ async fn call(
     timeout: Duration,
 ) -> anyhow::Result<Value> {
     let url = format!("{}{path}", server.trim_end_matches('/'));
+    if !gavel_config::secure_or_loopback(server) {
+        return Err(Fail::with(
+            exit::USAGE,
+            format!(
+                "{server} is neither https:// nor loopback: gavel does not send a token there in the clear. Use the https:// address (--server or GAVEL_SERVER)."
+            ),
+        ));
+    }
     let client = reqwest::Client::builder()
         .timeout(timeout + Duration::from_secs(10))
         .build()?;

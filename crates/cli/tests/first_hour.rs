@@ -392,6 +392,126 @@ async fn reviewers_sign_in_on_the_web_with_their_token() {
     assert!(html.contains(v["short_id"].as_str().unwrap()));
     // The token never rides in a URL.
     assert!(!login.contains("token"));
+    // A cookie planted by another site on this host (same-site, another
+    // port) cannot be paired with a key of the planter's choosing: the
+    // key is a MAC of the cookie, and an empty pair is no pair.
+    for (planted, key) in [("gavel_login=KNOWN", "KNOWN"), ("gavel_login=", "")] {
+        let r = browser
+            .post(format!("{}/login", g.base))
+            .header("cookie", planted)
+            .form(&[("token", ALICE), ("next", "/requests"), ("form_key", key)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{planted}");
+        assert!(cookie(&r, "gavel_session").is_none(), "{planted}");
+    }
+}
+
+/// A web session is the reviewer as the configuration says now: one
+/// removed from `[[identity.humans]]` can no longer decide through a
+/// browser that signed in before.
+#[tokio::test]
+async fn a_reviewer_removed_from_the_config_loses_their_web_session() {
+    let g = Gavel::start().await;
+    let v = g
+        .act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE gone")
+        .await;
+    let id = request_id(&v);
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = browser
+        .get(format!("{}/login", g.base))
+        .send()
+        .await
+        .unwrap();
+    let form_cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("gavel_login="))
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_owned();
+    let html = page.text().await.unwrap();
+    let key = html
+        .split("name=\"form_key\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let r = browser
+        .post(format!("{}/login", g.base))
+        .header("cookie", &form_cookie)
+        .form(&[("token", ALICE), ("next", "/requests"), ("form_key", &key)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let session = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("gavel_session="))
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_owned();
+    let open = |session: String| {
+        let browser = browser.clone();
+        let url = format!("{}/requests/{id}", g.base);
+        async move {
+            browser
+                .get(url)
+                .header("cookie", session)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let page = open(session.clone()).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the decision form")
+        .to_owned();
+    // Alice leaves the configuration.
+    let config = std::fs::read_to_string(g.config_path()).unwrap();
+    let without: String = config
+        .split("[[identity.humans]]")
+        .filter(|block| !block.contains("alice@x"))
+        .collect::<Vec<_>>()
+        .join("[[identity.humans]]");
+    assert_ne!(config, without);
+    std::fs::write(g.config_path(), without).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.get("/api/v1/whoami", ALICE).await.0 != 401 {
+        assert!(Instant::now() < deadline, "alice's token still works");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Her browser's session no longer opens pages nor decides.
+    let page = open(session.clone()).await;
+    assert_eq!(page.status(), 303, "the session ended");
+    let r = browser
+        .post(format!("{}/requests/{id}/decision", g.base))
+        .header("cookie", &session)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("decision", "approve"),
+            ("comment", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 200);
+    let (_, req) = g.get(&format!("/api/v1/requests/{id}"), BOB).await;
+    assert_eq!(req["state"], "pending", "{req}");
 }
 
 #[tokio::test]
@@ -495,6 +615,64 @@ async fn an_agent_acting_itself_is_admitted_until_it_reports() {
     assert_eq!(s, 200);
     let (_, r) = g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
     assert_eq!(r["state"], "executed", "{r}");
+    // An outcome's detail goes into the audit log for good: it is bounded.
+    let v = g
+        .act(&g.agent_token, "sql.read", "prod-db", "SELECT 1")
+        .await;
+    assert_eq!(verdict(&v), "allow");
+    let (s, e) = g
+        .call(
+            Method::POST,
+            "/api/v1/actions/outcome",
+            Some(&g.agent_token),
+            Some(json!({"admission_id": v["admission_id"], "status": "succeeded", "detail": "x".repeat(5000)})),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e.to_string().contains("at most 4096 bytes"), "{e}");
+}
+
+/// An agent reading its own request sees no one else's requests in its
+/// history.
+#[tokio::test]
+async fn an_agents_history_holds_only_its_own_requests() {
+    let g = Gavel::start().await;
+    let other = g.create_agent("other-bot", "owner@x", &[]);
+    g.act(
+        &other,
+        "sql.ddl",
+        "prod-db",
+        "ALTER ROLE app PASSWORD 'secret-of-other'",
+    )
+    .await;
+    let v = g
+        .act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE mine")
+        .await;
+    let id = request_id(&v);
+    let (s, mine) = g
+        .get(&format!("/api/v1/requests/{id}"), &g.agent_token)
+        .await;
+    assert_eq!(s, 200);
+    assert!(!mine.to_string().contains("secret-of-other"), "{mine}");
+    // A reviewer sees both.
+    let (_, all) = g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
+    assert!(all.to_string().contains("secret-of-other"), "{all}");
+}
+
+/// The command line sends a token only over https:// or to loopback.
+#[test]
+fn the_cli_never_sends_a_token_in_the_clear_to_another_host() {
+    let out = Command::new(BIN)
+        .args(["requests", "--server", "http://192.0.2.2:8470"])
+        .env("GAVEL_TOKEN", ALICE)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("neither https:// nor loopback"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -526,4 +704,17 @@ fn policy_explain_classifies_sql_as_the_proxy_does() {
         text.contains("DENY") && text.contains("audit-tables-untouchable"),
         "{text}"
     );
+}
+
+/// What agents asked (SQL literals included) and the audit log are
+/// readable by gavel's own user only.
+#[tokio::test]
+async fn the_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let g = Gavel::start().await;
+    let mode = std::fs::metadata(g.dir.path().join("state"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
 }

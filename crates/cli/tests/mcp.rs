@@ -103,6 +103,20 @@ command = ["{fs}", "{dir}"]
         }
     }
 
+    /// `/readyz` once the supervisors have compared the upstreams' names.
+    async fn wait_ready_with_collisions(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, v) = self.g.get("/readyz", ALICE).await;
+            let ups = v["mcp_upstreams"].as_array().cloned().unwrap_or_default();
+            if ups.iter().any(|u| u.get("colliding_names").is_some()) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "no collision reported: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn url(&self) -> String {
         format!("{}/mcp", self.g.base)
     }
@@ -886,4 +900,248 @@ async fn a_held_call_of_a_revoked_agent_never_runs() {
     let (status, v) = m.g.approve(BOB, &id).await;
     assert_eq!(status, 409, "nothing left to approve: {v}");
     assert!(!std::path::Path::new(&target).exists(), "never written");
+}
+
+/// Two agents' sessions, each answering sampling, elicitation and roots
+/// with its own name, call the upstream's tools that ask the client at
+/// the same time: each request reaches the session whose call caused it,
+/// and nothing reaches the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn sampling_elicitation_and_roots_reach_only_the_session_that_caused_them() {
+    let m = Mcp::start("60s").await;
+    let other_token = m.g.create_agent("other-bot", "owner@x", &[]);
+    let script = |token: &str, who: &str| {
+        json!({
+            "transport": "http", "url": m.url(), "token": token,
+            "answers": {
+                "sampling": format!("sampled by {who}"),
+                "elicitation": {"name": format!("{who} the agent")},
+                "roots": [format!("file:///home/{who}")],
+            },
+            "steps": [
+                {"op": "list_tools"},
+                {"op": "call", "tool": "everything__trigger-sampling-request",
+                 "args": {"prompt": format!("question of {who}"), "maxTokens": 10}},
+                {"op": "call", "tool": "everything__trigger-elicitation-request", "args": {}},
+                {"op": "call", "tool": "everything__get-roots-list", "args": {}},
+            ],
+        })
+    };
+    let (a, b) = tokio::join!(
+        run_client(script(&m.g.agent_token, "alpha")),
+        run_client(script(&other_token, "beta")),
+    );
+    for (out, me, them) in [(&a, "alpha", "beta"), (&b, "beta", "alpha")] {
+        let tools = out[0]["tools"].as_object().unwrap();
+        assert!(
+            tools.contains_key("everything__trigger-sampling-request"),
+            "a client that offers sampling sees the tools that need it: {tools:?}"
+        );
+        let all = out
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            out[1]["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("sampled by {me}")),
+            "{all}"
+        );
+        assert_eq!(
+            out[1]["asked"],
+            json!([{"sampling": format!("Resource trigger-sampling-request context: question of {me}")}]),
+            "{all}"
+        );
+        assert!(
+            out[2]["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{me} the agent")),
+            "{all}"
+        );
+        assert!(
+            out[3]["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("file:///home/{me}")),
+            "{all}"
+        );
+        assert!(!all.contains(them), "{me}'s session heard of {them}: {all}");
+    }
+    // A client that offers none of it sees none of the tools that need it:
+    // its upstream sessions claim exactly what it claims.
+    let plain = m
+        .client(&m.g.agent_token, json!([{"op": "list_tools"}]))
+        .await;
+    let tools = plain[0]["tools"].as_object().unwrap();
+    assert!(tools.contains_key("everything__echo"), "{tools:?}");
+    assert!(
+        !tools.contains_key("everything__trigger-sampling-request"),
+        "{tools:?}"
+    );
+    // The calls were gated and recorded like any other.
+    let calls = m.audit_events("resource=everything&event=decision").await;
+    assert!(
+        calls
+            .iter()
+            .any(|r| r["operation"] == "trigger-sampling-request"),
+        "{calls:?}"
+    );
+}
+
+/// Progress of a forwarded call, log messages at the level the client
+/// set, and completions pass through to the session they belong to.
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_logging_and_completion_pass_through() {
+    let m = Mcp::start("60s").await;
+    let out = m
+        .client(
+            &m.g.agent_token,
+            json!([
+                {"op": "call", "tool": "everything__trigger-long-running-operation",
+                 "args": {"duration": 1, "steps": 3}, "progress": true},
+                {"op": "set_level", "level": "debug"},
+                {"op": "call", "tool": "everything__toggle-simulated-logging", "args": {}},
+                {"op": "wait_logs", "timeout": 20, "count": 2},
+                {"op": "complete", "ref": {"type": "ref/prompt", "name": "everything__completable-prompt"},
+                 "argument": {"name": "department", "value": "Eng"}},
+            ]),
+        )
+        .await;
+    let all = out
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(out[0]["is_error"], false, "{all}");
+    assert_eq!(
+        out[0]["progress"].as_array().map(|p| p.len()),
+        Some(3),
+        "every upstream progress notification reaches the caller: {all}"
+    );
+    assert_eq!(out[1]["ok"], true, "{all}");
+    assert!(
+        out[3]["logs"].as_array().is_some_and(|l| l.len() >= 2),
+        "{all}"
+    );
+    assert_eq!(out[4]["values"], json!(["Engineering"]), "{all}");
+    // A completion is gated as a read of the prompt it completes.
+    let reads = m.audit_events("resource=everything&event=decision").await;
+    assert!(
+        reads
+            .iter()
+            .any(|r| r["class"] == "mcp.read" && r["operation"] == "completable-prompt"),
+        "{reads:?}"
+    );
+    // Another session that set no level hears none of those logs.
+    let quiet = m
+        .client(
+            &m.g.agent_token,
+            json!([{"op": "wait_logs", "timeout": 4, "count": 1}]),
+        )
+        .await;
+    assert_eq!(quiet[0]["logs"], json!([]), "{}", quiet[0]);
+}
+
+/// `prefix = false` shows an upstream's tools under their own names; a
+/// name two upstreams both show is withheld, refused when called, and
+/// reported in /readyz.
+#[tokio::test(flavor = "multi_thread")]
+async fn unprefixed_upstreams_keep_their_names_and_collisions_are_refused() {
+    let m = Mcp::start_with(
+        "60s",
+        &format!(
+            "prefix = false\n\n[[resources.mcp]]\nname = \"twin\"\ncommand = [\"{}\"]\nprefix = false\n",
+            npm_bin("mcp-server-everything")
+        ),
+    )
+    .await;
+    // (`prefix = false` above belongs to the fs upstream: its tools keep
+    // their names; "twin" is a second everything server, unprefixed.)
+    m.g.write_policy_and_wait(
+        "twin.cedar",
+        "@id(\"twin-all\") permit(principal, action == Action::\"mcp.call\", resource == Resource::\"twin\");",
+    )
+    .await;
+    let out = m
+        .client(
+            &m.g.agent_token,
+            json!([
+                {"op": "list_tools"},
+                {"op": "call", "tool": "read_text_file", "args": {"path": m.path("allowed/hello.txt")}},
+                {"op": "call", "tool": "echo", "args": {"message": "which one?"}},
+                {"op": "call", "tool": "everything__echo", "args": {"message": "prefixed"}},
+            ]),
+        )
+        .await;
+    let all = out
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let tools = out[0]["tools"].as_object().unwrap();
+    assert!(tools.contains_key("read_text_file"), "{all}");
+    assert!(!tools.contains_key("fs__read_text_file"), "{all}");
+    assert!(tools.contains_key("everything__echo"), "{all}");
+    // "echo" is twin's own name only, so it is shown; nothing collides
+    // with the prefixed everything server.
+    assert!(tools.contains_key("echo"), "{all}");
+    assert_eq!(out[1]["text"], "hello from disk\n", "{all}");
+    assert_eq!(out[2]["text"], "Echo: which one?", "{all}");
+    assert_eq!(out[3]["text"], "Echo: prefixed", "{all}");
+
+    // A third upstream, also unprefixed, that offers the same names as
+    // twin: those names are withheld and refused.
+    let m = Mcp::start_with(
+        "60s",
+        &format!(
+            "[[resources.mcp]]\nname = \"twin\"\ncommand = [\"{e}\"]\nprefix = false\n\n[[resources.mcp]]\nname = \"triplet\"\ncommand = [\"{e}\"]\nprefix = false\n",
+            e = npm_bin("mcp-server-everything")
+        ),
+    )
+    .await;
+    m.g.write_policy_and_wait(
+        "twins.cedar",
+        "@id(\"twins-all\") permit(principal, action == Action::\"mcp.call\", resource);",
+    )
+    .await;
+    let out = m
+        .client(
+            &m.g.agent_token,
+            json!([
+                {"op": "list_tools"},
+                {"op": "call", "tool": "echo", "args": {"message": "ambiguous"}},
+            ]),
+        )
+        .await;
+    let all = out
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let tools = out[0]["tools"].as_object().unwrap();
+    assert!(!tools.contains_key("echo"), "{all}");
+    assert!(tools.contains_key("everything__echo"), "{all}");
+    let error = out[1]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("several upstreams") && error.contains("twin") && error.contains("triplet"),
+        "{all}"
+    );
+    let ready = m.wait_ready_with_collisions().await;
+    let twin = ready["mcp_upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "twin")
+        .cloned()
+        .unwrap();
+    assert!(
+        twin["colliding_names"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|x| x == "echo")),
+        "{ready}"
+    );
+    assert_eq!(ready["status"], "degraded", "{ready}");
 }

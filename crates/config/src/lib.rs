@@ -383,6 +383,20 @@ pub struct McpResourceConfig {
     /// Cedar entity tags.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Show its tools and prompts as `NAME__TOOL` (default true). With
+    /// `false` they keep their own names; a name another upstream also
+    /// shows is withheld and refused, never guessed.
+    #[serde(default = "default_true")]
+    pub prefix: bool,
+    /// The most client sessions it serves at once (default 64): each MCP
+    /// session at gavel gets a connection of its own to each upstream (a
+    /// child process for `command`).
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+}
+
+fn default_max_sessions() -> usize {
+    64
 }
 
 fn default_inherit_env() -> Vec<String> {
@@ -1022,6 +1036,12 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
             return Err(fail(
                 key("name"),
                 format!("{:?} names another resource too", r.name),
+            ));
+        }
+        if r.max_sessions == 0 {
+            return Err(fail(
+                key("max_sessions"),
+                "must be at least 1 (each client session needs a connection of its own)".into(),
             ));
         }
         match (&r.command, &r.url) {

@@ -241,6 +241,12 @@ impl Authenticator {
         Ok((agent.principal(), agent.expires_at))
     }
 
+    /// The configured human whose static token has this SHA-256, as the
+    /// configuration says now.
+    pub fn human_by_token_sha256(&self, sha256: &str) -> Option<Human> {
+        self.humans().get(sha256).cloned()
+    }
+
     /// The human configured with `id`, for channels that map identities.
     pub fn human(&self, id: &str) -> Option<Human> {
         self.humans().values().find(|h| h.id.0 == id).cloned()

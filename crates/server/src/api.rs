@@ -151,18 +151,41 @@ pub(crate) async fn readyz(State(gw): State<Gateway>) -> Response {
         reload_error: reload_error.clone(),
     };
     let audit_error = gw.checkpointer.refusal();
+    let collisions = gw.mcp.collisions();
     let mcp_upstreams: Vec<McpUpstreamHealth> = gw
         .mcp
         .health()
         .into_iter()
-        .map(|h| McpUpstreamHealth {
-            name: h.name,
-            up: h.up,
-            connects: h.connects,
-            last_error: h.last_error,
+        .map(|h| {
+            let colliding_names = gw
+                .mcp
+                .upstreams()
+                .iter()
+                .find(|u| u.name == h.name)
+                .map(|u| {
+                    let offer = u.offer();
+                    offer
+                        .tools
+                        .iter()
+                        .map(|t| u.exposed(&t.name))
+                        .chain(offer.prompts.iter().map(|p| u.exposed(&p.name)))
+                        .filter(|n| collisions.contains(n))
+                        .collect()
+                })
+                .unwrap_or_default();
+            McpUpstreamHealth {
+                name: h.name,
+                up: h.up,
+                connects: h.connects,
+                last_error: h.last_error,
+                sessions: h.sessions,
+                colliding_names,
+            }
         })
         .collect();
-    let upstream_down = mcp_upstreams.iter().any(|u| !u.up);
+    let upstream_down = mcp_upstreams
+        .iter()
+        .any(|u| !u.up || !u.colliding_names.is_empty());
     match gw.store.count_by_state().await {
         Ok(_) => Json(Health {
             status: if reload_error.is_some() || audit_error.is_some() || upstream_down {
@@ -255,6 +278,10 @@ pub(crate) async fn login_info(State(gw): State<Gateway>) -> Result<Json<LoginIn
 /// Records how an action admitted over REST ended, for agents that act
 /// themselves: once per admission, by its initiator only. An approved
 /// request moves from `admitted` to `executed` or `failed`.
+/// The longest `detail` an outcome report may carry: outcomes land in
+/// the audit log for good, so an agent must not be able to fill it.
+const MAX_OUTCOME_DETAIL: usize = 4096;
+
 #[utoipa::path(post, path = "/api/v1/actions/outcome", security(("bearer" = [])),
     request_body = OutcomeReport,
     responses((status = 200, body = crate::views::OutcomeRecorded), (status = 400, body = crate::error::ErrorBody),
@@ -266,6 +293,12 @@ pub(crate) async fn post_outcome(
     body: Bytes,
 ) -> Result<Json<crate::views::OutcomeRecorded>, ApiError> {
     let report: OutcomeReport = parse_json(&body)?;
+    if report.detail.len() > MAX_OUTCOME_DETAIL {
+        return Err(ApiError::bad_request(format!(
+            "detail is {} bytes; an outcome's detail is at most {MAX_OUTCOME_DETAIL} bytes (it goes into the append-only audit log): summarize it",
+            report.detail.len()
+        )));
+    }
     let outcome = match report.status.as_str() {
         "succeeded" => gavel_core::Outcome::Succeeded {
             detail: report.detail,
@@ -758,16 +791,26 @@ pub(crate) async fn get_request(
     Path(id): Path<String>,
 ) -> Result<Json<RequestView>, ApiError> {
     let r = load_visible(&gw, &p, &id).await?;
-    Ok(Json(with_history(&gw, &r).await?))
+    Ok(Json(
+        with_history(&gw, &r, |other| may_see(&p, other)).await?,
+    ))
 }
 
-/// A request's view with the initiator's and the resource's recent history.
+/// A request's view with the initiator's and the resource's recent
+/// history: only the requests `visible` lets the viewer see (an agent its
+/// own, a reviewer on the web pages those it may open).
 pub(crate) async fn with_history(
     gw: &Gateway,
     r: &ApprovalRequest,
+    visible: impl Fn(&ApprovalRequest) -> bool,
 ) -> Result<RequestView, ApiError> {
     let related = gw.gate.approvals().related(r, 10).await?;
-    let items = |list: &[ApprovalRequest]| list.iter().map(HistoryItem::from).collect();
+    let items = |list: &[ApprovalRequest]| {
+        list.iter()
+            .filter(|other| visible(other))
+            .map(HistoryItem::from)
+            .collect()
+    };
     let mut view = RequestView::new(r, &gw.config.config.server.public_url);
     view.history = Some(History {
         initiator_recent: items(&related.by_initiator),

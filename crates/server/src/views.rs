@@ -414,6 +414,12 @@ pub(crate) struct McpUpstreamHealth {
     pub connects: u64,
     /// Why the last attempt or connection ended.
     pub last_error: Option<String>,
+    /// Client sessions with a connection of their own to it now.
+    pub sessions: usize,
+    /// Its tool or prompt names that another upstream also shows clients
+    /// (withheld until `prefix` tells them apart).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub colliding_names: Vec<String>,
 }
 
 /// The live policy set and the last reload error.

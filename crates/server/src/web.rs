@@ -20,6 +20,7 @@ use gavel_core::display::{one_line, visible};
 use gavel_core::{
     DecideFailure, Decision, Human, Principal, RequestFilter, RequestId, RequestState,
 };
+use gavel_identity::Authenticator;
 use maud::{DOCTYPE, Markup, html};
 use rand::RngCore;
 use serde::Deserialize;
@@ -45,8 +46,20 @@ const MAX_FLOWS: usize = 10_000;
 
 struct WebSession {
     human: Human,
+    /// What the human signed in with: looked at again on every page and
+    /// decision, so that a reviewer removed from the configuration or
+    /// given other groups is treated as they are now.
+    with: SignedInWith,
     csrf: String,
     expires: Instant,
+}
+
+enum SignedInWith {
+    /// A static token from `[[identity.humans]]`, by its SHA-256.
+    Token { sha256: String },
+    /// The identity provider (or a JWT of its, pasted), with the groups it
+    /// gave; configured groups are added each time.
+    IdentityProvider { groups: Vec<String> },
 }
 
 struct Flow {
@@ -60,10 +73,37 @@ struct Flow {
 }
 
 /// Browser sessions and sign-ins in flight.
-#[derive(Default)]
 pub(crate) struct WebState {
     sessions: Mutex<HashMap<String, WebSession>>,
     flows: Mutex<HashMap<String, Flow>>,
+    /// Signs the sign-in form's key: the login cookie holds a nonce and
+    /// the form its MAC, so a cookie planted from another port of the
+    /// same host (same-site) cannot be paired with a key of the planter's
+    /// choosing.
+    login_key: [u8; 32],
+}
+
+impl Default for WebState {
+    fn default() -> WebState {
+        let mut login_key = [0u8; 32];
+        rand::rng().fill_bytes(&mut login_key);
+        WebState {
+            sessions: Mutex::default(),
+            flows: Mutex::default(),
+            login_key,
+        }
+    }
+}
+
+impl WebState {
+    /// The form key that goes with a login cookie's nonce.
+    fn login_form_key(&self, nonce: &str) -> String {
+        use hmac::{KeyInit, Mac};
+        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&self.login_key)
+            .expect("HMAC takes a key of any length");
+        mac.update(nonce.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
 }
 
 fn random_token() -> String {
@@ -183,16 +223,29 @@ fn may_view(request: &gavel_core::ApprovalRequest, human: &Human) -> bool {
 }
 
 impl WebState {
-    fn session(&self, headers: &HeaderMap) -> Option<(Human, String)> {
+    /// The signed-in human as the configuration says now, and the
+    /// session's CSRF key; None (and the session ends) when the session
+    /// expired or its static token no longer authenticates.
+    fn session(&self, auth: &Authenticator, headers: &HeaderMap) -> Option<(Human, String)> {
         let id = cookie_value(headers)?;
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        match sessions.get(&id) {
-            Some(s) if s.expires > Instant::now() => Some((s.human.clone(), s.csrf.clone())),
-            Some(_) => {
+        let s = sessions.get(&id)?;
+        let current = if s.expires <= Instant::now() {
+            None
+        } else {
+            match &s.with {
+                SignedInWith::Token { sha256 } => auth.human_by_token_sha256(sha256),
+                SignedInWith::IdentityProvider { groups } => {
+                    Some(auth.human_from_sign_in(s.human.id.0.clone(), groups.clone()))
+                }
+            }
+        };
+        match current {
+            Some(human) => Some((human, s.csrf.clone())),
+            None => {
                 sessions.remove(&id);
                 None
             }
-            None => None,
         }
     }
 }
@@ -253,7 +306,8 @@ fn sign_in_form(
     error: Option<&str>,
     status: StatusCode,
 ) -> Response {
-    let form_key = random_token();
+    let nonce = random_token();
+    let form_key = gw.web.login_form_key(&nonce);
     let body = html! {
         h1 { "Sign in to review" }
         @if let Some(e) = error { p.error { (e) } }
@@ -279,7 +333,7 @@ fn sign_in_form(
     )
         .into_response();
     let cookie = format!(
-        "{LOGIN_FORM_COOKIE}={form_key}; HttpOnly; SameSite=Strict; Path=/login; Max-Age={}{}",
+        "{LOGIN_FORM_COOKIE}={nonce}; HttpOnly; SameSite=Strict; Path=/login; Max-Age={}{}",
         FLOW_TTL.as_secs(),
         secure_attr(gw)
     );
@@ -307,8 +361,8 @@ async fn token_sign_in(
     let has_oidc = gw.auth.browser_issuers().next().is_some();
     // The form must come from a page this browser was shown: no other
     // site can sign a browser in as someone else.
-    let same_browser =
-        cookie_named(&headers, LOGIN_FORM_COOKIE).is_some_and(|v| csrf_ok(&v, &f.form_key));
+    let same_browser = cookie_named(&headers, LOGIN_FORM_COOKIE)
+        .is_some_and(|nonce| csrf_ok(&gw.web.login_form_key(&nonce), &f.form_key));
     if !same_browser {
         return sign_in_form(
             &gw,
@@ -318,9 +372,10 @@ async fn token_sign_in(
             StatusCode::FORBIDDEN,
         );
     }
-    let human = match gw.auth.authenticate(&f.token).await {
-        Ok(Principal::Human(h)) => h,
-        Ok(Principal::Agent { .. }) => {
+    // A pasted JWT's expiry ends the session too.
+    let (human, until) = match gw.auth.authenticate_until(&f.token).await {
+        Ok((Principal::Human(h), until)) => (h, until),
+        Ok((Principal::Agent { .. }, _)) => {
             return sign_in_form(
                 &gw,
                 &next,
@@ -342,8 +397,38 @@ async fn token_sign_in(
             );
         }
     };
+    let with = if gavel_identity::oidc::looks_like_jwt(f.token.trim())
+        && gw
+            .auth
+            .human_by_token_sha256(&gavel_identity::token_sha256(&f.token))
+            .is_none()
+    {
+        SignedInWith::IdentityProvider {
+            groups: human.groups.clone(),
+        }
+    } else {
+        SignedInWith::Token {
+            sha256: gavel_identity::token_sha256(&f.token),
+        }
+    };
+    let ttl = until
+        .map(|t| {
+            t.to_system_time()
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        })
+        .map_or(SESSION_TTL, |left| left.min(SESSION_TTL));
+    if ttl.is_zero() {
+        return sign_in_form(
+            &gw,
+            &next,
+            has_oidc,
+            Some("That token has expired; get a fresh one."),
+            StatusCode::UNAUTHORIZED,
+        );
+    }
     let mut response = Redirect::to(&next).into_response();
-    start_session(&gw, human, &mut response);
+    start_session(&gw, human, with, ttl, &mut response);
     response.headers_mut().append(
         header::SET_COOKIE,
         HeaderValue::from_static("gavel_login=; HttpOnly; SameSite=Strict; Path=/login; Max-Age=0"),
@@ -351,8 +436,15 @@ async fn token_sign_in(
     response
 }
 
-/// Starts a browser session for `human` and sets its cookie on `response`.
-fn start_session(gw: &Gateway, human: Human, response: &mut Response) {
+/// Starts a browser session for `human`, for `ttl` at most, and sets its
+/// cookie on `response`.
+fn start_session(
+    gw: &Gateway,
+    human: Human,
+    with: SignedInWith,
+    ttl: Duration,
+    response: &mut Response,
+) {
     let session = random_token();
     {
         let mut sessions = gw.web.sessions.lock().unwrap_or_else(|p| p.into_inner());
@@ -369,14 +461,15 @@ fn start_session(gw: &Gateway, human: Human, response: &mut Response) {
             session.clone(),
             WebSession {
                 human,
+                with,
                 csrf: random_token(),
-                expires: Instant::now() + SESSION_TTL,
+                expires: Instant::now() + ttl,
             },
         );
     }
     let cookie = format!(
         "{COOKIE}={session}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{}",
-        SESSION_TTL.as_secs(),
+        ttl.as_secs().max(1),
         secure_attr(gw)
     );
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -537,9 +630,15 @@ async fn callback(
             return error_page(StatusCode::UNAUTHORIZED, &format!("Sign-in refused: {e}"));
         }
     };
-    let human = gw.auth.human_from_sign_in(id, groups);
+    let human = gw.auth.human_from_sign_in(id, groups.clone());
     let mut response = Redirect::to(&flow.next).into_response();
-    start_session(&gw, human, &mut response);
+    start_session(
+        &gw,
+        human,
+        SignedInWith::IdentityProvider { groups },
+        SESSION_TTL,
+        &mut response,
+    );
     response.headers_mut().append(
         header::SET_COOKIE,
         HeaderValue::from_static(
@@ -555,7 +654,9 @@ struct CsrfForm {
 }
 
 fn csrf_ok(expected: &str, got: &str) -> bool {
-    expected.len() == got.len() && bool::from(expected.as_bytes().ct_eq(got.as_bytes()))
+    !expected.is_empty()
+        && expected.len() == got.len()
+        && bool::from(expected.as_bytes().ct_eq(got.as_bytes()))
 }
 
 async fn logout(
@@ -563,7 +664,7 @@ async fn logout(
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Some((_, csrf)) = gw.web.session(&headers) {
+    if let Some((_, csrf)) = gw.web.session(&gw.auth, &headers) {
         if !csrf_ok(&csrf, &f.csrf) {
             return error_page(StatusCode::FORBIDDEN, "The form is stale; reload the page.");
         }
@@ -584,7 +685,7 @@ async fn logout(
 }
 
 async fn list(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
-    let Some(who) = gw.web.session(&headers) else {
+    let Some(who) = gw.web.session(&gw.auth, &headers) else {
         return sign_in_redirect("/requests");
     };
     let filter = RequestFilter {
@@ -644,7 +745,7 @@ async fn page(
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    let Some(who) = gw.web.session(&headers) else {
+    let Some(who) = gw.web.session(&gw.auth, &headers) else {
         return sign_in_redirect(&format!("/requests/{id}"));
     };
     let principal = Principal::Human(who.0.clone());
@@ -660,7 +761,8 @@ async fn page(
             );
         }
     };
-    let view = match crate::api::with_history(&gw, &request).await {
+    let view = match crate::api::with_history(&gw, &request, |other| may_view(other, &who.0)).await
+    {
         Ok(v) => v,
         Err(_) => {
             return error_page(
@@ -804,7 +906,7 @@ async fn decide(
     Path(id): Path<String>,
     Form(f): Form<DecisionForm>,
 ) -> Response {
-    let Some((human, csrf)) = gw.web.session(&headers) else {
+    let Some((human, csrf)) = gw.web.session(&gw.auth, &headers) else {
         return error_page(StatusCode::UNAUTHORIZED, "Sign in first.");
     };
     if !csrf_ok(&csrf, &f.csrf) {

@@ -170,8 +170,17 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies
     /// migrations.
     pub async fn open(path: &Path) -> Result<SqliteStore, Error> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            // Only gavel's own user reads what agents asked (SQL literals
+            // included) and the audit log.
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder
+                .create(dir)
                 .map_err(|e| db_err(format!("cannot create {}: {e}", dir.display())))?;
         }
         let options = SqliteConnectOptions::new()

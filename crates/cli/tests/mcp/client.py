@@ -13,14 +13,23 @@ The script is a JSON object: {"transport": "http"|"stdio", "url", "token",
   {"op": "subscribe", "uri"} / {"op": "unsubscribe", "uri"}
   {"op": "wait_updated", "uri", "timeout": s}
   {"op": "sleep", "seconds"}
+  {"op": "set_level", "level"}
+  {"op": "wait_logs", "timeout": s, "count"?: n}
+  {"op": "complete", "ref": {"type": "ref/prompt", "name"} | {"type":
+    "ref/resource", "uri"}, "argument": {"name", "value"}}
 and prints one JSON line per step with what came back.
+The script's optional "answers" object makes the client offer sampling,
+elicitation and roots, answering with what it holds:
+  {"sampling": TEXT, "elicitation": {CONTENT}, "roots": [URI, ...]}
+and every request the server made of the client is reported in the
+"asked" field of the step during which it came.
 """
 import asyncio
 import json
 import sys
 
 import anyio
-from mcp import ClientSession, StdioServerParameters
+from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 
@@ -37,6 +46,39 @@ def content_text(result):
 async def run(script):
     list_changed = anyio.Event()
     updated = []
+    logs = []
+    asked = []
+    answers = script.get("answers")
+    callbacks = {}
+
+    async def on_log(params):
+        logs.append({"level": params.level, "data": params.data})
+
+    callbacks["logging_callback"] = on_log
+    if answers is not None:
+        async def sampling(context, params):
+            text = params.messages[0].content.text if params.messages else ""
+            asked.append({"sampling": text})
+            return types.CreateMessageResult(
+                role="assistant",
+                content=types.TextContent(type="text", text=answers.get("sampling", "")),
+                model="test-model",
+                stop_reason="endTurn",
+            )
+
+        async def elicitation(context, params):
+            asked.append({"elicitation": params.message})
+            return types.ElicitResult(action="accept", content=answers.get("elicitation", {}))
+
+        async def roots(context):
+            asked.append({"roots": True})
+            return types.ListRootsResult(
+                roots=[types.Root(uri=u) for u in answers.get("roots", [])]
+            )
+
+        callbacks["sampling_callback"] = sampling
+        callbacks["elicitation_callback"] = elicitation
+        callbacks["list_roots_callback"] = roots
 
     async def on_message(message):
         root = getattr(message, "root", message)
@@ -51,6 +93,7 @@ async def run(script):
         for step in script["steps"]:
             op = step["op"]
             out = {"op": op}
+            asked.clear()
             try:
                 if op == "list_tools":
                     r = await session.list_tools()
@@ -106,6 +149,23 @@ async def run(script):
                     out["updated"] = sorted(set(updated))
                 elif op == "sleep":
                     await anyio.sleep(step["seconds"])
+                elif op == "set_level":
+                    await session.set_logging_level(step["level"])
+                    out["ok"] = True
+                elif op == "wait_logs":
+                    with anyio.move_on_after(step["timeout"]):
+                        while len(logs) < step.get("count", 1):
+                            await anyio.sleep(0.1)
+                    out["logs"] = list(logs)
+                elif op == "complete":
+                    ref = step["ref"]
+                    if ref["type"] == "ref/prompt":
+                        r = types.PromptReference(type="ref/prompt", name=ref["name"])
+                    else:
+                        r = types.ResourceTemplateReference(type="ref/resource", uri=ref["uri"])
+                    arg = step["argument"]
+                    c = await session.complete(r, {"name": arg["name"], "value": arg["value"]})
+                    out["values"] = list(c.completion.values)
                 elif op == "touch":
                     # Tells a waiting test that this session is established.
                     open(step["path"], "w").close()
@@ -114,6 +174,8 @@ async def run(script):
                 code = getattr(getattr(e, "error", None), "code", None)
                 if code is not None:
                     out["code"] = code
+            if asked:
+                out["asked"] = list(asked)
             print(json.dumps(out), flush=True)
 
     if script["transport"] == "http":
@@ -121,14 +183,14 @@ async def run(script):
         async with create_mcp_http_client(headers=headers) as http:
             async with streamable_http_client(script["url"], http_client=http) as streams:
                 read, write = streams[0], streams[1]
-                async with ClientSession(read, write, message_handler=on_message) as session:
+                async with ClientSession(read, write, message_handler=on_message, **callbacks) as session:
                     await steps(session)
     else:
         params = StdioServerParameters(
             command=script["command"][0], args=script["command"][1:], env=script.get("env")
         )
         async with stdio_client(params) as (read, write):
-            async with ClientSession(read, write, message_handler=on_message) as session:
+            async with ClientSession(read, write, message_handler=on_message, **callbacks) as session:
                 await steps(session)
 
 

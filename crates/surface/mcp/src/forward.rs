@@ -5,14 +5,16 @@
 //! admitted action (never from the client's message), sends it, and
 //! finishes the admission with the outcome.
 
-use crate::ProgressRelay;
+use crate::link::{Calls, track_call};
 use gavel_core::{Outcome, Permitted};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, GetPromptRequestParams, GetPromptResponse, JsonObject,
-    ReadResourceRequestParams, ReadResourceResponse, RequestMetaObject, SubscribeRequestParams,
-    UnsubscribeRequestParams,
+    CallToolRequest, CallToolRequestParams, CallToolResponse, ClientRequest, CompleteRequestParams,
+    CompleteResult, GetPromptRequestParams, GetPromptResponse, JsonObject, ProgressToken,
+    ReadResourceRequestParams, ReadResourceResponse, RequestId, ServerResult,
+    SubscribeRequestParams, UnsubscribeRequestParams,
 };
-use rmcp::service::{Peer, RoleClient, ServiceError};
+use rmcp::service::{Peer, PeerRequestOptions, RoleClient, ServiceError};
+use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 /// The longest text of a result kept in a record.
@@ -39,15 +41,6 @@ fn admitted_args(p: &Permitted) -> Option<JsonObject> {
         .cloned()
 }
 
-/// `_meta` for the upstream: only gavel's own progress token. Nothing of
-/// the client's `_meta` passes, since none of it is gated.
-fn upstream_meta(progress: Option<&ProgressRelay>) -> Option<RequestMetaObject> {
-    let relay = progress?;
-    let mut out = RequestMetaObject::default();
-    out.set_progress_token(relay.token.clone());
-    Some(out)
-}
-
 /// The outcome of a call that failed on the way, or was answered.
 fn result_outcome<T>(result: &Result<T, ServiceError>, what: &str) -> Outcome {
     match result {
@@ -60,20 +53,30 @@ fn result_outcome<T>(result: &Result<T, ServiceError>, what: &str) -> Outcome {
     }
 }
 
-/// A session's handle on an upstream connection: every request it sends
+/// A session's handle on its upstream connection: every request it sends
 /// needs a [`Permitted`].
-pub(crate) struct Forwarder(Peer<RoleClient>);
+pub(crate) struct Forwarder {
+    peer: Peer<RoleClient>,
+    calls: Arc<Mutex<Calls>>,
+}
 
 impl Forwarder {
-    /// Wraps the upstream's connection; only `upstream.rs` has one.
-    pub(crate) fn new(peer: Peer<RoleClient>) -> Forwarder {
-        Forwarder(peer)
+    /// Wraps a session's upstream connection; only `link.rs` has one.
+    pub(crate) fn new(peer: Peer<RoleClient>, calls: Arc<Mutex<Calls>>) -> Forwarder {
+        Forwarder { peer, calls }
     }
 
     /// What the upstream said it can do when it initialized.
     pub(crate) fn capabilities(&self) -> Option<rmcp::model::ServerCapabilities> {
-        self.0.peer_info().map(|i| i.capabilities.clone())
+        self.peer.peer_info().map(|i| i.capabilities.clone())
     }
+}
+
+/// The client's request a forwarded call answers: progress and the
+/// upstream's own requests during the call are relayed to it.
+pub(crate) struct ClientCall {
+    pub id: RequestId,
+    pub progress: Option<ProgressToken>,
 }
 
 /// What the client gets when it cancelled a call already forwarded.
@@ -83,25 +86,57 @@ pub(crate) enum Forwarded<T> {
 }
 
 /// `tools/call` of the admitted tool (`operation`) with the admitted
-/// arguments.
+/// arguments. The upstream request carries rmcp's own progress token,
+/// which is mapped back to the client's.
 pub(crate) async fn call_tool(
     permitted: Permitted,
-    Forwarder(peer): &Forwarder,
-    relay: Option<&ProgressRelay>,
+    forwarder: &Forwarder,
+    client: ClientCall,
     cancelled: &CancellationToken,
 ) -> Forwarded<CallToolResponse> {
-    let mut request = CallToolRequestParams::new(permitted.action().operation.clone());
-    request.arguments = admitted_args(&permitted);
-    request.meta = upstream_meta(relay);
-    let result = tokio::select! {
-        r = peer.call_tool_once(request) => r,
+    let mut params = CallToolRequestParams::new(permitted.action().operation.clone());
+    // Always an object: a tool with an empty input schema still expects
+    // `{}` (a missing `arguments` fails its validation).
+    params.arguments = Some(admitted_args(&permitted).unwrap_or_default());
+    let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+    let mut handle = match forwarder
+        .peer
+        .send_request_with_option(request, PeerRequestOptions::no_options())
+        .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            permitted.finish(Outcome::Failed {
+                detail: excerpt(&e.to_string()),
+            });
+            return Forwarded::Answered(Err(e));
+        }
+    };
+    let _tracked = track_call(
+        &forwarder.calls,
+        handle.id.clone(),
+        handle.progress_token.clone(),
+        client.id,
+        client.progress,
+    );
+    let answer = tokio::select! {
+        r = &mut handle.rx => r,
         _ = cancelled.cancelled() => {
+            let _ = handle.cancel(Some("cancelled by the client".into())).await;
             // It was forwarded: the upstream may well have run it.
             permitted.finish(Outcome::Succeeded {
                 detail: "forwarded; the client cancelled before the result, so the outcome is unknown".into(),
             });
             return Forwarded::CancelledByClient;
         }
+    };
+    let result = match answer {
+        Err(_) => Err(ServiceError::TransportClosed),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(ServerResult::CallToolResult(r))) => Ok(CallToolResponse::Complete(r)),
+        Ok(Ok(ServerResult::InputRequiredResult(r))) => Ok(CallToolResponse::InputRequired(r)),
+        Ok(Ok(ServerResult::CreateTaskResult(r))) => Ok(CallToolResponse::Task(r)),
+        Ok(Ok(_)) => Err(ServiceError::UnexpectedResponse),
     };
     let outcome = match &result {
         Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => Outcome::Failed {
@@ -127,13 +162,43 @@ pub(crate) async fn call_tool(
     Forwarded::Answered(result)
 }
 
+/// `completion/complete` as admitted (`details.completion`: the
+/// reference in the upstream's own names, the argument and its context).
+pub(crate) async fn complete(
+    permitted: Permitted,
+    forwarder: &Forwarder,
+) -> Result<CompleteResult, ServiceError> {
+    let params = permitted
+        .action()
+        .details
+        .get("completion")
+        .cloned()
+        .map(serde_json::from_value::<CompleteRequestParams>);
+    let params = match params {
+        Some(Ok(p)) => p,
+        _ => {
+            let e = ServiceError::McpError(rmcp::ErrorData::internal_error(
+                "gavel: the admitted completion is malformed",
+                None,
+            ));
+            permitted.finish(Outcome::Failed {
+                detail: e.to_string(),
+            });
+            return Err(e);
+        }
+    };
+    let result = forwarder.peer.complete(params).await;
+    permitted.finish(result_outcome(&result, "completion"));
+    result
+}
+
 /// `resources/read` of the admitted URI (`operation`, normalized).
 pub(crate) async fn read_resource(
     permitted: Permitted,
-    Forwarder(peer): &Forwarder,
+    forwarder: &Forwarder,
 ) -> Result<ReadResourceResponse, ServiceError> {
     let request = ReadResourceRequestParams::new(permitted.action().operation.clone());
-    let result = peer.read_resource_once(request).await;
+    let result = forwarder.peer.read_resource_once(request).await;
     permitted.finish(result_outcome(&result, "read"));
     result
 }
@@ -141,11 +206,11 @@ pub(crate) async fn read_resource(
 /// `prompts/get` of the admitted prompt with the admitted arguments.
 pub(crate) async fn get_prompt(
     permitted: Permitted,
-    Forwarder(peer): &Forwarder,
+    forwarder: &Forwarder,
 ) -> Result<GetPromptResponse, ServiceError> {
     let mut request = GetPromptRequestParams::new(permitted.action().operation.clone());
     request.arguments = admitted_args(&permitted);
-    let result = peer.get_prompt_once(request).await;
+    let result = forwarder.peer.get_prompt_once(request).await;
     permitted.finish(result_outcome(&result, "prompt"));
     result
 }
@@ -153,11 +218,11 @@ pub(crate) async fn get_prompt(
 /// `resources/subscribe` to the admitted URI.
 pub(crate) async fn subscribe(
     permitted: Permitted,
-    Forwarder(peer): &Forwarder,
+    forwarder: &Forwarder,
 ) -> Result<(), ServiceError> {
     let request = SubscribeRequestParams::new(permitted.action().operation.clone());
     #[allow(deprecated)]
-    let result = peer.subscribe(request).await;
+    let result = forwarder.peer.subscribe(request).await;
     permitted.finish(result_outcome(&result, "subscribed"));
     result
 }
@@ -165,11 +230,11 @@ pub(crate) async fn subscribe(
 /// `resources/unsubscribe` from the admitted URI.
 pub(crate) async fn unsubscribe(
     permitted: Permitted,
-    Forwarder(peer): &Forwarder,
+    forwarder: &Forwarder,
 ) -> Result<(), ServiceError> {
     let request = UnsubscribeRequestParams::new(permitted.action().operation.clone());
     #[allow(deprecated)]
-    let result = peer.unsubscribe(request).await;
+    let result = forwarder.peer.unsubscribe(request).await;
     permitted.finish(result_outcome(&result, "unsubscribed"));
     result
 }

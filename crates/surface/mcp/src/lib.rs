@@ -15,6 +15,7 @@
 
 mod bridge;
 mod forward;
+mod link;
 mod session;
 mod upstream;
 pub mod uri;
@@ -28,8 +29,6 @@ use axum::response::{IntoResponse, Response};
 use gavel_config::McpResourceConfig;
 use gavel_core::{Gate, Principal, Resource};
 use gavel_identity::{AuthError, Authenticator};
-use rmcp::model::{NumberOrString, ProgressNotificationParam, ProgressToken};
-use rmcp::service::{Peer, RoleServer};
 use rmcp::transport::StreamableHttpService;
 use rmcp::transport::streamable_http_server::StreamableHttpServerConfig;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -54,210 +53,73 @@ pub(crate) struct Hub {
     pub upstreams: Vec<Arc<Upstream>>,
     pub hold: Duration,
     pub public_url: String,
-    /// Downstream peers, told when an upstream's lists change.
-    peers: Mutex<Vec<Peer<RoleServer>>>,
-    /// gavel's progress token for an upstream call → the client that
-    /// waits and the token it chose.
-    progress: Mutex<HashMap<String, (Peer<RoleServer>, ProgressToken)>>,
     /// `Mcp-Session-Id` → the principal that opened it and when it was
     /// last used: every request that names a session, whatever its method,
     /// must come from that principal.
     session_owners: Mutex<HashMap<String, (String, std::time::Instant)>>,
-    /// (upstream, URI) → the sessions subscribed to it (session id, peer).
-    /// gavel holds one upstream subscription per URI and fans its updates
-    /// out to exactly these sessions.
-    subscriptions: Mutex<HashMap<(String, String), Subscribers>>,
-}
-
-/// The sessions subscribed to one URI: (session id, its peer).
-/// Sessions subscribed to one URI: the session, its peer, and the
-/// principal it belongs to (updates stop when that principal falls).
-type Subscribers = Vec<(u64, Peer<RoleServer>, Principal)>;
-
-fn token_key(t: &ProgressToken) -> String {
-    match &t.0 {
-        NumberOrString::Number(n) => format!("n:{n}"),
-        NumberOrString::String(s) => format!("s:{s}"),
-    }
-}
-
-/// Removes a progress relay when the call it serves ends.
-pub(crate) struct ProgressRelay {
-    hub: Arc<Hub>,
-    key: String,
-    /// The token sent upstream.
-    pub token: ProgressToken,
-}
-
-impl Drop for ProgressRelay {
-    fn drop(&mut self) {
-        self.hub
-            .progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
-    }
+    /// Names two upstreams both show a client (an unprefixed upstream's
+    /// tool or prompt that another upstream also offers): withheld from
+    /// lists and refused in calls rather than guessed.
+    collisions: Mutex<Vec<String>>,
 }
 
 impl Hub {
-    pub(crate) fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
-        self.upstreams.iter().find(|u| u.name == name)
+    /// Compares the names the upstreams offer as clients see them, from
+    /// the supervisors' listings, and logs any name two of them claim.
+    pub(crate) fn check_names(&self) {
+        let offers: Vec<(Arc<Upstream>, Arc<Offer>)> = self
+            .upstreams
+            .iter()
+            .map(|u| (u.clone(), u.offer()))
+            .collect();
+        let found = colliding_names(offers.iter().map(|(u, o)| (u.as_ref(), o.as_ref())));
+        let mut collisions = self.collisions.lock().unwrap_or_else(|p| p.into_inner());
+        if *collisions != found {
+            for name in found.iter().filter(|n| !collisions.contains(n)) {
+                tracing::error!(
+                    name = %name,
+                    "two MCP upstreams offer {name:?} under the same name: it is withheld from clients; set prefix = true on one of them"
+                );
+            }
+            *collisions = found;
+        }
     }
 
-    pub(crate) fn register(&self, peer: Peer<RoleServer>) {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        peers.retain(|p| !p.is_transport_closed());
-        peers.push(peer);
-    }
-
-    /// Relays an upstream call's progress under a token of gavel's, so two
-    /// clients that chose the same token never see each other's progress.
-    pub(crate) fn progress_relay(
-        self: &Arc<Self>,
-        peer: Peer<RoleServer>,
-        theirs: ProgressToken,
-    ) -> ProgressRelay {
-        let token = ProgressToken(NumberOrString::String(
-            format!("gavel-{}", uuid::Uuid::now_v7()).into(),
-        ));
-        let key = token_key(&token);
-        self.progress
+    /// Names withheld because two upstreams claim them.
+    pub fn collisions(&self) -> Vec<String> {
+        self.collisions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), (peer, theirs));
-        ProgressRelay {
-            hub: self.clone(),
-            key,
-            token,
+            .clone()
+    }
+}
+
+/// The tool and prompt names (as clients see them) that more than one
+/// upstream offers.
+pub(crate) fn colliding_names<'a>(
+    offers: impl Iterator<Item = (&'a Upstream, &'a Offer)>,
+) -> Vec<String> {
+    let mut owners: HashMap<String, std::collections::BTreeSet<&str>> = HashMap::new();
+    for (upstream, offer) in offers {
+        let names = offer
+            .tools
+            .iter()
+            .map(|t| t.name.as_ref())
+            .chain(offer.prompts.iter().map(|p| p.name.as_str()));
+        for name in names {
+            owners
+                .entry(upstream.exposed(name))
+                .or_default()
+                .insert(upstream.name.as_str());
         }
     }
-
-    pub(crate) async fn relay_progress(&self, mut params: ProgressNotificationParam) {
-        let target = self
-            .progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&token_key(&params.progress_token))
-            .cloned();
-        if let Some((peer, theirs)) = target {
-            params.progress_token = theirs;
-            if let Err(e) = peer.notify_progress(params).await {
-                tracing::debug!(error = %e, "relaying progress failed");
-            }
-        }
-    }
-
-    /// Adds a session's subscription; true when it is the first for this
-    /// URI of this upstream (gavel then subscribes upstream).
-    pub(crate) fn subscribe(
-        &self,
-        upstream: &str,
-        uri: &str,
-        session: u64,
-        peer: Peer<RoleServer>,
-        principal: Principal,
-    ) -> bool {
-        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
-        let list = subs
-            .entry((upstream.to_owned(), uri.to_owned()))
-            .or_default();
-        let first = list.is_empty();
-        if !list.iter().any(|(id, _, _)| *id == session) {
-            list.push((session, peer, principal));
-        }
-        first
-    }
-
-    /// Removes a session's subscription; true when none is left (gavel
-    /// then unsubscribes upstream).
-    pub(crate) fn unsubscribe(&self, upstream: &str, uri: &str, session: u64) -> bool {
-        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (upstream.to_owned(), uri.to_owned());
-        let Some(list) = subs.get_mut(&key) else {
-            return false;
-        };
-        let before = list.len();
-        list.retain(|(id, _, _)| *id != session);
-        let last = before > 0 && list.is_empty();
-        if list.is_empty() {
-            subs.remove(&key);
-        }
-        last
-    }
-
-    /// The URIs some session is subscribed to at `upstream`.
-    pub(crate) fn subscribed_uris(&self, upstream: &str) -> Vec<String> {
-        self.subscriptions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .filter(|(u, _)| u == upstream)
-            .map(|(_, uri)| uri.clone())
-            .collect()
-    }
-
-    /// Relays `notifications/resources/updated` from `upstream` to the
-    /// sessions subscribed to that URI there, and to no one else.
-    pub(crate) async fn relay_update(&self, upstream: &str, uri: &str) {
-        let peers: Vec<Peer<RoleServer>> = {
-            let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
-            let key = (upstream.to_owned(), uri.to_owned());
-            let Some(list) = subs.get_mut(&key) else {
-                return;
-            };
-            // A revoked or expired principal hears no more updates.
-            list.retain(|(_, p, who)| !p.is_transport_closed() && self.gate.in_good_standing(who));
-            let peers = list.iter().map(|(_, p, _)| p.clone()).collect();
-            if list.is_empty() {
-                subs.remove(&key);
-            }
-            peers
-        };
-        for peer in peers {
-            let param = rmcp::model::ResourceUpdatedNotificationParam::new(uri);
-            if let Err(e) = peer.notify_resource_updated(param).await {
-                tracing::debug!(error = %e, "relaying a resource update failed");
-            }
-        }
-    }
-
-    /// An upstream (re)connected or went away: every client re-lists.
-    pub(crate) fn lists_changed(&self, offer: &Offer) {
-        let _ = offer;
-        self.notify_lists(true, true, true);
-    }
-
-    /// An upstream re-listed: tell clients about the lists that differ.
-    pub(crate) fn lists_changed_between(&self, before: &Offer, after: &Offer) {
-        self.notify_lists(
-            before.tools != after.tools,
-            before.resources != after.resources || before.templates != after.templates,
-            before.prompts != after.prompts,
-        );
-    }
-
-    fn notify_lists(&self, tools: bool, resources: bool, prompts: bool) {
-        let peers: Vec<Peer<RoleServer>> = {
-            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-            peers.retain(|p| !p.is_transport_closed());
-            peers.clone()
-        };
-        for peer in peers {
-            tokio::spawn(async move {
-                // A client that went away meanwhile is dropped at the next
-                // registration; a failed send changes nothing else.
-                if tools {
-                    let _ = peer.notify_tool_list_changed().await;
-                }
-                if resources {
-                    let _ = peer.notify_resource_list_changed().await;
-                }
-                if prompts {
-                    let _ = peer.notify_prompt_list_changed().await;
-                }
-            });
-        }
-    }
+    let mut names: Vec<String> = owners
+        .into_iter()
+        .filter(|(_, by)| by.len() > 1)
+        .map(|(n, _)| n)
+        .collect();
+    names.sort();
+    names
 }
 
 /// The MCP gateway: upstreams, their supervisors and the `/mcp` service.
@@ -286,6 +148,8 @@ impl McpGateway {
                     tags: r.tags.clone(),
                 },
                 transport,
+                r.prefix,
+                r.max_sessions,
             ));
         }
         Ok(McpGateway {
@@ -294,10 +158,8 @@ impl McpGateway {
                 upstreams,
                 hold,
                 public_url: public_url.trim_end_matches('/').to_owned(),
-                peers: Mutex::new(Vec::new()),
-                progress: Mutex::new(HashMap::new()),
                 session_owners: Mutex::new(HashMap::new()),
-                subscriptions: Mutex::new(HashMap::new()),
+                collisions: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -320,6 +182,12 @@ impl McpGateway {
     /// Each upstream's state, for `/readyz`.
     pub fn health(&self) -> Vec<Health> {
         self.hub.upstreams.iter().map(|u| u.health()).collect()
+    }
+
+    /// Tool and prompt names two upstreams both claim (withheld), for
+    /// `/readyz`.
+    pub fn collisions(&self) -> Vec<String> {
+        self.hub.collisions()
     }
 
     /// The upstreams.

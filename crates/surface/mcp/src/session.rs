@@ -2,23 +2,30 @@
 //! request is tied to the principal the `/mcp` middleware authenticated,
 //! and a session stays with the principal that opened it.
 
-use crate::forward::{self, Forwarded, excerpt};
+// Logging is deprecated in the 2026-07-28 revision but lives in the
+// revisions gavel serves; a faithful relay carries it.
+#![allow(deprecated)]
+
+use crate::forward::{self, ClientCall, Forwarded, excerpt};
+use crate::link::{Client, Link};
+use crate::upstream::Offer;
 use crate::{Caller, Hub, SEPARATOR, Upstream};
 use gavel_core::{
     Action, ActionClass, ApprovalRequest, Cancellation, Hold, Outcome, Permitted, Preview, Refusal,
 };
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
-    GetPromptRequestParams, GetPromptResponse, Implementation, InitializeRequestParams,
-    InitializeResult, JsonObject, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
-    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, RequestMetaObject,
-    ServerCapabilities, ServerConfig, SubscribeRequestParams, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
+    ContentBlock, ErrorCode, GetPromptRequestParams, GetPromptResponse, Implementation,
+    InitializeRequestParams, InitializeResult, JsonObject, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
+    PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion, ReadResourceRequestParams,
+    ReadResourceResponse, Reference, RequestMetaObject, ServerCapabilities, ServerConfig,
+    SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
 };
-use rmcp::service::{RequestContext, RoleServer, ServiceError};
+use rmcp::service::{NotificationContext, RequestContext, RoleServer, ServiceError};
 use rmcp::{ErrorData as McpError, ServerHandler};
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -31,11 +38,177 @@ pub(crate) struct Session {
     hub: Arc<Hub>,
     /// The principal that opened the session (qualified id).
     owner: OnceLock<String>,
-    /// Set once the session's peer is registered for list changes.
-    registered: OnceLock<()>,
-    /// Tells this session's subscriptions apart from others'.
-    id: u64,
+    links: Arc<Links>,
     recent: Mutex<VecDeque<String>>,
+}
+
+/// One upstream and this session's connection to it, or why there is
+/// none.
+type SessionLink = (Arc<Upstream>, Result<Arc<Link>, String>);
+
+/// This session's own connections to the upstreams, opened when the
+/// client initializes (in the background) or at first use, and reopened
+/// when one ends.
+struct Links {
+    client: OnceLock<Arc<Client>>,
+    open: tokio::sync::Mutex<HashMap<String, Arc<Link>>>,
+    /// The log level the client set, for connections opened later.
+    level: Mutex<Option<LoggingLevel>>,
+}
+
+impl Links {
+    /// The session's connection to each upstream (or why there is none),
+    /// in the order of the configuration.
+    async fn all(&self, hub: &Hub) -> Vec<SessionLink> {
+        let Some(client) = self.client.get().cloned() else {
+            let why = "the session has not initialized".to_owned();
+            return hub
+                .upstreams
+                .iter()
+                .map(|u| (u.clone(), Err(why.clone())))
+                .collect();
+        };
+        let mut open = self.open.lock().await;
+        let level = *self.level.lock().unwrap_or_else(|p| p.into_inner());
+        let mut opening = tokio::task::JoinSet::new();
+        for upstream in &hub.upstreams {
+            let current = open.get(&upstream.name);
+            if current.is_some_and(|l| l.is_alive()) {
+                continue;
+            }
+            let earlier = current.map(|l| l.subscriptions()).unwrap_or_default();
+            let (upstream, client) = (upstream.clone(), client.clone());
+            opening.spawn(async move {
+                let link = Link::open(upstream.clone(), client, level).await;
+                if let Ok(link) = &link {
+                    link.resubscribe(&earlier).await;
+                }
+                (upstream, link)
+            });
+        }
+        let mut failed = HashMap::new();
+        while let Some(joined) = opening.join_next().await {
+            let Ok((upstream, link)) = joined else {
+                continue;
+            };
+            match link {
+                Ok(link) => {
+                    open.insert(upstream.name.clone(), link);
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %upstream.name, error = %e, "cannot connect a client session to the MCP upstream");
+                    open.remove(&upstream.name);
+                    failed.insert(upstream.name.clone(), e);
+                }
+            }
+        }
+        hub.upstreams
+            .iter()
+            .map(|u| {
+                let link = match open.get(&u.name) {
+                    Some(l) => Ok(l.clone()),
+                    None => Err(failed
+                        .remove(&u.name)
+                        .unwrap_or_else(|| format!("upstream {} is not connected", u.name))),
+                };
+                (u.clone(), link)
+            })
+            .collect()
+    }
+
+    /// The live connections, without opening any.
+    async fn live(&self) -> Vec<Arc<Link>> {
+        self.open
+            .lock()
+            .await
+            .values()
+            .filter(|l| l.is_alive())
+            .cloned()
+            .collect()
+    }
+}
+
+/// The connections that stand, each with what it offers.
+fn offers(links: &[SessionLink]) -> Vec<(&Arc<Upstream>, &Arc<Link>, Arc<Offer>)> {
+    links
+        .iter()
+        .filter_map(|(u, l)| l.as_ref().ok().map(|l| (u, l, l.offer())))
+        .collect()
+}
+
+/// A name a client used and what it means: the upstream, the session's
+/// connection there and the upstream's own name.
+struct Resolved {
+    upstream: Arc<Upstream>,
+    link: Arc<Link>,
+    own: String,
+}
+
+#[derive(Clone, Copy)]
+enum Named {
+    Tool,
+    Prompt,
+}
+
+impl Named {
+    fn word(self) -> &'static str {
+        match self {
+            Named::Tool => "tool",
+            Named::Prompt => "prompt",
+        }
+    }
+}
+
+/// What `exposed` names among this session's connections: exactly one
+/// upstream's tool or prompt, or an error that says why not.
+fn resolve(links: &[SessionLink], exposed: &str, kind: Named) -> Result<Resolved, McpError> {
+    let mut found = Vec::new();
+    for (upstream, link, offer) in offers(links) {
+        let Some(own) = upstream.own_name(exposed) else {
+            continue;
+        };
+        let offered = match kind {
+            Named::Tool => offer.tools.iter().any(|t| t.name == own),
+            Named::Prompt => offer.prompts.iter().any(|p| p.name == own),
+        };
+        if offered {
+            found.push(Resolved {
+                upstream: upstream.clone(),
+                link: link.clone(),
+                own: own.to_owned(),
+            });
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => {
+            let down: Vec<String> = links
+                .iter()
+                .filter_map(|(u, l)| l.as_ref().err().map(|e| format!("{}: {e}", u.name)))
+                .collect();
+            let word = kind.word();
+            let mut message = format!("unknown {word} {exposed:?}");
+            if !down.is_empty() {
+                message.push_str(&format!(
+                    " (not reachable now, try again shortly: {})",
+                    down.join("; ")
+                ));
+            }
+            Err(McpError::invalid_params(message, None))
+        }
+        _ => Err(McpError::invalid_params(
+            format!(
+                "{} {exposed:?} is offered by several upstreams ({}); gavel will not guess. Set prefix = true on one of them.",
+                kind.word(),
+                found
+                    .iter()
+                    .map(|r| r.upstream.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None,
+        )),
+    }
 }
 
 /// How an MCP request is held while a human decides: progress
@@ -110,7 +283,7 @@ fn normal_uri(raw: &str) -> Result<String, String> {
     crate::uri::normalize_uri(raw)
 }
 
-fn service_error(e: ServiceError) -> McpError {
+pub(crate) fn service_error(e: ServiceError) -> McpError {
     match e {
         ServiceError::McpError(e) => e,
         other => McpError::internal_error(format!("upstream: {other}"), None),
@@ -126,11 +299,11 @@ impl Session {
         Session {
             hub,
             owner: OnceLock::new(),
-            registered: OnceLock::new(),
-            id: {
-                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            },
+            links: Arc::new(Links {
+                client: OnceLock::new(),
+                open: tokio::sync::Mutex::new(HashMap::new()),
+                level: Mutex::new(None),
+            }),
             recent: Mutex::new(VecDeque::new()),
         }
     }
@@ -152,6 +325,32 @@ impl Session {
             ));
         }
         Ok(caller)
+    }
+
+    /// Records who the client is and what it can do; its upstream
+    /// connections claim the same.
+    fn know_client(&self, caller: &Caller, context: &RequestContext<RoleServer>) {
+        let capabilities = context
+            .peer
+            .peer_info()
+            .map(|i| i.capabilities.clone())
+            .unwrap_or_default();
+        let _ = self.links.client.set(Arc::new(Client {
+            peer: context.peer.clone(),
+            principal: caller.principal.clone(),
+            capabilities,
+            gate: self.hub.gate.clone(),
+        }));
+    }
+
+    /// This session's connections, opening what is missing.
+    async fn links(
+        &self,
+        caller: &Caller,
+        context: &RequestContext<RoleServer>,
+    ) -> Vec<SessionLink> {
+        self.know_client(caller, context);
+        self.links.all(&self.hub).await
     }
 
     fn visibility(
@@ -216,14 +415,14 @@ impl Session {
         self.hub.gate.admit(action, &mut hold).await
     }
 
-    /// Admits an `mcp.read` (a resource, a prompt, a subscription) and
-    /// returns the proof with the upstream's connection. A refusal is a
-    /// JSON-RPC error; an upstream that went away after admission is
-    /// recorded as the outcome.
+    /// Admits an `mcp.read` (a resource, a prompt, a subscription, a
+    /// completion) and returns the proof with the session's connection. A
+    /// refusal is a JSON-RPC error; a connection that ended after
+    /// admission is recorded as the outcome.
     async fn admit_read(
         &self,
         action: Action,
-        upstream: &Upstream,
+        link: &Link,
         context: &RequestContext<RoleServer>,
         meta: &RequestMetaObject,
     ) -> Result<(Permitted, forward::Forwarder), McpError> {
@@ -231,14 +430,14 @@ impl Session {
             .admit(action, context, meta)
             .await
             .map_err(|r| McpError::new(REFUSED, refusal_text(&self.hub, &r), None))?;
-        let Some(peer) = upstream.forwarder() else {
-            let detail = format!("upstream {} is not connected", upstream.name);
+        if !link.is_alive() {
+            let detail = format!("upstream {} is not connected", link.upstream.name);
             permitted.finish(Outcome::Failed {
                 detail: detail.clone(),
             });
             return Err(McpError::internal_error(detail, None));
-        };
-        Ok((permitted, peer))
+        }
+        Ok((permitted, link.forwarder()))
     }
 
     /// A client's resource URI as the upstream will read it; refused (and
@@ -272,69 +471,61 @@ impl Session {
             }
         }
     }
+}
 
-    fn split<'a>(&self, name: &'a str) -> Result<(&Arc<Upstream>, &'a str), McpError> {
-        name.split_once(SEPARATOR)
-            .and_then(|(up, rest)| self.hub.upstream(up).map(|u| (u, rest)))
-            .ok_or_else(|| {
-                McpError::invalid_params(
-                    format!("unknown name {name:?}: gavel names are UPSTREAM{SEPARATOR}NAME"),
-                    None,
-                )
-            })
-    }
-
-    /// The one upstream that serves `uri`: the one that listed it, else
-    /// the one with a template whose fixed prefix it starts with, else the
-    /// only upstream that offers resources at all. A URI two upstreams
-    /// claim is refused rather than guessed.
-    fn resource_owner(&self, uri: &str) -> Result<&Arc<Upstream>, McpError> {
-        let ups = &self.hub.upstreams;
-        let mut owners: Vec<&Arc<Upstream>> = ups
+/// The one connection whose upstream serves `uri`: the one that listed
+/// it, else the one with a template whose fixed prefix it starts with,
+/// else the only upstream that offers resources at all. A URI two
+/// upstreams claim is refused rather than guessed.
+fn resource_owner(
+    links: &[SessionLink],
+    uri: &str,
+) -> Result<(Arc<Upstream>, Arc<Link>), McpError> {
+    let live = offers(links);
+    let mut owners: Vec<_> = live
+        .iter()
+        .filter(|(_, _, o)| o.resources.iter().any(|r| r.uri == uri))
+        .collect();
+    if owners.is_empty() {
+        owners = live
             .iter()
-            .filter(|u| u.offer().resources.iter().any(|r| r.uri == uri))
+            .filter(|(_, _, o)| {
+                o.templates.iter().any(|t| {
+                    let prefix = t.uri_template.split('{').next().unwrap_or("");
+                    !prefix.is_empty() && uri.starts_with(prefix)
+                })
+            })
             .collect();
-        if owners.is_empty() {
-            owners = ups
-                .iter()
-                .filter(|u| {
-                    u.offer().templates.iter().any(|t| {
-                        let prefix = t.uri_template.split('{').next().unwrap_or("");
-                        !prefix.is_empty() && uri.starts_with(prefix)
-                    })
-                })
-                .collect();
+    }
+    if owners.is_empty() {
+        let with_resources: Vec<_> = live
+            .iter()
+            .filter(|(_, l, _)| {
+                l.forwarder()
+                    .capabilities()
+                    .is_some_and(|c| c.resources.is_some())
+            })
+            .collect();
+        if let [only] = with_resources.as_slice() {
+            owners.push(only);
         }
-        if owners.is_empty() {
-            let with_resources: Vec<&Arc<Upstream>> = ups
-                .iter()
-                .filter(|u| {
-                    u.forwarder()
-                        .and_then(|f| f.capabilities())
-                        .is_some_and(|c| c.resources.is_some())
-                })
-                .collect();
-            if let [only] = with_resources.as_slice() {
-                owners.push(only);
-            }
-        }
-        match owners.as_slice() {
-            [one] => Ok(one),
-            [] => Err(McpError::resource_not_found(
-                format!("no upstream offers {uri:?}"),
-                None,
-            )),
-            many => Err(McpError::invalid_params(
-                format!(
-                    "{uri:?} is offered by several upstreams ({}); gavel will not guess",
-                    many.iter()
-                        .map(|u| u.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                None,
-            )),
-        }
+    }
+    match owners.as_slice() {
+        [(u, l, _)] => Ok(((*u).clone(), (*l).clone())),
+        [] => Err(McpError::resource_not_found(
+            format!("no upstream offers {uri:?}"),
+            None,
+        )),
+        many => Err(McpError::invalid_params(
+            format!(
+                "{uri:?} is offered by several upstreams ({}); gavel will not guess",
+                many.iter()
+                    .map(|(u, _, _)| u.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None,
+        )),
     }
 }
 
@@ -384,8 +575,17 @@ fn request_meta(
 
 impl ServerHandler for Session {
     fn get_info(&self) -> ServerConfig {
+        let naming = if self.hub.upstreams.iter().all(|u| u.prefix) {
+            format!("tools and prompts are named UPSTREAM{SEPARATOR}NAME")
+        } else {
+            format!(
+                "tools and prompts keep their own names or are named UPSTREAM{SEPARATOR}NAME, as configured per upstream"
+            )
+        };
         ServerConfig::new(
             ServerCapabilities::builder()
+                .enable_logging()
+                .enable_completions()
                 .enable_tools()
                 .enable_tool_list_changed()
                 .enable_resources()
@@ -397,7 +597,7 @@ impl ServerHandler for Session {
         )
         .with_server_info(Implementation::new("gavel", env!("CARGO_PKG_VERSION")))
         .with_instructions(format!(
-            "gavel gateway: tools and prompts are named UPSTREAM{SEPARATOR}NAME. Every call is checked against policy; some wait for a human's approval. State why you act in _meta.intent."
+            "gavel gateway: {naming}. Every call is checked against policy; some wait for a human's approval. State why you act in _meta.intent."
         ))
     }
 
@@ -412,11 +612,15 @@ impl ServerHandler for Session {
         request: InitializeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, McpError> {
-        self.caller(&context)?;
+        let caller = self.caller(&context)?;
         context.peer.set_peer_info(request.clone());
-        if self.registered.set(()).is_ok() {
-            self.hub.register(context.peer.clone());
-        }
+        self.know_client(&caller, &context);
+        // The upstream connections open while the client finishes its
+        // handshake, so that its first list finds them ready.
+        let (links, hub) = (self.links.clone(), self.hub.clone());
+        tokio::spawn(async move {
+            links.all(&hub).await;
+        });
         self.negotiate_initialize(&request)
     }
 
@@ -426,9 +630,21 @@ impl ServerHandler for Session {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let caller = self.caller(&context)?;
+        let links = self.links(&caller, &context).await;
+        let colliding = crate::colliding_names(
+            offers(&links)
+                .iter()
+                .map(|(u, _, o)| (u.as_ref(), o.as_ref()))
+                .collect::<Vec<_>>()
+                .into_iter(),
+        );
         let mut tools = Vec::new();
-        for upstream in &self.hub.upstreams {
-            for tool in &upstream.offer().tools {
+        for (upstream, _, offer) in offers(&links) {
+            for tool in &offer.tools {
+                let exposed = upstream.exposed(&tool.name);
+                if colliding.contains(&exposed) {
+                    continue;
+                }
                 let note = match self.visibility(
                     &caller,
                     upstream,
@@ -445,7 +661,7 @@ impl ServerHandler for Session {
                     ),
                 };
                 let mut tool = tool.clone();
-                tool.name = format!("{}{SEPARATOR}{}", upstream.name, tool.name).into();
+                tool.name = exposed.into();
                 if let Some(note) = note {
                     tool.description = Some(
                         match tool.description.as_deref() {
@@ -467,20 +683,31 @@ impl ServerHandler for Session {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let caller = self.caller(&context)?;
-        let (upstream, tool_name) = self.split(&request.name)?;
-        let offer = upstream.offer();
-        let Some(tool) = offer.tools.iter().find(|t| t.name == tool_name) else {
-            if upstream.forwarder().is_none() {
-                return Ok(tool_error(format!(
-                    "gavel: upstream {} is not connected (it is being restarted); try again shortly",
-                    upstream.name
-                )));
+        let links = self.links(&caller, &context).await;
+        let Resolved {
+            upstream,
+            link,
+            own: tool_name,
+        } = match resolve(&links, &request.name, Named::Tool) {
+            Ok(r) => r,
+            Err(e) => {
+                // A tool of an upstream that is being restarted is a tool
+                // error the agent can retry, not a protocol error.
+                if e.message.contains("not reachable now") {
+                    return Ok(tool_error(format!("gavel: {}", e.message)));
+                }
+                return Err(e);
             }
-            return Err(McpError::invalid_params(
-                format!("unknown tool {:?}", request.name),
-                None,
-            ));
         };
+        let offer = link.offer();
+        let tool = offer
+            .tools
+            .iter()
+            .find(|t| t.name == tool_name.as_str())
+            .cloned()
+            .ok_or_else(|| {
+                McpError::invalid_params(format!("unknown tool {:?}", request.name), None)
+            })?;
         let mut args = request.arguments.clone();
         let meta = request_meta(&context, request.meta.as_ref());
         let intent = take_intent(&meta, &mut args, Some(tool.input_schema.as_ref()));
@@ -492,9 +719,9 @@ impl ServerHandler for Session {
             let raw = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
             let action = self.action(
                 &caller,
-                upstream,
+                &upstream,
                 ActionClass::McpCall,
-                tool_name,
+                &tool_name,
                 raw,
                 intent,
             );
@@ -507,15 +734,15 @@ impl ServerHandler for Session {
         let args_json = serde_json::Value::Object(args.clone().unwrap_or_default());
         let mut action = self.action(
             &caller,
-            upstream,
+            &upstream,
             ActionClass::McpCall,
-            tool_name,
+            &tool_name,
             args_json.clone(),
             intent,
         );
         let line = format!(
-            "{}{SEPARATOR}{tool_name} {}",
-            upstream.name,
+            "{} {}",
+            upstream.exposed(&tool_name),
             excerpt(&args_json.to_string())
         );
         action.data_context = serde_json::json!({
@@ -529,19 +756,21 @@ impl ServerHandler for Session {
             Ok(p) => p,
             Err(refusal) => return Ok(tool_error(refusal_text(&self.hub, &refusal))),
         };
-        let Some(peer) = upstream.forwarder() else {
+        if !link.is_alive() {
             let detail = format!("upstream {} is not connected", upstream.name);
             permitted.finish(Outcome::Failed {
                 detail: detail.clone(),
             });
             return Ok(tool_error(format!("gavel: {detail}; try again shortly")));
+        }
+        let client = ClientCall {
+            id: context.id.clone(),
+            progress: context
+                .meta
+                .get_progress_token()
+                .or_else(|| meta.get_progress_token()),
         };
-        let relay = context
-            .meta
-            .get_progress_token()
-            .or_else(|| meta.get_progress_token())
-            .map(|t| self.hub.progress_relay(context.peer.clone(), t));
-        match forward::call_tool(permitted, &peer, relay.as_ref(), &context.ct).await {
+        match forward::call_tool(permitted, &link.forwarder(), client, &context.ct).await {
             Forwarded::Answered(result) => result.map_err(service_error),
             Forwarded::CancelledByClient => {
                 Err(McpError::internal_error("cancelled by the client", None))
@@ -555,9 +784,10 @@ impl ServerHandler for Session {
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
         let caller = self.caller(&context)?;
+        let links = self.links(&caller, &context).await;
         let mut resources = Vec::new();
-        for upstream in &self.hub.upstreams {
-            for r in &upstream.offer().resources {
+        for (upstream, _, offer) in offers(&links) {
+            for r in &offer.resources {
                 if !matches!(
                     self.visibility(&caller, upstream, ActionClass::McpRead, &r.uri),
                     Preview::Denied
@@ -574,12 +804,11 @@ impl ServerHandler for Session {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        self.caller(&context)?;
-        let templates = self
-            .hub
-            .upstreams
+        let caller = self.caller(&context)?;
+        let links = self.links(&caller, &context).await;
+        let templates = offers(&links)
             .iter()
-            .flat_map(|u| u.offer().templates.clone())
+            .flat_map(|(_, _, o)| o.templates.clone())
             .collect();
         Ok(ListResourceTemplatesResult::with_all_items(templates))
     }
@@ -591,19 +820,20 @@ impl ServerHandler for Session {
     ) -> Result<ReadResourceResponse, McpError> {
         let caller = self.caller(&context)?;
         let uri = self.judgeable_uri(&caller, &request.uri).await?;
-        let upstream = self.resource_owner(&uri)?;
+        let links = self.links(&caller, &context).await;
+        let (upstream, link) = resource_owner(&links, &uri)?;
         let meta = request_meta(&context, request.meta.as_ref());
         let intent = take_intent(&meta, &mut None, None);
         let action = self.action(
             &caller,
-            upstream,
+            &upstream,
             ActionClass::McpRead,
             &uri,
             serde_json::Value::Object(Default::default()),
             intent,
         );
-        let (permitted, peer) = self.admit_read(action, upstream, &context, &meta).await?;
-        forward::read_resource(permitted, &peer)
+        let (permitted, forwarder) = self.admit_read(action, &link, &context, &meta).await?;
+        forward::read_resource(permitted, &forwarder)
             .await
             .map_err(service_error)
     }
@@ -615,10 +845,11 @@ impl ServerHandler for Session {
     ) -> Result<(), McpError> {
         let caller = self.caller(&context)?;
         let uri = self.judgeable_uri(&caller, &request.uri).await?;
-        let upstream = self.resource_owner(&uri)?;
-        let supports = upstream
+        let links = self.links(&caller, &context).await;
+        let (upstream, link) = resource_owner(&links, &uri)?;
+        let supports = link
             .forwarder()
-            .and_then(|f| f.capabilities())
+            .capabilities()
             .and_then(|c| c.resources.as_ref().and_then(|r| r.subscribe))
             .unwrap_or(false);
         if !supports {
@@ -633,31 +864,17 @@ impl ServerHandler for Session {
         let intent = take_intent(&meta, &mut None, None);
         let action = self.action(
             &caller,
-            upstream,
+            &upstream,
             ActionClass::McpRead,
             &uri,
             serde_json::json!({ "args": {}, "subscription": "start" }),
             intent,
         );
-        let (permitted, peer) = self.admit_read(action, upstream, &context, &meta).await?;
-        // One upstream subscription per URI serves every session: only the
-        // first subscriber's admission reaches the upstream.
-        if !self.hub.subscribe(
-            &upstream.name,
-            &uri,
-            self.id,
-            context.peer.clone(),
-            caller.principal.clone(),
-        ) {
-            permitted.finish(Outcome::Succeeded {
-                detail: "subscribed (the upstream subscription exists)".into(),
-            });
-            return Ok(());
-        }
-        if let Err(e) = forward::subscribe(permitted, &peer).await {
-            self.hub.unsubscribe(&upstream.name, &uri, self.id);
-            return Err(service_error(e));
-        }
+        let (permitted, forwarder) = self.admit_read(action, &link, &context, &meta).await?;
+        forward::subscribe(permitted, &forwarder)
+            .await
+            .map_err(service_error)?;
+        link.note_subscribed(&uri, true);
         Ok(())
     }
 
@@ -668,24 +885,25 @@ impl ServerHandler for Session {
     ) -> Result<(), McpError> {
         let caller = self.caller(&context)?;
         let uri = self.judgeable_uri(&caller, &request.uri).await?;
-        let upstream = self.resource_owner(&uri)?;
+        let links = self.links(&caller, &context).await;
+        let (upstream, link) = resource_owner(&links, &uri)?;
         // This session stops hearing updates whatever policy says; the
         // upstream hears of it only through an admission.
-        if !self.hub.unsubscribe(&upstream.name, &uri, self.id) {
+        if !link.note_subscribed(&uri, false) {
             return Ok(());
         }
         let meta = request_meta(&context, request.meta.as_ref());
         let intent = take_intent(&meta, &mut None, None);
         let action = self.action(
             &caller,
-            upstream,
+            &upstream,
             ActionClass::McpRead,
             &uri,
             serde_json::json!({ "args": {}, "subscription": "end" }),
             intent,
         );
-        let (permitted, peer) = self.admit_read(action, upstream, &context, &meta).await?;
-        forward::unsubscribe(permitted, &peer)
+        let (permitted, forwarder) = self.admit_read(action, &link, &context, &meta).await?;
+        forward::unsubscribe(permitted, &forwarder)
             .await
             .map_err(service_error)
     }
@@ -696,17 +914,28 @@ impl ServerHandler for Session {
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
         let caller = self.caller(&context)?;
+        let links = self.links(&caller, &context).await;
+        let colliding = crate::colliding_names(
+            offers(&links)
+                .iter()
+                .map(|(u, _, o)| (u.as_ref(), o.as_ref()))
+                .collect::<Vec<_>>()
+                .into_iter(),
+        );
         let mut prompts = Vec::new();
-        for upstream in &self.hub.upstreams {
-            for prompt in &upstream.offer().prompts {
-                if matches!(
-                    self.visibility(&caller, upstream, ActionClass::McpRead, &prompt.name),
-                    Preview::Denied
-                ) {
+        for (upstream, _, offer) in offers(&links) {
+            for prompt in &offer.prompts {
+                let exposed = upstream.exposed(&prompt.name);
+                if colliding.contains(&exposed)
+                    || matches!(
+                        self.visibility(&caller, upstream, ActionClass::McpRead, &prompt.name),
+                        Preview::Denied
+                    )
+                {
                     continue;
                 }
                 let mut prompt = prompt.clone();
-                prompt.name = format!("{}{SEPARATOR}{}", upstream.name, prompt.name);
+                prompt.name = exposed;
                 prompts.push(prompt);
             }
         }
@@ -719,27 +948,131 @@ impl ServerHandler for Session {
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
         let caller = self.caller(&context)?;
-        let (upstream, prompt) = self.split(&request.name)?;
-        if !upstream.offer().prompts.iter().any(|p| p.name == prompt) {
-            return Err(McpError::invalid_params(
-                format!("unknown prompt {:?}", request.name),
-                None,
-            ));
-        }
+        let links = self.links(&caller, &context).await;
+        let Resolved {
+            upstream,
+            link,
+            own: prompt,
+        } = resolve(&links, &request.name, Named::Prompt)?;
         let meta = request_meta(&context, request.meta.as_ref());
         let intent = take_intent(&meta, &mut None, None);
         let args = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
         let action = self.action(
             &caller,
-            upstream,
+            &upstream,
             ActionClass::McpRead,
-            prompt,
+            &prompt,
             args,
             intent,
         );
-        let (permitted, peer) = self.admit_read(action, upstream, &context, &meta).await?;
-        forward::get_prompt(permitted, &peer)
+        let (permitted, forwarder) = self.admit_read(action, &link, &context, &meta).await?;
+        forward::get_prompt(permitted, &forwarder)
             .await
             .map_err(service_error)
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        let caller = self.caller(&context)?;
+        let links = self.links(&caller, &context).await;
+        // A completion is gated as a read of what it completes: the
+        // prompt, or the resource template, in the upstream's own names.
+        let mut upstream_params = request.clone();
+        let (upstream, link, operation) = match &request.r#ref {
+            Reference::Prompt(p) => {
+                let r = resolve(&links, &p.name, Named::Prompt)?;
+                if let Reference::Prompt(own) = &mut upstream_params.r#ref {
+                    own.name = r.own.clone();
+                }
+                (r.upstream, r.link, r.own)
+            }
+            Reference::Resource(t) => {
+                let owners: Vec<_> = offers(&links)
+                    .into_iter()
+                    .filter(|(_, _, o)| o.templates.iter().any(|x| x.uri_template == t.uri))
+                    .map(|(u, l, _)| (u.clone(), l.clone()))
+                    .collect();
+                match owners.as_slice() {
+                    [(u, l)] => (u.clone(), l.clone(), t.uri.clone()),
+                    [] => {
+                        return Err(McpError::invalid_params(
+                            format!("no upstream offers the resource template {:?}", t.uri),
+                            None,
+                        ));
+                    }
+                    _ => {
+                        return Err(McpError::invalid_params(
+                            format!(
+                                "the resource template {:?} is offered by several upstreams; gavel will not guess",
+                                t.uri
+                            ),
+                            None,
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(McpError::invalid_params(
+                    "gavel: unknown completion reference type",
+                    None,
+                ));
+            }
+        };
+        let supports = link
+            .forwarder()
+            .capabilities()
+            .is_some_and(|c| c.completions.is_some());
+        if !supports {
+            return Ok(CompleteResult::default());
+        }
+        let meta = request_meta(&context, request.meta.as_ref());
+        let mut args = serde_json::Map::new();
+        args.insert(
+            request.argument.name.clone(),
+            serde_json::Value::String(request.argument.value.clone()),
+        );
+        let mut action = self.action(
+            &caller,
+            &upstream,
+            ActionClass::McpRead,
+            &operation,
+            serde_json::Value::Object(args),
+            take_intent(&meta, &mut None, None),
+        );
+        upstream_params.meta = None;
+        action.details["completion"] = serde_json::to_value(&upstream_params)
+            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        let (permitted, forwarder) = self.admit_read(action, &link, &context, &meta).await?;
+        forward::complete(permitted, &forwarder)
+            .await
+            .map_err(service_error)
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.caller(&context)?;
+        *self.links.level.lock().unwrap_or_else(|p| p.into_inner()) = Some(request.level);
+        for link in self.links.live().await {
+            let supports = link
+                .forwarder()
+                .capabilities()
+                .is_some_and(|c| c.logging.is_some());
+            if supports && let Err(e) = link.set_level(request.level).await {
+                tracing::debug!(upstream = %link.upstream.name, error = %e.message, "logging/setLevel failed upstream");
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_roots_list_changed(&self, _context: NotificationContext<RoleServer>) {
+        for link in self.links.live().await {
+            link.roots_changed().await;
+        }
     }
 }

@@ -1,14 +1,15 @@
 //! One upstream MCP server: how to reach it, a supervisor that keeps a
-//! connection up (restarting with backoff), and what it offers (tools,
-//! resources, prompts), re-listed whenever it says its lists changed.
+//! connection of gavel's own up (restarting with backoff) to report its
+//! health and what it offers, and the limit on client sessions there.
+//! Nothing a client asks travels over the supervisor's connection: each
+//! client session has its own (`link.rs`).
 
 use crate::Hub;
 use gavel_config::McpResourceConfig;
 use gavel_core::Resource;
 use rmcp::model::{
-    ClientCapabilities, ClientConfig, Implementation, ProgressNotificationParam, Prompt,
-    ProtocolVersion, Resource as McpResource, ResourceTemplate, ResourceUpdatedNotificationParam,
-    SubscribeRequestParams, Tool,
+    ClientCapabilities, ClientConfig, Implementation, Prompt, ProtocolVersion,
+    Resource as McpResource, ResourceTemplate, Tool,
 };
 use rmcp::service::{NotificationContext, Peer, RoleClient, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -137,6 +138,8 @@ pub struct Health {
     pub connects: u64,
     /// Why the last attempt or connection ended, if it did.
     pub last_error: Option<String>,
+    /// Client sessions with a connection of their own to it.
+    pub sessions: usize,
 }
 
 #[derive(Default)]
@@ -149,10 +152,15 @@ struct State {
 
 /// One upstream MCP server.
 pub struct Upstream {
-    /// The resource name (tool prefix).
+    /// The resource name (the tool and prompt prefix when `prefix`).
     pub name: String,
     /// The resource as policy sees it.
     pub resource: Resource,
+    /// Whether its tools and prompts are shown as `NAME__TOOL`.
+    pub prefix: bool,
+    /// The most client sessions it serves at once.
+    pub max_sessions: usize,
+    pub(crate) session_slots: Arc<tokio::sync::Semaphore>,
     transport: Transport,
     state: Mutex<State>,
     changed: tokio::sync::Notify,
@@ -160,29 +168,68 @@ pub struct Upstream {
 
 impl Upstream {
     /// An upstream that is not connected yet.
-    pub fn new(name: String, resource: Resource, transport: Transport) -> Arc<Upstream> {
+    pub fn new(
+        name: String,
+        resource: Resource,
+        transport: Transport,
+        prefix: bool,
+        max_sessions: usize,
+    ) -> Arc<Upstream> {
         Arc::new(Upstream {
             name,
             resource,
+            prefix,
+            max_sessions,
+            session_slots: Arc::new(tokio::sync::Semaphore::new(max_sessions)),
             transport,
             state: Mutex::new(State::default()),
             changed: tokio::sync::Notify::new(),
         })
     }
 
+    /// How gavel reaches it.
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// The name a client sees for one of its tools or prompts.
+    pub fn exposed(&self, name: &str) -> String {
+        if self.prefix {
+            format!("{}{}{name}", self.name, crate::SEPARATOR)
+        } else {
+            name.to_owned()
+        }
+    }
+
+    /// The upstream's own name for `exposed`, if `exposed` is one of its
+    /// names' form.
+    pub fn own_name<'a>(&self, exposed: &'a str) -> Option<&'a str> {
+        if self.prefix {
+            exposed
+                .strip_prefix(self.name.as_str())
+                .and_then(|rest| rest.strip_prefix(crate::SEPARATOR))
+        } else {
+            Some(exposed)
+        }
+    }
+
+    /// Client sessions connected to it now.
+    pub fn sessions(&self) -> usize {
+        self.max_sessions - self.session_slots.available_permits()
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The live connection, if there is one.
+    /// The supervisor's live connection, if there is one.
     fn peer(&self) -> Option<Peer<RoleClient>> {
         self.state().peer.clone()
     }
 
-    /// The connection, for sessions: requests through it need a
-    /// `Permitted` (`None` while the upstream is down).
-    pub(crate) fn forwarder(&self) -> Option<crate::forward::Forwarder> {
-        self.peer().map(crate::forward::Forwarder::new)
+    /// Whether the supervisor's connection is up.
+    pub fn is_up(&self) -> bool {
+        self.peer().is_some()
     }
 
     /// What it offers (empty while it is down).
@@ -198,6 +245,7 @@ impl Upstream {
             up: s.peer.is_some(),
             connects: s.connects,
             last_error: s.last_error.clone(),
+            sessions: self.max_sessions - self.session_slots.available_permits(),
         }
     }
 
@@ -235,7 +283,7 @@ impl Upstream {
                 Ok(Ok(running)) => {
                     tracing::info!(upstream = %self.name, "MCP upstream connected");
                     if let Some(hub) = hub.upgrade() {
-                        hub.lists_changed(self.offer().as_ref());
+                        hub.check_names();
                     }
                     let why = match running.waiting().await {
                         Ok(reason) => format!("connection ended: {reason:?}"),
@@ -244,9 +292,6 @@ impl Upstream {
                     tracing::warn!(upstream = %self.name, reason = %why, "MCP upstream went away; restarting");
                     metrics::counter!("gavel_mcp_upstream_restarts_total", "upstream" => self.name.clone()).increment(1);
                     self.set_down(why);
-                    if let Some(hub) = hub.upgrade() {
-                        hub.lists_changed(&Offer::default());
-                    }
                     if started.elapsed() >= STABLE {
                         backoff = MIN_BACKOFF;
                     }
@@ -277,7 +322,6 @@ impl Upstream {
             upstream: Arc::downgrade(self),
             hub,
         };
-        let hub_for_resubscribe = events.hub.clone();
         let running = match &self.transport {
             Transport::Command { argv, env, cwd } => {
                 let mut cmd = tokio::process::Command::new(&argv[0]);
@@ -317,18 +361,6 @@ impl Upstream {
         };
         let peer = running.peer().clone();
         let offer = list(&peer).await?;
-        // A new connection has none of the old one's subscriptions.
-        if let Some(hub) = hub_for_resubscribe.upgrade() {
-            for uri in hub.subscribed_uris(&self.name) {
-                #[allow(deprecated)]
-                let resubscribed = peer
-                    .subscribe(SubscribeRequestParams::new(uri.clone()))
-                    .await;
-                if let Err(e) = resubscribed {
-                    tracing::warn!(upstream = %self.name, %uri, error = %e, "re-subscribing failed");
-                }
-            }
-        }
         {
             let mut s = self.state();
             s.peer = Some(peer);
@@ -351,7 +383,7 @@ impl Upstream {
     }
 }
 
-async fn list(peer: &Peer<RoleClient>) -> Result<Offer, String> {
+pub(crate) async fn list(peer: &Peer<RoleClient>) -> Result<Offer, String> {
     let caps = peer
         .peer_info()
         .map(|i| i.capabilities.clone())
@@ -382,8 +414,9 @@ async fn list(peer: &Peer<RoleClient>) -> Result<Offer, String> {
     Ok(offer)
 }
 
-/// gavel as an MCP client of one upstream: relays progress to whoever
-/// waits for it and re-lists when the upstream's lists change.
+/// The supervisor as an MCP client of one upstream: re-lists when the
+/// upstream's lists change. It claims no client capabilities: it asks
+/// nothing on anyone's behalf.
 #[derive(Clone)]
 pub(crate) struct Events {
     upstream: Weak<Upstream>,
@@ -395,13 +428,11 @@ impl Events {
         let (Some(upstream), Some(hub)) = (self.upstream.upgrade(), self.hub.upgrade()) else {
             return;
         };
-        let before = upstream.offer();
         if let Err(e) = upstream.refresh().await {
             tracing::warn!(upstream = %upstream.name, error = %e, "re-listing failed");
             return;
         }
-        let after = upstream.offer();
-        hub.lists_changed_between(before.as_ref(), after.as_ref());
+        hub.check_names();
     }
 }
 
@@ -415,26 +446,6 @@ impl ClientHandler for Events {
             Implementation::new("gavel", env!("CARGO_PKG_VERSION")),
         )
         .with_protocol_version(ProtocolVersion::V_2025_11_25)
-    }
-
-    async fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) {
-        if let Some(hub) = self.hub.upgrade() {
-            hub.relay_progress(params).await;
-        }
-    }
-
-    async fn on_resource_updated(
-        &self,
-        params: ResourceUpdatedNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) {
-        if let (Some(upstream), Some(hub)) = (self.upstream.upgrade(), self.hub.upgrade()) {
-            hub.relay_update(&upstream.name, &params.uri).await;
-        }
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {

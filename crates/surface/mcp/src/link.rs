@@ -1,0 +1,557 @@
+//! A client session's own connections to the upstreams. Every MCP session
+//! a client opens at gavel gets, per upstream, a connection of its own
+//! (a child process for a command upstream, an MCP session for an HTTP
+//! one), so that whatever the upstream keeps per session (log level,
+//! subscriptions, roots, pending sampling or elicitation) belongs to
+//! exactly one client, and whatever it asks of a client reaches that
+//! client and no other.
+//!
+//! The connection is private to this module and to `forward.rs`: a
+//! session reaches it only through a [`Forwarder`], whose calls need the
+//! gate's [`Permitted`](gavel_core::Permitted).
+
+// Sampling, roots and logging are deprecated in the 2026-07-28 revision
+// but live in the revisions gavel serves; a faithful relay carries them.
+#![allow(deprecated)]
+
+use crate::forward::Forwarder;
+use crate::upstream::{Offer, Transport, Upstream, list};
+use gavel_core::{Gate, Principal};
+use rmcp::model::{
+    CancelledNotificationParam, ClientCapabilities, ClientConfig, ClientResult,
+    CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult, ElicitRequest,
+    ElicitRequestParams, ElicitResult, GetExtensions, Implementation, ListRootsRequest,
+    ListRootsResult, LoggingLevel, LoggingMessageNotificationParam, ProgressNotificationParam,
+    ProgressToken, ProtocolVersion, RequestId, ResourceUpdatedNotificationParam, ServerRequest,
+    SetLevelRequestParams, SubscribeRequestParams,
+};
+use rmcp::service::{
+    InboundStreamOrigin, NotificationContext, OriginatingRequestId, Peer, PeerRequestOptions,
+    RequestContext, RoleClient, RoleServer, RunningService, RunningServiceCancellationToken,
+};
+use rmcp::{ClientHandler, ErrorData as McpError, ServiceExt};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+
+/// How long connecting to an upstream and listing it may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The client side of one session, as its upstream connections see it.
+pub(crate) struct Client {
+    /// Where requests and notifications for this client go.
+    pub peer: Peer<RoleServer>,
+    /// Who opened the session.
+    pub principal: Principal,
+    /// What the client said it can do (sampling, elicitation, roots);
+    /// each upstream connection claims exactly this.
+    pub capabilities: ClientCapabilities,
+    pub gate: Gate,
+}
+
+impl Client {
+    fn in_good_standing(&self) -> bool {
+        self.gate.in_good_standing(&self.principal)
+    }
+}
+
+/// Calls of this session in flight at one upstream: gavel's request id
+/// there → the client's request and progress token.
+#[derive(Default)]
+pub(crate) struct Calls {
+    by_upstream_id: HashMap<RequestId, Call>,
+}
+
+#[derive(Clone)]
+struct Call {
+    client_request: RequestId,
+    /// The token rmcp put on the upstream request.
+    upstream_token: ProgressToken,
+    /// The token the client chose, if it asked for progress.
+    client_token: Option<ProgressToken>,
+}
+
+/// Removes a call from [`Calls`] when it ends, however it ends.
+pub(crate) struct CallGuard {
+    calls: Arc<Mutex<Calls>>,
+    id: RequestId,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        lock(&self.calls).by_upstream_id.remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One session's connection to one upstream.
+pub(crate) struct Link {
+    pub upstream: Arc<Upstream>,
+    peer: Peer<RoleClient>,
+    stop: Mutex<Option<RunningServiceCancellationToken>>,
+    offer: Arc<Mutex<Arc<Offer>>>,
+    calls: Arc<Mutex<Calls>>,
+    /// URIs this session subscribed to here: updates of others are not
+    /// relayed.
+    subscribed: Arc<Mutex<BTreeSet<String>>>,
+    /// Counts against the upstream's limit of client sessions.
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Ends the connection (and a command upstream's child process) now
+        // rather than whenever the runtime gets to it.
+        if let Some(stop) = lock(&self.stop).take() {
+            stop.cancel();
+        }
+    }
+}
+
+impl Link {
+    /// Connects `client`'s own session to `upstream` and lists what it
+    /// offers there. Fails when the upstream has no free slot or cannot be
+    /// reached.
+    pub(crate) async fn open(
+        upstream: Arc<Upstream>,
+        client: Arc<Client>,
+        level: Option<LoggingLevel>,
+    ) -> Result<Arc<Link>, String> {
+        let slot = upstream.session_slots.clone().try_acquire_owned().map_err(|_| {
+            format!(
+                "upstream {} already serves its limit of {} client sessions; try again when one ends",
+                upstream.name, upstream.max_sessions
+            )
+        })?;
+        let offer = Arc::new(Mutex::new(Arc::new(Offer::default())));
+        let calls = Arc::new(Mutex::new(Calls::default()));
+        let subscribed = Arc::new(Mutex::new(BTreeSet::new()));
+        let events = LinkEvents {
+            upstream: upstream.name.clone(),
+            client: client.clone(),
+            calls: calls.clone(),
+            offer: offer.clone(),
+            subscribed: subscribed.clone(),
+        };
+        let running = tokio::time::timeout(CONNECT_TIMEOUT, connect(&upstream, events))
+            .await
+            .map_err(|_| {
+                format!(
+                    "upstream {} did not answer within {}s",
+                    upstream.name,
+                    CONNECT_TIMEOUT.as_secs()
+                )
+            })??;
+        let listed = tokio::time::timeout(CONNECT_TIMEOUT, list(running.peer()))
+            .await
+            .map_err(|_| format!("upstream {} did not list in time", upstream.name))??;
+        *lock(&offer) = Arc::new(listed);
+        let logs = running
+            .peer()
+            .peer_info()
+            .is_some_and(|i| i.capabilities.logging.is_some());
+        if let Some(level) = level
+            && logs
+        {
+            #[allow(deprecated)]
+            let set = running
+                .peer()
+                .set_level(SetLevelRequestParams::new(level))
+                .await;
+            if let Err(e) = set {
+                tracing::debug!(upstream = %upstream.name, error = %e, "logging/setLevel failed");
+            }
+        }
+        let peer = running.peer().clone();
+        let stop = running.cancellation_token();
+        // When the upstream side ends (a child that died, an HTTP session
+        // that expired), the client hears that its lists changed; its next
+        // request opens a new connection.
+        let name = upstream.name.clone();
+        tokio::spawn(async move {
+            let reason = running.waiting().await;
+            if !matches!(reason, Ok(rmcp::service::QuitReason::Cancelled)) {
+                tracing::info!(upstream = %name, ?reason, "a client session's upstream connection ended");
+                let _ = client.peer.notify_tool_list_changed().await;
+                let _ = client.peer.notify_resource_list_changed().await;
+                let _ = client.peer.notify_prompt_list_changed().await;
+            }
+        });
+        Ok(Arc::new(Link {
+            upstream,
+            peer,
+            stop: Mutex::new(Some(stop)),
+            offer,
+            calls,
+            subscribed,
+            _slot: slot,
+        }))
+    }
+
+    /// Whether the connection still stands.
+    pub(crate) fn is_alive(&self) -> bool {
+        !self.peer.is_transport_closed()
+    }
+
+    /// What the upstream offers this session, as last listed.
+    pub(crate) fn offer(&self) -> Arc<Offer> {
+        lock(&self.offer).clone()
+    }
+
+    /// The handle a session forwards admitted calls through.
+    pub(crate) fn forwarder(&self) -> Forwarder {
+        Forwarder::new(self.peer.clone(), self.calls.clone())
+    }
+
+    /// Tells the upstream the level of logs this client wants. Not gated:
+    /// it changes only what this session hears.
+    pub(crate) async fn set_level(&self, level: LoggingLevel) -> Result<(), McpError> {
+        #[allow(deprecated)]
+        self.peer
+            .set_level(SetLevelRequestParams::new(level))
+            .await
+            .map_err(crate::session::service_error)
+    }
+
+    /// Relays the client's `notifications/roots/list_changed`.
+    pub(crate) async fn roots_changed(&self) {
+        if let Err(e) = self.peer.notify_roots_list_changed().await {
+            tracing::debug!(upstream = %self.upstream.name, error = %e, "relaying roots/list_changed failed");
+        }
+    }
+
+    /// Notes a subscription starting or ending; false when that changes
+    /// nothing.
+    pub(crate) fn note_subscribed(&self, uri: &str, on: bool) -> bool {
+        let mut s = lock(&self.subscribed);
+        if on {
+            s.insert(uri.to_owned())
+        } else {
+            s.remove(uri)
+        }
+    }
+
+    /// The URIs this session subscribed to (re-established when the
+    /// session reconnects to a restarted upstream).
+    pub(crate) fn subscriptions(&self) -> Vec<String> {
+        lock(&self.subscribed).iter().cloned().collect()
+    }
+
+    /// Re-establishes subscriptions admitted on an earlier connection of
+    /// this same session.
+    pub(crate) async fn resubscribe(&self, uris: &[String]) {
+        for uri in uris {
+            #[allow(deprecated)]
+            let r = self
+                .peer
+                .subscribe(SubscribeRequestParams::new(uri.clone()))
+                .await;
+            match r {
+                Ok(()) => {
+                    self.note_subscribed(uri, true);
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %self.upstream.name, %uri, error = %e, "re-subscribing failed")
+                }
+            }
+        }
+    }
+}
+
+/// Registers a forwarded call so that progress and the upstream's
+/// requests during it find their way back to the client.
+pub(crate) fn track_call(
+    calls: &Arc<Mutex<Calls>>,
+    upstream_id: RequestId,
+    upstream_token: ProgressToken,
+    client_request: RequestId,
+    client_token: Option<ProgressToken>,
+) -> CallGuard {
+    lock(calls).by_upstream_id.insert(
+        upstream_id.clone(),
+        Call {
+            client_request,
+            upstream_token,
+            client_token,
+        },
+    );
+    CallGuard {
+        calls: calls.clone(),
+        id: upstream_id,
+    }
+}
+
+async fn connect(
+    upstream: &Upstream,
+    events: LinkEvents,
+) -> Result<RunningService<RoleClient, LinkEvents>, String> {
+    match upstream.transport() {
+        Transport::Command { argv, env, cwd } => {
+            let mut cmd = tokio::process::Command::new(&argv[0]);
+            cmd.args(&argv[1..]).env_clear().envs(env.iter().cloned());
+            if let Some(dir) = cwd {
+                cmd.current_dir(dir);
+            }
+            let (child, stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot start {:?}: {e}", argv[0]))?;
+            if let Some(stderr) = stderr {
+                let name = upstream.name.clone();
+                tokio::spawn(async move {
+                    let mut lines = tokio::io::BufReader::new(stderr).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        tracing::debug!(upstream = %name, "{line}");
+                    }
+                });
+            }
+            events
+                .serve(child)
+                .await
+                .map_err(|e| format!("initialize failed: {e}"))
+        }
+        Transport::Http { url, bearer } => {
+            let mut config =
+                rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+                    url.as_str(),
+                );
+            if let Some(token) = bearer {
+                config = config.auth_header(token.clone());
+            }
+            events
+                .serve(rmcp::transport::StreamableHttpClientTransport::from_config(
+                    config,
+                ))
+                .await
+                .map_err(|e| format!("initialize failed: {e}"))
+        }
+    }
+}
+
+/// gavel as the MCP client of one upstream on behalf of one client
+/// session: what the upstream says or asks goes to that client only.
+struct LinkEvents {
+    upstream: String,
+    client: Arc<Client>,
+    calls: Arc<Mutex<Calls>>,
+    offer: Arc<Mutex<Arc<Offer>>>,
+    subscribed: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl LinkEvents {
+    /// The client request an upstream request belongs to: the call whose
+    /// response stream carried it (HTTP upstreams say), else the only call
+    /// in flight. None sends it on the client's standalone stream, which
+    /// still reaches only this client.
+    fn originating(&self, extensions: &rmcp::model::Extensions) -> Option<RequestId> {
+        let calls = lock(&self.calls);
+        if let Some(InboundStreamOrigin::OutboundRequest(id)) =
+            extensions.get::<InboundStreamOrigin>()
+            && let Some(call) = calls.by_upstream_id.get(id)
+        {
+            return Some(call.client_request.clone());
+        }
+        let mut inflight = calls.by_upstream_id.values();
+        match (inflight.next(), inflight.next()) {
+            (Some(only), None) => Some(only.client_request.clone()),
+            _ => None,
+        }
+    }
+
+    /// Sends an upstream's request to the client, on the stream of the
+    /// client request it belongs to, and relays a cancellation of it.
+    async fn ask_client(
+        &self,
+        mut request: ServerRequest,
+        context: &RequestContext<RoleClient>,
+    ) -> Result<ClientResult, McpError> {
+        if !self.client.in_good_standing() {
+            return Err(McpError::invalid_request(
+                "gavel: the client's principal is no longer in good standing",
+                None,
+            ));
+        }
+        if let Some(id) = self.originating(&context.extensions) {
+            request.extensions_mut().insert(OriginatingRequestId(id));
+        }
+        let peer = self.client.peer.clone();
+        // A new task: rmcp would otherwise mark the request as coming from
+        // the upstream's request id, which means nothing to this client.
+        let sent = tokio::spawn(async move {
+            peer.send_request_with_option(request, PeerRequestOptions::no_options())
+                .await
+        })
+        .await
+        .map_err(|e| McpError::internal_error(format!("gavel: {e}"), None))?
+        .map_err(crate::session::service_error)?;
+        let mut handle = sent;
+        tokio::select! {
+            answer = &mut handle.rx => match answer {
+                Ok(result) => result.map_err(crate::session::service_error),
+                Err(_) => Err(McpError::internal_error("gavel: the client went away", None)),
+            },
+            _ = context.ct.cancelled() => {
+                let _ = handle.cancel(Some("cancelled by the upstream".into())).await;
+                Err(McpError::internal_error("cancelled", None))
+            }
+        }
+    }
+
+    async fn relist(
+        &self,
+        context: &NotificationContext<RoleClient>,
+    ) -> Option<(Arc<Offer>, Arc<Offer>)> {
+        let before = lock(&self.offer).clone();
+        match list(&context.peer).await {
+            Ok(after) => {
+                let after = Arc::new(after);
+                *lock(&self.offer) = after.clone();
+                Some((before, after))
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %self.upstream, error = %e, "re-listing failed");
+                None
+            }
+        }
+    }
+}
+
+impl ClientHandler for LinkEvents {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            self.client.capabilities.clone(),
+            Implementation::new("gavel", env!("CARGO_PKG_VERSION")),
+        )
+        .with_protocol_version(ProtocolVersion::V_2025_11_25)
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, McpError> {
+        let request = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
+        match self.ask_client(request, &context).await? {
+            ClientResult::CreateMessageResult(r) => Ok(*r),
+            _ => Err(McpError::internal_error(
+                "gavel: the client answered sampling with something else",
+                None,
+            )),
+        }
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, McpError> {
+        let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
+        match self.ask_client(request, &context).await? {
+            ClientResult::ElicitResult(r) => Ok(r),
+            _ => Err(McpError::internal_error(
+                "gavel: the client answered elicitation with something else",
+                None,
+            )),
+        }
+    }
+
+    async fn list_roots(
+        &self,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, McpError> {
+        let request = ServerRequest::ListRootsRequest(ListRootsRequest {
+            method: Default::default(),
+            extensions: Default::default(),
+        });
+        match self.ask_client(request, &context).await? {
+            ClientResult::ListRootsResult(r) => Ok(r),
+            _ => Err(McpError::internal_error(
+                "gavel: the client answered roots/list with something else",
+                None,
+            )),
+        }
+    }
+
+    async fn on_progress(
+        &self,
+        mut params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let theirs = lock(&self.calls)
+            .by_upstream_id
+            .values()
+            .find(|c| c.upstream_token == params.progress_token)
+            .and_then(|c| c.client_token.clone());
+        let Some(theirs) = theirs else { return };
+        params.progress_token = theirs;
+        if let Err(e) = self.client.peer.notify_progress(params).await {
+            tracing::debug!(error = %e, "relaying progress failed");
+        }
+    }
+
+    async fn on_cancelled(
+        &self,
+        params: CancelledNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        // rmcp cancels the request it concerns (a sampling or elicitation
+        // relayed to the client), which cancels it at the client.
+        let _ = params;
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        #[allow(deprecated)]
+        let sent = self.client.peer.notify_logging_message(params).await;
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "relaying a log message failed");
+        }
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        // Only what this session subscribed to (an unsubscribe policy
+        // refused still ends it here), and nothing for a revoked or
+        // expired principal.
+        if !lock(&self.subscribed).contains(&params.uri) || !self.client.in_good_standing() {
+            return;
+        }
+        if let Err(e) = self.client.peer.notify_resource_updated(params).await {
+            tracing::debug!(error = %e, "relaying a resource update failed");
+        }
+    }
+
+    async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
+        if let Some((before, after)) = self.relist(&context).await
+            && before.tools != after.tools
+        {
+            let _ = self.client.peer.notify_tool_list_changed().await;
+        }
+    }
+
+    async fn on_resource_list_changed(&self, context: NotificationContext<RoleClient>) {
+        if let Some((before, after)) = self.relist(&context).await
+            && (before.resources != after.resources || before.templates != after.templates)
+        {
+            let _ = self.client.peer.notify_resource_list_changed().await;
+        }
+    }
+
+    async fn on_prompt_list_changed(&self, context: NotificationContext<RoleClient>) {
+        if let Some((before, after)) = self.relist(&context).await
+            && before.prompts != after.prompts
+        {
+            let _ = self.client.peer.notify_prompt_list_changed().await;
+        }
+    }
+}
