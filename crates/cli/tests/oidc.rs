@@ -968,3 +968,171 @@ async fn gavel_login_uses_the_device_flow_when_the_idp_has_one() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// A stock MCP client logs in by itself, as the MCP authorization spec
+/// has it: gavel's /mcp answers 401 with its protected resource metadata
+/// (RFC 9728), which names the identity provider; the client (the
+/// official Python SDK's OAuthClientProvider) registers, signs the user
+/// in with PKCE and a resource indicator (RFC 8707), and calls tools as
+/// that human. A token with another audience is refused, and gavel's
+/// upstream never sees the client's token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stock_mcp_client_discovers_the_identity_provider_and_logs_in() {
+    let p = Provider::start().await;
+    let everything = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.tools/npm/node_modules/.bin/mcp-server-everything");
+    assert!(everything.exists(), "run scripts/setup");
+    let extra = format!(
+        r#"
+[[identity.oidc]]
+issuer = "{url}"
+audience = "gavel"
+
+[[resources.mcp]]
+name = "everything"
+command = ["{everything}"]
+"#,
+        url = p.url,
+        everything = everything.display()
+    );
+    let policies = format!(
+        "{}\n@id(\"mcp-echo\") permit(principal, action == Action::\"mcp.call\", resource == Resource::\"everything\") when {{ context.tool == \"echo\" }};\n",
+        harness::POLICIES
+    );
+    let g = Gavel::start_custom("60s", &policies, &extra).await;
+    let mcp = format!("{}/mcp", g.base);
+
+    // The challenge and the metadata.
+    let r = g.http.post(&mcp).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    let metadata_url = format!("{}/.well-known/oauth-protected-resource/mcp", g.base);
+    assert!(
+        challenge.contains(&format!("resource_metadata=\"{metadata_url}\"")),
+        "{challenge}"
+    );
+    let metadata: Value = g
+        .http
+        .get(&metadata_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["resource"], mcp.as_str(), "{metadata}");
+    assert_eq!(
+        metadata["authorization_servers"],
+        json!([p.url]),
+        "{metadata}"
+    );
+
+    // The SDK's own OAuth flow, end to end.
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
+    let run = json!({
+        "transport": "http", "url": mcp, "oauth": {"email": "dana@x"},
+        "steps": [
+            {"op": "list_tools"},
+            {"op": "call", "tool": "everything__echo", "args": {"message": "logged in"}},
+        ],
+    });
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(run.to_string())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[1]["text"], "Echo: logged in", "{stdout}");
+    // The call was dana's, gated and recorded as hers.
+    let (_, page) = g
+        .get("/api/v1/audit?resource=everything&event=decision", BOB)
+        .await;
+    let records = page["records"].as_array().unwrap();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["record"]["operation"] == "echo"
+                && r["record"]["initiator"] == "human:dana@x"),
+        "{page}"
+    );
+
+    // A token of the same provider for another audience is refused, with
+    // the challenge that says so.
+    let foreign = p
+        .mint(
+            "ES256",
+            json!({"sub": "sub-dana@x", "email": "dana@x", "email_verified": true,
+                   "aud": "https://other.example/mcp", "iss": p.url,
+                   "exp": now() + 300, "iat": now(), "nbf": now()}),
+        )
+        .await;
+    let r = g
+        .http
+        .post(&mcp)
+        .bearer_auth(&foreign)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"x","version":"0"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"invalid_token\""),
+        "{:?}",
+        r.headers()
+    );
+    // That audience is not good for the REST API either, nor is the MCP
+    // endpoint's: a token for /mcp works there and only there.
+    let (s, _) = g.get("/api/v1/whoami", &foreign).await;
+    assert_eq!(s, 401);
+    let for_mcp = p
+        .mint(
+            "ES256",
+            json!({"sub": "sub-dana@x", "email": "dana@x", "email_verified": true,
+                   "aud": mcp, "iss": p.url,
+                   "exp": now() + 300, "iat": now(), "nbf": now()}),
+        )
+        .await;
+    let (s, _) = g.get("/api/v1/whoami", &for_mcp).await;
+    assert_eq!(s, 401, "a token for /mcp is not a token for the REST API");
+    let r = g
+        .http
+        .post(&mcp)
+        .bearer_auth(&for_mcp)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"x","version":"0"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A browser page of another origin cannot drive a session.
+    let token = g.agent_token.clone();
+    let r = g
+        .http
+        .post(&mcp)
+        .bearer_auth(&token)
+        .header("origin", "https://evil.example")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"x","version":"0"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "{:?}", r.text().await);
+}

@@ -137,6 +137,7 @@ impl Authenticator {
     async fn authenticate_jwt(
         &self,
         token: &str,
+        resource: Option<&str>,
     ) -> Result<(Principal, Option<gavel_core::Timestamp>), AuthError> {
         // The unverified `iss` only picks the issuer whose keys must then
         // verify the whole token, `iss` included.
@@ -146,15 +147,18 @@ impl Authenticator {
             .iter()
             .find(|i| i.issuer() == iss)
             .ok_or(AuthError::Invalid)?;
-        let (subject, exp) = issuer.verify_until(token).await.map_err(|e| match e {
-            oidc::OidcError::Refused(why) => AuthError::Oidc(why),
-            unavailable @ oidc::OidcError::Unavailable { .. } => {
-                tracing::error!(error = %unavailable, "cannot verify an OIDC token");
-                AuthError::Oidc(
-                    "the identity provider cannot be reached to verify the token".into(),
-                )
-            }
-        })?;
+        let (subject, exp) = issuer
+            .verify_for(token, resource)
+            .await
+            .map_err(|e| match e {
+                oidc::OidcError::Refused(why) => AuthError::Oidc(why),
+                unavailable @ oidc::OidcError::Unavailable { .. } => {
+                    tracing::error!(error = %unavailable, "cannot verify an OIDC token");
+                    AuthError::Oidc(
+                        "the identity provider cannot be reached to verify the token".into(),
+                    )
+                }
+            })?;
         let until = exp.map(|s| gavel_core::Timestamp(s.saturating_mul(1000)));
         match subject {
             oidc::Subject::Human { id, groups } => {
@@ -218,12 +222,38 @@ impl Authenticator {
         &self,
         token: &str,
     ) -> Result<(Principal, Option<gavel_core::Timestamp>), AuthError> {
+        self.authenticate_at(token, None).await
+    }
+
+    /// As [`Authenticator::authenticate_until`] for one of gavel's
+    /// protected resources (the MCP endpoint): a JWT may also carry that
+    /// resource's URL as its audience (RFC 8707), the form an MCP client
+    /// that logged in by itself obtains.
+    pub async fn authenticate_for_resource(
+        &self,
+        token: &str,
+        resource: &str,
+    ) -> Result<(Principal, Option<gavel_core::Timestamp>), AuthError> {
+        self.authenticate_at(token, Some(resource)).await
+    }
+
+    /// The configured OpenID Connect issuers' URLs (the authorization
+    /// servers gavel's protected resource metadata names).
+    pub fn issuer_urls(&self) -> Vec<String> {
+        self.issuers.iter().map(|i| i.issuer().to_owned()).collect()
+    }
+
+    async fn authenticate_at(
+        &self,
+        token: &str,
+        resource: Option<&str>,
+    ) -> Result<(Principal, Option<gavel_core::Timestamp>), AuthError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
         if !self.issuers.is_empty() && oidc::looks_like_jwt(token) {
-            return self.authenticate_jwt(token).await;
+            return self.authenticate_jwt(token, resource).await;
         }
         let hash = token_sha256(token);
         if let Some(human) = self.humans().get(&hash) {

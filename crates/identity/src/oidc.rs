@@ -368,7 +368,22 @@ impl Issuer {
     /// As [`Issuer::verify`], with the token's expiry (`exp`, seconds since
     /// the epoch).
     pub async fn verify_until(&self, token: &str) -> Result<(Subject, Option<i64>), OidcError> {
-        let claims = self.verified_claims(token, &self.config.audience).await?;
+        self.verify_for(token, None).await
+    }
+
+    /// As [`Issuer::verify_until`], also accepting `resource` as the
+    /// audience: an access token a client obtained for one of gavel's
+    /// resources by its URL (RFC 8707 resource indicators).
+    pub async fn verify_for(
+        &self,
+        token: &str,
+        resource: Option<&str>,
+    ) -> Result<(Subject, Option<i64>), OidcError> {
+        let mut audiences = vec![self.config.audience.as_str()];
+        audiences.extend(resource);
+        let (claims, _) = self
+            .decode(token, &audiences, &["exp", "iss", "aud", "sub"])
+            .await?;
         let exp = claims.get("exp").and_then(serde_json::Value::as_i64);
         Ok((self.subject(&claims)?, exp))
     }
@@ -471,7 +486,8 @@ impl Issuer {
         token: &str,
         required: &[&str],
     ) -> Result<(serde_json::Value, Vec<String>), OidcError> {
-        self.decode(token, &self.config.audience, required).await
+        self.decode(token, &[self.config.audience.as_str()], required)
+            .await
     }
 
     async fn verified_claims(
@@ -480,7 +496,7 @@ impl Issuer {
         audience: &str,
     ) -> Result<serde_json::Value, OidcError> {
         let (claims, _) = self
-            .decode(token, audience, &["exp", "iss", "aud", "sub"])
+            .decode(token, &[audience], &["exp", "iss", "aud", "sub"])
             .await?;
         Ok(claims)
     }
@@ -488,7 +504,7 @@ impl Issuer {
     async fn decode(
         &self,
         token: &str,
-        audience: &str,
+        audience: &[&str],
         required: &[&str],
     ) -> Result<(serde_json::Value, Vec<String>), OidcError> {
         let header = jsonwebtoken::decode_header(token)
@@ -512,7 +528,7 @@ impl Issuer {
         }
         let mut validation = Validation::new(key_alg);
         validation.set_issuer(&[&self.config.issuer]);
-        validation.set_audience(&[audience]);
+        validation.set_audience(audience);
         validation.leeway = self.config.clock_skew.as_secs();
         validation.validate_nbf = true;
         validation.set_required_spec_claims(required);

@@ -18,6 +18,11 @@ The script is a JSON object: {"transport": "http"|"stdio", "url", "token",
   {"op": "complete", "ref": {"type": "ref/prompt", "name"} | {"type":
     "ref/resource", "uri"}, "argument": {"name", "value"}}
 and prints one JSON line per step with what came back.
+With "oauth": {"email"} instead of a token, the client logs in by itself
+as the MCP authorization spec has it (the SDK's OAuthClientProvider:
+protected resource metadata, authorization server metadata, dynamic
+registration, authorization code with PKCE and a `resource`), the user
+signing in at the provider's form as that email.
 The script's optional "answers" object makes the client offer sampling,
 elicitation and roots, answering with what it holds:
   {"sampling": TEXT, "elicitation": {CONTENT}, "roots": [URI, ...]}
@@ -27,6 +32,9 @@ and every request the server made of the client is reported in the
 import asyncio
 import json
 import sys
+import urllib.error
+import urllib.request
+from urllib.parse import parse_qs, urlencode, urlparse
 
 import anyio
 from mcp import ClientSession, StdioServerParameters, types
@@ -179,8 +187,12 @@ async def run(script):
             print(json.dumps(out), flush=True)
 
     if script["transport"] == "http":
-        headers = {"Authorization": f"Bearer {script['token']}"}
-        async with create_mcp_http_client(headers=headers) as http:
+        if "oauth" in script:
+            http_client = create_mcp_http_client(auth=oauth_provider(script["url"], script["oauth"]))
+        else:
+            headers = {"Authorization": f"Bearer {script['token']}"}
+            http_client = create_mcp_http_client(headers=headers)
+        async with http_client as http:
             async with streamable_http_client(script["url"], http_client=http) as streams:
                 read, write = streams[0], streams[1]
                 async with ClientSession(read, write, message_handler=on_message, **callbacks) as session:
@@ -192,6 +204,68 @@ async def run(script):
         async with stdio_client(params) as (read, write):
             async with ClientSession(read, write, message_handler=on_message, **callbacks) as session:
                 await steps(session)
+
+
+def oauth_provider(server_url, oauth):
+    from mcp.client.auth import OAuthClientProvider, TokenStorage
+    from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
+
+    class Memory(TokenStorage):
+        def __init__(self):
+            self.tokens, self.client = None, None
+
+        async def get_tokens(self):
+            return self.tokens
+
+        async def set_tokens(self, tokens):
+            self.tokens = tokens
+
+        async def get_client_info(self):
+            return self.client
+
+        async def set_client_info(self, client_info):
+            self.client = client_info
+
+    landed = {}
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    async def sign_in(url):
+        # The user submits the provider's sign-in form, which carries the
+        # authorization request's parameters, with their email.
+        u = urlparse(url)
+        form = {k: v[0] for k, v in parse_qs(u.query).items()}
+        form["email"] = oauth["email"]
+        request = urllib.request.Request(
+            f"{u.scheme}://{u.netloc}{u.path}", data=urlencode(form).encode(), method="POST"
+        )
+        try:
+            urllib.request.build_opener(NoRedirect).open(request)
+            raise RuntimeError("the provider did not redirect back")
+        except urllib.error.HTTPError as e:
+            if e.code != 302:
+                raise
+            landed["location"] = e.headers["location"]
+
+    async def callback():
+        q = parse_qs(urlparse(landed["location"]).query)
+        return AuthorizationCodeResult(code=q["code"][0], state=q.get("state", [None])[0])
+
+    return OAuthClientProvider(
+        server_url=server_url,
+        client_metadata=OAuthClientMetadata(
+            client_name="gavel test client",
+            redirect_uris=["http://127.0.0.1:9/callback"],
+            grant_types=["authorization_code", "refresh_token"],
+            response_types=["code"],
+            token_endpoint_auth_method="none",
+        ),
+        storage=Memory(),
+        redirect_handler=sign_in,
+        callback_handler=callback,
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ and the authorization code flow with PKCE (S256) for browser sign-in:
   POST /authorize  (the form)               -> 302 to redirect_uri?code&state
   POST /token      (grant_type=authorization_code, code, redirect_uri,
                     client_id, code_verifier) -> {"id_token", …}
+and for MCP clients that log in by themselves (the MCP authorization
+spec): the same metadata at /.well-known/oauth-authorization-server,
+dynamic client registration (POST /register, RFC 7591, public clients),
+and a `resource` (RFC 8707) on /authorize and /token, which makes the
+token response's access_token a JWT with that resource as its audience;
 and the device authorization grant (RFC 8628) for `gavel login`:
   POST /device_authorization (client_id)   -> device_code, user_code, …
   POST /device     (user_code, email)       -> the user approves
@@ -127,15 +132,19 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(page)
             return
-        if self.path == "/.well-known/openid-configuration":
+        if self.path in ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"):
             self.reply({
                 "issuer": ISSUER,
                 "jwks_uri": f"{ISSUER}/jwks",
                 "authorization_endpoint": f"{ISSUER}/authorize",
                 "token_endpoint": f"{ISSUER}/token",
+                "registration_endpoint": f"{ISSUER}/register",
                 "device_authorization_endpoint": f"{ISSUER}/device_authorization",
                 "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
                 "response_types_supported": ["code"],
+                "grant_types_supported": ["authorization_code", "urn:ietf:params:oauth:grant-type:device_code"],
+                "code_challenge_methods_supported": ["S256"],
+                "token_endpoint_auth_methods_supported": ["none"],
                 "subject_types_supported": ["public"],
             })
         elif self.path == "/jwks":
@@ -164,6 +173,7 @@ class Handler(BaseHTTPRequestHandler):
                     codes[code] = {
                         "client_id": form["client_id"], "redirect_uri": form["redirect_uri"],
                         "challenge": form["code_challenge"], "nonce": form.get("nonce"), "email": email,
+                        "resource": form.get("resource"),
                     }
                     self.redirect(f"{form['redirect_uri']}?{urlencode({'code': code, 'state': form.get('state', '')})}")
                     return
@@ -215,8 +225,26 @@ class Handler(BaseHTTPRequestHandler):
                     "aud": grant["client_id"], "sub": f"sub-{grant['email']}", "email": grant["email"],
                     "email_verified": True, "groups": USERS[grant["email"]], "nonce": grant["nonce"],
                 }
+                access = secrets.token_urlsafe(16)
+                resource = form.get("resource") or grant.get("resource")
+                if resource:
+                    # RFC 8707: an access token for exactly that resource.
+                    if grant.get("resource") and form.get("resource") and grant["resource"] != form["resource"]:
+                        self.reply({"error": "invalid_target"}, 400)
+                        return
+                    access = mint("ES256", None, {
+                        "aud": resource, "sub": f"sub-{grant['email']}", "email": grant["email"],
+                        "email_verified": True, "groups": USERS[grant["email"]], "client_id": grant["client_id"],
+                    })
                 self.reply({"id_token": mint("RS256", None, claims), "token_type": "Bearer",
-                            "access_token": secrets.token_urlsafe(16)})
+                            "access_token": access, "expires_in": 300})
+            return
+        if self.path == "/register":
+            meta = json.loads(raw or b"{}")
+            registered = dict(meta, client_id=f"dyn-{secrets.token_hex(6)}",
+                              client_id_issued_at=int(time.time()),
+                              token_endpoint_auth_method="none")
+            self.reply(registered, 201)
             return
         req = json.loads(raw or b"{}")
         with lock:

@@ -202,6 +202,10 @@ impl McpGateway {
         let hub = self.hub.clone();
         let mut config = StreamableHttpServerConfig::default();
         config.allowed_hosts = allowed_hosts;
+        // A browser page of another origin must not drive an agent's
+        // session (the MCP transport's Origin rule): only gavel's own
+        // origin may send one.
+        config.allowed_origins = vec![origin_of(&self.hub.public_url)];
         config.sse_keep_alive = Some(Duration::from_secs(15));
         let mut sessions = LocalSessionManager::default();
         // An idle session is closed, and closing cancels its requests; a
@@ -212,13 +216,90 @@ impl McpGateway {
             Arc::new(sessions),
             config,
         );
-        axum::Router::new()
+        let metadata = ProtectedResource::new(&self.hub.public_url, auth.issuer_urls());
+        let protected = axum::Router::new()
             .route_service("/mcp", service)
             .layer(axum::middleware::from_fn(check_json_rpc))
             .layer(axum::middleware::from_fn_with_state(
-                (auth, self.hub.clone()),
+                (auth, self.hub.clone(), metadata.clone()),
                 authenticate,
-            ))
+            ));
+        // RFC 9728: where an MCP client learns which authorization server
+        // issues tokens for this endpoint (published when one is
+        // configured), at the path-suffixed and the root well-known URL.
+        match metadata.document() {
+            Some(document) => {
+                let serve = move || {
+                    let document = document.clone();
+                    async move { axum::Json(document) }
+                };
+                protected
+                    .route(
+                        "/.well-known/oauth-protected-resource/mcp",
+                        axum::routing::get(serve.clone()),
+                    )
+                    .route(
+                        "/.well-known/oauth-protected-resource",
+                        axum::routing::get(serve),
+                    )
+            }
+            None => protected,
+        }
+    }
+}
+
+/// `scheme://host[:port]` of a URL, as browsers send it in `Origin`.
+fn origin_of(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => url.trim_end_matches('/').to_owned(),
+    }
+}
+
+/// The `/mcp` endpoint as an OAuth 2.1 protected resource (the MCP
+/// authorization spec): its identifier, and the authorization servers
+/// (gavel's configured OpenID Connect issuers) whose tokens it takes.
+#[derive(Clone)]
+struct ProtectedResource {
+    /// `PUBLIC_URL/mcp`: the audience a client asks its token for.
+    resource: String,
+    metadata_url: String,
+    authorization_servers: Vec<String>,
+}
+
+impl ProtectedResource {
+    fn new(public_url: &str, authorization_servers: Vec<String>) -> ProtectedResource {
+        let base = public_url.trim_end_matches('/');
+        ProtectedResource {
+            resource: format!("{base}/mcp"),
+            metadata_url: format!("{base}/.well-known/oauth-protected-resource/mcp"),
+            authorization_servers,
+        }
+    }
+
+    fn document(&self) -> Option<serde_json::Value> {
+        if self.authorization_servers.is_empty() {
+            return None;
+        }
+        Some(serde_json::json!({
+            "resource": self.resource,
+            "authorization_servers": self.authorization_servers,
+            "bearer_methods_supported": ["header"],
+            "resource_name": "gavel MCP gateway",
+        }))
+    }
+
+    /// The `WWW-Authenticate` of a 401: where the metadata is, when there
+    /// is any, and whether a token was presented and refused.
+    fn challenge(&self, refused_token: bool) -> String {
+        let mut value = String::from("Bearer realm=\"gavel\"");
+        if !self.authorization_servers.is_empty() {
+            value.push_str(&format!(", resource_metadata=\"{}\"", self.metadata_url));
+        }
+        if refused_token {
+            value.push_str(", error=\"invalid_token\"");
+        }
+        value
     }
 }
 
@@ -268,7 +349,7 @@ impl Hub {
 /// names a session (`Mcp-Session-Id`), whatever its method (POST, the GET
 /// stream, DELETE), must come from the principal that opened it.
 async fn authenticate(
-    State((auth, hub)): State<(Arc<Authenticator>, Arc<Hub>)>,
+    State((auth, hub, protected)): State<(Arc<Authenticator>, Arc<Hub>, ProtectedResource)>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -282,10 +363,18 @@ async fn authenticate(
         })
         .map(str::to_owned);
     let Some(token) = token else {
-        return unauthorized("missing bearer token: send Authorization: Bearer <gavel token>");
+        return unauthorized(
+            &protected.challenge(false),
+            "missing bearer token: send Authorization: Bearer <gavel token>",
+        );
     };
-    let principal = match auth.authenticate(&token).await {
-        Ok(p) => p,
+    // A token the client obtained for this endpoint (audience
+    // PUBLIC_URL/mcp) or for gavel as a whole; never passed upstream.
+    let principal = match auth
+        .authenticate_for_resource(&token, &protected.resource)
+        .await
+    {
+        Ok((p, _)) => p,
         Err(AuthError::Internal(e)) => {
             tracing::error!(error = %e, "authenticating an MCP request failed");
             return (
@@ -294,7 +383,7 @@ async fn authenticate(
             )
                 .into_response();
         }
-        Err(e) => return unauthorized(&e.to_string()),
+        Err(e) => return unauthorized(&protected.challenge(true), &e.to_string()),
     };
     let source = request
         .extensions()
@@ -460,10 +549,10 @@ fn bad_message(id: serde_json::Value, code: i64, message: &str) -> Response {
         .into_response()
 }
 
-fn unauthorized(message: &str) -> Response {
+fn unauthorized(challenge: &str, message: &str) -> Response {
     (
         http::StatusCode::UNAUTHORIZED,
-        [(http::header::WWW_AUTHENTICATE, "Bearer realm=\"gavel\"")],
+        [(http::header::WWW_AUTHENTICATE, challenge.to_owned())],
         axum::Json(jsonrpc_error(-32001, &format!("gavel: {message}"))),
     )
         .into_response()
