@@ -748,6 +748,54 @@ async fn bad_tokens_malformed_json_rpc_and_session_theft_are_refused() {
         .unwrap();
     let text = r.text().await.unwrap();
     assert!(text.contains("-32601"), "{text}");
+    // Mcp-Method and Mcp-Name headers that lie about the body are refused
+    // (-32020) before anything is judged or forwarded; true ones pass.
+    let call = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"everything__get-env","arguments":{}}}"#;
+    for (header, value) in [
+        ("mcp-name", "everything__echo"),
+        ("mcp-name", "=?base64?ZXZlcnl0aGluZ19fZWNobw==?="),
+        ("mcp-method", "tools/list"),
+    ] {
+        let r =
+            m.g.http
+                .post(m.url())
+                .bearer_auth(&m.g.agent_token)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-session-id", &session)
+                .header("mcp-protocol-version", "2025-11-25")
+                .header(header, value)
+                .body(call)
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(r.status(), 400, "{header}: {value}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], -32020, "{v}");
+        assert_eq!(v["id"], 5, "{v}");
+    }
+    let judged = m.audit_events("resource=everything&event=decision").await;
+    assert!(
+        !judged.iter().any(|r| r["operation"] == "get-env"),
+        "a refused message is never judged: {judged:?}"
+    );
+    let honest = r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"everything__echo","arguments":{"message":"true headers"}}}"#;
+    let r =
+        m.g.http
+            .post(m.url())
+            .bearer_auth(&m.g.agent_token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "everything__echo")
+            .body(honest)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("true headers"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -518,6 +518,9 @@ async fn check_json_rpc(request: Request, next: Next) -> Response {
         }
     }
     let method = object.get("method").and_then(|m| m.as_str());
+    if let Err(why) = headers_agree(&parts.headers, method, object.get("params")) {
+        return bad_message(id, -32020, &format!("Header mismatch: {why}"));
+    }
     match serde_json::from_value::<rmcp::model::ClientJsonRpcMessage>(value.clone()) {
         // The SDK reads a request it cannot type as a custom one: for a
         // method MCP defines, that means its params are wrong.
@@ -539,6 +542,69 @@ async fn check_json_rpc(request: Request, next: Next) -> Response {
     }
     next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await
+}
+
+/// Whether the `Mcp-Method` and `Mcp-Name` headers a client supplied (the
+/// 2026-07-28 revision has them; a proxy may route on them) say what the
+/// body says, whatever protocol revision the request names. gavel judges
+/// the body; a header that says otherwise is refused, never believed.
+fn headers_agree(
+    headers: &http::HeaderMap,
+    method: Option<&str>,
+    params: Option<&serde_json::Value>,
+) -> Result<(), String> {
+    let header = |name: &str| -> Result<Option<String>, String> {
+        let mut values = headers.get_all(name).iter();
+        let Some(first) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(format!("{name} is sent more than once"));
+        }
+        let text = first
+            .to_str()
+            .map_err(|_| format!("{name} is not visible ASCII"))?;
+        match text
+            .strip_prefix("=?base64?")
+            .and_then(|inner| inner.strip_suffix("?="))
+        {
+            Some(inner) => {
+                use base64::Engine as _;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(inner)
+                    .map_err(|_| format!("{name} is not valid Base64"))?;
+                String::from_utf8(bytes)
+                    .map(Some)
+                    .map_err(|_| format!("{name} is not UTF-8"))
+            }
+            None => Ok(Some(text.to_owned())),
+        }
+    };
+    if let Some(said) = header("mcp-method")?
+        && Some(said.as_str()) != method
+    {
+        return Err(format!(
+            "Mcp-Method says {said:?} but the body's method is {:?}",
+            method.unwrap_or("")
+        ));
+    }
+    if let Some(said) = header("mcp-name")? {
+        let key = match method {
+            Some("tools/call" | "prompts/get") => "name",
+            Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => "uri",
+            _ => return Err("Mcp-Name is sent with a method that names nothing".into()),
+        };
+        let body = params
+            .and_then(|p| p.get(key))
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        if said != body {
+            return Err(format!(
+                "Mcp-Name says {said:?} but the body's {key} is {body:?}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn bad_message(id: serde_json::Value, code: i64, message: &str) -> Response {
