@@ -950,13 +950,27 @@ async fn a_held_call_of_a_revoked_agent_never_runs() {
     assert!(!std::path::Path::new(&target).exists(), "never written");
 }
 
-/// Two agents' sessions, each answering sampling, elicitation and roots
-/// with its own name, call the upstream's tools that ask the client at
-/// the same time: each request reaches the session whose call caused it,
-/// and nothing reaches the other.
+/// Two agents' sessions, each answering sampling and elicitation with its
+/// own name, call the upstream's tools that ask the client at the same
+/// time: each request reaches the session whose call caused it, and
+/// nothing reaches the other. Roots are never the client's: an upstream
+/// that asks hears the configured ones, so no agent can widen a
+/// filesystem server's allowed directories.
 #[tokio::test(flavor = "multi_thread")]
-async fn sampling_elicitation_and_roots_reach_only_the_session_that_caused_them() {
-    let m = Mcp::start("60s").await;
+async fn sampling_and_elicitation_reach_only_the_session_that_caused_them() {
+    let m = Mcp::start_with(
+        "60s",
+        &format!(
+            "[[resources.mcp]]\nname = \"rooted\"\ncommand = [\"{}\"]\nroots = [\"file:///srv/shared\"]\n",
+            npm_bin("mcp-server-everything")
+        ),
+    )
+    .await;
+    m.g.write_policy_and_wait(
+        "rooted.cedar",
+        "@id(\"rooted-roots\") permit(principal, action == Action::\"mcp.call\", resource == Resource::\"rooted\") when { context.tool == \"get-roots-list\" };",
+    )
+    .await;
     let other_token = m.g.create_agent("other-bot", "owner@x", &[]);
     let script = |token: &str, who: &str| {
         json!({
@@ -964,14 +978,15 @@ async fn sampling_elicitation_and_roots_reach_only_the_session_that_caused_them(
             "answers": {
                 "sampling": format!("sampled by {who}"),
                 "elicitation": {"name": format!("{who} the agent")},
-                "roots": [format!("file:///home/{who}")],
+                "roots": ["file:///"],
             },
             "steps": [
                 {"op": "list_tools"},
                 {"op": "call", "tool": "everything__trigger-sampling-request",
                  "args": {"prompt": format!("question of {who}"), "maxTokens": 10}},
                 {"op": "call", "tool": "everything__trigger-elicitation-request", "args": {}},
-                {"op": "call", "tool": "everything__get-roots-list", "args": {}},
+                {"op": "call", "tool": "rooted__get-roots-list", "args": {}},
+                {"op": "call", "tool": "fs__list_allowed_directories", "args": {}},
             ],
         })
     };
@@ -980,16 +995,20 @@ async fn sampling_elicitation_and_roots_reach_only_the_session_that_caused_them(
         run_client(script(&other_token, "beta")),
     );
     for (out, me, them) in [(&a, "alpha", "beta"), (&b, "beta", "alpha")] {
-        let tools = out[0]["tools"].as_object().unwrap();
-        assert!(
-            tools.contains_key("everything__trigger-sampling-request"),
-            "a client that offers sampling sees the tools that need it: {tools:?}"
-        );
         let all = out
             .iter()
             .map(|s| s.to_string())
             .collect::<Vec<_>>()
             .join("\n");
+        let tools = out[0]["tools"].as_object().unwrap();
+        assert!(
+            tools.contains_key("everything__trigger-sampling-request"),
+            "a client that offers sampling sees the tools that need it: {all}"
+        );
+        assert!(
+            !tools.contains_key("everything__get-roots-list"),
+            "gavel claims no roots for an upstream without configured ones: {all}"
+        );
         assert!(
             out[1]["text"]
                 .as_str()
@@ -997,19 +1016,9 @@ async fn sampling_elicitation_and_roots_reach_only_the_session_that_caused_them(
                 .contains(&format!("sampled by {me}")),
             "{all}"
         );
-        // (The upstream also asks for roots when the session starts,
-        // whenever that lands.)
-        let sampled: Vec<&Value> = out[1]["asked"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a.get("sampling").is_some())
-            .collect();
         assert_eq!(
-            sampled,
-            [
-                &json!({"sampling": format!("Resource trigger-sampling-request context: question of {me}")})
-            ],
+            out[1]["asked"],
+            json!([{"sampling": format!("Resource trigger-sampling-request context: question of {me}")}]),
             "{all}"
         );
         assert!(
@@ -1019,12 +1028,20 @@ async fn sampling_elicitation_and_roots_reach_only_the_session_that_caused_them(
                 .contains(&format!("{me} the agent")),
             "{all}"
         );
+        let roots = out[3]["text"].as_str().unwrap();
+        assert!(roots.contains("file:///srv/shared"), "{all}");
+        // The client was never asked for its roots ("file:///").
         assert!(
-            out[3]["text"]
-                .as_str()
-                .unwrap()
-                .contains(&format!("file:///home/{me}")),
+            out.iter().all(|step| step
+                .get("asked")
+                .and_then(|a| a.as_array())
+                .is_none_or(|a| a.iter().all(|x| x.get("roots").is_none()))),
             "{all}"
+        );
+        let dirs = out[4]["text"].as_str().unwrap();
+        assert!(
+            dirs.contains(m.data.path().to_str().unwrap()) && !dirs.contains("\n/\n"),
+            "the filesystem server keeps its configured directory: {all}"
         );
         assert!(!all.contains(them), "{me}'s session heard of {them}: {all}");
     }
@@ -1047,6 +1064,117 @@ async fn sampling_elicitation_and_roots_reach_only_the_session_that_caused_them(
             .any(|r| r["operation"] == "trigger-sampling-request"),
         "{calls:?}"
     );
+}
+
+/// One principal cannot take every upstream session: past its own limit
+/// it is told so, others still get theirs, and a session it ends frees
+/// its place. A revoked agent's sessions are closed, with their upstream
+/// processes.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_sessions_are_bounded_per_principal_and_end_with_it() {
+    let m = Mcp::start_with("60s", "max_sessions_per_principal = 2\n").await;
+    let open = |token: String| {
+        let http = m.g.http.clone();
+        let url = m.url();
+        async move {
+            let post = |body: &str, session: Option<&str>| {
+                let mut req = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json, text/event-stream")
+                    .body(body.to_owned());
+                if let Some(s) = session {
+                    req = req
+                        .header("mcp-session-id", s)
+                        .header("mcp-protocol-version", "2025-11-25");
+                }
+                req.send()
+            };
+            let r = post(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"x","version":"0"}}}"#, None).await.unwrap();
+            let session = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+            let _ = r.text().await;
+            let _ = post(
+                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                Some(&session),
+            )
+            .await
+            .unwrap()
+            .text()
+            .await;
+            let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"fs__list_allowed_directories","arguments":{}}}"#;
+            let text = post(call, Some(&session))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            (session, text)
+        }
+    };
+    let agent = m.g.agent_token.clone();
+    let (first, t1) = open(agent.clone()).await;
+    let (_second, t2) = open(agent.clone()).await;
+    let (_third, t3) = open(agent.clone()).await;
+    assert!(
+        !t1.contains("at most") && !t2.contains("at most"),
+        "{t1}\n{t2}"
+    );
+    assert!(t3.contains("at most 2 per principal"), "{t3}");
+    // Another agent is not locked out.
+    let other = m.g.create_agent("other-bot", "owner@x", &[]);
+    let (_, t) = open(other.clone()).await;
+    assert!(!t.contains("at most"), "{t}");
+    // Ending a session frees its place.
+    let r =
+        m.g.http
+            .delete(m.url())
+            .bearer_auth(&agent)
+            .header("mcp-session-id", &first)
+            .header("mcp-protocol-version", "2025-11-25")
+            .send()
+            .await
+            .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, t) = open(agent.clone()).await;
+        if !t.contains("at most") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot never came back: {t}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Revoking the agent closes its sessions and their upstream processes.
+    let fs_sessions = |v: &Value| {
+        v["mcp_upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == "fs")
+            .map(|u| u["sessions"].as_u64().unwrap())
+            .unwrap()
+    };
+    let (_, ready) = m.g.get("/readyz", ALICE).await;
+    assert_eq!(fs_sessions(&ready), 3, "{ready}");
+    let out = m.g.cli(&["agent", "revoke", "bot"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, ready) = m.g.get("/readyz", ALICE).await;
+        if fs_sessions(&ready) == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revoked agent's sessions live on: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Progress of a forwarded call, log messages at the level the client
@@ -1092,6 +1220,37 @@ async fn progress_logging_and_completion_pass_through() {
             .iter()
             .any(|r| r["class"] == "mcp.read" && r["operation"] == "completable-prompt"),
         "{reads:?}"
+    );
+    // The arguments already chosen reach policy too: a completion for a
+    // department policy keeps closed is refused like the prompt itself.
+    m.g.write_policy_and_wait(
+        "no-engineering.cedar",
+        "@id(\"no-engineering\") forbid(principal, action == Action::\"mcp.read\", resource == Resource::\"everything\") when { context.tool == \"completable-prompt\" && context.args.hasTag(\"department\") && context.args.getTag(\"department\") == \"Engineering\" };",
+    )
+    .await;
+    let out = m
+        .client(
+            &m.g.agent_token,
+            json!([
+                {"op": "complete", "ref": {"type": "ref/prompt", "name": "everything__completable-prompt"},
+                 "argument": {"name": "name", "value": ""}, "context": {"department": "Engineering"}},
+                {"op": "complete", "ref": {"type": "ref/prompt", "name": "everything__completable-prompt"},
+                 "argument": {"name": "name", "value": ""}, "context": {"department": "Sales"}},
+            ]),
+        )
+        .await;
+    assert!(
+        out[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no-engineering"),
+        "{}",
+        out[0]
+    );
+    assert!(
+        out[1]["values"].as_array().is_some_and(|v| !v.is_empty()),
+        "{}",
+        out[1]
     );
     // Another session that set no level hears none of those logs.
     let quiet = m

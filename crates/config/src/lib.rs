@@ -393,6 +393,20 @@ pub struct McpResourceConfig {
     /// child process for `command`).
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// The most of those one principal holds at once (default 8), so that
+    /// no agent can take every slot.
+    #[serde(default = "default_max_sessions_per_principal")]
+    pub max_sessions_per_principal: usize,
+    /// The roots gavel gives this upstream when it asks (`roots/list`):
+    /// `file://` URIs from the configuration. A client's own roots never
+    /// reach an upstream (a filesystem server would take them as its
+    /// allowed directories). Empty (the default): gavel claims no roots.
+    #[serde(default)]
+    pub roots: Vec<String>,
+}
+
+fn default_max_sessions_per_principal() -> usize {
+    8
 }
 
 fn default_max_sessions() -> usize {
@@ -1038,11 +1052,14 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
                 format!("{:?} names another resource too", r.name),
             ));
         }
-        if r.max_sessions == 0 {
+        if r.max_sessions == 0 || r.max_sessions_per_principal == 0 {
             return Err(fail(
                 key("max_sessions"),
-                "must be at least 1 (each client session needs a connection of its own)".into(),
+                "max_sessions and max_sessions_per_principal must be at least 1 (each client session needs a connection of its own)".into(),
             ));
+        }
+        if let Some(bad) = r.roots.iter().find(|u| !u.starts_with("file://")) {
+            return Err(fail(key("roots"), format!("{bad:?} is not a file:// URI")));
         }
         match (&r.command, &r.url) {
             (Some(cmd), None) if cmd.is_empty() || cmd[0].is_empty() => {

@@ -172,7 +172,7 @@ async def run(script):
                     else:
                         r = types.ResourceTemplateReference(type="ref/resource", uri=ref["uri"])
                     arg = step["argument"]
-                    c = await session.complete(r, {"name": arg["name"], "value": arg["value"]})
+                    c = await session.complete(r, {"name": arg["name"], "value": arg["value"]}, context_arguments=step.get("context"))
                     out["values"] = list(c.completion.values)
                 elif op == "touch":
                     # Tells a waiting test that this session is established.

@@ -53,10 +53,14 @@ pub(crate) struct Hub {
     pub upstreams: Vec<Arc<Upstream>>,
     pub hold: Duration,
     pub public_url: String,
-    /// `Mcp-Session-Id` → the principal that opened it and when it was
-    /// last used: every request that names a session, whatever its method,
-    /// must come from that principal.
-    session_owners: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// `Mcp-Session-Id` → the principal that opened it and when the
+    /// client last sent anything: every request that names a session,
+    /// whatever its method, must come from that principal, and a session
+    /// whose client is silent past the idle limit, or whose principal
+    /// fell, is closed (with its upstream connections).
+    session_owners: Mutex<HashMap<String, SessionOwner>>,
+    /// Closes sessions; set when the `/mcp` router is built.
+    sessions: std::sync::OnceLock<Arc<LocalSessionManager>>,
     /// Names two upstreams both show a client (an unprefixed upstream's
     /// tool or prompt that another upstream also offers): withheld from
     /// lists and refused in calls rather than guessed.
@@ -92,6 +96,13 @@ impl Hub {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// Who a session belongs to and when its client was last heard from.
+struct SessionOwner {
+    key: String,
+    principal: Principal,
+    seen: std::time::Instant,
 }
 
 /// The tool and prompt names (as clients see them) that more than one
@@ -149,7 +160,8 @@ impl McpGateway {
                 },
                 transport,
                 r.prefix,
-                r.max_sessions,
+                (r.max_sessions, r.max_sessions_per_principal),
+                r.roots.clone(),
             ));
         }
         Ok(McpGateway {
@@ -159,6 +171,7 @@ impl McpGateway {
                 hold,
                 public_url: public_url.trim_end_matches('/').to_owned(),
                 session_owners: Mutex::new(HashMap::new()),
+                sessions: std::sync::OnceLock::new(),
                 collisions: Mutex::new(Vec::new()),
             }),
         })
@@ -172,11 +185,14 @@ impl McpGateway {
     /// Starts one supervisor per upstream; each connects, and reconnects
     /// with backoff whenever its upstream goes away.
     pub fn start(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        self.hub
+        let mut tasks: Vec<_> = self
+            .hub
             .upstreams
             .iter()
             .map(|u| tokio::spawn(u.clone().supervise(Arc::downgrade(&self.hub))))
-            .collect()
+            .collect();
+        tasks.push(tokio::spawn(sweep_sessions(Arc::downgrade(&self.hub))));
+        tasks
     }
 
     /// Each upstream's state, for `/readyz`.
@@ -209,11 +225,14 @@ impl McpGateway {
         config.sse_keep_alive = Some(Duration::from_secs(15));
         let mut sessions = LocalSessionManager::default();
         // An idle session is closed, and closing cancels its requests; a
-        // held call must outlive its hold.
+        // held call must outlive its hold. (rmcp counts messages to the
+        // client as activity too; `sweep_sessions` closes by the client's.)
         sessions.session_config.keep_alive = Some(self.hub.session_idle());
+        let sessions = Arc::new(sessions);
+        let _ = self.hub.sessions.set(sessions.clone());
         let service = StreamableHttpService::new(
             move || Ok(session::Session::new(hub.clone())),
-            Arc::new(sessions),
+            sessions,
             config,
         );
         let metadata = ProtectedResource::new(&self.hub.public_url, auth.issuer_urls());
@@ -248,10 +267,14 @@ impl McpGateway {
     }
 }
 
-/// `scheme://host[:port]` of a URL, as browsers send it in `Origin`.
+/// `scheme://host:port` of a URL, the port always written: rmcp reads an
+/// allowed origin without a port as any port.
 fn origin_of(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(u) => u.origin().ascii_serialization(),
+        Ok(u) => match (u.host_str(), u.port_or_known_default()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}", u.scheme()),
+            _ => u.origin().ascii_serialization(),
+        },
         Err(_) => url.trim_end_matches('/').to_owned(),
     }
 }
@@ -317,8 +340,8 @@ impl Hub {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         match owners.get_mut(id) {
-            Some((owner, seen)) if owner == principal => {
-                *seen = std::time::Instant::now();
+            Some(owner) if owner.key == principal => {
+                owner.seen = std::time::Instant::now();
                 true
             }
             Some(_) => false,
@@ -326,14 +349,34 @@ impl Hub {
         }
     }
 
-    fn session_opened(&self, id: String, principal: String) {
-        let idle = self.session_idle();
+    fn session_opened(&self, id: String, principal: Principal) {
         let mut owners = self
             .session_owners
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        owners.retain(|_, (_, seen)| seen.elapsed() < idle);
-        owners.insert(id, (principal, std::time::Instant::now()));
+        owners.insert(
+            id,
+            SessionOwner {
+                key: link::session_key(&principal),
+                principal,
+                seen: std::time::Instant::now(),
+            },
+        );
+    }
+
+    /// Sessions to close: silent past the idle limit, or of a principal
+    /// no longer in good standing.
+    fn sessions_to_close(&self) -> Vec<String> {
+        let idle = self.session_idle();
+        let owners = self
+            .session_owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        owners
+            .iter()
+            .filter(|(_, o)| o.seen.elapsed() >= idle || !self.gate.in_good_standing(&o.principal))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     fn session_closed(&self, id: &str) {
@@ -389,7 +432,7 @@ async fn authenticate(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string());
-    let who = principal.qualified_id();
+    let who = link::session_key(&principal);
     let session = request
         .headers()
         .get(SESSION_HEADER)
@@ -408,14 +451,15 @@ async fn authenticate(
             .into_response();
     }
     let closing = request.method() == http::Method::DELETE;
-    request
-        .extensions_mut()
-        .insert(Caller { principal, source });
+    request.extensions_mut().insert(Caller {
+        principal: principal.clone(),
+        source,
+    });
     let response = next.run(request).await;
     match (&session, response.headers().get(SESSION_HEADER)) {
         (None, Some(opened)) if response.status().is_success() => {
             if let Ok(id) = opened.to_str() {
-                hub.session_opened(id.to_owned(), who);
+                hub.session_opened(id.to_owned(), principal);
             }
         }
         (Some(id), _) if closing && response.status().is_success() => hub.session_closed(id),
@@ -425,6 +469,29 @@ async fn authenticate(
 }
 
 const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Every few seconds, closes the sessions whose client went silent past
+/// the idle limit or whose principal was revoked or expired: their
+/// upstream connections (child processes) end with them.
+async fn sweep_sessions(hub: std::sync::Weak<Hub>) {
+    use rmcp::transport::streamable_http_server::session::SessionManager as _;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        let Some(manager) = hub.sessions.get().cloned() else {
+            continue;
+        };
+        for id in hub.sessions_to_close() {
+            let session: rmcp::transport::common::server_side_http::SessionId = id.as_str().into();
+            if let Err(e) = manager.close_session(&session).await {
+                tracing::debug!(error = %e, "closing an MCP session");
+            }
+            hub.session_closed(&id);
+            tracing::info!(session = %id, "MCP session closed (idle client or principal no longer in good standing)");
+        }
+    }
+}
 
 fn jsonrpc_error(code: i64, message: &str) -> serde_json::Value {
     jsonrpc_error_for(serde_json::Value::Null, code, message)

@@ -15,15 +15,15 @@
 #![allow(deprecated)]
 
 use crate::forward::Forwarder;
-use crate::upstream::{Offer, Transport, Upstream, list};
+use crate::upstream::{Offer, SessionSlot, Transport, Upstream, list};
 use gavel_core::{Gate, Principal};
 use rmcp::model::{
     CancelledNotificationParam, ClientCapabilities, ClientConfig, ClientResult,
     CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult, ElicitRequest,
-    ElicitRequestParams, ElicitResult, GetExtensions, Implementation, ListRootsRequest,
-    ListRootsResult, LoggingLevel, LoggingMessageNotificationParam, ProgressNotificationParam,
-    ProgressToken, ProtocolVersion, RequestId, ResourceUpdatedNotificationParam, ServerRequest,
-    SetLevelRequestParams, SubscribeRequestParams,
+    ElicitRequestParams, ElicitResult, GetExtensions, Implementation, ListRootsResult,
+    LoggingLevel, LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken,
+    ProtocolVersion, RequestId, ResourceUpdatedNotificationParam, Root, RootsCapabilities,
+    ServerRequest, SetLevelRequestParams, SubscribeRequestParams,
 };
 use rmcp::service::{
     InboundStreamOrigin, NotificationContext, OriginatingRequestId, Peer, PeerRequestOptions,
@@ -37,6 +37,16 @@ use tokio::io::AsyncBufReadExt;
 
 /// How long connecting to an upstream and listing it may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The principal a session belongs to, as one key: who it is and for
+/// whom it acts (a delegated agent acting for another human is another
+/// session owner).
+pub(crate) fn session_key(p: &Principal) -> String {
+    match p.on_behalf_of() {
+        Some(human) => format!("{} for human:{}", p.qualified_id(), human.0),
+        None => p.qualified_id(),
+    }
+}
 
 /// The client side of one session, as its upstream connections see it.
 pub(crate) struct Client {
@@ -98,8 +108,8 @@ pub(crate) struct Link {
     /// URIs this session subscribed to here: updates of others are not
     /// relayed.
     subscribed: Arc<Mutex<BTreeSet<String>>>,
-    /// Counts against the upstream's limit of client sessions.
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    /// Counts against the upstream's limits of client sessions.
+    _slot: SessionSlot,
 }
 
 impl Drop for Link {
@@ -121,17 +131,13 @@ impl Link {
         client: Arc<Client>,
         level: Option<LoggingLevel>,
     ) -> Result<Arc<Link>, String> {
-        let slot = upstream.session_slots.clone().try_acquire_owned().map_err(|_| {
-            format!(
-                "upstream {} already serves its limit of {} client sessions; try again when one ends",
-                upstream.name, upstream.max_sessions
-            )
-        })?;
+        let slot = upstream.take_slot(&session_key(&client.principal))?;
         let offer = Arc::new(Mutex::new(Arc::new(Offer::default())));
         let calls = Arc::new(Mutex::new(Calls::default()));
         let subscribed = Arc::new(Mutex::new(BTreeSet::new()));
         let events = LinkEvents {
             upstream: upstream.name.clone(),
+            roots: upstream.roots.clone(),
             client: client.clone(),
             calls: calls.clone(),
             offer: offer.clone(),
@@ -215,13 +221,6 @@ impl Link {
             .set_level(SetLevelRequestParams::new(level))
             .await
             .map_err(crate::session::service_error)
-    }
-
-    /// Relays the client's `notifications/roots/list_changed`.
-    pub(crate) async fn roots_changed(&self) {
-        if let Err(e) = self.peer.notify_roots_list_changed().await {
-            tracing::debug!(upstream = %self.upstream.name, error = %e, "relaying roots/list_changed failed");
-        }
     }
 
     /// Notes a subscription starting or ending; false when that changes
@@ -336,6 +335,9 @@ async fn connect(
 /// session: what the upstream says or asks goes to that client only.
 struct LinkEvents {
     upstream: String,
+    /// The roots from the configuration: what the upstream hears when it
+    /// asks. The client's own roots never reach it.
+    roots: Vec<String>,
     client: Arc<Client>,
     calls: Arc<Mutex<Calls>>,
     offer: Arc<Mutex<Arc<Offer>>>,
@@ -422,8 +424,13 @@ impl LinkEvents {
 
 impl ClientHandler for LinkEvents {
     fn get_info(&self) -> ClientConfig {
+        // The client's sampling and elicitation, but roots only from the
+        // configuration: a filesystem server takes a client's roots as its
+        // allowed directories, which would let an agent widen them.
+        let mut capabilities = self.client.capabilities.clone();
+        capabilities.roots = (!self.roots.is_empty()).then(RootsCapabilities::default);
         ClientConfig::new(
-            self.client.capabilities.clone(),
+            capabilities,
             Implementation::new("gavel", env!("CARGO_PKG_VERSION")),
         )
         .with_protocol_version(ProtocolVersion::V_2025_11_25)
@@ -461,19 +468,14 @@ impl ClientHandler for LinkEvents {
 
     async fn list_roots(
         &self,
-        context: RequestContext<RoleClient>,
+        _context: RequestContext<RoleClient>,
     ) -> Result<ListRootsResult, McpError> {
-        let request = ServerRequest::ListRootsRequest(ListRootsRequest {
-            method: Default::default(),
-            extensions: Default::default(),
-        });
-        match self.ask_client(request, &context).await? {
-            ClientResult::ListRootsResult(r) => Ok(r),
-            _ => Err(McpError::internal_error(
-                "gavel: the client answered roots/list with something else",
-                None,
-            )),
-        }
+        Ok(ListRootsResult::new(
+            self.roots
+                .iter()
+                .map(|uri| Root::new(uri.clone()))
+                .collect(),
+        ))
     }
 
     async fn on_progress(
@@ -487,6 +489,9 @@ impl ClientHandler for LinkEvents {
             .find(|c| c.upstream_token == params.progress_token)
             .and_then(|c| c.client_token.clone());
         let Some(theirs) = theirs else { return };
+        if !self.client.in_good_standing() {
+            return;
+        }
         params.progress_token = theirs;
         if let Err(e) = self.client.peer.notify_progress(params).await {
             tracing::debug!(error = %e, "relaying progress failed");
@@ -508,7 +513,9 @@ impl ClientHandler for LinkEvents {
         params: LoggingMessageNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        #[allow(deprecated)]
+        if !self.client.in_good_standing() {
+            return;
+        }
         let sent = self.client.peer.notify_logging_message(params).await;
         if let Err(e) = sent {
             tracing::debug!(error = %e, "relaying a log message failed");
@@ -532,6 +539,9 @@ impl ClientHandler for LinkEvents {
     }
 
     async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
+        if !self.client.in_good_standing() {
+            return;
+        }
         if let Some((before, after)) = self.relist(&context).await
             && before.tools != after.tools
         {
@@ -540,6 +550,9 @@ impl ClientHandler for LinkEvents {
     }
 
     async fn on_resource_list_changed(&self, context: NotificationContext<RoleClient>) {
+        if !self.client.in_good_standing() {
+            return;
+        }
         if let Some((before, after)) = self.relist(&context).await
             && (before.resources != after.resources || before.templates != after.templates)
         {
@@ -548,6 +561,9 @@ impl ClientHandler for LinkEvents {
     }
 
     async fn on_prompt_list_changed(&self, context: NotificationContext<RoleClient>) {
+        if !self.client.in_good_standing() {
+            return;
+        }
         if let Some((before, after)) = self.relist(&context).await
             && before.prompts != after.prompts
         {

@@ -22,7 +22,7 @@ use rmcp::model::{
     ReadResourceResponse, Reference, RequestMetaObject, ServerCapabilities, ServerConfig,
     SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
 };
-use rmcp::service::{NotificationContext, RequestContext, RoleServer, ServiceError};
+use rmcp::service::{RequestContext, RoleServer, ServiceError};
 use rmcp::{ErrorData as McpError, ServerHandler};
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -161,7 +161,36 @@ impl Named {
 
 /// What `exposed` names among this session's connections: exactly one
 /// upstream's tool or prompt, or an error that says why not.
-fn resolve(links: &[SessionLink], exposed: &str, kind: Named) -> Result<Resolved, McpError> {
+fn resolve(
+    links: &[SessionLink],
+    exposed: &str,
+    kind: Named,
+    hub: &Hub,
+) -> Result<Resolved, McpError> {
+    // A name the supervisors saw two upstreams claim stays refused even
+    // when one of them is unreachable for this session.
+    if hub.collisions().iter().any(|c| c == exposed) {
+        let claimants: Vec<&str> = hub
+            .upstreams
+            .iter()
+            .filter(|u| {
+                let offer = u.offer();
+                u.own_name(exposed).is_some_and(|own| {
+                    offer.tools.iter().any(|t| t.name == own)
+                        || offer.prompts.iter().any(|p| p.name == own)
+                })
+            })
+            .map(|u| u.name.as_str())
+            .collect();
+        return Err(McpError::invalid_params(
+            format!(
+                "{} {exposed:?} is offered by several upstreams ({}); gavel will not guess. Set prefix = true on one of them.",
+                kind.word(),
+                claimants.join(", ")
+            ),
+            None,
+        ));
+    }
     let mut found = Vec::new();
     for (upstream, link, offer) in offers(links) {
         let Some(own) = upstream.own_name(exposed) else {
@@ -317,7 +346,7 @@ impl Session {
             .and_then(|parts| parts.extensions.get::<Caller>())
             .cloned()
             .ok_or_else(|| McpError::internal_error("request was not authenticated", None))?;
-        let id = caller.principal.qualified_id();
+        let id = crate::link::session_key(&caller.principal);
         if self.owner.get_or_init(|| id.clone()) != &id {
             return Err(McpError::invalid_request(
                 "this MCP session belongs to another principal",
@@ -615,12 +644,9 @@ impl ServerHandler for Session {
         let caller = self.caller(&context)?;
         context.peer.set_peer_info(request.clone());
         self.know_client(&caller, &context);
-        // The upstream connections open while the client finishes its
-        // handshake, so that its first list finds them ready.
-        let (links, hub) = (self.links.clone(), self.hub.clone());
-        tokio::spawn(async move {
-            links.all(&hub).await;
-        });
+        // The upstream connections open at the client's first request
+        // that needs them, not here: a bare initialize costs no upstream
+        // process.
         self.negotiate_initialize(&request)
     }
 
@@ -631,13 +657,14 @@ impl ServerHandler for Session {
     ) -> Result<ListToolsResult, McpError> {
         let caller = self.caller(&context)?;
         let links = self.links(&caller, &context).await;
-        let colliding = crate::colliding_names(
+        let mut colliding = crate::colliding_names(
             offers(&links)
                 .iter()
                 .map(|(u, _, o)| (u.as_ref(), o.as_ref()))
                 .collect::<Vec<_>>()
                 .into_iter(),
         );
+        colliding.extend(self.hub.collisions());
         let mut tools = Vec::new();
         for (upstream, _, offer) in offers(&links) {
             for tool in &offer.tools {
@@ -688,7 +715,7 @@ impl ServerHandler for Session {
             upstream,
             link,
             own: tool_name,
-        } = match resolve(&links, &request.name, Named::Tool) {
+        } = match resolve(&links, &request.name, Named::Tool, &self.hub) {
             Ok(r) => r,
             Err(e) => {
                 // A tool of an upstream that is being restarted is a tool
@@ -915,13 +942,14 @@ impl ServerHandler for Session {
     ) -> Result<ListPromptsResult, McpError> {
         let caller = self.caller(&context)?;
         let links = self.links(&caller, &context).await;
-        let colliding = crate::colliding_names(
+        let mut colliding = crate::colliding_names(
             offers(&links)
                 .iter()
                 .map(|(u, _, o)| (u.as_ref(), o.as_ref()))
                 .collect::<Vec<_>>()
                 .into_iter(),
         );
+        colliding.extend(self.hub.collisions());
         let mut prompts = Vec::new();
         for (upstream, _, offer) in offers(&links) {
             for prompt in &offer.prompts {
@@ -953,7 +981,7 @@ impl ServerHandler for Session {
             upstream,
             link,
             own: prompt,
-        } = resolve(&links, &request.name, Named::Prompt)?;
+        } = resolve(&links, &request.name, Named::Prompt, &self.hub)?;
         let meta = request_meta(&context, request.meta.as_ref());
         let intent = take_intent(&meta, &mut None, None);
         let args = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
@@ -983,7 +1011,7 @@ impl ServerHandler for Session {
         let mut upstream_params = request.clone();
         let (upstream, link, operation) = match &request.r#ref {
             Reference::Prompt(p) => {
-                let r = resolve(&links, &p.name, Named::Prompt)?;
+                let r = resolve(&links, &p.name, Named::Prompt, &self.hub)?;
                 if let Reference::Prompt(own) = &mut upstream_params.r#ref {
                     own.name = r.own.clone();
                 }
@@ -1029,7 +1057,17 @@ impl ServerHandler for Session {
             return Ok(CompleteResult::default());
         }
         let meta = request_meta(&context, request.meta.as_ref());
+        // Policy sees the arguments already chosen (the completion's
+        // context) with the one being completed, as it would see a
+        // prompts/get with them.
         let mut args = serde_json::Map::new();
+        if let Some(context) = &request.context
+            && let Some(known) = &context.arguments
+        {
+            for (name, value) in known {
+                args.insert(name.clone(), serde_json::Value::String(value.clone()));
+            }
+        }
         args.insert(
             request.argument.name.clone(),
             serde_json::Value::String(request.argument.value.clone()),
@@ -1068,11 +1106,5 @@ impl ServerHandler for Session {
             }
         }
         Ok(())
-    }
-
-    async fn on_roots_list_changed(&self, _context: NotificationContext<RoleServer>) {
-        for link in self.links.live().await {
-            link.roots_changed().await;
-        }
     }
 }

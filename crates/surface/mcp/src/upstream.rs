@@ -114,6 +114,26 @@ impl Transport {
     }
 }
 
+/// One client session's place at an upstream, counted against its limits
+/// while it lives.
+pub(crate) struct SessionSlot {
+    holders: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+    principal: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = holders.get_mut(&self.principal) {
+            *n -= 1;
+            if *n == 0 {
+                holders.remove(&self.principal);
+            }
+        }
+    }
+}
+
 /// What an upstream offers, as last listed.
 #[derive(Debug, Clone, Default)]
 pub struct Offer {
@@ -160,7 +180,13 @@ pub struct Upstream {
     pub prefix: bool,
     /// The most client sessions it serves at once.
     pub max_sessions: usize,
+    /// The most of them one principal holds.
+    pub max_sessions_per_principal: usize,
+    /// What gavel answers when it asks for roots (from the configuration).
+    pub roots: Vec<String>,
     pub(crate) session_slots: Arc<tokio::sync::Semaphore>,
+    /// Principal (qualified id) → connections it holds now.
+    holders: Arc<Mutex<std::collections::HashMap<String, usize>>>,
     transport: Transport,
     state: Mutex<State>,
     changed: tokio::sync::Notify,
@@ -173,14 +199,19 @@ impl Upstream {
         resource: Resource,
         transport: Transport,
         prefix: bool,
-        max_sessions: usize,
+        limits: (usize, usize),
+        roots: Vec<String>,
     ) -> Arc<Upstream> {
+        let (max_sessions, max_sessions_per_principal) = limits;
         Arc::new(Upstream {
             name,
             resource,
             prefix,
             max_sessions,
+            max_sessions_per_principal,
+            roots,
             session_slots: Arc::new(tokio::sync::Semaphore::new(max_sessions)),
+            holders: Arc::default(),
             transport,
             state: Mutex::new(State::default()),
             changed: tokio::sync::Notify::new(),
@@ -190,6 +221,31 @@ impl Upstream {
     /// How gavel reaches it.
     pub(crate) fn transport(&self) -> &Transport {
         &self.transport
+    }
+
+    /// A slot for one more client session of `principal`, within both
+    /// limits; released when the slot is dropped.
+    pub(crate) fn take_slot(&self, principal: &str) -> Result<SessionSlot, String> {
+        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        let held = holders.get(principal).copied().unwrap_or(0);
+        if held >= self.max_sessions_per_principal {
+            return Err(format!(
+                "you already hold {held} sessions at upstream {} (at most {} per principal); end one (DELETE your MCP session) or try again later",
+                self.name, self.max_sessions_per_principal
+            ));
+        }
+        let permit = self.session_slots.clone().try_acquire_owned().map_err(|_| {
+            format!(
+                "upstream {} already serves its limit of {} client sessions; try again when one ends",
+                self.name, self.max_sessions
+            )
+        })?;
+        holders.insert(principal.to_owned(), held + 1);
+        Ok(SessionSlot {
+            holders: self.holders.clone(),
+            principal: principal.to_owned(),
+            _permit: permit,
+        })
     }
 
     /// The name a client sees for one of its tools or prompts.
