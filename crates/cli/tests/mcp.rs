@@ -1362,3 +1362,51 @@ async fn unprefixed_upstreams_keep_their_names_and_collisions_are_refused() {
     );
     assert_eq!(ready["status"], "degraded", "{ready}");
 }
+
+/// A client of the stateless 2026-07-28 revision (the Python SDK's
+/// `server/discover`, no initialize, no session) lists and calls tools
+/// under the same policy; its requests reuse pooled upstream connections
+/// rather than starting one per request.
+#[tokio::test(flavor = "multi_thread")]
+async fn stateless_2026_07_28_clients_are_served_from_pooled_connections() {
+    let m = Mcp::start("60s").await;
+    let out = run_client(json!({
+        "transport": "http", "url": m.url(), "token": m.g.agent_token, "discover": true,
+        "steps": [
+            {"op": "list_tools"},
+            {"op": "call", "tool": "everything__echo", "args": {"message": "stateless"}},
+            {"op": "call", "tool": "everything__get-env", "args": {}},
+            {"op": "call", "tool": "everything__echo", "args": {"message": "again"}},
+        ],
+    }))
+    .await;
+    let all = out
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        out[0]["versions"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|x| x == "2026-07-28")),
+        "{all}"
+    );
+    assert!(
+        out[1]["tools"]
+            .as_object()
+            .is_some_and(|t| t.contains_key("everything__echo")),
+        "{all}"
+    );
+    assert_eq!(out[2]["text"], "Echo: stateless", "{all}");
+    assert!(
+        out[3]["text"].as_str().unwrap_or("").contains("no-env"),
+        "{all}"
+    );
+    assert_eq!(out[4]["text"], "Echo: again", "{all}");
+    // Four requests, one upstream connection per upstream, kept for the
+    // client's next request.
+    let (_, ready) = m.g.get("/readyz", ALICE).await;
+    for u in ready["mcp_upstreams"].as_array().unwrap() {
+        assert!(u["sessions"].as_u64().unwrap() <= 1, "{ready}");
+    }
+}

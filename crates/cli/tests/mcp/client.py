@@ -1,6 +1,8 @@
 """An MCP client gavel did not write: the official Python SDK (PyPI `mcp`).
 
 Usage: client.py SCRIPT_JSON
+With "discover": true the client speaks the stateless 2026-07-28 revision
+(`server/discover`, no session) and prints that step first.
 The script is a JSON object: {"transport": "http"|"stdio", "url", "token",
 "command": [...], "env": {...}, "steps": [...]}. Each step is one of
   {"op": "list_tools"}
@@ -97,7 +99,12 @@ async def run(script):
             updated.append(str(root.params.uri))
 
     async def steps(session):
-        await session.initialize()
+        if script.get("discover"):
+            # The 2026-07-28 revision: no initialize, no session.
+            result = await session.discover()
+            print(json.dumps({"op": "discover", "versions": list(result.supported_versions)}), flush=True)
+        else:
+            await session.initialize()
         for step in script["steps"]:
             op = step["op"]
             out = {"op": op}

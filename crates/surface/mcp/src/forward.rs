@@ -10,7 +10,7 @@ use gavel_core::{Outcome, Permitted};
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, ClientRequest, CompleteRequestParams,
     CompleteResult, GetPromptRequestParams, GetPromptResponse, JsonObject, ProgressToken,
-    ReadResourceRequestParams, ReadResourceResponse, RequestId, ServerResult,
+    ReadResourceRequestParams, ReadResourceResponse, RequestId, ResultType, ServerResult,
     SubscribeRequestParams, UnsubscribeRequestParams,
 };
 use rmcp::service::{Peer, PeerRequestOptions, RoleClient, ServiceError};
@@ -30,6 +30,11 @@ pub(crate) fn excerpt(s: &str) -> String {
     }
     format!("{}…", &s[..end])
 }
+
+// Results from an upstream of an older revision carry no `resultType`;
+// each is marked complete (what the absent field means) so that a
+// 2026-07-28 client, which requires it, reads it. rmcp clears it again for
+// clients of older revisions.
 
 /// The admitted arguments (`details.args`), as an object.
 fn admitted_args(p: &Permitted) -> Option<JsonObject> {
@@ -133,7 +138,10 @@ pub(crate) async fn call_tool(
     let result = match answer {
         Err(_) => Err(ServiceError::TransportClosed),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(ServerResult::CallToolResult(r))) => Ok(CallToolResponse::Complete(r)),
+        Ok(Ok(ServerResult::CallToolResult(mut r))) => {
+            r.result_type.get_or_insert(ResultType::COMPLETE);
+            Ok(CallToolResponse::Complete(r))
+        }
         Ok(Ok(ServerResult::InputRequiredResult(r))) => Ok(CallToolResponse::InputRequired(r)),
         Ok(Ok(ServerResult::CreateTaskResult(r))) => Ok(CallToolResponse::Task(r)),
         Ok(Ok(_)) => Err(ServiceError::UnexpectedResponse),
@@ -187,7 +195,10 @@ pub(crate) async fn complete(
             return Err(e);
         }
     };
-    let result = forwarder.peer.complete(params).await;
+    let result = forwarder.peer.complete(params).await.map(|mut r| {
+        r.result_type.get_or_insert(ResultType::COMPLETE);
+        r
+    });
     permitted.finish(result_outcome(&result, "completion"));
     result
 }
@@ -198,7 +209,17 @@ pub(crate) async fn read_resource(
     forwarder: &Forwarder,
 ) -> Result<ReadResourceResponse, ServiceError> {
     let request = ReadResourceRequestParams::new(permitted.action().operation.clone());
-    let result = forwarder.peer.read_resource_once(request).await;
+    let result = forwarder
+        .peer
+        .read_resource_once(request)
+        .await
+        .map(|r| match r {
+            ReadResourceResponse::Complete(mut r) => {
+                r.result_type.get_or_insert(ResultType::COMPLETE);
+                ReadResourceResponse::Complete(r)
+            }
+            other => other,
+        });
     permitted.finish(result_outcome(&result, "read"));
     result
 }
@@ -210,7 +231,17 @@ pub(crate) async fn get_prompt(
 ) -> Result<GetPromptResponse, ServiceError> {
     let mut request = GetPromptRequestParams::new(permitted.action().operation.clone());
     request.arguments = admitted_args(&permitted);
-    let result = forwarder.peer.get_prompt_once(request).await;
+    let result = forwarder
+        .peer
+        .get_prompt_once(request)
+        .await
+        .map(|r| match r {
+            GetPromptResponse::Complete(mut r) => {
+                r.result_type.get_or_insert(ResultType::COMPLETE);
+                GetPromptResponse::Complete(r)
+            }
+            other => other,
+        });
     permitted.finish(result_outcome(&result, "prompt"));
     result
 }

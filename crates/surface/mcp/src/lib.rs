@@ -61,6 +61,9 @@ pub(crate) struct Hub {
     session_owners: Mutex<HashMap<String, SessionOwner>>,
     /// Closes sessions; set when the `/mcp` router is built.
     sessions: std::sync::OnceLock<Arc<LocalSessionManager>>,
+    /// Idle upstream connections of stateless (2026-07-28) clients: (pool
+    /// key, upstream) → connections and when they were put back.
+    pool: Mutex<HashMap<(String, String), Vec<PooledLink>>>,
     /// Names two upstreams both show a client (an unprefixed upstream's
     /// tool or prompt that another upstream also offers): withheld from
     /// lists and refused in calls rather than guessed.
@@ -97,6 +100,9 @@ impl Hub {
             .clone()
     }
 }
+
+/// An idle connection of a stateless client, and since when it is idle.
+type PooledLink = (Arc<link::Link>, std::time::Instant);
 
 /// Who a session belongs to and when its client was last heard from.
 struct SessionOwner {
@@ -172,6 +178,7 @@ impl McpGateway {
                 public_url: public_url.trim_end_matches('/').to_owned(),
                 session_owners: Mutex::new(HashMap::new()),
                 sessions: std::sync::OnceLock::new(),
+                pool: Mutex::new(HashMap::new()),
                 collisions: Mutex::new(Vec::new()),
             }),
         })
@@ -364,6 +371,41 @@ impl Hub {
         );
     }
 
+    /// A stateless client's idle connection to `upstream`, if one is pooled.
+    pub(crate) fn pool_take(&self, key: &str, upstream: &str) -> Option<Arc<link::Link>> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let list = pool.get_mut(&(key.to_owned(), upstream.to_owned()))?;
+        while let Some((link, _)) = list.pop() {
+            if link.is_alive() {
+                return Some(link);
+            }
+        }
+        None
+    }
+
+    /// Puts a stateless client's connection back for its next request.
+    pub(crate) fn pool_put(&self, key: &str, link: Arc<link::Link>) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.entry((key.to_owned(), link.upstream.name.clone()))
+            .or_default()
+            .push((link, std::time::Instant::now()));
+    }
+
+    /// Ends pooled connections idle past the limit or of a fallen
+    /// principal.
+    fn prune_pool(&self) {
+        let idle = self.session_idle();
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        for list in pool.values_mut() {
+            list.retain(|(link, since)| {
+                since.elapsed() < idle
+                    && link.is_alive()
+                    && self.gate.in_good_standing(&link.client.principal)
+            });
+        }
+        pool.retain(|_, list| !list.is_empty());
+    }
+
     /// Sessions to close: silent past the idle limit, or of a principal
     /// no longer in good standing.
     fn sessions_to_close(&self) -> Vec<String> {
@@ -468,7 +510,7 @@ async fn authenticate(
     response
 }
 
-const SESSION_HEADER: &str = "mcp-session-id";
+pub(crate) const SESSION_HEADER: &str = "mcp-session-id";
 
 /// Every few seconds, closes the sessions whose client went silent past
 /// the idle limit or whose principal was revoked or expired: their
@@ -479,6 +521,7 @@ async fn sweep_sessions(hub: std::sync::Weak<Hub>) {
     loop {
         tick.tick().await;
         let Some(hub) = hub.upgrade() else { return };
+        hub.prune_pool();
         let Some(manager) = hub.sessions.get().cloned() else {
             continue;
         };

@@ -50,8 +50,9 @@ pub(crate) fn session_key(p: &Principal) -> String {
 
 /// The client side of one session, as its upstream connections see it.
 pub(crate) struct Client {
-    /// Where requests and notifications for this client go.
-    pub peer: Peer<RoleServer>,
+    /// Where requests and notifications for this client go: the session's
+    /// peer, or for a stateless (2026-07-28) client the current request's.
+    peer: Mutex<Peer<RoleServer>>,
     /// Who opened the session.
     pub principal: Principal,
     /// What the client said it can do (sampling, elicitation, roots);
@@ -61,6 +62,29 @@ pub(crate) struct Client {
 }
 
 impl Client {
+    pub(crate) fn new(
+        peer: Peer<RoleServer>,
+        principal: Principal,
+        capabilities: ClientCapabilities,
+        gate: Gate,
+    ) -> Client {
+        Client {
+            peer: Mutex::new(peer),
+            principal,
+            capabilities,
+            gate,
+        }
+    }
+
+    pub(crate) fn peer(&self) -> Peer<RoleServer> {
+        lock(&self.peer).clone()
+    }
+
+    /// A pooled connection now serves another request of the same client.
+    pub(crate) fn set_peer(&self, peer: Peer<RoleServer>) {
+        *lock(&self.peer) = peer;
+    }
+
     fn in_good_standing(&self) -> bool {
         self.gate.in_good_standing(&self.principal)
     }
@@ -101,6 +125,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// One session's connection to one upstream.
 pub(crate) struct Link {
     pub upstream: Arc<Upstream>,
+    /// The client it serves.
+    pub client: Arc<Client>,
     peer: Peer<RoleClient>,
     stop: Mutex<Option<RunningServiceCancellationToken>>,
     offer: Arc<Mutex<Arc<Offer>>>,
@@ -174,6 +200,7 @@ impl Link {
         }
         let peer = running.peer().clone();
         let stop = running.cancellation_token();
+        let events_client = client.clone();
         // When the upstream side ends (a child that died, an HTTP session
         // that expired), the client hears that its lists changed; its next
         // request opens a new connection.
@@ -182,13 +209,14 @@ impl Link {
             let reason = running.waiting().await;
             if !matches!(reason, Ok(rmcp::service::QuitReason::Cancelled)) {
                 tracing::info!(upstream = %name, ?reason, "a client session's upstream connection ended");
-                let _ = client.peer.notify_tool_list_changed().await;
-                let _ = client.peer.notify_resource_list_changed().await;
-                let _ = client.peer.notify_prompt_list_changed().await;
+                let _ = client.peer().notify_tool_list_changed().await;
+                let _ = client.peer().notify_resource_list_changed().await;
+                let _ = client.peer().notify_prompt_list_changed().await;
             }
         });
         Ok(Arc::new(Link {
             upstream,
+            client: events_client,
             peer,
             stop: Mutex::new(Some(stop)),
             offer,
@@ -380,7 +408,7 @@ impl LinkEvents {
         if let Some(id) = self.originating(&context.extensions) {
             request.extensions_mut().insert(OriginatingRequestId(id));
         }
-        let peer = self.client.peer.clone();
+        let peer = self.client.peer();
         // A new task: rmcp would otherwise mark the request as coming from
         // the upstream's request id, which means nothing to this client.
         let sent = tokio::spawn(async move {
@@ -493,7 +521,7 @@ impl ClientHandler for LinkEvents {
             return;
         }
         params.progress_token = theirs;
-        if let Err(e) = self.client.peer.notify_progress(params).await {
+        if let Err(e) = self.client.peer().notify_progress(params).await {
             tracing::debug!(error = %e, "relaying progress failed");
         }
     }
@@ -516,7 +544,7 @@ impl ClientHandler for LinkEvents {
         if !self.client.in_good_standing() {
             return;
         }
-        let sent = self.client.peer.notify_logging_message(params).await;
+        let sent = self.client.peer().notify_logging_message(params).await;
         if let Err(e) = sent {
             tracing::debug!(error = %e, "relaying a log message failed");
         }
@@ -533,7 +561,7 @@ impl ClientHandler for LinkEvents {
         if !lock(&self.subscribed).contains(&params.uri) || !self.client.in_good_standing() {
             return;
         }
-        if let Err(e) = self.client.peer.notify_resource_updated(params).await {
+        if let Err(e) = self.client.peer().notify_resource_updated(params).await {
             tracing::debug!(error = %e, "relaying a resource update failed");
         }
     }
@@ -545,7 +573,7 @@ impl ClientHandler for LinkEvents {
         if let Some((before, after)) = self.relist(&context).await
             && before.tools != after.tools
         {
-            let _ = self.client.peer.notify_tool_list_changed().await;
+            let _ = self.client.peer().notify_tool_list_changed().await;
         }
     }
 
@@ -556,7 +584,7 @@ impl ClientHandler for LinkEvents {
         if let Some((before, after)) = self.relist(&context).await
             && (before.resources != after.resources || before.templates != after.templates)
         {
-            let _ = self.client.peer.notify_resource_list_changed().await;
+            let _ = self.client.peer().notify_resource_list_changed().await;
         }
     }
 
@@ -567,7 +595,7 @@ impl ClientHandler for LinkEvents {
         if let Some((before, after)) = self.relist(&context).await
             && before.prompts != after.prompts
         {
-            let _ = self.client.peer.notify_prompt_list_changed().await;
+            let _ = self.client.peer().notify_prompt_list_changed().await;
         }
     }
 }

@@ -54,6 +54,22 @@ struct Links {
     open: tokio::sync::Mutex<HashMap<String, Arc<Link>>>,
     /// The log level the client set, for connections opened later.
     level: Mutex<Option<LoggingLevel>>,
+    /// For a stateless client (the 2026-07-28 revision: no MCP session,
+    /// one `Session` per request), the key of its pooled connections: they
+    /// are taken from the hub's pool and go back to it when the request
+    /// ends, so a client's requests reuse its upstream sessions.
+    pooled: OnceLock<String>,
+    hub: Arc<Hub>,
+}
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        let Some(key) = self.pooled.get() else { return };
+        let open = std::mem::take(self.open.get_mut());
+        for link in open.into_values().filter(|l| l.is_alive()) {
+            self.hub.pool_put(key, link);
+        }
+    }
 }
 
 impl Links {
@@ -72,6 +88,13 @@ impl Links {
         let level = *self.level.lock().unwrap_or_else(|p| p.into_inner());
         let mut opening = tokio::task::JoinSet::new();
         for upstream in &hub.upstreams {
+            if let Some(key) = self.pooled.get()
+                && !open.get(&upstream.name).is_some_and(|l| l.is_alive())
+                && let Some(link) = hub.pool_take(key, &upstream.name)
+            {
+                link.client.set_peer(client.peer());
+                open.insert(upstream.name.clone(), link);
+            }
             let current = open.get(&upstream.name);
             if current.is_some_and(|l| l.is_alive()) {
                 continue;
@@ -326,12 +349,14 @@ fn tool_error(text: String) -> CallToolResponse {
 impl Session {
     pub(crate) fn new(hub: Arc<Hub>) -> Session {
         Session {
-            hub,
+            hub: hub.clone(),
             owner: OnceLock::new(),
             links: Arc::new(Links {
                 client: OnceLock::new(),
                 open: tokio::sync::Mutex::new(HashMap::new()),
                 level: Mutex::new(None),
+                pooled: OnceLock::new(),
+                hub,
             }),
             recent: Mutex::new(VecDeque::new()),
         }
@@ -364,12 +389,25 @@ impl Session {
             .peer_info()
             .map(|i| i.capabilities.clone())
             .unwrap_or_default();
-        let _ = self.links.client.set(Arc::new(Client {
-            peer: context.peer.clone(),
-            principal: caller.principal.clone(),
+        // No MCP session: a stateless (2026-07-28) request, whose upstream
+        // connections are pooled per principal and capabilities.
+        let stateless = context
+            .extensions
+            .get::<http::request::Parts>()
+            .is_some_and(|p| !p.headers.contains_key(crate::SESSION_HEADER));
+        if stateless {
+            let _ = self.links.pooled.set(format!(
+                "{}|{}",
+                crate::link::session_key(&caller.principal),
+                serde_json::to_string(&capabilities).unwrap_or_default()
+            ));
+        }
+        let _ = self.links.client.set(Arc::new(Client::new(
+            context.peer.clone(),
+            caller.principal.clone(),
             capabilities,
-            gate: self.hub.gate.clone(),
-        }));
+            self.hub.gate.clone(),
+        )));
     }
 
     /// This session's connections, opening what is missing.
@@ -633,7 +671,13 @@ impl ServerHandler for Session {
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
         // Sessions (Mcp-Session-Id) with list_changed notifications on
         // them, and no JSON-RPC batches (which 2025-03-26 allowed).
-        Cow::Borrowed(&[ProtocolVersion::V_2025_06_18, ProtocolVersion::V_2025_11_25])
+        // and the stateless 2026-07-28 revision (`server/discover`, no
+        // session; rmcp serves it one request at a time).
+        Cow::Borrowed(&[
+            ProtocolVersion::V_2025_06_18,
+            ProtocolVersion::V_2025_11_25,
+            ProtocolVersion::V_2026_07_28,
+        ])
     }
 
     async fn initialize(
