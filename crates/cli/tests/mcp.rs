@@ -1066,10 +1066,10 @@ async fn sampling_and_elicitation_reach_only_the_session_that_caused_them() {
     );
 }
 
-/// One principal cannot take every upstream session: past its own limit
-/// it is told so, others still get theirs, and a session it ends frees
-/// its place. A revoked agent's sessions are closed, with their upstream
-/// processes.
+/// One principal cannot take every upstream session: at its own limit its
+/// least recently used session makes room (never another principal's), a
+/// session it ends frees its place, and a revoked agent's sessions are
+/// closed, with their upstream processes.
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_sessions_are_bounded_per_principal_and_end_with_it() {
     let m = Mcp::start_with("60s", "max_sessions_per_principal = 2\n").await;
@@ -1114,38 +1114,26 @@ async fn upstream_sessions_are_bounded_per_principal_and_end_with_it() {
     };
     let agent = m.g.agent_token.clone();
     let (first, t1) = open(agent.clone()).await;
-    let (_second, t2) = open(agent.clone()).await;
+    let (second, t2) = open(agent.clone()).await;
     let (_third, t3) = open(agent.clone()).await;
-    assert!(
-        !t1.contains("at most") && !t2.contains("at most"),
-        "{t1}\n{t2}"
-    );
-    assert!(t3.contains("at most 2 per principal"), "{t3}");
-    // Another agent is not locked out.
-    let other = m.g.create_agent("other-bot", "owner@x", &[]);
-    let (_, t) = open(other.clone()).await;
-    assert!(!t.contains("at most"), "{t}");
-    // Ending a session frees its place.
+    for t in [&t1, &t2, &t3] {
+        assert!(t.contains(m.data.path().to_str().unwrap()), "{t}");
+    }
+    // The third made room by ending the agent's own least recently used
+    // session (clients often never end theirs): the first is gone.
     let r =
         m.g.http
-            .delete(m.url())
+            .post(m.url())
             .bearer_auth(&agent)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
             .header("mcp-session-id", &first)
             .header("mcp-protocol-version", "2025-11-25")
+            .body(r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#)
             .send()
             .await
             .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, t) = open(agent.clone()).await;
-        if !t.contains("at most") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the slot never came back: {t}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // Revoking the agent closes its sessions and their upstream processes.
+    assert_eq!(r.status(), 404, "the evicted session is closed");
     let fs_sessions = |v: &Value| {
         v["mcp_upstreams"]
             .as_array()
@@ -1156,7 +1144,58 @@ async fn upstream_sessions_are_bounded_per_principal_and_end_with_it() {
             .unwrap()
     };
     let (_, ready) = m.g.get("/readyz", ALICE).await;
-    assert_eq!(fs_sessions(&ready), 3, "{ready}");
+    assert_eq!(
+        fs_sessions(&ready),
+        2,
+        "never more than 2 for one principal: {ready}"
+    );
+    // Another agent's sessions are its own: it never evicts the first
+    // agent's, and gets its place.
+    let other = m.g.create_agent("other-bot", "owner@x", &[]);
+    let (_, t) = open(other.clone()).await;
+    assert!(t.contains(m.data.path().to_str().unwrap()), "{t}");
+    let r =
+        m.g.http
+            .post(m.url())
+            .bearer_auth(&agent)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &second)
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "another principal evicted nothing of this one"
+    );
+    let _ = r.text().await;
+    // Ending a session frees its place at once.
+    let r =
+        m.g.http
+            .delete(m.url())
+            .bearer_auth(&agent)
+            .header("mcp-session-id", &second)
+            .header("mcp-protocol-version", "2025-11-25")
+            .send()
+            .await
+            .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, ready) = m.g.get("/readyz", ALICE).await;
+        if fs_sessions(&ready) == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot never came back: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Revoking the agent closes its sessions and their upstream processes.
     let out = m.g.cli(&["agent", "revoke", "bot"], None);
     assert!(
         out.status.success(),

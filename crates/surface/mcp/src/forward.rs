@@ -117,7 +117,7 @@ pub(crate) async fn call_tool(
             return Forwarded::Answered(Err(e));
         }
     };
-    let _tracked = track_call(
+    let tracked = track_call(
         &forwarder.calls,
         handle.id.clone(),
         handle.progress_token.clone(),
@@ -125,7 +125,10 @@ pub(crate) async fn call_tool(
         client.progress,
     );
     let answer = tokio::select! {
-        r = &mut handle.rx => r,
+        r = &mut handle.rx => {
+            tracked.settle().await;
+            r
+        }
         _ = cancelled.cancelled() => {
             let _ = handle.cancel(Some("cancelled by the client".into())).await;
             // It was forwarded: the upstream may well have run it.

@@ -406,6 +406,49 @@ impl Hub {
         pool.retain(|_, list| !list.is_empty());
     }
 
+    /// Makes room for one more connection of principal `key`: ends its
+    /// pooled idle connection to `upstream`, else closes its session heard
+    /// from least recently (never `except`, the one asking). Clients that
+    /// never end their sessions keep working within their limit. True when
+    /// something was ended.
+    pub(crate) async fn evict_for(&self, key: &str, upstream: &str, except: Option<&str>) -> bool {
+        {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            for ((_, up), list) in pool.iter_mut() {
+                if up != upstream {
+                    continue;
+                }
+                if let Some(i) = list
+                    .iter()
+                    .position(|(l, _)| link::session_key(&l.client.principal) == key)
+                {
+                    list.remove(i);
+                    return true;
+                }
+            }
+        }
+        let oldest = {
+            let owners = self
+                .session_owners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            owners
+                .iter()
+                .filter(|(id, o)| o.key == key && Some(id.as_str()) != except)
+                .min_by_key(|(_, o)| o.seen)
+                .map(|(id, _)| id.clone())
+        };
+        let (Some(id), Some(manager)) = (oldest, self.sessions.get().cloned()) else {
+            return false;
+        };
+        use rmcp::transport::streamable_http_server::session::SessionManager as _;
+        let session: rmcp::transport::common::server_side_http::SessionId = id.as_str().into();
+        let _ = manager.close_session(&session).await;
+        self.session_closed(&id);
+        tracing::info!(session = %id, "MCP session closed to make room for a newer one of the same principal");
+        true
+    }
+
     /// Sessions to close: silent past the idle limit, or of a principal
     /// no longer in good standing.
     fn sessions_to_close(&self) -> Vec<String> {

@@ -99,6 +99,8 @@ pub(crate) struct Calls {
 
 #[derive(Clone)]
 struct Call {
+    /// Progress notifications of this call being relayed right now.
+    relaying: Arc<std::sync::atomic::AtomicUsize>,
     client_request: RequestId,
     /// The token rmcp put on the upstream request.
     upstream_token: ProgressToken,
@@ -301,6 +303,7 @@ pub(crate) fn track_call(
     lock(calls).by_upstream_id.insert(
         upstream_id.clone(),
         Call {
+            relaying: Arc::default(),
             client_request,
             upstream_token,
             client_token,
@@ -309,6 +312,31 @@ pub(crate) fn track_call(
     CallGuard {
         calls: calls.clone(),
         id: upstream_id,
+    }
+}
+
+impl CallGuard {
+    /// Waits, briefly, for the progress notifications that arrived before
+    /// the call's result to reach the client first: rmcp hands each
+    /// notification to a task of its own, so the result can overtake
+    /// them, and a client stops listening for a call's progress once it
+    /// has the result.
+    pub(crate) async fn settle(&self) {
+        let relaying = lock(&self.calls)
+            .by_upstream_id
+            .get(&self.id)
+            .map(|c| c.relaying.clone());
+        let Some(relaying) = relaying else { return };
+        // Let the notification tasks spawned before the result start.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(100);
+        while relaying.load(std::sync::atomic::Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 }
 
@@ -511,19 +539,26 @@ impl ClientHandler for LinkEvents {
         mut params: ProgressNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        let theirs = lock(&self.calls)
+        let call = lock(&self.calls)
             .by_upstream_id
             .values()
             .find(|c| c.upstream_token == params.progress_token)
-            .and_then(|c| c.client_token.clone());
-        let Some(theirs) = theirs else { return };
+            .cloned();
+        let Some(call) = call else { return };
+        let Some(theirs) = call.client_token else {
+            return;
+        };
         if !self.client.in_good_standing() {
             return;
         }
+        call.relaying
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         params.progress_token = theirs;
         if let Err(e) = self.client.peer().notify_progress(params).await {
             tracing::debug!(error = %e, "relaying progress failed");
         }
+        call.relaying
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     async fn on_cancelled(

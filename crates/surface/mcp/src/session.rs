@@ -59,6 +59,9 @@ struct Links {
     /// are taken from the hub's pool and go back to it when the request
     /// ends, so a client's requests reuse its upstream sessions.
     pooled: OnceLock<String>,
+    /// This session's `Mcp-Session-Id` (never closed to make room for
+    /// itself).
+    session_id: OnceLock<String>,
     hub: Arc<Hub>,
 }
 
@@ -86,6 +89,35 @@ impl Links {
         };
         let mut open = self.open.lock().await;
         let level = *self.level.lock().unwrap_or_else(|p| p.into_inner());
+        // A principal at its limit at an upstream makes room by ending its
+        // own least recently used session there (clients often never end
+        // theirs), never another principal's.
+        let key = crate::link::session_key(&client.principal);
+        for upstream in &hub.upstreams {
+            if open.get(&upstream.name).is_some_and(|l| l.is_alive())
+                || upstream.held_by(&key) < upstream.max_sessions_per_principal
+            {
+                continue;
+            }
+            // Oldest first, until one that held a place here has ended (a
+            // session that never used this upstream frees nothing).
+            while upstream.held_by(&key) >= upstream.max_sessions_per_principal
+                && hub
+                    .evict_for(
+                        &key,
+                        &upstream.name,
+                        self.session_id.get().map(String::as_str),
+                    )
+                    .await
+            {
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+                while upstream.held_by(&key) >= upstream.max_sessions_per_principal
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
         let mut opening = tokio::task::JoinSet::new();
         for upstream in &hub.upstreams {
             if let Some(key) = self.pooled.get()
@@ -356,6 +388,7 @@ impl Session {
                 open: tokio::sync::Mutex::new(HashMap::new()),
                 level: Mutex::new(None),
                 pooled: OnceLock::new(),
+                session_id: OnceLock::new(),
                 hub,
             }),
             recent: Mutex::new(VecDeque::new()),
@@ -383,7 +416,12 @@ impl Session {
 
     /// Records who the client is and what it can do; its upstream
     /// connections claim the same.
-    fn know_client(&self, caller: &Caller, context: &RequestContext<RoleServer>) {
+    fn know_client(
+        &self,
+        caller: &Caller,
+        context: &RequestContext<RoleServer>,
+        initializing: bool,
+    ) {
         let capabilities = context
             .peer
             .peer_info()
@@ -391,10 +429,19 @@ impl Session {
             .unwrap_or_default();
         // No MCP session: a stateless (2026-07-28) request, whose upstream
         // connections are pooled per principal and capabilities.
-        let stateless = context
+        let session_id = context
             .extensions
             .get::<http::request::Parts>()
-            .is_some_and(|p| !p.headers.contains_key(crate::SESSION_HEADER));
+            .and_then(|p| p.headers.get(crate::SESSION_HEADER))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        // (An initialize carries no session id either, but opens a session.)
+        let stateless = !initializing
+            && context.extensions.get::<http::request::Parts>().is_some()
+            && session_id.is_none();
+        if let Some(id) = session_id {
+            let _ = self.links.session_id.set(id);
+        }
         if stateless {
             let _ = self.links.pooled.set(format!(
                 "{}|{}",
@@ -416,7 +463,7 @@ impl Session {
         caller: &Caller,
         context: &RequestContext<RoleServer>,
     ) -> Vec<SessionLink> {
-        self.know_client(caller, context);
+        self.know_client(caller, context, false);
         self.links.all(&self.hub).await
     }
 
@@ -687,7 +734,7 @@ impl ServerHandler for Session {
     ) -> Result<InitializeResult, McpError> {
         let caller = self.caller(&context)?;
         context.peer.set_peer_info(request.clone());
-        self.know_client(&caller, &context);
+        self.know_client(&caller, &context, true);
         // The upstream connections open at the client's first request
         // that needs them, not here: a bare initialize costs no upstream
         // process.

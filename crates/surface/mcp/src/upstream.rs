@@ -223,6 +223,16 @@ impl Upstream {
         &self.transport
     }
 
+    /// Connections `principal` holds here now.
+    pub(crate) fn held_by(&self, principal: &str) -> usize {
+        self.holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(principal)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// A slot for one more client session of `principal`, within both
     /// limits; released when the slot is dropped.
     pub(crate) fn take_slot(&self, principal: &str) -> Result<SessionSlot, String> {
