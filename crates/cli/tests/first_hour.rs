@@ -390,6 +390,20 @@ async fn reviewers_sign_in_on_the_web_with_their_token() {
     let html = page.text().await.unwrap();
     assert!(html.contains("DROP TABLE web") && html.contains("Signed in as alice@x"));
     assert!(html.contains(v["short_id"].as_str().unwrap()));
+    // The page says only a state name back from its own query: a link
+    // cannot make the trusted page say something else.
+    for (done, shown) in [("approved", true), ("call%20ops%20now", false)] {
+        let page = browser
+            .get(format!("{}/requests/{id}?done={done}", g.base))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(page.contains("Your decision was recorded"), shown, "{done}");
+    }
     // The token never rides in a URL.
     assert!(!login.contains("token"));
     // A cookie planted by another site on this host (same-site, another

@@ -782,7 +782,10 @@ async fn page(
         may_decide,
         why_not.as_deref(),
         &who.1,
-        q.done.as_deref(),
+        // Only a state name is shown: the page is trusted, the query is not.
+        q.done
+            .as_deref()
+            .filter(|d| d.parse::<gavel_core::RequestState>().is_ok()),
     );
     Html(page_shell(&format!("Request {}", view.short_id), Some(&who), body).into_string())
         .into_response()
