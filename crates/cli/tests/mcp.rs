@@ -1121,18 +1121,20 @@ async fn upstream_sessions_are_bounded_per_principal_and_end_with_it() {
     }
     // The third made room by ending the agent's own least recently used
     // session (clients often never end theirs): the first is gone.
-    let r =
-        m.g.http
-            .post(m.url())
-            .bearer_auth(&agent)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-session-id", &first)
-            .header("mcp-protocol-version", "2025-11-25")
-            .body(r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#)
-            .send()
-            .await
-            .unwrap();
+    // A tools/list in one of the agent's sessions, by its id.
+    let list_in = |session: String| {
+        let req =
+            m.g.http
+                .post(m.url())
+                .bearer_auth(&agent)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25")
+                .body(r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#);
+        async move { req.send().await.unwrap() }
+    };
+    let r = list_in(first.clone()).await;
     assert_eq!(r.status(), 404, "the evicted session is closed");
     let fs_sessions = |v: &Value| {
         v["mcp_upstreams"]
@@ -1154,18 +1156,7 @@ async fn upstream_sessions_are_bounded_per_principal_and_end_with_it() {
     let other = m.g.create_agent("other-bot", "owner@x", &[]);
     let (_, t) = open(other.clone()).await;
     assert!(t.contains(m.data.path().to_str().unwrap()), "{t}");
-    let r =
-        m.g.http
-            .post(m.url())
-            .bearer_auth(&agent)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-session-id", &second)
-            .header("mcp-protocol-version", "2025-11-25")
-            .body(r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#)
-            .send()
-            .await
-            .unwrap();
+    let r = list_in(second.clone()).await;
     assert_eq!(
         r.status(),
         200,

@@ -15,7 +15,7 @@
 #![allow(deprecated)]
 
 use crate::forward::Forwarder;
-use crate::upstream::{Offer, SessionSlot, Transport, Upstream, list};
+use crate::upstream::{Offer, SessionSlot, Upstream, list};
 use gavel_core::{Gate, Principal};
 use rmcp::model::{
     CancelledNotificationParam, ClientCapabilities, ClientConfig, ClientResult,
@@ -27,13 +27,12 @@ use rmcp::model::{
 };
 use rmcp::service::{
     InboundStreamOrigin, NotificationContext, OriginatingRequestId, Peer, PeerRequestOptions,
-    RequestContext, RoleClient, RoleServer, RunningService, RunningServiceCancellationToken,
+    RequestContext, RoleClient, RoleServer, RunningServiceCancellationToken,
 };
-use rmcp::{ClientHandler, ErrorData as McpError, ServiceExt};
+use rmcp::{ClientHandler, ErrorData as McpError};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncBufReadExt;
 
 /// How long connecting to an upstream and listing it may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -171,7 +170,7 @@ impl Link {
             offer: offer.clone(),
             subscribed: subscribed.clone(),
         };
-        let running = tokio::time::timeout(CONNECT_TIMEOUT, connect(&upstream, events))
+        let running = tokio::time::timeout(CONNECT_TIMEOUT, upstream.connect_with(events))
             .await
             .map_err(|_| {
                 format!(
@@ -322,9 +321,12 @@ impl CallGuard {
     /// them, and a client stops listening for a call's progress once it
     /// has the result.
     pub(crate) async fn settle(&self) {
+        // Nothing to wait for when the client asked for no progress: the
+        // common call pays nothing here.
         let relaying = lock(&self.calls)
             .by_upstream_id
             .get(&self.id)
+            .filter(|c| c.client_token.is_some())
             .map(|c| c.relaying.clone());
         let Some(relaying) = relaying else { return };
         // Let the notification tasks spawned before the result start.
@@ -336,53 +338,6 @@ impl CallGuard {
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-    }
-}
-
-async fn connect(
-    upstream: &Upstream,
-    events: LinkEvents,
-) -> Result<RunningService<RoleClient, LinkEvents>, String> {
-    match upstream.transport() {
-        Transport::Command { argv, env, cwd } => {
-            let mut cmd = tokio::process::Command::new(&argv[0]);
-            cmd.args(&argv[1..]).env_clear().envs(env.iter().cloned());
-            if let Some(dir) = cwd {
-                cmd.current_dir(dir);
-            }
-            let (child, stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .map_err(|e| format!("cannot start {:?}: {e}", argv[0]))?;
-            if let Some(stderr) = stderr {
-                let name = upstream.name.clone();
-                tokio::spawn(async move {
-                    let mut lines = tokio::io::BufReader::new(stderr).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        tracing::debug!(upstream = %name, "{line}");
-                    }
-                });
-            }
-            events
-                .serve(child)
-                .await
-                .map_err(|e| format!("initialize failed: {e}"))
-        }
-        Transport::Http { url, bearer } => {
-            let mut config =
-                rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
-                    url.as_str(),
-                );
-            if let Some(token) = bearer {
-                config = config.auth_header(token.clone());
-            }
-            events
-                .serve(rmcp::transport::StreamableHttpClientTransport::from_config(
-                    config,
-                ))
-                .await
-                .map_err(|e| format!("initialize failed: {e}"))
         }
     }
 }

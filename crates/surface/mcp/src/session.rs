@@ -457,6 +457,16 @@ impl Session {
         )));
     }
 
+    /// Names withheld from this session's lists: those two of its
+    /// upstreams both show, and those the supervisors saw collide.
+    fn withheld_names(&self, links: &[SessionLink]) -> Vec<String> {
+        let live = offers(links);
+        let mut names =
+            crate::colliding_names(live.iter().map(|(u, _, o)| (u.as_ref(), o.as_ref())));
+        names.extend(self.hub.collisions());
+        names
+    }
+
     /// This session's connections, opening what is missing.
     async fn links(
         &self,
@@ -748,14 +758,7 @@ impl ServerHandler for Session {
     ) -> Result<ListToolsResult, McpError> {
         let caller = self.caller(&context)?;
         let links = self.links(&caller, &context).await;
-        let mut colliding = crate::colliding_names(
-            offers(&links)
-                .iter()
-                .map(|(u, _, o)| (u.as_ref(), o.as_ref()))
-                .collect::<Vec<_>>()
-                .into_iter(),
-        );
-        colliding.extend(self.hub.collisions());
+        let colliding = self.withheld_names(&links);
         let mut tools = Vec::new();
         for (upstream, _, offer) in offers(&links) {
             for tool in &offer.tools {
@@ -1033,14 +1036,7 @@ impl ServerHandler for Session {
     ) -> Result<ListPromptsResult, McpError> {
         let caller = self.caller(&context)?;
         let links = self.links(&caller, &context).await;
-        let mut colliding = crate::colliding_names(
-            offers(&links)
-                .iter()
-                .map(|(u, _, o)| (u.as_ref(), o.as_ref()))
-                .collect::<Vec<_>>()
-                .into_iter(),
-        );
-        colliding.extend(self.hub.collisions());
+        let colliding = self.withheld_names(&links);
         let mut prompts = Vec::new();
         for (upstream, _, offer) in offers(&links) {
             for prompt in &offer.prompts {

@@ -218,9 +218,47 @@ impl Upstream {
         })
     }
 
-    /// How gavel reaches it.
-    pub(crate) fn transport(&self) -> &Transport {
-        &self.transport
+    /// Connects `handler` to the upstream as an MCP client: a child
+    /// process with its environment (its stderr goes to gavel's log, line
+    /// by line), or a streamable HTTP session with the configured bearer.
+    /// The supervisor and every client session connect the same way.
+    pub(crate) async fn connect_with<H: ClientHandler>(
+        &self,
+        handler: H,
+    ) -> Result<RunningService<RoleClient, H>, String> {
+        let running = match &self.transport {
+            Transport::Command { argv, env, cwd } => {
+                let mut cmd = tokio::process::Command::new(&argv[0]);
+                cmd.args(&argv[1..]).env_clear().envs(env.iter().cloned());
+                if let Some(dir) = cwd {
+                    cmd.current_dir(dir);
+                }
+                let (child, stderr) = TokioChildProcess::builder(cmd)
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| format!("cannot start {:?}: {e}", argv[0]))?;
+                if let Some(stderr) = stderr {
+                    let name = self.name.clone();
+                    tokio::spawn(async move {
+                        let mut lines = tokio::io::BufReader::new(stderr).lines();
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            tracing::debug!(upstream = %name, "{line}");
+                        }
+                    });
+                }
+                handler.serve(child).await
+            }
+            Transport::Http { url, bearer } => {
+                let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+                if let Some(token) = bearer {
+                    config = config.auth_header(token.clone());
+                }
+                handler
+                    .serve(StreamableHttpClientTransport::from_config(config))
+                    .await
+            }
+        };
+        running.map_err(|e| format!("initialize failed: {e}"))
     }
 
     /// Connections `principal` holds here now.
@@ -388,43 +426,7 @@ impl Upstream {
             upstream: Arc::downgrade(self),
             hub,
         };
-        let running = match &self.transport {
-            Transport::Command { argv, env, cwd } => {
-                let mut cmd = tokio::process::Command::new(&argv[0]);
-                cmd.args(&argv[1..]).env_clear().envs(env.iter().cloned());
-                if let Some(dir) = cwd {
-                    cmd.current_dir(dir);
-                }
-                let (child, stderr) = TokioChildProcess::builder(cmd)
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .map_err(|e| format!("cannot start {:?}: {e}", argv[0]))?;
-                if let Some(stderr) = stderr {
-                    // The child's diagnostics go to gavel's log, line by line.
-                    let name = self.name.clone();
-                    tokio::spawn(async move {
-                        let mut lines = tokio::io::BufReader::new(stderr).lines();
-                        while let Ok(Some(line)) = lines.next_line().await {
-                            tracing::debug!(upstream = %name, "{line}");
-                        }
-                    });
-                }
-                events
-                    .serve(child)
-                    .await
-                    .map_err(|e| format!("initialize failed: {e}"))?
-            }
-            Transport::Http { url, bearer } => {
-                let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
-                if let Some(token) = bearer {
-                    config = config.auth_header(token.clone());
-                }
-                events
-                    .serve(StreamableHttpClientTransport::from_config(config))
-                    .await
-                    .map_err(|e| format!("initialize failed: {e}"))?
-            }
-        };
+        let running = self.connect_with(events).await?;
         let peer = running.peer().clone();
         let offer = list(&peer).await?;
         {
