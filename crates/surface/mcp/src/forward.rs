@@ -9,9 +9,9 @@ use crate::link::{Calls, track_call};
 use gavel_core::{Outcome, Permitted};
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, ClientRequest, CompleteRequestParams,
-    CompleteResult, GetPromptRequestParams, GetPromptResponse, JsonObject, ProgressToken,
-    ReadResourceRequestParams, ReadResourceResponse, RequestId, ResultType, ServerResult,
-    SubscribeRequestParams, UnsubscribeRequestParams,
+    CompleteResult, GetPromptRequestParams, GetPromptResponse, InputRequiredResult, InputResponses,
+    JsonObject, ProgressToken, ReadResourceRequestParams, ReadResourceResponse, RequestId,
+    ResultType, ServerResult, SubscribeRequestParams, UnsubscribeRequestParams,
 };
 use rmcp::service::{Peer, PeerRequestOptions, RoleClient, ServiceError};
 use std::sync::{Arc, Mutex};
@@ -84,25 +84,42 @@ pub(crate) struct ClientCall {
     pub progress: Option<ProgressToken>,
 }
 
-/// What the client gets when it cancelled a call already forwarded.
+/// A later round of a call the upstream asked input for: the client's
+/// answers, and the upstream's own `requestState` (kept by gavel, never
+/// seen by the client).
+#[derive(Default)]
+pub(crate) struct LaterRound {
+    pub input_responses: Option<InputResponses>,
+    pub upstream_state: Option<String>,
+}
+
+/// How a forwarded call ended for now.
 pub(crate) enum Forwarded<T> {
     Answered(Result<T, ServiceError>),
+    /// The upstream (2026-07-28) asks the client for input before it
+    /// completes: the admission stays open for the client's next round.
+    NeedsInput(InputRequiredResult, Box<Permitted>),
+    /// The client cancelled a call already forwarded.
     CancelledByClient,
 }
 
 /// `tools/call` of the admitted tool (`operation`) with the admitted
-/// arguments. The upstream request carries rmcp's own progress token,
-/// which is mapped back to the client's.
+/// arguments (and, in a later round, the client's answers). The upstream
+/// request carries rmcp's own progress token, which is mapped back to the
+/// client's.
 pub(crate) async fn call_tool(
     permitted: Permitted,
     forwarder: &Forwarder,
     client: ClientCall,
+    round: LaterRound,
     cancelled: &CancellationToken,
 ) -> Forwarded<CallToolResponse> {
     let mut params = CallToolRequestParams::new(permitted.action().operation.clone());
     // Always an object: a tool with an empty input schema still expects
     // `{}` (a missing `arguments` fails its validation).
     params.arguments = Some(admitted_args(&permitted).unwrap_or_default());
+    params.input_responses = round.input_responses;
+    params.request_state = round.upstream_state;
     let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
     let mut handle = match forwarder
         .peer
@@ -145,7 +162,9 @@ pub(crate) async fn call_tool(
             r.result_type.get_or_insert(ResultType::COMPLETE);
             Ok(CallToolResponse::Complete(r))
         }
-        Ok(Ok(ServerResult::InputRequiredResult(r))) => Ok(CallToolResponse::InputRequired(r)),
+        Ok(Ok(ServerResult::InputRequiredResult(r))) => {
+            return Forwarded::NeedsInput(r, Box::new(permitted));
+        }
         Ok(Ok(ServerResult::CreateTaskResult(r))) => Ok(CallToolResponse::Task(r)),
         Ok(Ok(_)) => Err(ServiceError::UnexpectedResponse),
     };
@@ -163,7 +182,7 @@ pub(crate) async fn call_tool(
             detail: format!("{} content block(s)", r.content.len()),
         },
         Ok(_) => Outcome::Succeeded {
-            detail: "incomplete result (input required or task)".into(),
+            detail: "the upstream made it a task".into(),
         },
         Err(e) => Outcome::Failed {
             detail: excerpt(&e.to_string()),
@@ -207,11 +226,18 @@ pub(crate) async fn complete(
 }
 
 /// `resources/read` of the admitted URI (`operation`, normalized).
+///
+/// Reads and prompts are judged again in every round, so an upstream's
+/// `input_required` and its `requestState` pass to the client as they are
+/// and the client's answers come back in `round`.
 pub(crate) async fn read_resource(
     permitted: Permitted,
     forwarder: &Forwarder,
+    round: LaterRound,
 ) -> Result<ReadResourceResponse, ServiceError> {
-    let request = ReadResourceRequestParams::new(permitted.action().operation.clone());
+    let mut request = ReadResourceRequestParams::new(permitted.action().operation.clone());
+    request.input_responses = round.input_responses;
+    request.request_state = round.upstream_state;
     let result = forwarder
         .peer
         .read_resource_once(request)
@@ -231,9 +257,12 @@ pub(crate) async fn read_resource(
 pub(crate) async fn get_prompt(
     permitted: Permitted,
     forwarder: &Forwarder,
+    round: LaterRound,
 ) -> Result<GetPromptResponse, ServiceError> {
     let mut request = GetPromptRequestParams::new(permitted.action().operation.clone());
     request.arguments = admitted_args(&permitted);
+    request.input_responses = round.input_responses;
+    request.request_state = round.upstream_state;
     let result = forwarder
         .peer
         .get_prompt_once(request)

@@ -16,6 +16,7 @@
 mod bridge;
 mod forward;
 mod link;
+mod rounds;
 mod session;
 mod upstream;
 pub mod uri;
@@ -68,6 +69,8 @@ pub(crate) struct Hub {
     /// tool or prompt that another upstream also offers): withheld from
     /// lists and refused in calls rather than guessed.
     collisions: Mutex<Vec<String>>,
+    /// Calls of 2026-07-28 clients between two of their requests.
+    pub rounds: rounds::Rounds,
 }
 
 impl Hub {
@@ -180,6 +183,7 @@ impl McpGateway {
                 sessions: std::sync::OnceLock::new(),
                 pool: Mutex::new(HashMap::new()),
                 collisions: Mutex::new(Vec::new()),
+                rounds: rounds::Rounds::default(),
             }),
         })
     }
@@ -565,6 +569,7 @@ async fn sweep_sessions(hub: std::sync::Weak<Hub>) {
         tick.tick().await;
         let Some(hub) = hub.upgrade() else { return };
         hub.prune_pool();
+        hub.rounds.prune();
         let Some(manager) = hub.sessions.get().cloned() else {
             continue;
         };
@@ -674,6 +679,21 @@ async fn check_json_rpc(request: Request, next: Next) -> Response {
     if let Err(why) = headers_agree(&parts.headers, method, object.get("params")) {
         return bad_message(id, -32020, &format!("Header mismatch: {why}"));
     }
+    if let Some(m) = method
+        && REMOVED_IN_STATELESS.contains(&m)
+        && parts.headers.get(SESSION_HEADER).is_none()
+        && names_stateless_revision(object.get("params"))
+    {
+        return (
+            http::StatusCode::NOT_FOUND,
+            axum::Json(jsonrpc_error_for(
+                id,
+                -32601,
+                &format!("Method not found: {m} is not part of protocol revision 2026-07-28"),
+            )),
+        )
+            .into_response();
+    }
     match serde_json::from_value::<rmcp::model::ClientJsonRpcMessage>(value.clone()) {
         // The SDK reads a request it cannot type as a custom one: for a
         // method MCP defines, that means its params are wrong.
@@ -695,6 +715,26 @@ async fn check_json_rpc(request: Request, next: Next) -> Response {
     }
     next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await
+}
+
+/// Methods of the session revisions that the stateless 2026-07-28
+/// revision removed: a request of that revision naming one is answered
+/// 404 with -32601, as the revision says.
+const REMOVED_IN_STATELESS: &[&str] = &[
+    "initialize",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
+
+/// Whether a request's own `_meta` names the 2026-07-28 revision or a
+/// later one.
+fn names_stateless_revision(params: Option<&serde_json::Value>) -> bool {
+    params
+        .and_then(|p| p.get("_meta"))
+        .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
+        .and_then(|v| v.as_str())
+        .is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str())
 }
 
 /// Whether the `Mcp-Method` and `Mcp-Name` headers a client supplied (the

@@ -15,7 +15,7 @@
 #![allow(deprecated)]
 
 use crate::forward::Forwarder;
-use crate::upstream::{Offer, SessionSlot, Upstream, list};
+use crate::upstream::{Generation, Offer, SessionSlot, Upstream, list};
 use gavel_core::{Gate, Principal};
 use rmcp::model::{
     CancelledNotificationParam, ClientCapabilities, ClientConfig, ClientResult,
@@ -157,6 +157,7 @@ impl Link {
         upstream: Arc<Upstream>,
         client: Arc<Client>,
         level: Option<LoggingLevel>,
+        generation: Generation,
     ) -> Result<Arc<Link>, String> {
         let slot = upstream.take_slot(&session_key(&client.principal))?;
         let offer = Arc::new(Mutex::new(Arc::new(Offer::default())));
@@ -170,15 +171,16 @@ impl Link {
             offer: offer.clone(),
             subscribed: subscribed.clone(),
         };
-        let running = tokio::time::timeout(CONNECT_TIMEOUT, upstream.connect_with(events))
-            .await
-            .map_err(|_| {
-                format!(
-                    "upstream {} did not answer within {}s",
-                    upstream.name,
-                    CONNECT_TIMEOUT.as_secs()
-                )
-            })??;
+        let running =
+            tokio::time::timeout(CONNECT_TIMEOUT, upstream.connect_with(events, generation))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "upstream {} did not answer within {}s",
+                        upstream.name,
+                        CONNECT_TIMEOUT.as_secs()
+                    )
+                })??;
         let listed = tokio::time::timeout(CONNECT_TIMEOUT, list(running.peer()))
             .await
             .map_err(|_| format!("upstream {} did not list in time", upstream.name))??;

@@ -6,17 +6,19 @@
 // revisions gavel serves; a faithful relay carries it.
 #![allow(deprecated)]
 
-use crate::forward::{self, ClientCall, Forwarded, excerpt};
+use crate::forward::{self, ClientCall, Forwarded, LaterRound, excerpt};
 use crate::link::{Client, Link};
-use crate::upstream::Offer;
+use crate::rounds::{Next, Round};
+use crate::upstream::{Generation, Offer};
 use crate::{Caller, Hub, SEPARATOR, Upstream};
 use gavel_core::{
     Action, ActionClass, ApprovalRequest, Cancellation, Hold, Outcome, Permitted, Preview, Refusal,
+    RequestState,
 };
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
     ContentBlock, ErrorCode, GetPromptRequestParams, GetPromptResponse, Implementation,
-    InitializeRequestParams, InitializeResult, JsonObject, ListPromptsResult,
+    InitializeRequestParams, InitializeResult, InputRequiredResult, JsonObject, ListPromptsResult,
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
     PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion, ReadResourceRequestParams,
     ReadResourceResponse, Reference, RequestMetaObject, ServerCapabilities, ServerConfig,
@@ -133,8 +135,13 @@ impl Links {
             }
             let earlier = current.map(|l| l.subscriptions()).unwrap_or_default();
             let (upstream, client) = (upstream.clone(), client.clone());
+            let generation = if self.pooled.get().is_some() {
+                Generation::PreferStateless
+            } else {
+                Generation::Session
+            };
             opening.spawn(async move {
-                let link = Link::open(upstream.clone(), client, level).await;
+                let link = Link::open(upstream.clone(), client, level, generation).await;
                 if let Ok(link) = &link {
                     link.resubscribe(&earlier).await;
                 }
@@ -350,6 +357,30 @@ impl Hold for McpHold {
     }
 }
 
+/// Whether this request is of the stateless 2026-07-28 revision (or a
+/// later one), which waits with `input_required` rather than a held
+/// connection.
+fn speaks_stateless(context: &RequestContext<RoleServer>) -> bool {
+    context
+        .protocol_version()
+        .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str())
+}
+
+/// What a waiting 2026-07-28 client may show its user: the request and
+/// its page (the `requestState` itself is opaque).
+fn waiting_meta(hub: &Hub, request: &ApprovalRequest) -> rmcp::model::MetaObject {
+    let mut meta = rmcp::model::MetaObject::new();
+    meta.insert(
+        "gavel/approval".into(),
+        serde_json::json!({
+            "request": request.id.to_string(),
+            "url": gavel_core::request_url(&hub.public_url, &request.id),
+            "state": "pending",
+        }),
+    );
+    meta
+}
+
 /// A refusal as the text a client reads: for a held call, what to do next.
 fn refusal_text(hub: &Hub, refusal: &Refusal) -> String {
     let message = refusal.message(&hub.public_url);
@@ -422,10 +453,12 @@ impl Session {
         context: &RequestContext<RoleServer>,
         initializing: bool,
     ) {
+        // A stateless request declares them itself, and each may declare
+        // others; a session declared them once.
         let capabilities = context
-            .peer
-            .peer_info()
-            .map(|i| i.capabilities.clone())
+            .meta
+            .client_capabilities()
+            .or_else(|| context.peer.peer_info().map(|i| i.capabilities.clone()))
             .unwrap_or_default();
         // No MCP session: a stateless (2026-07-28) request, whose upstream
         // connections are pooled per principal and capabilities.
@@ -515,6 +548,59 @@ impl Session {
             settings: Default::default(),
             surface: "mcp".into(),
             source: caller.source.clone(),
+        }
+    }
+
+    /// Forwards an admitted call (or its later round) and answers the
+    /// client: an upstream's `input_required` keeps the admission open
+    /// for the client's next round, behind a handle of gavel's own.
+    async fn forward_call(
+        &self,
+        permitted: Permitted,
+        link: &Link,
+        client: ClientCall,
+        round: LaterRound,
+        context: &RequestContext<RoleServer>,
+        args: serde_json::Value,
+    ) -> Result<CallToolResponse, McpError> {
+        if !link.is_alive() {
+            let detail = format!("upstream {} is not connected", link.upstream.name);
+            permitted.finish(Outcome::Failed {
+                detail: detail.clone(),
+            });
+            return Ok(tool_error(format!("gavel: {detail}; try again shortly")));
+        }
+        match forward::call_tool(permitted, &link.forwarder(), client, round, &context.ct).await {
+            Forwarded::Answered(result) => result.map_err(service_error),
+            Forwarded::CancelledByClient => {
+                Err(McpError::internal_error("cancelled by the client", None))
+            }
+            Forwarded::NeedsInput(asked, permitted) if speaks_stateless(context) => {
+                let tool = permitted.action().operation.clone();
+                let principal = crate::link::session_key(&permitted.action().principal);
+                let handle = self.hub.rounds.park(Round::new(
+                    principal,
+                    link.upstream.name.clone(),
+                    tool,
+                    args,
+                    Next::Input {
+                        permitted,
+                        upstream_state: asked.request_state.clone(),
+                    },
+                ));
+                let mut relayed = InputRequiredResult::new(asked.input_requests, Some(handle));
+                relayed.meta = asked.meta;
+                Ok(CallToolResponse::InputRequired(relayed))
+            }
+            Forwarded::NeedsInput(_, permitted) => {
+                let detail =
+                    "the upstream asked for input in a form only 2026-07-28 clients can answer"
+                        .to_owned();
+                permitted.finish(Outcome::Failed {
+                    detail: detail.clone(),
+                });
+                Ok(tool_error(format!("gavel: {detail}")))
+            }
         }
     }
 
@@ -853,6 +939,54 @@ impl ServerHandler for Session {
             return Ok(tool_error(refusal_text(&self.hub, &refusal)));
         }
         let args_json = serde_json::Value::Object(args.clone().unwrap_or_default());
+        let client = ClientCall {
+            id: context.id.clone(),
+            progress: context
+                .meta
+                .get_progress_token()
+                .or_else(|| meta.get_progress_token()),
+        };
+        let principal = crate::link::session_key(&caller.principal);
+        // A later round of a call this gateway answered `input_required`
+        // for: continued under its admission, or judged again.
+        if let Some(handle) = request.request_state.as_deref() {
+            let round = self
+                .hub
+                .rounds
+                .take(handle, &principal, &upstream.name, &tool_name, &args_json)
+                .map_err(|refused| McpError::invalid_params(refused.message(), None))?;
+            match round.next {
+                Next::Input {
+                    permitted,
+                    upstream_state,
+                } => {
+                    let later = LaterRound {
+                        input_responses: request.input_responses.clone(),
+                        upstream_state,
+                    };
+                    return self
+                        .forward_call(*permitted, &link, client, later, &context, args_json)
+                        .await;
+                }
+                // Decided against while the client was away: it hears
+                // so, rather than filing the same request again.
+                Next::Approval { request: id } => {
+                    let decided = self.hub.gate.approvals().get(&id).await.ok().flatten();
+                    let refusal = match decided {
+                        Some(r) if r.state == RequestState::Denied => Some(Refusal::ReviewDenied {
+                            request: Box::new(r),
+                        }),
+                        Some(r) if r.state == RequestState::Expired => Some(Refusal::Expired {
+                            request: Box::new(r),
+                        }),
+                        _ => None,
+                    };
+                    if let Some(refusal) = refusal {
+                        return Ok(tool_error(refusal_text(&self.hub, &refusal)));
+                    }
+                }
+            }
+        }
         let mut action = self.action(
             &caller,
             &upstream,
@@ -875,28 +1009,35 @@ impl ServerHandler for Session {
         });
         let permitted = match self.admit(action, &context, &meta).await {
             Ok(p) => p,
+            // A 2026-07-28 client waits the way its revision offers: it
+            // hears `input_required` and repeats the call with the handle,
+            // which is judged again (finding its request, or the grant).
+            Err(Refusal::Pending { request, .. }) if speaks_stateless(&context) => {
+                let handle = self.hub.rounds.park(Round::new(
+                    principal,
+                    upstream.name.clone(),
+                    tool_name.to_string(),
+                    args_json,
+                    Next::Approval {
+                        request: request.id.clone(),
+                    },
+                ));
+                return Ok(CallToolResponse::InputRequired(
+                    InputRequiredResult::from_request_state(handle)
+                        .with_meta(waiting_meta(&self.hub, &request)),
+                ));
+            }
             Err(refusal) => return Ok(tool_error(refusal_text(&self.hub, &refusal))),
         };
-        if !link.is_alive() {
-            let detail = format!("upstream {} is not connected", upstream.name);
-            permitted.finish(Outcome::Failed {
-                detail: detail.clone(),
-            });
-            return Ok(tool_error(format!("gavel: {detail}; try again shortly")));
-        }
-        let client = ClientCall {
-            id: context.id.clone(),
-            progress: context
-                .meta
-                .get_progress_token()
-                .or_else(|| meta.get_progress_token()),
-        };
-        match forward::call_tool(permitted, &link.forwarder(), client, &context.ct).await {
-            Forwarded::Answered(result) => result.map_err(service_error),
-            Forwarded::CancelledByClient => {
-                Err(McpError::internal_error("cancelled by the client", None))
-            }
-        }
+        self.forward_call(
+            permitted,
+            &link,
+            client,
+            LaterRound::default(),
+            &context,
+            args_json,
+        )
+        .await
     }
 
     async fn list_resources(
@@ -954,7 +1095,11 @@ impl ServerHandler for Session {
             intent,
         );
         let (permitted, forwarder) = self.admit_read(action, &link, &context, &meta).await?;
-        forward::read_resource(permitted, &forwarder)
+        let round = LaterRound {
+            input_responses: request.input_responses,
+            upstream_state: request.request_state,
+        };
+        forward::read_resource(permitted, &forwarder, round)
             .await
             .map_err(service_error)
     }
@@ -1081,7 +1226,11 @@ impl ServerHandler for Session {
             intent,
         );
         let (permitted, forwarder) = self.admit_read(action, &link, &context, &meta).await?;
-        forward::get_prompt(permitted, &forwarder)
+        let round = LaterRound {
+            input_responses: request.input_responses,
+            upstream_state: request.request_state,
+        };
+        forward::get_prompt(permitted, &forwarder, round)
             .await
             .map_err(service_error)
     }

@@ -7,17 +7,29 @@
 use crate::Hub;
 use gavel_config::McpResourceConfig;
 use gavel_core::Resource;
+use rmcp::ClientHandler;
 use rmcp::model::{
     ClientCapabilities, ClientConfig, Implementation, Prompt, ProtocolVersion,
     Resource as McpResource, ResourceTemplate, Tool,
 };
-use rmcp::service::{NotificationContext, Peer, RoleClient, RunningService};
+use rmcp::service::{
+    ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, RoleClient, RunningService,
+};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
-use rmcp::{ClientHandler, ServiceExt};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
+
+/// Which MCP lifecycle a connection to an upstream asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Generation {
+    /// `initialize` and a session (2025-11-25).
+    Session,
+    /// `server/discover` and stateless requests (2026-07-28) when the
+    /// upstream offers them, else a session.
+    PreferStateless,
+}
 
 /// The first pause before reconnecting; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
@@ -222,10 +234,26 @@ impl Upstream {
     /// process with its environment (its stderr goes to gavel's log, line
     /// by line), or a streamable HTTP session with the configured bearer.
     /// The supervisor and every client session connect the same way.
+    ///
+    /// `generation` says which lifecycle to ask for: a client of the
+    /// stateless 2026-07-28 revision is served by an upstream connection
+    /// of that revision where the upstream offers it (`server/discover`,
+    /// falling back to `initialize`), so that what only that revision says
+    /// (`input_required` results) reaches it; everyone else gets a session
+    /// (`initialize`), over which the upstream's own requests and
+    /// notifications travel.
     pub(crate) async fn connect_with<H: ClientHandler>(
         &self,
         handler: H,
+        generation: Generation,
     ) -> Result<RunningService<RoleClient, H>, String> {
+        let lifecycle = match generation {
+            Generation::Session => ClientLifecycleMode::Initialize,
+            Generation::PreferStateless => ClientLifecycleMode::Auto {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+                legacy_version: Some(ProtocolVersion::V_2025_11_25),
+            },
+        };
         let running = match &self.transport {
             Transport::Command { argv, env, cwd } => {
                 let mut cmd = tokio::process::Command::new(&argv[0]);
@@ -246,7 +274,7 @@ impl Upstream {
                         }
                     });
                 }
-                handler.serve(child).await
+                handler.serve_with_lifecycle(child, lifecycle).await
             }
             Transport::Http { url, bearer } => {
                 let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
@@ -254,7 +282,10 @@ impl Upstream {
                     config = config.auth_header(token.clone());
                 }
                 handler
-                    .serve(StreamableHttpClientTransport::from_config(config))
+                    .serve_with_lifecycle(
+                        StreamableHttpClientTransport::from_config(config),
+                        lifecycle,
+                    )
                     .await
             }
         };
@@ -426,7 +457,7 @@ impl Upstream {
             upstream: Arc::downgrade(self),
             hub,
         };
-        let running = self.connect_with(events).await?;
+        let running = self.connect_with(events, Generation::Session).await?;
         let peer = running.peer().clone();
         let offer = list(&peer).await?;
         {
