@@ -1440,3 +1440,187 @@ async fn stateless_2026_07_28_clients_are_served_from_pooled_connections() {
         assert!(u["sessions"].as_u64().unwrap() <= 1, "{ready}");
     }
 }
+
+/// A 2026-07-28 client whose call waits for a human hears
+/// `input_required` with a `requestState` instead of a refusal. The state
+/// is gavel's handle: it continues only the identical call of the same
+/// principal, once; the upstream runs nothing before the approval.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_call_of_a_stateless_client_answers_input_required_with_a_single_use_state() {
+    let m = Mcp::start("1s").await;
+    let target = m.path("allowed/stateless.txt");
+    let write = |content: &str, state: Value| {
+        let mut step = json!({"op": "call_once", "tool": "fs__write_file",
+                              "args": {"path": target, "content": content}});
+        if !state.is_null() {
+            step["state"] = state;
+        }
+        step
+    };
+    let stateless = |token: &str, steps: Value| {
+        run_client(json!({"transport": "http", "url": m.url(), "token": token,
+                          "discover": true, "steps": steps}))
+    };
+    let out = stateless(&m.g.agent_token, json!([write("v1", Value::Null)])).await;
+    assert_eq!(out[1]["result_type"], "input_required", "{}", out[1]);
+    let state = out[1]["state"].as_str().unwrap().to_owned();
+    let waiting = &out[1]["meta"]["gavel/approval"];
+    let request = m.pending_request().await;
+    let id = request["id"].as_str().unwrap();
+    assert_eq!(waiting["request"], id, "{}", out[1]);
+    assert!(waiting["url"].as_str().unwrap().contains(id));
+    assert!(
+        !std::path::Path::new(&target).exists(),
+        "ran before approval"
+    );
+
+    // Still pending: the retry with the state waits again and hands out a
+    // new state; the old one is spent.
+    let out = stateless(
+        &m.g.agent_token,
+        json!([write("v1", json!(state)), write("v1", json!(state))]),
+    )
+    .await;
+    assert_eq!(out[1]["result_type"], "input_required", "{}", out[1]);
+    let state = out[1]["state"].as_str().unwrap().to_owned();
+    assert!(
+        out[2]["error"].as_str().unwrap().contains("already used"),
+        "{}",
+        out[2]
+    );
+    assert_eq!(
+        m.pending_requests().await.len(),
+        1,
+        "the retry filed nothing new"
+    );
+
+    // Another principal, or other arguments, get nothing from a state,
+    // and spend it.
+    let other = m.g.create_agent("other-bot", "carol@example.com", &[]);
+    let out = stateless(&other, json!([write("v1", json!(state))])).await;
+    assert!(
+        out[1]["error"].as_str().unwrap().contains("another call"),
+        "{}",
+        out[1]
+    );
+    let out = stateless(&m.g.agent_token, json!([write("v1", json!(state))])).await;
+    assert!(
+        out[1]["error"].as_str().unwrap().contains("already used"),
+        "{}",
+        out[1]
+    );
+    let out = stateless(
+        &m.g.agent_token,
+        json!([
+            write("v1", Value::Null),
+            write("changed", json!({"from": 0}))
+        ]),
+    )
+    .await;
+    assert_eq!(out[1]["result_type"], "input_required", "{}", out[1]);
+    assert!(
+        out[2]["error"].as_str().unwrap().contains("another call"),
+        "{}",
+        out[2]
+    );
+    // A state gavel never issued is refused, not passed on.
+    let out = stateless(&m.g.agent_token, json!([write("v1", json!("made-up"))])).await;
+    assert!(
+        out[1]["error"].as_str().unwrap().contains("not issued"),
+        "{}",
+        out[1]
+    );
+    assert!(
+        !std::path::Path::new(&target).exists(),
+        "ran before approval"
+    );
+
+    // Approved: the identical call with a fresh state runs, once.
+    let out = stateless(&m.g.agent_token, json!([write("v1", Value::Null)])).await;
+    let state = out[1]["state"].as_str().unwrap().to_owned();
+    let (status, v) = m.g.approve(BOB, id).await;
+    assert_eq!(status, 200, "{v}");
+    let out = stateless(&m.g.agent_token, json!([write("v1", json!(state))])).await;
+    assert_eq!(out[1]["result_type"], "complete", "{}", out[1]);
+    assert_eq!(out[1]["is_error"], false, "{}", out[1]);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "v1");
+    let (_, r) = m.g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
+    assert_eq!(r["state"], "executed", "{r}");
+}
+
+/// An upstream of the 2026-07-28 revision (the Python SDK) asks its
+/// client for a confirmation with `input_required`. Through gavel, the
+/// question reaches the client, the answer reaches the upstream, and the
+/// call is admitted once: one approval covers every round, the
+/// upstream's own requestState never reaches the client, and gavel's
+/// handle for the round is good once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstreams_input_required_is_relayed_under_one_admission() {
+    let server = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/mrtr_server.py");
+    let extra = format!(
+        r#"
+[[resources.mcp]]
+name = "confirming"
+command = ["python3", "{}"]
+"#,
+        server.display()
+    );
+    let data = tempfile::tempdir().unwrap();
+    let policies = r#"
+@id("drops-need-a-dba") @approval("group:dba")
+permit(principal, action == Action::"mcp.call", resource == Resource::"confirming");
+"#;
+    let g = Gavel::start_custom("1s", policies, &extra).await;
+    let m = Mcp { g, data };
+    m.wait_ready().await;
+    let stateless = |steps: Value| {
+        run_client(
+            json!({"transport": "http", "url": m.url(), "token": m.g.agent_token,
+                          "discover": true, "answers": {"elicitation": {"sure": true}},
+                          "steps": steps}),
+        )
+    };
+    let drop =
+        json!({"op": "call_once", "tool": "confirming__drop_table", "args": {"table": "users"}});
+    let out = stateless(json!([drop])).await;
+    assert_eq!(out[1]["result_type"], "input_required", "{}", out[1]);
+    assert!(
+        out[1]["requests"].as_object().unwrap().is_empty(),
+        "{}",
+        out[1]
+    );
+    let held = out[1]["state"].clone();
+    let id = m.pending_request().await["id"].as_str().unwrap().to_owned();
+    let (status, v) = m.g.approve(BOB, &id).await;
+    assert_eq!(status, 200, "{v}");
+
+    let mut resume = drop.clone();
+    resume["state"] = held;
+    let mut answer = drop.clone();
+    answer["state"] = json!({"from": 0});
+    answer["respond"] = json!(0);
+    let out = stateless(json!([resume, answer.clone(), answer])).await;
+    // Admitted: the upstream's question, under gavel's own handle.
+    assert_eq!(out[1]["result_type"], "input_required", "{}", out[1]);
+    assert_eq!(
+        out[1]["requests"]["confirm"], "elicitation/create",
+        "{}",
+        out[1]
+    );
+    let handle = out[1]["state"].as_str().unwrap();
+    assert!(handle.starts_with("gavel-round-"), "{handle}");
+    // The answer completes the call without another approval.
+    assert_eq!(out[2]["result_type"], "complete", "{}", out[2]);
+    assert_eq!(out[2]["text"], "dropped users", "{}", out[2]);
+    // The same handle again is refused.
+    assert!(
+        out[3]["error"].as_str().unwrap().contains("already used"),
+        "{}",
+        out[3]
+    );
+    assert!(m.pending_requests().await.is_empty());
+    let (_, r) = m.g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
+    assert_eq!(r["state"], "executed", "{r}");
+    let grants = m.audit_events("event=grant_used").await;
+    assert_eq!(grants.len(), 1, "{grants:?}");
+}

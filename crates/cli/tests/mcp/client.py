@@ -60,6 +60,9 @@ async def run(script):
     asked = []
     answers = script.get("answers")
     callbacks = {}
+    # call_once steps, counted from 0, and what each input_required said.
+    rounds_seen = []
+    rounds = {}
 
     async def on_log(params):
         logs.append({"level": params.level, "data": params.data})
@@ -129,6 +132,50 @@ async def run(script):
                     out["is_error"] = bool(getattr(r, "isError", False) or getattr(r, "is_error", False))
                     out["text"] = content_text(r)
                     out["progress"] = progress
+                elif op == "call_once":
+                    # One request of a multi-round (2026-07-28) call, driven
+                    # by hand: "state" is a literal requestState or
+                    # {"from": N}, the state step N received; "respond"
+                    # answers the input requests step N received.
+                    state = step.get("state")
+                    if isinstance(state, dict):
+                        state = rounds[state["from"]]["state"]
+                    responses = None
+                    if "respond" in step:
+                        asked_then = rounds[step["respond"]]["requests"]
+                        responses = {}
+                        for key, req in asked_then.items():
+                            if req.method == "elicitation/create":
+                                responses[key] = types.ElicitResult(action="accept", content=(answers or {}).get("elicitation", {}))
+                            elif req.method == "sampling/createMessage":
+                                responses[key] = types.CreateMessageResult(
+                                    role="assistant",
+                                    content=types.TextContent(type="text", text=(answers or {}).get("sampling", "")),
+                                    model="test-model",
+                                    stop_reason="endTurn",
+                                )
+                            else:
+                                responses[key] = types.ListRootsResult(roots=[])
+                    r = await session.call_tool(
+                        step["tool"],
+                        step.get("args") or {},
+                        read_timeout_seconds=step.get("timeout", 60),
+                        input_responses=responses,
+                        request_state=state,
+                        allow_input_required=True,
+                    )
+                    if isinstance(r, types.InputRequiredResult):
+                        requests = dict(r.input_requests or {})
+                        rounds[len(rounds_seen)] = {"state": r.request_state, "requests": requests}
+                        out["result_type"] = "input_required"
+                        out["state"] = r.request_state
+                        out["requests"] = {k: v.method for k, v in requests.items()}
+                        out["meta"] = r.meta.model_dump() if hasattr(r.meta, "model_dump") else r.meta
+                    else:
+                        out["result_type"] = "complete"
+                        out["is_error"] = bool(getattr(r, "is_error", False))
+                        out["text"] = content_text(r)
+                    rounds_seen.append(step)
                 elif op == "cancel_call":
                     # Cancelling the awaiting task makes the SDK send
                     # notifications/cancelled for the request.

@@ -71,6 +71,17 @@ pub(crate) struct Hub {
     collisions: Mutex<Vec<String>>,
     /// Calls of 2026-07-28 clients between two of their requests.
     pub rounds: rounds::Rounds,
+    /// Which lists changed at some upstream, as its supervisor heard:
+    /// what `subscriptions/listen` streams (2026-07-28) relay.
+    pub lists: tokio::sync::broadcast::Sender<ListKind>,
+}
+
+/// One of the lists an upstream offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListKind {
+    Tools,
+    Resources,
+    Prompts,
 }
 
 impl Hub {
@@ -184,6 +195,7 @@ impl McpGateway {
                 pool: Mutex::new(HashMap::new()),
                 collisions: Mutex::new(Vec::new()),
                 rounds: rounds::Rounds::default(),
+                lists: tokio::sync::broadcast::channel(64).0,
             }),
         })
     }

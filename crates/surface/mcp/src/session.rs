@@ -10,7 +10,7 @@ use crate::forward::{self, ClientCall, Forwarded, LaterRound, excerpt};
 use crate::link::{Client, Link};
 use crate::rounds::{Next, Round};
 use crate::upstream::{Generation, Offer};
-use crate::{Caller, Hub, SEPARATOR, Upstream};
+use crate::{Caller, Hub, ListKind, SEPARATOR, Upstream};
 use gavel_core::{
     Action, ActionClass, ApprovalRequest, Cancellation, Hold, Outcome, Permitted, Preview, Refusal,
     RequestState,
@@ -22,9 +22,10 @@ use rmcp::model::{
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
     PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion, ReadResourceRequestParams,
     ReadResourceResponse, Reference, RequestMetaObject, ServerCapabilities, ServerConfig,
-    SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
+    ServerNotification, SetLevelRequestParams, SubscribeRequestParams, SubscriptionFilter,
+    UnsubscribeRequestParams,
 };
-use rmcp::service::{RequestContext, RoleServer, ServiceError};
+use rmcp::service::{RequestContext, RoleServer, ServiceError, SubscriptionContext};
 use rmcp::{ErrorData as McpError, ServerHandler};
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -809,6 +810,57 @@ impl ServerHandler for Session {
         .with_instructions(format!(
             "gavel gateway: {naming}. Every call is checked against policy; some wait for a human's approval. State why you act in _meta.intent."
         ))
+    }
+
+    /// List changes only: a resource's updates are a read of it, which a
+    /// 2026-07-28 client makes with `resources/read`.
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let mut accepted = SubscriptionFilter::new();
+        accepted.tools_list_changed = requested.tools_list_changed;
+        accepted.resources_list_changed = requested.resources_list_changed;
+        accepted.prompts_list_changed = requested.prompts_list_changed;
+        Some(accepted)
+    }
+
+    /// A 2026-07-28 client's `subscriptions/listen`: the list changes the
+    /// upstreams' supervisors hear, until the client lets go. A lagging
+    /// stream hears that every list changed.
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        self.caller(context.request_context())?;
+        let mut changes = self.hub.lists.subscribe();
+        loop {
+            let kinds = tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                change = changes.recv() => match change {
+                    Ok(kind) => vec![kind],
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        vec![ListKind::Tools, ListKind::Resources, ListKind::Prompts]
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            };
+            for kind in kinds {
+                let accepted = context.accepted();
+                let notification = match kind {
+                    ListKind::Tools if accepted.tools_list_changed == Some(true) => {
+                        ServerNotification::ToolListChangedNotification(Default::default())
+                    }
+                    ListKind::Resources if accepted.resources_list_changed == Some(true) => {
+                        ServerNotification::ResourceListChangedNotification(Default::default())
+                    }
+                    ListKind::Prompts if accepted.prompts_list_changed == Some(true) => {
+                        ServerNotification::PromptListChangedNotification(Default::default())
+                    }
+                    _ => continue,
+                };
+                if context.sink().send(notification).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
     }
 
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {

@@ -4,7 +4,7 @@
 //! Nothing a client asks travels over the supervisor's connection: each
 //! client session has its own (`link.rs`).
 
-use crate::Hub;
+use crate::{Hub, ListKind};
 use gavel_config::McpResourceConfig;
 use gavel_core::Resource;
 use rmcp::ClientHandler;
@@ -523,7 +523,7 @@ pub(crate) struct Events {
 }
 
 impl Events {
-    async fn relist(&self) {
+    async fn relist(&self, changed: ListKind) {
         let (Some(upstream), Some(hub)) = (self.upstream.upgrade(), self.hub.upgrade()) else {
             return;
         };
@@ -532,6 +532,8 @@ impl Events {
             return;
         }
         hub.check_names();
+        // Nobody listening is normal.
+        let _ = hub.lists.send(changed);
     }
 }
 
@@ -548,14 +550,14 @@ impl ClientHandler for Events {
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        self.relist().await;
+        self.relist(ListKind::Tools).await;
     }
 
     async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        self.relist().await;
+        self.relist(ListKind::Resources).await;
     }
 
     async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        self.relist().await;
+        self.relist(ListKind::Prompts).await;
     }
 }

@@ -1,0 +1,46 @@
+"""An MCP tool server of the stateless 2026-07-28 revision, on the official
+Python SDK (PyPI `mcp`), whose tool asks its client for a confirmation with
+an `input_required` result before it acts: the upstream behind gavel in the
+tests of multi-round calls. Over stdio.
+
+`drop_table(table)` answers `input_required` (an elicitation keyed
+"confirm", with its own requestState "asked:TABLE") until the client's
+retry carries the answer and that state; then it reports what it did.
+"""
+
+import mcp_types as t
+from mcp.server.mcpserver import Context, MCPServer
+
+app = MCPServer("confirming")
+
+
+@app.tool()
+async def drop_table(table: str, ctx: Context) -> str | t.InputRequiredResult:
+    answer = (ctx.input_responses or {}).get("confirm")
+    if answer is None:
+        return t.InputRequiredResult(
+            result_type="input_required",
+            input_requests={
+                "confirm": t.ElicitRequest(
+                    method="elicitation/create",
+                    params=t.ElicitRequestFormParams(
+                        message=f"Really drop {table}?",
+                        requested_schema={
+                            "type": "object",
+                            "properties": {"sure": {"type": "boolean"}},
+                            "required": ["sure"],
+                        },
+                    ),
+                )
+            },
+            request_state=f"asked:{table}",
+        )
+    if ctx.request_state != f"asked:{table}":
+        raise ValueError(f"requestState {ctx.request_state!r} does not belong to this call")
+    content = answer.get("content") if isinstance(answer, dict) else getattr(answer, "content", None)
+    sure = bool((content or {}).get("sure"))
+    return f"dropped {table}" if sure else f"kept {table}"
+
+
+if __name__ == "__main__":
+    app.run()
