@@ -539,6 +539,24 @@ async fn stdio_clients_reach_the_gateway_through_gavel_mcp() {
         "{}",
         out[2]
     );
+    // A client of the stateless 2026-07-28 revision, the same way.
+    let out = run_client(json!({
+        "transport": "stdio", "discover": true,
+        "command": [BIN, "mcp", "--token-env", "AGENT_TOKEN", "--server", m.g.base],
+        "env": {"AGENT_TOKEN": m.g.agent_token, "PATH": std::env::var("PATH").unwrap()},
+        "steps": [
+            {"op": "call", "tool": "everything__echo", "args": {"message": "stateless stdio"}},
+        ],
+    }))
+    .await;
+    assert!(
+        out[0]["versions"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|x| x == "2026-07-28")),
+        "{}",
+        out[0]
+    );
+    assert_eq!(out[1]["text"], "Echo: stateless stdio", "{}", out[1]);
     // A wrong token is refused in MCP's own terms, not with a crash.
     let bad = run_client(json!({
         "transport": "stdio",
