@@ -1642,3 +1642,94 @@ permit(principal, action == Action::"mcp.call", resource == Resource::"confirmin
     let grants = m.audit_events("event=grant_used").await;
     assert_eq!(grants.len(), 1, "{grants:?}");
 }
+
+/// The official TypeScript SDK as the client (npm
+/// `@modelcontextprotocol/sdk`): two agents' sessions call the upstream's
+/// tools that ask their client for sampling and elicitation at the same
+/// time, and each question reaches only the session that caused it; an
+/// `Mcp-Name` header that lies about the body is refused and runs nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_npm_sdk_client_hears_only_its_own_questions_and_header_lies_are_refused() {
+    let m = Mcp::start("60s").await;
+    let other_token = m.g.create_agent("other-bot", "owner@x", &[]);
+    let modules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/npm/node_modules");
+    let client = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.mjs");
+    let run = |token: &str, who: &str| {
+        let script = json!({
+            "url": m.url(), "token": token,
+            "answers": {"sampling": format!("sampled by {who}"),
+                        "elicitation": {"name": format!("{who} the agent")}},
+            "steps": [
+                {"op": "list_tools"},
+                {"op": "call", "tool": "everything__trigger-sampling-request",
+                 "args": {"prompt": format!("question of {who}"), "maxTokens": 10}},
+                {"op": "call", "tool": "everything__trigger-elicitation-request", "args": {}},
+                {"op": "call", "tool": "everything__echo", "args": {"message": who}},
+                {"op": "raw", "headers": {"Mcp-Method": "tools/call", "Mcp-Name": "everything__echo"},
+                 "body": {"jsonrpc": "2.0", "id": 99, "method": "tools/call",
+                          "params": {"name": "everything__get-env", "arguments": {}}}},
+            ],
+        });
+        let (modules, client) = (modules.clone(), client.clone());
+        async move {
+            let out = tokio::process::Command::new("node")
+                .arg(client)
+                .arg(modules)
+                .arg(script.to_string())
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                out.status.success(),
+                "npm client failed: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stdout
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    let (a, b) = tokio::join!(run(&m.g.agent_token, "alpha"), run(&other_token, "beta"));
+    for (out, me, them) in [(&a, "alpha", "beta"), (&b, "beta", "alpha")] {
+        let all = out
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            out[0]["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t == "everything__trigger-sampling-request"),
+            "{all}"
+        );
+        assert!(
+            out[1]["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("sampled by {me}")),
+            "{all}"
+        );
+        assert!(
+            out[2]["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{me} the agent")),
+            "{all}"
+        );
+        assert_eq!(out[3]["text"], format!("Echo: {me}"), "{all}");
+        assert_eq!(out[4]["status"], 400, "{all}");
+        assert_eq!(out[4]["code"], -32020, "{all}");
+        assert!(!all.contains(them), "{me}'s session heard of {them}: {all}");
+    }
+    // The lie was refused before anything was judged: no record of get-env.
+    let records = m.audit_events("resource=everything").await;
+    assert!(
+        records.iter().all(|r| r["operation"] != "get-env"),
+        "{records:?}"
+    );
+}
