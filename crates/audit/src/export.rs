@@ -32,6 +32,7 @@ fn disposition(r: &AuditRecord) -> (u8, &'static str, u8) {
         // How an allowed action ended: it was allowed, whatever happened next.
         (AuditEvent::Outcome, _) => (1, "Allowed", 1),
         (AuditEvent::Failed, _) => (8, "Approved", 1),
+        (AuditEvent::Relayed, _) => (1, "Allowed", 1),
     }
 }
 

@@ -1063,6 +1063,30 @@ async fn sampling_and_elicitation_reach_only_the_session_that_caused_them() {
         );
         assert!(!all.contains(them), "{me}'s session heard of {them}: {all}");
     }
+    // Each question and how it was answered is on record, under the agent
+    // that was asked, without what the client answered.
+    let relayed = m.audit_events("event=relayed").await;
+    for (agent, who) in [("agent:bot", "alpha"), ("agent:other-bot", "beta")] {
+        let mine: Vec<&Value> = relayed.iter().filter(|r| r["initiator"] == agent).collect();
+        let ops: Vec<&str> = mine
+            .iter()
+            .map(|r| r["operation"].as_str().unwrap())
+            .collect();
+        for op in ["sampling/createMessage", "elicitation/create", "roots/list"] {
+            assert!(ops.contains(&op), "{agent}: {ops:?} {relayed:?}");
+        }
+        let text = serde_json::to_string(&mine).unwrap();
+        assert!(text.contains(&format!("question of {who}")), "{text}");
+        assert!(text.contains("accept"), "{text}");
+        assert!(
+            !text.contains(&format!("sampled by {who}")),
+            "answer content recorded: {text}"
+        );
+        assert!(
+            !text.contains(&format!("{who} the agent")),
+            "answer content recorded: {text}"
+        );
+    }
     // A client that offers none of it sees none of the tools that need it:
     // its upstream sessions claim exactly what it claims.
     let plain = m
@@ -1261,6 +1285,14 @@ async fn progress_logging_and_completion_pass_through() {
         "{all}"
     );
     assert_eq!(out[4]["values"], json!(["Engineering"]), "{all}");
+    // The level the client set is on record.
+    let relayed = m.audit_events("event=relayed").await;
+    assert!(
+        relayed.iter().any(|r| r["operation"] == "logging/setLevel"
+            && r["resource"] == "everything"
+            && r["outcome"].as_str().unwrap().contains("Debug")),
+        "{relayed:?}"
+    );
     // A completion is gated as a read of the prompt it completes.
     let reads = m.audit_events("resource=everything&event=decision").await;
     assert!(

@@ -32,6 +32,11 @@ pub enum AuditEvent {
     Outcome,
     /// An action let through by a grant failed downstream.
     Failed,
+    /// During an admitted action, the upstream asked the initiator's
+    /// client something (MCP sampling, elicitation, roots) and the answer
+    /// went back, or the client changed what the upstream tells it (MCP
+    /// logging level). No decision: it records what crossed.
+    Relayed,
 }
 
 impl AuditEvent {
@@ -50,6 +55,7 @@ impl AuditEvent {
             AuditEvent::GrantUsed => "grant_used",
             AuditEvent::Outcome => "outcome",
             AuditEvent::Failed => "failed",
+            AuditEvent::Relayed => "relayed",
         }
     }
 }

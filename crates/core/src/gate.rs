@@ -633,6 +633,19 @@ impl Gate {
         Ok(())
     }
 
+    /// Records, durably, what crossed between an upstream and the
+    /// initiator's client during an admitted action ([`AuditEvent::Relayed`]):
+    /// `what` says what was asked and how it was answered, never the
+    /// answer's content. Returns once the record is on disk, so a surface
+    /// can relay the answer only after it is recorded.
+    pub async fn record_relayed(&self, action: &Action, what: String) -> Result<(), Error> {
+        let shared = &self.approvals.shared;
+        let mut record = shared.record(action, AuditEvent::Relayed);
+        record.outcome = Some(what);
+        shared.audit.append(record).await?;
+        Ok(())
+    }
+
     /// Records an outcome without waiting: a deferred read record is
     /// completed and queued; an outcome after a spent grant is written by a
     /// task of its own (it may move the request); any other is queued in

@@ -21,10 +21,15 @@ use tokio_util::sync::CancellationToken;
 const EXCERPT: usize = 500;
 
 pub(crate) fn excerpt(s: &str) -> String {
-    if s.len() <= EXCERPT {
+    excerpt_of(s, EXCERPT)
+}
+
+/// At most `limit` bytes of `s` (cut at a character boundary, marked …).
+pub(crate) fn excerpt_of(s: &str, limit: usize) -> String {
+    if s.len() <= limit {
         return s.to_owned();
     }
-    let mut end = EXCERPT;
+    let mut end = limit;
     while !s.is_char_boundary(end) {
         end -= 1;
     }

@@ -16,7 +16,7 @@
 
 use crate::forward::Forwarder;
 use crate::upstream::{Generation, Offer, SessionSlot, Upstream, list};
-use gavel_core::{Gate, Principal};
+use gavel_core::{Action, ActionClass, Gate, Principal, Resource};
 use rmcp::model::{
     CancelledNotificationParam, ClientCapabilities, ClientConfig, ClientResult,
     CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult, ElicitRequest,
@@ -165,6 +165,7 @@ impl Link {
         let subscribed = Arc::new(Mutex::new(BTreeSet::new()));
         let events = LinkEvents {
             upstream: upstream.name.clone(),
+            resource: upstream.resource.clone(),
             roots: upstream.roots.clone(),
             client: client.clone(),
             calls: calls.clone(),
@@ -348,6 +349,8 @@ impl CallGuard {
 /// session: what the upstream says or asks goes to that client only.
 struct LinkEvents {
     upstream: String,
+    /// The upstream as gavel's resource: what records of relays name.
+    resource: Resource,
     /// The roots from the configuration: what the upstream hears when it
     /// asks. The client's own roots never reach it.
     roots: Vec<String>,
@@ -375,6 +378,20 @@ impl LinkEvents {
             (Some(only), None) => Some(only.client_request.clone()),
             _ => None,
         }
+    }
+
+    /// Records, durably, that the upstream asked the client `what` and how
+    /// it was answered, before the answer goes back: an answer that cannot
+    /// be recorded is not relayed.
+    async fn record(&self, what: &str, answered: String) -> Result<(), McpError> {
+        record_relayed(
+            &self.client,
+            &self.resource,
+            ActionClass::McpCall,
+            what,
+            answered,
+        )
+        .await
     }
 
     /// Sends an upstream's request to the client, on the stream of the
@@ -454,9 +471,25 @@ impl ClientHandler for LinkEvents {
         params: CreateMessageRequestParams,
         context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, McpError> {
+        let asked = question(&params, "/messages/0/content/text");
         let request = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
         match self.ask_client(request, &context).await? {
-            ClientResult::CreateMessageResult(r) => Ok(*r),
+            ClientResult::CreateMessageResult(r) => {
+                let text = serde_json::to_value(&r.message.content)
+                    .ok()
+                    .and_then(|c| c.get("text").and_then(|t| t.as_str().map(str::len)))
+                    .unwrap_or(0);
+                self.record(
+                    "sampling/createMessage",
+                    format!(
+                        "asked {asked}; the client answered with model {:?}, {text} characters of text, stop reason {:?}",
+                        r.model,
+                        r.stop_reason.as_deref().unwrap_or("none")
+                    ),
+                )
+                .await?;
+                Ok(*r)
+            }
             _ => Err(McpError::internal_error(
                 "gavel: the client answered sampling with something else",
                 None,
@@ -469,9 +502,30 @@ impl ClientHandler for LinkEvents {
         params: ElicitRequestParams,
         context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, McpError> {
+        let asked = question(&params, "/message");
         let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
         match self.ask_client(request, &context).await? {
-            ClientResult::ElicitResult(r) => Ok(r),
+            ClientResult::ElicitResult(r) => {
+                // Field names only: an elicitation may ask for a secret.
+                let fields = r
+                    .content
+                    .as_ref()
+                    .and_then(|c| c.as_object())
+                    .map(|c| c.keys().cloned().collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default();
+                self.record(
+                    "elicitation/create",
+                    format!(
+                        "asked {asked}; the client answered {} with fields [{fields}]",
+                        serde_json::to_value(&r.action)
+                            .ok()
+                            .and_then(|a| a.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    ),
+                )
+                .await?;
+                Ok(r)
+            }
             _ => Err(McpError::internal_error(
                 "gavel: the client answered elicitation with something else",
                 None,
@@ -483,6 +537,14 @@ impl ClientHandler for LinkEvents {
         &self,
         _context: RequestContext<RoleClient>,
     ) -> Result<ListRootsResult, McpError> {
+        self.record(
+            "roots/list",
+            format!(
+                "answered by gavel with the {} configured root(s), never the client's",
+                self.roots.len()
+            ),
+        )
+        .await?;
         Ok(ListRootsResult::new(
             self.roots
                 .iter()
@@ -590,4 +652,50 @@ impl ClientHandler for LinkEvents {
             let _ = self.client.peer().notify_prompt_list_changed().await;
         }
     }
+}
+
+/// The start of what an upstream asks (`pointer` into its request), for a
+/// record: enough to say what was asked, never a whole document.
+fn question<T: serde::Serialize>(params: &T, pointer: &str) -> String {
+    let text = serde_json::to_value(params)
+        .ok()
+        .and_then(|v| {
+            v.pointer(pointer)
+                .and_then(|t| t.as_str().map(str::to_owned))
+        })
+        .unwrap_or_default();
+    format!("{:?}", crate::forward::excerpt_of(&text, 120))
+}
+
+/// Records what crossed between an upstream and `client` (see
+/// [`Gate::record_relayed`]); an error when it cannot be recorded.
+pub(crate) async fn record_relayed(
+    client: &Client,
+    resource: &Resource,
+    class: ActionClass,
+    what: &str,
+    answered: String,
+) -> Result<(), McpError> {
+    let action = Action {
+        principal: client.principal.clone(),
+        resource: resource.clone(),
+        class,
+        operation: what.to_owned(),
+        details: serde_json::json!({}),
+        intent: String::new(),
+        data_context: serde_json::Value::Null,
+        settings: Default::default(),
+        surface: "mcp".into(),
+        source: None,
+    };
+    client
+        .gate
+        .record_relayed(&action, answered)
+        .await
+        .map_err(|e| {
+            McpError::internal_error(
+                format!("gavel: the answer could not be recorded, so it was not relayed: {e}"),
+                None,
+            )
+        })
 }

@@ -1389,7 +1389,21 @@ impl ServerHandler for Session {
                 .forwarder()
                 .capabilities()
                 .is_some_and(|c| c.logging.is_some());
-            if supports && let Err(e) = link.set_level(request.level).await {
+            if !supports {
+                continue;
+            }
+            crate::link::record_relayed(
+                &link.client,
+                &link.upstream.resource,
+                ActionClass::McpRead,
+                "logging/setLevel",
+                format!(
+                    "the client asked for logs at level {:?} and above",
+                    request.level
+                ),
+            )
+            .await?;
+            if let Err(e) = link.set_level(request.level).await {
                 tracing::debug!(upstream = %link.upstream.name, error = %e.message, "logging/setLevel failed upstream");
             }
         }
