@@ -246,6 +246,11 @@ impl McpGateway {
         // origin may send one.
         config.allowed_origins = vec![origin_of(&self.hub.public_url)];
         config.sse_keep_alive = Some(Duration::from_secs(15));
+        // A stateless (2026-07-28) request that is answered without
+        // anything said on the way gets a plain JSON response rather than
+        // an event stream (rmcp falls back to the stream when a
+        // notification or request comes first).
+        config.json_response = true;
         let mut sessions = LocalSessionManager::default();
         // An idle session is closed, and closing cancels its requests; a
         // held call must outlive its hold. (rmcp counts messages to the
