@@ -7,6 +7,7 @@
 #
 #   bench/mcp.sh                 # 10,000 calls each
 #   CALLS=2000 bench/mcp.sh      # shorter
+#   PERF=/tmp/mcp.perf bench/mcp.sh   # and a CPU profile of gavel (perf)
 #
 # The client is crates/surface/mcp/examples/mcp_latency.rs (rmcp).
 # BENCHMARKS.md records a run.
@@ -58,8 +59,14 @@ args='{"message":"benchmark"}'
 direct=$("$CLIENT" "http://127.0.0.1:$up_port/mcp" echo "$args" "$CALLS")
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$gavel_pid/stat"; }
 before=$(cpu_ticks)
+if [ -n "${PERF:-}" ]; then
+  # PERF=FILE: a CPU profile of gavel during its calls (perf report -i FILE).
+  perf record -q -F 999 -g -p "$gavel_pid" -o "$PERF" >/dev/null 2>&1 &
+  perf_pid=$!
+fi
 gavel=$(MCP_TOKEN=$token "$CLIENT" "http://127.0.0.1:$api_port/mcp" everything__echo "$args" "$CALLS")
 after=$(cpu_ticks)
+if [ -n "${PERF:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
 ticks_per_s=$(getconf CLK_TCK)
 metrics=$(curl -fsS "http://127.0.0.1:$api_port/metrics")
 gate_sum=$(echo "$metrics" | awk '/^gavel_gate_check_seconds_sum/ {print $2}')

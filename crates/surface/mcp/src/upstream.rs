@@ -10,7 +10,7 @@ use gavel_core::Resource;
 use rmcp::ClientHandler;
 use rmcp::model::{
     ClientCapabilities, ClientConfig, Implementation, Prompt, ProtocolVersion,
-    Resource as McpResource, ResourceTemplate, Tool,
+    Resource as McpResource, ResourceTemplate, ServerNotification, SubscriptionFilter, Tool,
 };
 use rmcp::service::{
     ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, RoleClient, RunningService,
@@ -457,9 +457,21 @@ impl Upstream {
             upstream: Arc::downgrade(self),
             hub,
         };
-        let running = self.connect_with(events, Generation::Session).await?;
+        // The newest revision the upstream speaks: an upstream that speaks
+        // only 2026-07-28 is supervised too, and one that speaks both
+        // announces list changes of its stateless side on a
+        // `subscriptions/listen` stream.
+        let running = self
+            .connect_with(events.clone(), Generation::PreferStateless)
+            .await?;
         let peer = running.peer().clone();
         let offer = list(&peer).await?;
+        if peer
+            .peer_info()
+            .is_some_and(|i| i.protocol_version >= ProtocolVersion::V_2026_07_28)
+        {
+            tokio::spawn(listen_for_list_changes(peer.clone(), events));
+        }
         {
             let mut s = self.state();
             s.peer = Some(peer);
@@ -520,6 +532,32 @@ pub(crate) async fn list(peer: &Peer<RoleClient>) -> Result<Offer, String> {
 pub(crate) struct Events {
     upstream: Weak<Upstream>,
     hub: Weak<Hub>,
+}
+
+/// Relays the list changes a 2026-07-28 upstream announces on its
+/// `subscriptions/listen` stream, as a session upstream's notifications
+/// are, until the stream or the connection ends.
+async fn listen_for_list_changes(peer: Peer<RoleClient>, events: Events) {
+    let mut filter = SubscriptionFilter::new();
+    filter.tools_list_changed = Some(true);
+    filter.resources_list_changed = Some(true);
+    filter.prompts_list_changed = Some(true);
+    let mut subscription = match peer.listen(filter).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "the upstream offers no subscriptions/listen stream");
+            return;
+        }
+    };
+    while let Ok(Some(notification)) = subscription.next().await {
+        let kind = match notification {
+            ServerNotification::ToolListChangedNotification(_) => ListKind::Tools,
+            ServerNotification::ResourceListChangedNotification(_) => ListKind::Resources,
+            ServerNotification::PromptListChangedNotification(_) => ListKind::Prompts,
+            _ => continue,
+        };
+        events.relist(kind).await;
+    }
 }
 
 impl Events {
