@@ -1596,6 +1596,44 @@ async fn a_held_call_of_a_stateless_client_answers_input_required_with_a_single_
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "v1");
     let (_, r) = m.g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
     assert_eq!(r["state"], "executed", "{r}");
+
+    // A 2026-07-28 request has no session: one that names a session id is
+    // refused, and a method that revision removed is not found, session id
+    // or not.
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let post = |body: Value, session: Option<&str>| {
+        let mut req = reqwest::Client::new()
+            .post(m.url())
+            .bearer_auth(&m.g.agent_token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .json(&body);
+        if let Some(id) = session {
+            req = req.header("mcp-session-id", id);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "everything__echo", "arguments": {"message": "x"}, "_meta": meta}});
+    let (status, v) = post(call, Some("made-up")).await;
+    assert_eq!((status, &v["error"]["code"]), (400, &json!(-32600)), "{v}");
+    let set_level = json!({"jsonrpc": "2.0", "id": 2, "method": "logging/setLevel",
+                           "params": {"level": "debug", "_meta": meta}});
+    for session in [None, Some("made-up")] {
+        let (status, v) = post(set_level.clone(), session).await;
+        assert!(status == 404 || status == 400, "{status} {v}");
+        assert!(
+            v["error"]["code"] == -32601 || v["error"]["code"] == -32600,
+            "{v}"
+        );
+    }
+    let (status, v) = post(set_level, None).await;
+    assert_eq!((status, &v["error"]["code"]), (404, &json!(-32601)), "{v}");
 }
 
 /// An upstream of the 2026-07-28 revision (the Python SDK) asks its
@@ -1612,6 +1650,7 @@ async fn an_upstreams_input_required_is_relayed_under_one_admission() {
 [[resources.mcp]]
 name = "confirming"
 command = ["python3", "{}"]
+roots = ["file:///srv/shared"]
 "#,
         server.display()
     );
@@ -1673,6 +1712,51 @@ permit(principal, action == Action::"mcp.call", resource == Resource::"confirmin
     assert_eq!(r["state"], "executed", "{r}");
     let grants = m.audit_events("event=grant_used").await;
     assert_eq!(grants.len(), 1, "{grants:?}");
+    // The question and how it was answered are on record, not the answer.
+    let relayed = m.audit_events("event=relayed").await;
+    assert!(
+        relayed
+            .iter()
+            .any(|r| r["operation"] == "elicitation/create"
+                && r["outcome"]
+                    .as_str()
+                    .unwrap()
+                    .contains("accept with fields [sure]")),
+        "{relayed:?}"
+    );
+
+    // An upstream that asks for roots hears the configured ones, never the
+    // client's (which would widen what a filesystem server may touch); the
+    // client is not even asked.
+    let roots = json!({"op": "call_once", "tool": "confirming__allowed_roots", "args": {}});
+    let mut roots_answer = roots.clone();
+    roots_answer["state"] = json!({"from": 0});
+    roots_answer["respond"] = json!(0);
+    let out = run_client(
+        json!({"transport": "http", "url": m.url(), "token": m.g.agent_token,
+                                "discover": true, "answers": {"roots": ["file:///"]},
+                                "steps": [roots.clone()]}),
+    )
+    .await;
+    assert_eq!(out[1]["result_type"], "input_required", "{}", out[1]);
+    let id = m.pending_request().await["id"].as_str().unwrap().to_owned();
+    let (status, v) = m.g.approve(BOB, &id).await;
+    assert_eq!(status, 200, "{v}");
+    let mut resume = roots.clone();
+    resume["state"] = out[1]["state"].clone();
+    let out = run_client(
+        json!({"transport": "http", "url": m.url(), "token": m.g.agent_token,
+                                "discover": true, "answers": {"roots": ["file:///"]},
+                                "steps": [resume, roots_answer]}),
+    )
+    .await;
+    assert_eq!(out[1]["result_type"], "input_required", "{}", out[1]);
+    assert!(
+        out[1]["requests"].as_object().unwrap().is_empty(),
+        "the client is not asked for roots: {}",
+        out[1]
+    );
+    assert_eq!(out[2]["text"], "roots: file:///srv/shared", "{}", out[2]);
 }
 
 /// The official TypeScript SDK as the client (npm

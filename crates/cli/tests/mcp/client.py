@@ -155,7 +155,9 @@ async def run(script):
                                     stop_reason="endTurn",
                                 )
                             else:
-                                responses[key] = types.ListRootsResult(roots=[])
+                                responses[key] = types.ListRootsResult(
+                                    roots=[types.Root(uri=u) for u in (answers or {}).get("roots", [])]
+                                )
                     r = await session.call_tool(
                         step["tool"],
                         step.get("args") or {},

@@ -6,6 +6,8 @@ tests of multi-round calls. Over stdio.
 `drop_table(table)` answers `input_required` (an elicitation keyed
 "confirm", with its own requestState "asked:TABLE") until the client's
 retry carries the answer and that state; then it reports what it did.
+`allowed_roots()` asks for the client's roots the same way and reports
+the ones it was given.
 """
 
 import mcp_types as t
@@ -40,6 +42,20 @@ async def drop_table(table: str, ctx: Context) -> str | t.InputRequiredResult:
     content = answer.get("content") if isinstance(answer, dict) else getattr(answer, "content", None)
     sure = bool((content or {}).get("sure"))
     return f"dropped {table}" if sure else f"kept {table}"
+
+
+@app.tool()
+async def allowed_roots(ctx: Context) -> str | t.InputRequiredResult:
+    answer = (ctx.input_responses or {}).get("roots")
+    if answer is None:
+        return t.InputRequiredResult(
+            result_type="input_required",
+            input_requests={"roots": t.ListRootsRequest(method="roots/list")},
+            request_state="asked:roots",
+        )
+    roots = answer.get("roots") if isinstance(answer, dict) else getattr(answer, "roots", [])
+    uris = [r.get("uri") if isinstance(r, dict) else str(r.uri) for r in roots or []]
+    return "roots: " + " ".join(uris)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,10 @@ pub(crate) struct ClientCall {
 pub(crate) struct LaterRound {
     pub input_responses: Option<InputResponses>,
     pub upstream_state: Option<String>,
+    /// Rounds of input this call took before (0 for a first round), and
+    /// the deadline its first round set.
+    pub earlier: u32,
+    pub expires: Option<std::time::Instant>,
 }
 
 /// How a forwarded call ended for now.
@@ -254,7 +258,13 @@ pub(crate) async fn read_resource(
             }
             other => other,
         });
-    permitted.finish(result_outcome(&result, "read"));
+    let what = match &result {
+        Ok(ReadResourceResponse::InputRequired(_)) => {
+            "not read yet: the upstream asked the client for input"
+        }
+        _ => "read",
+    };
+    permitted.finish(result_outcome(&result, what));
     result
 }
 
@@ -279,7 +289,13 @@ pub(crate) async fn get_prompt(
             }
             other => other,
         });
-    permitted.finish(result_outcome(&result, "prompt"));
+    let what = match &result {
+        Ok(GetPromptResponse::InputRequired(_)) => {
+            "not rendered yet: the upstream asked the client for input"
+        }
+        _ => "prompt",
+    };
+    permitted.finish(result_outcome(&result, what));
     result
 }
 

@@ -74,6 +74,30 @@ pub(crate) struct Hub {
     /// Which lists changed at some upstream, as its supervisor heard:
     /// what `subscriptions/listen` streams (2026-07-28) relay.
     pub lists: tokio::sync::broadcast::Sender<ListKind>,
+    /// Open `subscriptions/listen` streams per principal.
+    listening: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// `subscriptions/listen` streams one principal may hold open.
+const LISTEN_STREAMS_PER_PRINCIPAL: usize = 8;
+
+/// One open `subscriptions/listen` stream of a principal; released when
+/// dropped.
+pub(crate) struct ListenSlot {
+    listening: Arc<Mutex<HashMap<String, usize>>>,
+    principal: String,
+}
+
+impl Drop for ListenSlot {
+    fn drop(&mut self) {
+        let mut listening = self.listening.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = listening.get_mut(&self.principal) {
+            *n -= 1;
+            if *n == 0 {
+                listening.remove(&self.principal);
+            }
+        }
+    }
 }
 
 /// One of the lists an upstream offers.
@@ -85,6 +109,22 @@ pub(crate) enum ListKind {
 }
 
 impl Hub {
+    /// A place for one more `subscriptions/listen` stream of `principal`.
+    pub(crate) fn listen_slot(&self, principal: &str) -> Result<ListenSlot, String> {
+        let mut listening = self.listening.lock().unwrap_or_else(|p| p.into_inner());
+        let held = listening.entry(principal.to_owned()).or_default();
+        if *held >= LISTEN_STREAMS_PER_PRINCIPAL {
+            return Err(format!(
+                "you already hold {held} subscriptions/listen streams (at most {LISTEN_STREAMS_PER_PRINCIPAL}); close one"
+            ));
+        }
+        *held += 1;
+        Ok(ListenSlot {
+            listening: self.listening.clone(),
+            principal: principal.to_owned(),
+        })
+    }
+
     /// Compares the names the upstreams offer as clients see them, from
     /// the supervisors' listings, and logs any name two of them claim.
     pub(crate) fn check_names(&self) {
@@ -196,6 +236,7 @@ impl McpGateway {
                 collisions: Mutex::new(Vec::new()),
                 rounds: rounds::Rounds::default(),
                 lists: tokio::sync::broadcast::channel(64).0,
+                listening: Arc::default(),
             }),
         })
     }
@@ -696,10 +737,17 @@ async fn check_json_rpc(request: Request, next: Next) -> Response {
     if let Err(why) = headers_agree(&parts.headers, method, object.get("params")) {
         return bad_message(id, -32020, &format!("Header mismatch: {why}"));
     }
+    let stateless = names_stateless_revision(object.get("params"));
+    if stateless && parts.headers.contains_key(SESSION_HEADER) {
+        return bad_message(
+            id,
+            -32600,
+            "Invalid Request: a request of protocol revision 2026-07-28 has no session; send it without Mcp-Session-Id",
+        );
+    }
     if let Some(m) = method
         && REMOVED_IN_STATELESS.contains(&m)
-        && parts.headers.get(SESSION_HEADER).is_none()
-        && names_stateless_revision(object.get("params"))
+        && stateless
     {
         return (
             http::StatusCode::NOT_FOUND,

@@ -13,22 +13,42 @@
 //!   approved call would otherwise need a second approval to hear the
 //!   client's answer).
 //!
+//! - a read or prompt of a 2026-07-28 upstream asked for input: each round
+//!   is judged again as a read, and the round only carries the upstream's
+//!   questions and state.
+//!
 //! The `requestState` gavel hands out is an unguessable handle, never the
 //! state itself: what it stands for stays in this process, bound to the
-//! principal, the upstream, the tool and the exact admitted arguments, and
-//! is spent by its first use. The upstream's own `requestState` never
-//! reaches the client, so the client cannot swap it for another one.
+//! principal, the upstream, the target (tool, prompt or resource) and a
+//! digest of the exact admitted arguments, and is spent by its first use.
+//! The upstream's own `requestState` never reaches the client, so the
+//! client cannot swap it for another one. The upstream's questions are
+//! kept too ([`Asked`]): only answers to them reach the upstream, each
+//! checked for its kind and recorded, and roots are always gavel's own.
+
+// Sampling is deprecated in the 2026-07-28 revision, yet its answers are
+// what an upstream may ask for there.
+#![allow(deprecated)]
 
 use gavel_core::{Outcome, Permitted, RequestId};
-use std::collections::HashMap;
+use rmcp::model::{CreateMessageResult, ElicitResult, InputRequests, InputResponses};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How long a client has to come back with its next round.
+/// How long a call may span rounds, from its first: a client that keeps
+/// answering does not keep an admission open for longer.
 pub(crate) const ROUND_LIFETIME: Duration = Duration::from_secs(600);
 
 /// Open rounds one principal may hold; the oldest ends first.
-const PER_PRINCIPAL: usize = 64;
+const PER_PRINCIPAL: usize = 32;
+
+/// Open rounds of the whole gateway; the oldest ends first.
+const IN_ALL: usize = 4_096;
+
+/// Rounds of input one admitted call may take.
+pub(crate) const MAX_INPUT_ROUNDS: u32 = 16;
 
 /// The prefix of every handle gavel hands out, so a `requestState` that is
 /// not one of gavel's is told apart from one that expired.
@@ -38,47 +58,179 @@ const HANDLE_PREFIX: &str = "gavel-round-";
 pub(crate) enum Next {
     /// A human's decision on `request`; the next round is judged again.
     Approval { request: RequestId },
-    /// The client's answers to the upstream's questions; the next round is
-    /// forwarded under `permitted`, with the upstream's own state.
+    /// The client's answers to the upstream's questions (`asked`); the
+    /// next round is forwarded under `permitted`, with the upstream's own
+    /// state. `round` counts the rounds so far.
     Input {
         permitted: Box<Permitted>,
         upstream_state: Option<String>,
+        asked: Asked,
+        round: u32,
     },
+    /// The client's answers to a read's or prompt's questions; the next
+    /// round is judged again.
+    ReadInput {
+        upstream_state: Option<String>,
+        asked: Asked,
+    },
+}
+
+/// The questions an upstream asked in one round: key → method.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Asked(BTreeMap<String, String>);
+
+/// One answer for the upstream, and the line a record keeps of it.
+pub(crate) struct Answered {
+    pub method: String,
+    pub summary: String,
+}
+
+impl Asked {
+    /// Splits an upstream's questions: those for the client, which are
+    /// relayed, and `roots/list`, which gavel answers itself from the
+    /// configuration (a client's roots would widen what a filesystem
+    /// server may touch). Remembers every question's key and method.
+    pub(crate) fn split(requests: Option<InputRequests>) -> (Option<InputRequests>, Asked) {
+        let Some(requests) = requests else {
+            return (None, Asked::default());
+        };
+        let mut asked = BTreeMap::new();
+        let mut relayed = InputRequests::new();
+        for (key, request) in requests {
+            let method = serde_json::to_value(&request)
+                .ok()
+                .and_then(|v| v.get("method").and_then(|m| m.as_str().map(str::to_owned)))
+                .unwrap_or_default();
+            if method != "roots/list" {
+                relayed.insert(key.clone(), request);
+            }
+            asked.insert(key, method);
+        }
+        let relayed = (!relayed.is_empty()).then_some(relayed);
+        (relayed, Asked(asked))
+    }
+
+    /// The answers the upstream gets: the client's answer to each question
+    /// it was asked, if it is an answer of that kind, and the configured
+    /// `roots` for each `roots/list`. Answers to questions that were not
+    /// asked are dropped; an answer of the wrong kind is an error.
+    pub(crate) fn answers(
+        &self,
+        from_client: Option<InputResponses>,
+        roots: &[String],
+    ) -> Result<(Option<InputResponses>, Vec<Answered>), String> {
+        let mut from_client = from_client.unwrap_or_default();
+        let mut answers = InputResponses::new();
+        let mut lines = Vec::new();
+        for (key, method) in &self.0 {
+            if method == "roots/list" {
+                let roots: Vec<_> = roots
+                    .iter()
+                    .map(|uri| serde_json::json!({ "uri": uri }))
+                    .collect();
+                lines.push(Answered {
+                    method: method.clone(),
+                    summary: format!(
+                        "answered by gavel with the {} configured root(s), never the client's",
+                        roots.len()
+                    ),
+                });
+                answers.insert(key.clone(), serde_json::json!({ "roots": roots }));
+                continue;
+            }
+            let Some(answer) = from_client.remove(key) else {
+                continue;
+            };
+            let summary = match method.as_str() {
+                "elicitation/create" => {
+                    let r: ElicitResult = serde_json::from_value(answer.clone()).map_err(|_| {
+                        format!("inputResponses[{key:?}] is not an elicitation result")
+                    })?;
+                    // Field names only: an elicitation may ask for a secret.
+                    let fields = r
+                        .content
+                        .as_ref()
+                        .and_then(|c| c.as_object())
+                        .map(|c| c.keys().cloned().collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default();
+                    let action = serde_json::to_value(&r.action)
+                        .ok()
+                        .and_then(|a| a.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    format!("the client answered {action} with fields [{fields}]")
+                }
+                "sampling/createMessage" => {
+                    let r: CreateMessageResult = serde_json::from_value(answer.clone())
+                        .map_err(|_| format!("inputResponses[{key:?}] is not a sampling result"))?;
+                    let text = serde_json::to_value(&r.message.content)
+                        .ok()
+                        .and_then(|c| c.get("text").and_then(|t| t.as_str().map(str::len)))
+                        .unwrap_or(0);
+                    format!(
+                        "the client answered with model {:?}, {text} characters of text",
+                        r.model
+                    )
+                }
+                other => {
+                    return Err(format!(
+                        "the upstream asked {other:?}, which gavel does not relay"
+                    ));
+                }
+            };
+            lines.push(Answered {
+                method: method.clone(),
+                summary,
+            });
+            answers.insert(key.clone(), answer);
+        }
+        Ok(((!answers.is_empty()).then_some(answers), lines))
+    }
+}
+
+/// A digest of arguments as admitted: what a later round must match.
+pub(crate) fn digest(args: &serde_json::Value) -> [u8; 32] {
+    Sha256::digest(args.to_string().as_bytes()).into()
 }
 
 /// One open round: who may continue it, and with what call.
 pub(crate) struct Round {
     pub principal: String,
     pub upstream: String,
-    pub tool: String,
-    /// The arguments as admitted (after normalization): the next round
-    /// must carry the same.
-    pub args: serde_json::Value,
+    /// What the call names: `tool:NAME`, `prompt:NAME`, `resource:URI`.
+    pub target: String,
+    /// [`digest`] of the arguments as admitted (after normalization): the
+    /// next round must carry the same.
+    args: [u8; 32],
     pub next: Next,
-    expires: Instant,
+    /// When the call's first round began plus [`ROUND_LIFETIME`]; later
+    /// rounds keep it.
+    pub expires: Instant,
 }
 
 impl Round {
+    /// A round of a call whose first round began now, or that ends at
+    /// `expires` (a later round of the same call).
     pub(crate) fn new(
         principal: String,
         upstream: String,
-        tool: String,
-        args: serde_json::Value,
+        target: String,
+        args: &serde_json::Value,
         next: Next,
+        expires: Option<Instant>,
     ) -> Round {
         Round {
             principal,
             upstream,
-            tool,
-            args,
+            target,
+            args: digest(args),
             next,
-            expires: Instant::now() + ROUND_LIFETIME,
+            expires: expires.unwrap_or_else(|| Instant::now() + ROUND_LIFETIME),
         }
     }
 
     /// Ends a round nobody continued: an admitted call that was forwarded
     /// and then abandoned is recorded as such.
-    fn abandon(self, why: &str) {
+    pub(crate) fn abandon(self, why: &str) {
         if let Next::Input { permitted, .. } = self.next {
             (*permitted).finish(Outcome::Failed {
                 detail: format!(
@@ -138,16 +290,18 @@ impl Rounds {
         let mut ended = Vec::new();
         {
             let mut open = self.lock();
-            let mut mine: Vec<(Instant, String)> = open
-                .iter()
-                .filter(|(_, r)| r.principal == round.principal)
-                .map(|(h, r)| (r.expires, h.clone()))
-                .collect();
-            if mine.len() >= PER_PRINCIPAL {
-                mine.sort();
-                for (_, h) in mine.iter().take(mine.len() + 1 - PER_PRINCIPAL) {
-                    if let Some(r) = open.remove(h) {
-                        ended.push(r);
+            for (limit, mine_only) in [(PER_PRINCIPAL, true), (IN_ALL, false)] {
+                let mut held: Vec<(Instant, String)> = open
+                    .iter()
+                    .filter(|(_, r)| !mine_only || r.principal == round.principal)
+                    .map(|(h, r)| (r.expires, h.clone()))
+                    .collect();
+                if held.len() >= limit {
+                    held.sort();
+                    for (_, h) in held.iter().take(held.len() + 1 - limit) {
+                        if let Some(r) = open.remove(h) {
+                            ended.push(r);
+                        }
                     }
                 }
             }
@@ -160,14 +314,14 @@ impl Rounds {
     }
 
     /// Takes the round `handle` stands for, for `principal`, `upstream`,
-    /// `tool` and exactly `args`. Spent either way: a handle is good for
+    /// `target` and exactly `args`. Spent either way: a handle is good for
     /// one try.
     pub(crate) fn take(
         &self,
         handle: &str,
         principal: &str,
         upstream: &str,
-        tool: &str,
+        target: &str,
         args: &serde_json::Value,
     ) -> Result<Round, Refused> {
         if !handle.starts_with(HANDLE_PREFIX) {
@@ -180,8 +334,8 @@ impl Rounds {
         }
         if round.principal != principal
             || round.upstream != upstream
-            || round.tool != tool
-            || &round.args != args
+            || round.target != target
+            || round.args != digest(args)
         {
             round.abandon("the next round was for another call");
             return Err(Refused::Mismatch);
@@ -216,15 +370,52 @@ impl Rounds {
 mod tests {
     use super::*;
 
+    fn questions(json: serde_json::Value) -> InputRequests {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn roots_are_answered_from_the_configuration_and_unasked_answers_dropped() {
+        let (relayed, asked) = Asked::split(Some(questions(serde_json::json!({
+            "r": {"method": "roots/list"},
+            "e": {"method": "elicitation/create", "params": {"message": "name?",
+                  "requestedSchema": {"type": "object", "properties": {}}}},
+        }))));
+        let relayed = relayed.unwrap();
+        assert_eq!(relayed.keys().collect::<Vec<_>>(), ["e"]);
+        let client = serde_json::from_value(serde_json::json!({
+            "r": {"roots": [{"uri": "file:///"}]},
+            "e": {"action": "accept", "content": {"password": "hunter2"}},
+            "x": {"anything": true},
+        }))
+        .unwrap();
+        let (answers, lines) = asked
+            .answers(Some(client), &["file:///srv".into()])
+            .unwrap();
+        let answers = answers.unwrap();
+        assert_eq!(
+            answers["r"],
+            serde_json::json!({"roots": [{"uri": "file:///srv"}]})
+        );
+        assert!(answers.contains_key("e") && !answers.contains_key("x"));
+        let text: Vec<_> = lines.iter().map(|l| l.summary.clone()).collect();
+        assert!(text.iter().any(|l| l.contains("[password]")), "{text:?}");
+        assert!(text.iter().all(|l| !l.contains("hunter2")), "{text:?}");
+        // An answer of the wrong kind is refused.
+        let wrong = serde_json::from_value(serde_json::json!({"e": {"roots": []}})).unwrap();
+        assert!(asked.answers(Some(wrong), &[]).is_err());
+    }
+
     fn round(principal: &str, args: serde_json::Value) -> Round {
         Round::new(
             principal.into(),
             "up".into(),
             "tool".into(),
-            args,
+            &args,
             Next::Approval {
                 request: RequestId("r".into()),
             },
+            None,
         )
     }
 
@@ -274,6 +465,10 @@ mod tests {
         }
         rounds.park(round("agent:b", serde_json::json!({})));
         assert_eq!(rounds.len(), PER_PRINCIPAL + 1);
+        for i in 0..IN_ALL {
+            rounds.park(round(&format!("agent:{i}"), serde_json::json!({})));
+        }
+        assert_eq!(rounds.len(), IN_ALL);
         assert_eq!(
             rounds
                 .take(&first, "agent:a", "up", "tool", &serde_json::json!({}))

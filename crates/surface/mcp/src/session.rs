@@ -8,7 +8,7 @@
 
 use crate::forward::{self, ClientCall, Forwarded, LaterRound, excerpt};
 use crate::link::{Client, Link};
-use crate::rounds::{Next, Round};
+use crate::rounds::{Asked, MAX_INPUT_ROUNDS, Next, Round};
 use crate::upstream::{Generation, Offer};
 use crate::{Caller, Hub, ListKind, SEPARATOR, Upstream};
 use gavel_core::{
@@ -382,6 +382,13 @@ fn waiting_meta(hub: &Hub, request: &ApprovalRequest) -> rmcp::model::MetaObject
     meta
 }
 
+/// An upstream's `_meta` without keys in gavel's own namespace, so an
+/// upstream cannot pass off, say, an approval link as gavel's.
+fn without_gavel_keys(mut meta: rmcp::model::MetaObject) -> rmcp::model::MetaObject {
+    meta.0.retain(|key, _| !key.starts_with("gavel/"));
+    meta
+}
+
 /// A refusal as the text a client reads: for a held call, what to do next.
 fn refusal_text(hub: &Hub, refusal: &Refusal) -> String {
     let message = refusal.message(&hub.public_url);
@@ -476,13 +483,22 @@ impl Session {
         if let Some(id) = session_id {
             let _ = self.links.session_id.set(id);
         }
-        if stateless {
+        let capabilities = if stateless {
+            // What an upstream may ask of this client, and nothing else:
+            // the pool is keyed by it, so a client varying the rest of its
+            // claims cannot make every request open new connections.
+            let mut asked_of = rmcp::model::ClientCapabilities::default();
+            asked_of.sampling = capabilities.sampling;
+            asked_of.elicitation = capabilities.elicitation;
             let _ = self.links.pooled.set(format!(
                 "{}|{}",
                 crate::link::session_key(&caller.principal),
-                serde_json::to_string(&capabilities).unwrap_or_default()
+                serde_json::to_string(&asked_of).unwrap_or_default()
             ));
-        }
+            asked_of
+        } else {
+            capabilities
+        };
         let _ = self.links.client.set(Arc::new(Client::new(
             context.peer.clone(),
             caller.principal.clone(),
@@ -552,9 +568,11 @@ impl Session {
         }
     }
 
-    /// Forwards an admitted call (or its later round) and answers the
-    /// client: an upstream's `input_required` keeps the admission open
-    /// for the client's next round, behind a handle of gavel's own.
+    /// Forwards an admitted call (or its later round, `continuing`) and
+    /// answers the client: an upstream's `input_required` keeps the
+    /// admission open for the client's next round, behind a handle of
+    /// gavel's own, within the call's first deadline and
+    /// [`MAX_INPUT_ROUNDS`].
     async fn forward_call(
         &self,
         permitted: Permitted,
@@ -571,26 +589,40 @@ impl Session {
             });
             return Ok(tool_error(format!("gavel: {detail}; try again shortly")));
         }
+        let (number, expires) = (round.earlier + 1, round.expires);
         match forward::call_tool(permitted, &link.forwarder(), client, round, &context.ct).await {
             Forwarded::Answered(result) => result.map_err(service_error),
             Forwarded::CancelledByClient => {
                 Err(McpError::internal_error("cancelled by the client", None))
             }
             Forwarded::NeedsInput(asked, permitted) if speaks_stateless(context) => {
-                let tool = permitted.action().operation.clone();
+                if number > MAX_INPUT_ROUNDS {
+                    let detail = format!(
+                        "the upstream asked for input more than {MAX_INPUT_ROUNDS} times in one call"
+                    );
+                    permitted.finish(Outcome::Failed {
+                        detail: detail.clone(),
+                    });
+                    return Ok(tool_error(format!("gavel: {detail}; the call was ended")));
+                }
+                let target = format!("tool:{}", permitted.action().operation);
                 let principal = crate::link::session_key(&permitted.action().principal);
+                let (questions, kept) = Asked::split(asked.input_requests);
                 let handle = self.hub.rounds.park(Round::new(
                     principal,
                     link.upstream.name.clone(),
-                    tool,
-                    args,
+                    target,
+                    &args,
                     Next::Input {
                         permitted,
-                        upstream_state: asked.request_state.clone(),
+                        upstream_state: asked.request_state,
+                        asked: kept,
+                        round: number,
                     },
+                    expires,
                 ));
-                let mut relayed = InputRequiredResult::new(asked.input_requests, Some(handle));
-                relayed.meta = asked.meta;
+                let mut relayed = InputRequiredResult::new(questions, Some(handle));
+                relayed.meta = asked.meta.map(without_gavel_keys);
                 Ok(CallToolResponse::InputRequired(relayed))
             }
             Forwarded::NeedsInput(_, permitted) => {
@@ -603,6 +635,113 @@ impl Session {
                 Ok(tool_error(format!("gavel: {detail}")))
             }
         }
+    }
+
+    /// The upstream's answers for one round of a call the client continues:
+    /// checked against the questions asked, recorded, roots gavel's own.
+    async fn answer_round(
+        &self,
+        link: &Link,
+        class: ActionClass,
+        asked: &Asked,
+        from_client: Option<rmcp::model::InputResponses>,
+    ) -> Result<Option<rmcp::model::InputResponses>, McpError> {
+        let (answers, lines) = asked
+            .answers(from_client, &link.upstream.roots)
+            .map_err(|e| McpError::invalid_params(e, None))?;
+        for line in lines {
+            crate::link::record_relayed(
+                &link.client,
+                &link.upstream.resource,
+                class,
+                &line.method,
+                line.summary,
+            )
+            .await?;
+        }
+        Ok(answers)
+    }
+
+    /// The questions and upstream state of the round a read or prompt
+    /// continues (`handle`, gavel's), or none for a first round.
+    fn earlier_read_round(
+        &self,
+        caller: &Caller,
+        upstream: &Upstream,
+        target: &str,
+        args: &serde_json::Value,
+        handle: Option<&str>,
+    ) -> Result<Option<(Option<String>, Asked)>, McpError> {
+        let Some(handle) = handle else {
+            return Ok(None);
+        };
+        let principal = crate::link::session_key(&caller.principal);
+        let round = self
+            .hub
+            .rounds
+            .take(handle, &principal, &upstream.name, target, args)
+            .map_err(|refused| McpError::invalid_params(refused.message(), None))?;
+        let mismatch =
+            || McpError::invalid_params(crate::rounds::Refused::Mismatch.message(), None);
+        if !matches!(round.next, Next::ReadInput { .. }) {
+            round.abandon("the next round was for another call");
+            return Err(mismatch());
+        }
+        match round.next {
+            Next::ReadInput {
+                upstream_state,
+                asked,
+            } => Ok(Some((upstream_state, asked))),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// What a read's later round sends the upstream: its state, and the
+    /// client's answers to its questions (checked and recorded).
+    async fn read_round(
+        &self,
+        link: &Link,
+        earlier: Option<(Option<String>, Asked)>,
+        from_client: Option<rmcp::model::InputResponses>,
+    ) -> Result<LaterRound, McpError> {
+        let Some((upstream_state, asked)) = earlier else {
+            return Ok(LaterRound::default());
+        };
+        let input_responses = self
+            .answer_round(link, ActionClass::McpRead, &asked, from_client)
+            .await?;
+        Ok(LaterRound {
+            input_responses,
+            upstream_state,
+            ..LaterRound::default()
+        })
+    }
+
+    /// Keeps a read's or prompt's `input_required` round and answers the
+    /// client with gavel's handle in place of the upstream's state.
+    fn park_read_round(
+        &self,
+        caller: &Caller,
+        upstream: &Upstream,
+        target: String,
+        args: &serde_json::Value,
+        asked: InputRequiredResult,
+    ) -> InputRequiredResult {
+        let (questions, kept) = Asked::split(asked.input_requests);
+        let handle = self.hub.rounds.park(Round::new(
+            crate::link::session_key(&caller.principal),
+            upstream.name.clone(),
+            target,
+            args,
+            Next::ReadInput {
+                upstream_state: asked.request_state,
+                asked: kept,
+            },
+            None,
+        ));
+        let mut relayed = InputRequiredResult::new(questions, Some(handle));
+        relayed.meta = asked.meta.map(without_gavel_keys);
+        relayed
     }
 
     fn remember(&self, line: String) -> Vec<String> {
@@ -829,11 +968,23 @@ impl ServerHandler for Session {
     /// upstreams' supervisors hear, until the client lets go. A lagging
     /// stream hears that every list changed.
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
-        self.caller(context.request_context())?;
+        let caller = self.caller(context.request_context())?;
+        let _listening = self
+            .hub
+            .listen_slot(&crate::link::session_key(&caller.principal))
+            .map_err(|e| McpError::invalid_request(e, None))?;
         let mut changes = self.hub.lists.subscribe();
+        // A principal that falls stops hearing anything.
+        let mut standing = tokio::time::interval(Duration::from_secs(2));
         loop {
             let kinds = tokio::select! {
                 () = context.cancelled() => return Ok(()),
+                _ = standing.tick() => {
+                    if !self.hub.gate.in_good_standing(&caller.principal) {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 change = changes.recv() => match change {
                     Ok(kind) => vec![kind],
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
@@ -999,26 +1150,65 @@ impl ServerHandler for Session {
                 .or_else(|| meta.get_progress_token()),
         };
         let principal = crate::link::session_key(&caller.principal);
+        let target = format!("tool:{tool_name}");
         // A later round of a call this gateway answered `input_required`
         // for: continued under its admission, or judged again.
         if let Some(handle) = request.request_state.as_deref() {
             let round = self
                 .hub
                 .rounds
-                .take(handle, &principal, &upstream.name, &tool_name, &args_json)
+                .take(handle, &principal, &upstream.name, &target, &args_json)
                 .map_err(|refused| McpError::invalid_params(refused.message(), None))?;
+            let expires = round.expires;
             match round.next {
                 Next::Input {
                     permitted,
                     upstream_state,
+                    asked,
+                    round: number,
                 } => {
+                    if !self.hub.gate.in_good_standing(&caller.principal) {
+                        let refusal = Refusal::Revoked {
+                            principal: caller.principal.qualified_id(),
+                        };
+                        permitted.finish(Outcome::Failed {
+                            detail: "not continued: the principal is no longer in good standing"
+                                .into(),
+                        });
+                        return Ok(tool_error(refusal_text(&self.hub, &refusal)));
+                    }
+                    let answers = match self
+                        .answer_round(
+                            &link,
+                            ActionClass::McpCall,
+                            &asked,
+                            request.input_responses.clone(),
+                        )
+                        .await
+                    {
+                        Ok(a) => a,
+                        Err(e) => {
+                            permitted.finish(Outcome::Failed {
+                                detail: format!("not continued: {}", e.message),
+                            });
+                            return Err(e);
+                        }
+                    };
                     let later = LaterRound {
-                        input_responses: request.input_responses.clone(),
+                        input_responses: answers,
                         upstream_state,
+                        earlier: number,
+                        expires: Some(expires),
                     };
                     return self
                         .forward_call(*permitted, &link, client, later, &context, args_json)
                         .await;
+                }
+                Next::ReadInput { .. } => {
+                    return Err(McpError::invalid_params(
+                        crate::rounds::Refused::Mismatch.message(),
+                        None,
+                    ));
                 }
                 // Decided against while the client was away: it hears
                 // so, rather than filing the same request again.
@@ -1068,11 +1258,12 @@ impl ServerHandler for Session {
                 let handle = self.hub.rounds.park(Round::new(
                     principal,
                     upstream.name.clone(),
-                    tool_name.to_string(),
-                    args_json,
+                    target,
+                    &args_json,
                     Next::Approval {
                         request: request.id.clone(),
                     },
+                    None,
                 ));
                 return Ok(CallToolResponse::InputRequired(
                     InputRequiredResult::from_request_state(handle)
@@ -1146,14 +1337,28 @@ impl ServerHandler for Session {
             serde_json::Value::Object(Default::default()),
             intent,
         );
+        let target = format!("resource:{uri}");
+        let args = serde_json::json!({});
+        let earlier = self.earlier_read_round(
+            &caller,
+            &upstream,
+            &target,
+            &args,
+            request.request_state.as_deref(),
+        )?;
         let (permitted, forwarder) = self.admit_read(action, &link, &context, &meta).await?;
-        let round = LaterRound {
-            input_responses: request.input_responses,
-            upstream_state: request.request_state,
-        };
-        forward::read_resource(permitted, &forwarder, round)
+        let round = self
+            .read_round(&link, earlier, request.input_responses)
+            .await?;
+        match forward::read_resource(permitted, &forwarder, round)
             .await
-            .map_err(service_error)
+            .map_err(service_error)?
+        {
+            ReadResourceResponse::InputRequired(asked) => Ok(ReadResourceResponse::InputRequired(
+                self.park_read_round(&caller, &upstream, target, &args, asked),
+            )),
+            done => Ok(done),
+        }
     }
 
     async fn subscribe(
@@ -1269,6 +1474,7 @@ impl ServerHandler for Session {
         let meta = request_meta(&context, request.meta.as_ref());
         let intent = take_intent(&meta, &mut None, None);
         let args = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
+        let args_for_round = args.clone();
         let action = self.action(
             &caller,
             &upstream,
@@ -1277,14 +1483,27 @@ impl ServerHandler for Session {
             args,
             intent,
         );
+        let target = format!("prompt:{prompt}");
+        let earlier = self.earlier_read_round(
+            &caller,
+            &upstream,
+            &target,
+            &args_for_round,
+            request.request_state.as_deref(),
+        )?;
         let (permitted, forwarder) = self.admit_read(action, &link, &context, &meta).await?;
-        let round = LaterRound {
-            input_responses: request.input_responses,
-            upstream_state: request.request_state,
-        };
-        forward::get_prompt(permitted, &forwarder, round)
+        let round = self
+            .read_round(&link, earlier, request.input_responses)
+            .await?;
+        match forward::get_prompt(permitted, &forwarder, round)
             .await
-            .map_err(service_error)
+            .map_err(service_error)?
+        {
+            GetPromptResponse::InputRequired(asked) => Ok(GetPromptResponse::InputRequired(
+                self.park_read_round(&caller, &upstream, target, &args_for_round, asked),
+            )),
+            done => Ok(done),
+        }
     }
 
     async fn complete(
