@@ -1649,10 +1649,15 @@ async fn an_upstreams_input_required_is_relayed_under_one_admission() {
         r#"
 [[resources.mcp]]
 name = "confirming"
-command = ["python3", "{}"]
+command = ["python3", "{server}"]
 roots = ["file:///srv/shared"]
+
+[[resources.mcp]]
+name = "modern"
+command = ["python3", "{server}"]
+env = {{ MODERN_ONLY = "1" }}
 "#,
-        server.display()
+        server = server.display()
     );
     let data = tempfile::tempdir().unwrap();
     let policies = r#"
@@ -1757,6 +1762,39 @@ permit(principal, action == Action::"mcp.call", resource == Resource::"confirmin
         out[1]
     );
     assert_eq!(out[2]["text"], "roots: file:///srv/shared", "{}", out[2]);
+
+    // An upstream that speaks only 2026-07-28 serves a 2025-11-25 session
+    // client too: its question reaches the client as a server request on
+    // the call's stream, the answer goes back, and the call completes.
+    m.g.write_policy_and_wait(
+        "modern.cedar",
+        "@id(\"modern-drops\") permit(principal, action == Action::\"mcp.call\", resource == Resource::\"modern\");",
+    )
+    .await;
+    let out = run_client(json!({
+        "transport": "http", "url": m.url(), "token": m.g.agent_token,
+        "answers": {"elicitation": {"sure": true}},
+        "steps": [{"op": "call", "tool": "modern__drop_table", "args": {"table": "orders"}}],
+    }))
+    .await;
+    assert_eq!(out[0]["text"], "dropped orders", "{}", out[0]);
+    let asked = out[0]["asked"].as_array().cloned().unwrap_or_default();
+    assert!(
+        asked
+            .iter()
+            .any(|a| a["elicitation"] == "Really drop orders?"),
+        "{}",
+        out[0]
+    );
+    let (_, ready) = m.g.get("/readyz", ALICE).await;
+    assert!(
+        ready["mcp_upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["name"] == "modern" && u["up"] == true),
+        "{ready}"
+    );
 }
 
 /// The official TypeScript SDK as the client (npm

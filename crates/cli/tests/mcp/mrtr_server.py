@@ -8,12 +8,26 @@ tests of multi-round calls. Over stdio.
 retry carries the answer and that state; then it reports what it did.
 `allowed_roots()` asks for the client's roots the same way and reports
 the ones it was given.
+
+With MODERN_ONLY=1 in its environment it refuses `initialize`: an
+upstream that speaks only 2026-07-28.
 """
+
+import os
 
 import mcp_types as t
 from mcp.server.mcpserver import Context, MCPServer
 
 app = MCPServer("confirming")
+
+if os.environ.get("MODERN_ONLY"):
+    from mcp.server.runner import ServerRunner
+    from mcp.shared.exceptions import MCPError
+
+    def _refuse_initialize(self, params):
+        raise MCPError(-32022, "this server speaks only protocol revision 2026-07-28", {"supported": ["2026-07-28"]})
+
+    ServerRunner._handle_initialize = _refuse_initialize
 
 
 @app.tool()

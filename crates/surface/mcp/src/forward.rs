@@ -84,6 +84,7 @@ impl Forwarder {
 
 /// The client's request a forwarded call answers: progress and the
 /// upstream's own requests during the call are relayed to it.
+#[derive(Clone)]
 pub(crate) struct ClientCall {
     pub id: RequestId,
     pub progress: Option<ProgressToken>,

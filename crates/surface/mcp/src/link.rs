@@ -347,6 +347,7 @@ impl CallGuard {
 
 /// gavel as the MCP client of one upstream on behalf of one client
 /// session: what the upstream says or asks goes to that client only.
+#[derive(Clone)]
 struct LinkEvents {
     upstream: String,
     /// The upstream as gavel's resource: what records of relays name.
@@ -398,39 +399,11 @@ impl LinkEvents {
     /// client request it belongs to, and relays a cancellation of it.
     async fn ask_client(
         &self,
-        mut request: ServerRequest,
+        request: ServerRequest,
         context: &RequestContext<RoleClient>,
     ) -> Result<ClientResult, McpError> {
-        if !self.client.in_good_standing() {
-            return Err(McpError::invalid_request(
-                "gavel: the client's principal is no longer in good standing",
-                None,
-            ));
-        }
-        if let Some(id) = self.originating(&context.extensions) {
-            request.extensions_mut().insert(OriginatingRequestId(id));
-        }
-        let peer = self.client.peer();
-        // A new task: rmcp would otherwise mark the request as coming from
-        // the upstream's request id, which means nothing to this client.
-        let sent = tokio::spawn(async move {
-            peer.send_request_with_option(request, PeerRequestOptions::no_options())
-                .await
-        })
-        .await
-        .map_err(|e| McpError::internal_error(format!("gavel: {e}"), None))?
-        .map_err(crate::session::service_error)?;
-        let mut handle = sent;
-        tokio::select! {
-            answer = &mut handle.rx => match answer {
-                Ok(result) => result.map_err(crate::session::service_error),
-                Err(_) => Err(McpError::internal_error("gavel: the client went away", None)),
-            },
-            _ = context.ct.cancelled() => {
-                let _ = handle.cancel(Some("cancelled by the upstream".into())).await;
-                Err(McpError::internal_error("cancelled", None))
-            }
-        }
+        let origin = self.originating(&context.extensions);
+        ask_client(&self.client, request, origin, &context.ct).await
     }
 
     async fn relist(
@@ -698,4 +671,45 @@ pub(crate) async fn record_relayed(
                 None,
             )
         })
+}
+
+/// Sends an upstream's request to `client`, on the stream of the client
+/// request `origin` (when known), and waits for the answer; `cancelled`
+/// withdraws it. Refused for a principal no longer in good standing.
+pub(crate) async fn ask_client(
+    client: &Client,
+    mut request: ServerRequest,
+    origin: Option<RequestId>,
+    cancelled: &tokio_util::sync::CancellationToken,
+) -> Result<ClientResult, McpError> {
+    if !client.in_good_standing() {
+        return Err(McpError::invalid_request(
+            "gavel: the client's principal is no longer in good standing",
+            None,
+        ));
+    }
+    if let Some(id) = origin {
+        request.extensions_mut().insert(OriginatingRequestId(id));
+    }
+    let peer = client.peer();
+    // A new task: rmcp would otherwise mark the request as coming from
+    // the upstream's request id, which means nothing to this client.
+    let sent = tokio::spawn(async move {
+        peer.send_request_with_option(request, PeerRequestOptions::no_options())
+            .await
+    })
+    .await
+    .map_err(|e| McpError::internal_error(format!("gavel: {e}"), None))?
+    .map_err(crate::session::service_error)?;
+    let mut handle = sent;
+    tokio::select! {
+        answer = &mut handle.rx => match answer {
+            Ok(result) => result.map_err(crate::session::service_error),
+            Err(_) => Err(McpError::internal_error("gavel: the client went away", None)),
+        },
+        _ = cancelled.cancelled() => {
+            let _ = handle.cancel(Some("cancelled".into())).await;
+            Err(McpError::internal_error("cancelled", None))
+        }
+    }
 }

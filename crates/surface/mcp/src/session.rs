@@ -589,32 +589,47 @@ impl Session {
             });
             return Ok(tool_error(format!("gavel: {detail}; try again shortly")));
         }
-        let (number, expires) = (round.earlier + 1, round.expires);
-        match forward::call_tool(permitted, &link.forwarder(), client, round, &context.ct).await {
-            Forwarded::Answered(result) => result.map_err(service_error),
-            Forwarded::CancelledByClient => {
-                Err(McpError::internal_error("cancelled by the client", None))
-            }
-            Forwarded::NeedsInput(asked, permitted) if speaks_stateless(context) => {
-                if number > MAX_INPUT_ROUNDS {
-                    let detail = format!(
-                        "the upstream asked for input more than {MAX_INPUT_ROUNDS} times in one call"
-                    );
-                    permitted.finish(Outcome::Failed {
-                        detail: detail.clone(),
-                    });
-                    return Ok(tool_error(format!("gavel: {detail}; the call was ended")));
+        let (mut permitted, mut round) = (permitted, round);
+        loop {
+            let (number, expires) = (round.earlier + 1, round.expires);
+            let asked = match forward::call_tool(
+                permitted,
+                &link.forwarder(),
+                client.clone(),
+                round,
+                &context.ct,
+            )
+            .await
+            {
+                Forwarded::Answered(result) => return result.map_err(service_error),
+                Forwarded::CancelledByClient => {
+                    return Err(McpError::internal_error("cancelled by the client", None));
                 }
+                Forwarded::NeedsInput(asked, p) => {
+                    permitted = *p;
+                    asked
+                }
+            };
+            if number > MAX_INPUT_ROUNDS {
+                let detail = format!(
+                    "the upstream asked for input more than {MAX_INPUT_ROUNDS} times in one call"
+                );
+                permitted.finish(Outcome::Failed {
+                    detail: detail.clone(),
+                });
+                return Ok(tool_error(format!("gavel: {detail}; the call was ended")));
+            }
+            let (questions, kept) = Asked::split(asked.input_requests);
+            if speaks_stateless(context) {
                 let target = format!("tool:{}", permitted.action().operation);
                 let principal = crate::link::session_key(&permitted.action().principal);
-                let (questions, kept) = Asked::split(asked.input_requests);
                 let handle = self.hub.rounds.park(Round::new(
                     principal,
                     link.upstream.name.clone(),
                     target,
                     &args,
                     Next::Input {
-                        permitted,
+                        permitted: Box::new(permitted),
                         upstream_state: asked.request_state,
                         asked: kept,
                         round: number,
@@ -623,17 +638,62 @@ impl Session {
                 ));
                 let mut relayed = InputRequiredResult::new(questions, Some(handle));
                 relayed.meta = asked.meta.map(without_gavel_keys);
-                Ok(CallToolResponse::InputRequired(relayed))
+                return Ok(CallToolResponse::InputRequired(relayed));
             }
-            Forwarded::NeedsInput(_, permitted) => {
-                let detail =
-                    "the upstream asked for input in a form only 2026-07-28 clients can answer"
-                        .to_owned();
-                permitted.finish(Outcome::Failed {
-                    detail: detail.clone(),
-                });
-                Ok(tool_error(format!("gavel: {detail}")))
+            // A session client behind an upstream of 2026-07-28: it is
+            // asked each question on its call's stream, as a 2025-11-25
+            // server would ask it, and the call goes on in the same task.
+            let mut from_client = rmcp::model::InputResponses::new();
+            for (key, question) in questions.unwrap_or_default() {
+                let request = match question {
+                    rmcp::model::InputRequest::CreateMessage(r) => {
+                        rmcp::model::ServerRequest::CreateMessageRequest(r)
+                    }
+                    rmcp::model::InputRequest::Elicitation(r) => {
+                        rmcp::model::ServerRequest::ElicitRequest(r)
+                    }
+                    // Roots are answered from the configuration.
+                    _ => continue,
+                };
+                let answer = match crate::link::ask_client(
+                    &link.client,
+                    request,
+                    Some(context.id.clone()),
+                    &context.ct,
+                )
+                .await
+                {
+                    Ok(a) => a,
+                    Err(e) => {
+                        permitted.finish(Outcome::Failed {
+                            detail: format!(
+                                "the client could not answer the upstream: {}",
+                                e.message
+                            ),
+                        });
+                        return Err(e);
+                    }
+                };
+                from_client.insert(key, serde_json::to_value(answer).unwrap_or_default());
             }
+            let answers = match self
+                .answer_round(link, ActionClass::McpCall, &kept, Some(from_client))
+                .await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    permitted.finish(Outcome::Failed {
+                        detail: format!("not continued: {}", e.message),
+                    });
+                    return Err(e);
+                }
+            };
+            round = LaterRound {
+                input_responses: answers,
+                upstream_state: asked.request_state,
+                earlier: number,
+                expires,
+            };
         }
     }
 

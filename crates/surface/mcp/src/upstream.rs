@@ -242,18 +242,46 @@ impl Upstream {
     /// (`input_required` results) reaches it; everyone else gets a session
     /// (`initialize`), over which the upstream's own requests and
     /// notifications travel.
-    pub(crate) async fn connect_with<H: ClientHandler>(
+    pub(crate) async fn connect_with<H: ClientHandler + Clone>(
         &self,
         handler: H,
         generation: Generation,
     ) -> Result<RunningService<RoleClient, H>, String> {
-        let lifecycle = match generation {
-            Generation::Session => ClientLifecycleMode::Initialize,
-            Generation::PreferStateless => ClientLifecycleMode::Auto {
-                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-                legacy_version: Some(ProtocolVersion::V_2025_11_25),
-            },
-        };
+        match generation {
+            Generation::PreferStateless => {
+                let lifecycle = ClientLifecycleMode::Auto {
+                    preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+                    legacy_version: Some(ProtocolVersion::V_2025_11_25),
+                };
+                self.connect_once(handler, lifecycle).await
+            }
+            // A session where the upstream has one; an upstream that
+            // speaks only 2026-07-28 refuses `initialize`, and is then
+            // spoken to in its own revision (a new connection).
+            Generation::Session => {
+                match self
+                    .connect_once(handler.clone(), ClientLifecycleMode::Initialize)
+                    .await
+                {
+                    Ok(running) => Ok(running),
+                    Err(refused) => {
+                        let lifecycle = ClientLifecycleMode::Discover {
+                            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+                        };
+                        self.connect_once(handler, lifecycle)
+                            .await
+                            .map_err(|_| refused)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect_once<H: ClientHandler>(
+        &self,
+        handler: H,
+        lifecycle: ClientLifecycleMode,
+    ) -> Result<RunningService<RoleClient, H>, String> {
         let running = match &self.transport {
             Transport::Command { argv, env, cwd } => {
                 let mut cmd = tokio::process::Command::new(&argv[0]);
