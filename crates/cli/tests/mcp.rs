@@ -1819,6 +1819,13 @@ async fn an_npm_sdk_client_hears_only_its_own_questions_and_header_lies_are_refu
                  "args": {"prompt": format!("question of {who}"), "maxTokens": 10}},
                 {"op": "call", "tool": "everything__trigger-elicitation-request", "args": {}},
                 {"op": "call", "tool": "everything__echo", "args": {"message": who}},
+                {"op": "call", "tool": "everything__trigger-long-running-operation",
+                 "args": {"duration": 1, "steps": 3}, "progress": true},
+                {"op": "read_resource", "uri": "demo://resource/static/document/architecture.md"},
+                {"op": "get_prompt", "name": "everything__simple-prompt"},
+                {"op": "complete", "ref": {"type": "ref/prompt", "name": "everything__completable-prompt"},
+                 "argument": {"name": "department", "value": "Eng"}},
+                {"op": "set_level", "level": "debug"},
                 {"op": "raw", "headers": {"Mcp-Method": "tools/call", "Mcp-Name": "everything__echo"},
                  "body": {"jsonrpc": "2.0", "id": 99, "method": "tools/call",
                           "params": {"name": "everything__get-env", "arguments": {}}}},
@@ -1876,8 +1883,17 @@ async fn an_npm_sdk_client_hears_only_its_own_questions_and_header_lies_are_refu
             "{all}"
         );
         assert_eq!(out[3]["text"], format!("Echo: {me}"), "{all}");
-        assert_eq!(out[4]["status"], 400, "{all}");
-        assert_eq!(out[4]["code"], -32020, "{all}");
+        assert_eq!(
+            out[4]["progress"].as_array().map(|p| p.len()),
+            Some(3),
+            "{all}"
+        );
+        assert!(!out[5]["text"].as_str().unwrap_or("").is_empty(), "{all}");
+        assert_eq!(out[6]["messages"], 1, "{all}");
+        assert_eq!(out[7]["values"], json!(["Engineering"]), "{all}");
+        assert_eq!(out[8]["ok"], true, "{all}");
+        assert_eq!(out[9]["status"], 400, "{all}");
+        assert_eq!(out[9]["code"], -32020, "{all}");
         assert!(!all.contains(them), "{me}'s session heard of {them}: {all}");
     }
     // The lie was refused before anything was judged: no record of get-env.

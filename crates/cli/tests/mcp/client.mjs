@@ -68,6 +68,18 @@ for (const step of script.steps) {
       out.is_error = Boolean(r.isError);
       out.text = text(r);
       out.progress = progress;
+    } else if (step.op === "read_resource") {
+      const r = await client.readResource({ uri: step.uri });
+      out.text = r.contents.map((c) => c.text ?? "").join("\n");
+    } else if (step.op === "get_prompt") {
+      const r = await client.getPrompt({ name: step.name, arguments: step.args ?? {} });
+      out.messages = r.messages.length;
+    } else if (step.op === "complete") {
+      const r = await client.complete({ ref: step.ref, argument: step.argument });
+      out.values = r.completion.values;
+    } else if (step.op === "set_level") {
+      await client.setLoggingLevel(step.level);
+      out.ok = true;
     } else if (step.op === "raw") {
       const response = await fetch(script.url, {
         method: "POST",
