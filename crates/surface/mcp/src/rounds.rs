@@ -141,9 +141,12 @@ impl Asked {
             let Some(answer) = from_client.remove(key) else {
                 continue;
             };
-            let summary = match method.as_str() {
+            // The upstream gets the answer as gavel read it, re-encoded:
+            // fields an answer of that kind does not have (a `roots` list
+            // smuggled into an elicitation result) do not reach it.
+            let (summary, answer) = match method.as_str() {
                 "elicitation/create" => {
-                    let r: ElicitResult = serde_json::from_value(answer.clone()).map_err(|_| {
+                    let r: ElicitResult = serde_json::from_value(answer).map_err(|_| {
                         format!("inputResponses[{key:?}] is not an elicitation result")
                     })?;
                     // Field names only: an elicitation may ask for a secret.
@@ -157,19 +160,21 @@ impl Asked {
                         .ok()
                         .and_then(|a| a.as_str().map(str::to_owned))
                         .unwrap_or_default();
-                    format!("the client answered {action} with fields [{fields}]")
+                    let summary = format!("the client answered {action} with fields [{fields}]");
+                    (summary, serde_json::to_value(&r))
                 }
                 "sampling/createMessage" => {
-                    let r: CreateMessageResult = serde_json::from_value(answer.clone())
+                    let r: CreateMessageResult = serde_json::from_value(answer)
                         .map_err(|_| format!("inputResponses[{key:?}] is not a sampling result"))?;
                     let text = serde_json::to_value(&r.message.content)
                         .ok()
                         .and_then(|c| c.get("text").and_then(|t| t.as_str().map(str::len)))
                         .unwrap_or(0);
-                    format!(
+                    let summary = format!(
                         "the client answered with model {:?}, {text} characters of text",
                         r.model
-                    )
+                    );
+                    (summary, serde_json::to_value(&r))
                 }
                 other => {
                     return Err(format!(
@@ -177,6 +182,7 @@ impl Asked {
                     ));
                 }
             };
+            let answer = answer.map_err(|e| format!("inputResponses[{key:?}]: {e}"))?;
             lines.push(Answered {
                 method: method.clone(),
                 summary,
@@ -401,6 +407,14 @@ mod tests {
         let text: Vec<_> = lines.iter().map(|l| l.summary.clone()).collect();
         assert!(text.iter().any(|l| l.contains("[password]")), "{text:?}");
         assert!(text.iter().all(|l| !l.contains("hunter2")), "{text:?}");
+        // Fields an answer of its kind does not have do not reach the
+        // upstream.
+        let smuggled = serde_json::from_value(serde_json::json!({
+            "e": {"action": "accept", "roots": [{"uri": "file:///"}]},
+        }))
+        .unwrap();
+        let (answers, _) = asked.answers(Some(smuggled), &[]).unwrap();
+        assert!(answers.unwrap()["e"].get("roots").is_none());
         // An answer of the wrong kind is refused.
         let wrong = serde_json::from_value(serde_json::json!({"e": {"roots": []}})).unwrap();
         assert!(asked.answers(Some(wrong), &[]).is_err());

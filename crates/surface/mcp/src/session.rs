@@ -382,6 +382,15 @@ fn waiting_meta(hub: &Hub, request: &ApprovalRequest) -> rmcp::model::MetaObject
     meta
 }
 
+/// A read or prompt of a 2026-07-28 upstream that asks a session client
+/// for input: relayed to 2026-07-28 clients only.
+fn input_for_session_reads() -> McpError {
+    McpError::invalid_request(
+        "gavel: the upstream asks for input before it answers this read or prompt; gavel relays that only to clients of protocol revision 2026-07-28",
+        None,
+    )
+}
+
 /// An upstream's `_meta` without keys in gavel's own namespace, so an
 /// upstream cannot pass off, say, an approval link as gavel's.
 fn without_gavel_keys(mut meta: rmcp::model::MetaObject) -> rmcp::model::MetaObject {
@@ -589,7 +598,12 @@ impl Session {
             });
             return Ok(tool_error(format!("gavel: {detail}; try again shortly")));
         }
+        // Every round of the call ends by its first round's deadline.
+        let deadline = round
+            .expires
+            .unwrap_or_else(|| std::time::Instant::now() + crate::rounds::ROUND_LIFETIME);
         let (mut permitted, mut round) = (permitted, round);
+        round.expires = Some(deadline);
         loop {
             let (number, expires) = (round.earlier + 1, round.expires);
             let asked = match forward::call_tool(
@@ -655,14 +669,23 @@ impl Session {
                     // Roots are answered from the configuration.
                     _ => continue,
                 };
-                let answer = match crate::link::ask_client(
-                    &link.client,
-                    request,
-                    Some(context.id.clone()),
-                    &context.ct,
+                let asked_client = tokio::time::timeout_at(
+                    deadline.into(),
+                    crate::link::ask_client(
+                        &link.client,
+                        request,
+                        Some(context.id.clone()),
+                        &context.ct,
+                    ),
                 )
                 .await
-                {
+                .unwrap_or_else(|_| {
+                    Err(McpError::invalid_request(
+                        "gavel: the call's rounds of input ran out of time",
+                        None,
+                    ))
+                });
+                let answer = match asked_client {
                     Ok(a) => a,
                     Err(e) => {
                         permitted.finish(Outcome::Failed {
@@ -692,7 +715,7 @@ impl Session {
                 input_responses: answers,
                 upstream_state: asked.request_state,
                 earlier: number,
-                expires,
+                expires: Some(deadline),
             };
         }
     }
@@ -756,25 +779,48 @@ impl Session {
         }
     }
 
-    /// What a read's later round sends the upstream: its state, and the
-    /// client's answers to its questions (checked and recorded).
-    async fn read_round(
+    /// What a read's later round sends the upstream (its state, and the
+    /// client's answers, checked against its questions before anything is
+    /// admitted), and the lines to record once it is.
+    fn read_round(
         &self,
         link: &Link,
         earlier: Option<(Option<String>, Asked)>,
         from_client: Option<rmcp::model::InputResponses>,
-    ) -> Result<LaterRound, McpError> {
+    ) -> Result<(LaterRound, Vec<crate::rounds::Answered>), McpError> {
         let Some((upstream_state, asked)) = earlier else {
-            return Ok(LaterRound::default());
+            return Ok((LaterRound::default(), Vec::new()));
         };
-        let input_responses = self
-            .answer_round(link, ActionClass::McpRead, &asked, from_client)
+        let (input_responses, lines) = asked
+            .answers(from_client, &link.upstream.roots)
+            .map_err(|e| McpError::invalid_params(e, None))?;
+        Ok((
+            LaterRound {
+                input_responses,
+                upstream_state,
+                ..LaterRound::default()
+            },
+            lines,
+        ))
+    }
+
+    /// Records what a read's round answers, once it is admitted.
+    async fn record_read_answers(
+        &self,
+        link: &Link,
+        lines: Vec<crate::rounds::Answered>,
+    ) -> Result<(), McpError> {
+        for line in lines {
+            crate::link::record_relayed(
+                &link.client,
+                &link.upstream.resource,
+                ActionClass::McpRead,
+                &line.method,
+                line.summary,
+            )
             .await?;
-        Ok(LaterRound {
-            input_responses,
-            upstream_state,
-            ..LaterRound::default()
-        })
+        }
+        Ok(())
     }
 
     /// Keeps a read's or prompt's `input_required` round and answers the
@@ -1406,14 +1452,16 @@ impl ServerHandler for Session {
             &args,
             request.request_state.as_deref(),
         )?;
+        let (round, answered) = self.read_round(&link, earlier, request.input_responses)?;
         let (permitted, forwarder) = self.admit_read(action, &link, &context, &meta).await?;
-        let round = self
-            .read_round(&link, earlier, request.input_responses)
-            .await?;
+        self.record_read_answers(&link, answered).await?;
         match forward::read_resource(permitted, &forwarder, round)
             .await
             .map_err(service_error)?
         {
+            ReadResourceResponse::InputRequired(_) if !speaks_stateless(&context) => {
+                Err(input_for_session_reads())
+            }
             ReadResourceResponse::InputRequired(asked) => Ok(ReadResourceResponse::InputRequired(
                 self.park_read_round(&caller, &upstream, target, &args, asked),
             )),
@@ -1551,14 +1599,16 @@ impl ServerHandler for Session {
             &args_for_round,
             request.request_state.as_deref(),
         )?;
+        let (round, answered) = self.read_round(&link, earlier, request.input_responses)?;
         let (permitted, forwarder) = self.admit_read(action, &link, &context, &meta).await?;
-        let round = self
-            .read_round(&link, earlier, request.input_responses)
-            .await?;
+        self.record_read_answers(&link, answered).await?;
         match forward::get_prompt(permitted, &forwarder, round)
             .await
             .map_err(service_error)?
         {
+            GetPromptResponse::InputRequired(_) if !speaks_stateless(&context) => {
+                Err(input_for_session_reads())
+            }
             GetPromptResponse::InputRequired(asked) => Ok(GetPromptResponse::InputRequired(
                 self.park_read_round(&caller, &upstream, target, &args_for_round, asked),
             )),
