@@ -40,6 +40,58 @@ pub async fn open_existing_store(
     open_store(loaded).await
 }
 
+/// The log filter: `RUST_LOG`, else `default`, with the MCP library held
+/// at `info` whatever `RUST_LOG` says. At `debug` and `trace` rmcp logs
+/// whole MCP messages (tool arguments, elicitation answers, tokens in
+/// sampled text), which must not reach gavel's log; `GAVEL_LOG_MCP_BODIES=1`
+/// lifts the cap for debugging a client on a machine of one's own.
+pub fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    let Ok(spec) = std::env::var("RUST_LOG") else {
+        return tracing_subscriber::EnvFilter::new(default);
+    };
+    let spec = if std::env::var("GAVEL_LOG_MCP_BODIES").as_deref() == Ok("1") {
+        spec
+    } else {
+        cap_mcp_bodies(&spec)
+    };
+    tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+}
+
+/// `spec` with every directive that would let rmcp log at `debug` or
+/// `trace` lowered to `info` for rmcp.
+fn cap_mcp_bodies(spec: &str) -> String {
+    let verbose = |level: &str| {
+        let level = level.trim().to_ascii_lowercase();
+        level == "debug" || level == "trace"
+    };
+    let mut named = false;
+    let mut global_verbose = false;
+    let mut directives: Vec<String> = spec
+        .split(',')
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| match d.split_once('=') {
+            Some((target, level)) if target.trim().starts_with("rmcp") => {
+                named = true;
+                if verbose(level) {
+                    format!("{}=info", target.trim())
+                } else {
+                    d.to_owned()
+                }
+            }
+            None => {
+                global_verbose |= verbose(d);
+                d.to_owned()
+            }
+            Some(_) => d.to_owned(),
+        })
+        .collect();
+    if !named && global_verbose {
+        directives.push("rmcp=info".into());
+    }
+    directives.join(",")
+}
+
 pub async fn serve(file: Option<&Path>) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal as _;
     // Colours only for a person watching; never in a file or a pipe
@@ -49,10 +101,7 @@ pub async fn serve(file: Option<&Path>) -> anyhow::Result<ExitCode> {
         |v| v == "1",
     );
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn")),
-        )
+        .with_env_filter(log_filter("info,rmcp=warn"))
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
@@ -554,4 +603,22 @@ fn classify_sql(
         None => gavel_postgres::Classifier::default(),
     };
     Ok(classifier.classify(sql, &gavel_postgres::classify::NoNames))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cap_mcp_bodies;
+
+    #[test]
+    fn rmcp_never_logs_message_bodies_whatever_rust_log_says() {
+        assert_eq!(cap_mcp_bodies("debug"), "debug,rmcp=info");
+        assert_eq!(
+            cap_mcp_bodies("trace,hyper=warn"),
+            "trace,hyper=warn,rmcp=info"
+        );
+        assert_eq!(cap_mcp_bodies("info,rmcp=trace"), "info,rmcp=info");
+        assert_eq!(cap_mcp_bodies("rmcp::service=DEBUG"), "rmcp::service=info");
+        assert_eq!(cap_mcp_bodies("warn,rmcp=warn"), "warn,rmcp=warn");
+        assert_eq!(cap_mcp_bodies("info"), "info");
+    }
 }

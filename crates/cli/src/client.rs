@@ -848,10 +848,7 @@ pub async fn whoami(server: &str, as_json: bool) -> anyhow::Result<ExitCode> {
 pub async fn mcp(server: &str, token_env: &str) -> anyhow::Result<ExitCode> {
     // stdout carries MCP; diagnostics go to stderr only.
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(crate::admin::log_filter("warn"))
         .with_writer(std::io::stderr)
         .init();
     let token = std::env::var(token_env)

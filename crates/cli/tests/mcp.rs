@@ -1664,13 +1664,16 @@ env = {{ MODERN_ONLY = "1" }}
 @id("drops-need-a-dba") @approval("group:dba")
 permit(principal, action == Action::"mcp.call", resource == Resource::"confirming");
 "#;
-    let g = Gavel::start_custom("1s", policies, &extra).await;
+    // At debug, rmcp would log whole messages: the answer's secret must
+    // still never reach gavel's log.
+    let g = Gavel::start_custom_env("1s", policies, &extra, &[("RUST_LOG", "debug")]).await;
     let m = Mcp { g, data };
     m.wait_ready().await;
     let stateless = |steps: Value| {
         run_client(
             json!({"transport": "http", "url": m.url(), "token": m.g.agent_token,
-                          "discover": true, "answers": {"elicitation": {"sure": true}},
+                          "discover": true,
+                          "answers": {"elicitation": {"sure": true, "pin": "4711-secret-pin"}},
                           "steps": steps}),
         )
     };
@@ -1726,8 +1729,18 @@ permit(principal, action == Action::"mcp.call", resource == Resource::"confirmin
                 && r["outcome"]
                     .as_str()
                     .unwrap()
-                    .contains("accept with fields [sure]")),
+                    .contains("accept with fields [sure, pin]")),
         "{relayed:?}"
+    );
+    assert!(
+        !serde_json::to_string(&relayed)
+            .unwrap()
+            .contains("4711-secret-pin")
+    );
+    assert!(m.g.log().contains("DEBUG"), "the gateway logs at debug");
+    assert!(
+        !m.g.log().contains("4711-secret-pin"),
+        "an elicitation answer reached the log"
     );
 
     // An upstream that asks for roots hears the configured ones, never the
