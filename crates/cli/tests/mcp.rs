@@ -1596,6 +1596,13 @@ async fn a_held_call_of_a_stateless_client_answers_input_required_with_a_single_
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "v1");
     let (_, r) = m.g.get(&format!("/api/v1/requests/{id}"), ALICE).await;
     assert_eq!(r["state"], "executed", "{r}");
+    // Reviewers see a stateless client's recent calls, although each of
+    // its requests is a session of its own.
+    let out = stateless(&m.g.agent_token, json!([write("v9", Value::Null)])).await;
+    assert_eq!(out[1]["result_type"], "input_required", "{}", out[1]);
+    let next = m.pending_request().await;
+    let recent = next["data_context"]["recent_calls"].to_string();
+    assert!(recent.contains("fs__write_file"), "{next}");
 
     // A 2026-07-28 request has no session: one that names a session id is
     // refused, and a method that revision removed is not found, session id

@@ -76,7 +76,14 @@ pub(crate) struct Hub {
     pub lists: tokio::sync::broadcast::Sender<ListKind>,
     /// Open `subscriptions/listen` streams per principal.
     listening: Arc<Mutex<HashMap<String, usize>>>,
+    /// Recent calls of stateless clients, per pool key (principal and
+    /// capabilities), for reviewers; bounded by [`STATELESS_CLIENTS_KEPT`].
+    stateless_recent: Mutex<HashMap<String, std::collections::VecDeque<String>>>,
 }
+
+/// Stateless clients whose recent calls are kept; past it, the map starts
+/// over (reviewers then see fewer recent calls, never another's).
+const STATELESS_CLIENTS_KEPT: usize = 10_000;
 
 /// `subscriptions/listen` streams one principal may hold open.
 const LISTEN_STREAMS_PER_PRINCIPAL: usize = 8;
@@ -109,6 +116,25 @@ pub(crate) enum ListKind {
 }
 
 impl Hub {
+    /// Adds `line` to the recent calls of the stateless client `key` and
+    /// returns the `keep` before it.
+    pub(crate) fn remember_stateless(&self, key: &str, line: String, keep: usize) -> Vec<String> {
+        let mut all = self
+            .stateless_recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if all.len() >= STATELESS_CLIENTS_KEPT && !all.contains_key(key) {
+            all.clear();
+        }
+        let recent = all.entry(key.to_owned()).or_default();
+        let before: Vec<String> = recent.iter().cloned().collect();
+        recent.push_back(line);
+        while recent.len() > keep {
+            recent.pop_front();
+        }
+        before
+    }
+
     /// A place for one more `subscriptions/listen` stream of `principal`.
     pub(crate) fn listen_slot(&self, principal: &str) -> Result<ListenSlot, String> {
         let mut listening = self.listening.lock().unwrap_or_else(|p| p.into_inner());
@@ -237,6 +263,7 @@ impl McpGateway {
                 rounds: rounds::Rounds::default(),
                 lists: tokio::sync::broadcast::channel(64).0,
                 listening: Arc::default(),
+                stateless_recent: Mutex::new(HashMap::new()),
             }),
         })
     }

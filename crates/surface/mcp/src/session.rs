@@ -850,7 +850,14 @@ impl Session {
         relayed
     }
 
+    /// Adds `line` to the calls a reviewer sees as this client's recent
+    /// ones, and returns those before it. A stateless client's requests
+    /// are separate `Session`s: its calls are kept per principal in the
+    /// hub instead.
     fn remember(&self, line: String) -> Vec<String> {
+        if let Some(key) = self.links.pooled.get() {
+            return self.hub.remember_stateless(key, line, RECENT);
+        }
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let before: Vec<String> = recent.iter().cloned().collect();
         recent.push_back(line);
