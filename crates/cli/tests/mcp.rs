@@ -712,6 +712,15 @@ async fn bad_tokens_malformed_json_rpc_and_session_theft_are_refused() {
             r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":"everything__echo"}"#,
             -32602,
         ),
+        // A key twice: read one way here, maybe another way elsewhere.
+        (
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"everything__echo","name":"everything__get-env","arguments":{}}}"#,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":5,"method":"ping","method":"tools/list"}"#,
+            -32600,
+        ),
     ] {
         let r = post(Some(&m.g.agent_token), body, None).await.unwrap();
         assert_eq!(r.status(), 400, "{body}");

@@ -733,6 +733,15 @@ async fn check_json_rpc(request: Request, next: Next) -> Response {
             );
         }
     };
+    // A key twice in one object is read one way here and possibly another
+    // way by a client library or an upstream: refused, not guessed.
+    if let Err(e) = serde_json::from_slice::<UniqueKeys>(&bytes) {
+        return bad_message(
+            serde_json::Value::Null,
+            -32600,
+            &format!("Invalid Request: {e}"),
+        );
+    }
     let id = value
         .get("id")
         .filter(|id| id.is_string() || id.is_i64() || id.is_u64())
@@ -907,4 +916,86 @@ fn unauthorized(challenge: &str, message: &str) -> Response {
         axum::Json(jsonrpc_error(-32001, &format!("gavel: {message}"))),
     )
         .into_response()
+}
+
+/// A JSON document in which no object has the same key twice: reading one
+/// fails on the first duplicate, naming it.
+#[derive(Debug)]
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UniqueKeys, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            map.next_value::<UniqueKeys>()?;
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} appears twice in one object"
+                )));
+            }
+        }
+        Ok(UniqueKeys)
+    }
+}
+
+#[cfg(test)]
+mod unique_keys_tests {
+    use super::UniqueKeys;
+
+    #[test]
+    fn a_key_twice_in_any_object_is_refused() {
+        for ok in [
+            r#"{"a":1,"b":{"a":2},"c":[{"a":1},{"a":2}]}"#,
+            "[1,2]",
+            "null",
+        ] {
+            assert!(serde_json::from_str::<UniqueKeys>(ok).is_ok(), "{ok}");
+        }
+        for twice in [
+            r#"{"method":"tools/call","method":"ping"}"#,
+            r#"{"params":{"name":"a","name":"b"}}"#,
+            r#"[{"x":{"y":[{"k":1,"k":2}]}}]"#,
+        ] {
+            let e = serde_json::from_str::<UniqueKeys>(twice).unwrap_err();
+            assert!(e.to_string().contains("appears twice"), "{twice}: {e}");
+        }
+    }
 }
