@@ -143,7 +143,7 @@ async fn posted(slack: &FakeSlack, g: &Gavel, id: &str) -> (Value, Value) {
 #[tokio::test(flavor = "multi_thread")]
 async fn approvals_in_slack_follow_the_same_rules() {
     let slack = FakeSlack::start();
-    let g = start(&slack).await;
+    let mut g = start(&slack).await;
     let v = g
         .act(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE orders")
         .await;
@@ -191,7 +191,11 @@ async fn approvals_in_slack_follow_the_same_rules() {
         refusal["text"].as_str().unwrap().contains("owner"),
         "{refusal}"
     );
-    // The same signed request again is a replay.
+    // The same signed request again is a replay, also after a restart:
+    // used signatures are kept in the store, not in one process.
+    assert_eq!(post_signed(&g, &owner, sent, SIGNING_SECRET).await.0, 401);
+    g.stop();
+    g.launch().await;
     assert_eq!(post_signed(&g, &owner, sent, SIGNING_SECRET).await.0, 401);
     // An unconfirmed email maps to nobody.
     let eve = form_body(&click("U_EVE", "approve", &id, &ts));

@@ -139,6 +139,18 @@ pub trait Store: Send + Sync {
     /// Marks a parked admission's outcome recorded; false if it was
     /// already (or does not exist). Guarded: of two reports, one wins.
     async fn close_admission(&self, id: &AdmissionId, now: Timestamp) -> Result<bool, Error>;
+    /// Records the first use of the one-time `key` in `scope` (a chat
+    /// platform's request signature, say), kept until `until`, and forgets
+    /// keys kept past `now`. False when `key` was used before and is still
+    /// kept. In the store, so a replay to another gateway on the same
+    /// store, or to this one after a restart, is caught.
+    async fn use_once(
+        &self,
+        scope: &str,
+        key: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, Error>;
     /// Pending requests of `initiator` (kind-qualified id).
     async fn pending_of(&self, initiator: &str) -> Result<Vec<ApprovalRequest>, Error> {
         self.list_requests(&RequestFilter {
@@ -897,6 +909,19 @@ impl Approvals {
             }
         }
         Ok(n)
+    }
+
+    /// Spends the one-time `key` in `scope` for `keep` (see
+    /// [`Store::use_once`]): true the first time.
+    pub async fn use_once(
+        &self,
+        scope: &str,
+        key: &str,
+        keep: std::time::Duration,
+    ) -> Result<bool, Error> {
+        let now = self.shared.clock.now();
+        let until = Timestamp(now.0 + keep.as_millis() as i64);
+        self.shared.store.use_once(scope, key, now, until).await
     }
 
     /// Loads a request, expiring it first if its time is up.

@@ -141,6 +141,11 @@ impl Store for NoStore {
     async fn close_admission(&self, _: &AdmissionId, _: Timestamp) -> Result<bool, Error> {
         Ok(false)
     }
+    async fn use_once(&self, _: &str, _: &str, _: Timestamp, _: Timestamp) -> Result<bool, Error> {
+        Err(Error::Store(
+            "benchmark store: no one-time keys (no chat channels)".into(),
+        ))
+    }
 }
 
 fn engine(dir: &Path, text: &str) -> Arc<CedarEngine> {

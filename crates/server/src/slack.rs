@@ -28,7 +28,7 @@ pub(crate) async fn interactions(
     let signature = header("x-slack-signature");
     let mut refusal = Rejected::Malformed;
     for slack in &gw.slack {
-        match slack.verify(timestamp, signature, &body) {
+        match slack.verify(timestamp, signature, &body).await {
             Ok(()) => {
                 let Some(payload) = payload_of(&body) else {
                     return (StatusCode::BAD_REQUEST, "no interaction payload").into_response();
@@ -62,5 +62,12 @@ pub(crate) async fn interactions(
     }
     tracing::info!(reason = ?refusal, "Slack interaction refused");
     metrics::counter!("gavel_slack_interactions_refused_total").increment(1);
+    if refusal == Rejected::Unavailable {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "gavel cannot check this request now; try again",
+        )
+            .into_response();
+    }
     (StatusCode::UNAUTHORIZED, "request not signed by Slack").into_response()
 }

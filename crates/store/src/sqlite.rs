@@ -686,6 +686,34 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn use_once(
+        &self,
+        scope: &str,
+        key: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, Error> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM one_time_keys WHERE expires_at < ?")
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let inserted = sqlx::query(
+            "INSERT INTO one_time_keys (scope, key, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(until.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected()
+            == 1;
+        tx.commit().await.map_err(db_err)?;
+        Ok(inserted)
+    }
+
     async fn count_by_state(&self) -> Result<Vec<(RequestState, u64)>, Error> {
         let rows = sqlx::query("SELECT state, count(*) AS n FROM requests GROUP BY state")
             .fetch_all(&self.pool)

@@ -516,3 +516,66 @@ async fn waiters_see_decisions_made_by_another_process_on_the_same_store() {
         .unwrap();
     assert_eq!(woke.state, RequestState::Denied);
 }
+
+/// A one-time key (a chat request's signature) is good once, for every
+/// gate on the store and after a restart, until it expires; concurrent
+/// uses of the same key let exactly one through.
+#[tokio::test]
+async fn a_one_time_key_is_good_once_across_restarts_until_it_expires() {
+    let env = Env::new();
+    let (gate, _) = env.gate().await;
+    let keep = Duration::from_secs(600);
+    let approvals = gate.approvals().clone();
+    assert!(
+        approvals
+            .use_once("slack-signature", "v0=abc", keep)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !approvals
+            .use_once("slack-signature", "v0=abc", keep)
+            .await
+            .unwrap()
+    );
+    // Another scope is another key.
+    assert!(
+        approvals
+            .use_once("teams-token", "v0=abc", keep)
+            .await
+            .unwrap()
+    );
+    drop(gate);
+    let (gate, _) = env.gate().await;
+    let approvals = gate.approvals().clone();
+    assert!(
+        !approvals
+            .use_once("slack-signature", "v0=abc", keep)
+            .await
+            .unwrap()
+    );
+    // Spawned together, then counted.
+    let tries: Vec<_> = (0..8)
+        .map(|_| {
+            let a = approvals.clone();
+            tokio::spawn(async move {
+                a.use_once("slack-signature", "v0=race", keep)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tries {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1);
+    // Past its time it is forgotten.
+    env.clock.advance(601_000);
+    assert!(
+        approvals
+            .use_once("slack-signature", "v0=abc", keep)
+            .await
+            .unwrap()
+    );
+}

@@ -64,6 +64,9 @@ pub enum Rejected {
     BadSignature,
     /// Seen before.
     Replayed,
+    /// Whether it was seen before cannot be told now (the store is
+    /// unreachable): refused, never let through.
+    Unavailable,
 }
 
 /// One `[[channels.slack]]`.
@@ -81,8 +84,6 @@ pub struct Slack {
     deliveries: Arc<Deliveries>,
     /// For related history in messages; see [`Slack::connect`].
     approvals: OnceLock<Approvals>,
-    /// Signatures accepted within [`MAX_AGE`]: each is good once.
-    seen: Mutex<HashMap<String, Instant>>,
     queue: mpsc::Sender<ApprovalRequest>,
 }
 
@@ -168,7 +169,6 @@ impl Slack {
             users: Mutex::new(HashMap::new()),
             deliveries,
             approvals: OnceLock::new(),
-            seen: Mutex::new(HashMap::new()),
             queue,
         });
         tokio::spawn(post_changes(slack.clone(), events));
@@ -392,7 +392,7 @@ impl Slack {
     }
 
     /// Verifies a request from Slack before anything is read from it.
-    pub fn verify(
+    pub async fn verify(
         &self,
         timestamp: Option<&str>,
         signature: Option<&str>,
@@ -415,12 +415,22 @@ impl Slack {
         {
             return Err(Rejected::BadSignature);
         }
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.retain(|_, at| at.elapsed() <= MAX_AGE * 2);
-        if seen.insert(signature.to_owned(), Instant::now()).is_some() {
-            return Err(Rejected::Replayed);
+        // Each signature is good once, on every gateway of the store and
+        // across restarts: kept as long as its timestamp could pass.
+        let Some(approvals) = self.approvals.get() else {
+            return Err(Rejected::Unavailable);
+        };
+        match approvals
+            .use_once("slack-signature", signature, MAX_AGE * 2)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Rejected::Replayed),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record a Slack signature as used; refusing the interaction");
+                Err(Rejected::Unavailable)
+            }
         }
-        Ok(())
     }
 
     /// The gavel human behind a Slack user: the explicit map, else the
