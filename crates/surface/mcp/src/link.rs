@@ -448,17 +448,9 @@ impl ClientHandler for LinkEvents {
         let request = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
         match self.ask_client(request, &context).await? {
             ClientResult::CreateMessageResult(r) => {
-                let text = serde_json::to_value(&r.message.content)
-                    .ok()
-                    .and_then(|c| c.get("text").and_then(|t| t.as_str().map(str::len)))
-                    .unwrap_or(0);
                 self.record(
                     "sampling/createMessage",
-                    format!(
-                        "asked {asked}; the client answered with model {:?}, {text} characters of text, stop reason {:?}",
-                        r.model,
-                        r.stop_reason.as_deref().unwrap_or("none")
-                    ),
+                    format!("asked {asked}; {}", crate::rounds::sampling_answer(&r)),
                 )
                 .await?;
                 Ok(*r)
@@ -479,22 +471,9 @@ impl ClientHandler for LinkEvents {
         let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
         match self.ask_client(request, &context).await? {
             ClientResult::ElicitResult(r) => {
-                // Field names only: an elicitation may ask for a secret.
-                let fields = r
-                    .content
-                    .as_ref()
-                    .and_then(|c| c.as_object())
-                    .map(|c| c.keys().cloned().collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default();
                 self.record(
                     "elicitation/create",
-                    format!(
-                        "asked {asked}; the client answered {} with fields [{fields}]",
-                        serde_json::to_value(&r.action)
-                            .ok()
-                            .and_then(|a| a.as_str().map(str::to_owned))
-                            .unwrap_or_default()
-                    ),
+                    format!("asked {asked}; {}", crate::rounds::elicitation_answer(&r)),
                 )
                 .await?;
                 Ok(r)

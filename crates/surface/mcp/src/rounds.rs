@@ -149,32 +149,12 @@ impl Asked {
                     let r: ElicitResult = serde_json::from_value(answer).map_err(|_| {
                         format!("inputResponses[{key:?}] is not an elicitation result")
                     })?;
-                    // Field names only: an elicitation may ask for a secret.
-                    let fields = r
-                        .content
-                        .as_ref()
-                        .and_then(|c| c.as_object())
-                        .map(|c| c.keys().cloned().collect::<Vec<_>>().join(", "))
-                        .unwrap_or_default();
-                    let action = serde_json::to_value(&r.action)
-                        .ok()
-                        .and_then(|a| a.as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                    let summary = format!("the client answered {action} with fields [{fields}]");
-                    (summary, serde_json::to_value(&r))
+                    (elicitation_answer(&r), serde_json::to_value(&r))
                 }
                 "sampling/createMessage" => {
                     let r: CreateMessageResult = serde_json::from_value(answer)
                         .map_err(|_| format!("inputResponses[{key:?}] is not a sampling result"))?;
-                    let text = serde_json::to_value(&r.message.content)
-                        .ok()
-                        .and_then(|c| c.get("text").and_then(|t| t.as_str().map(str::len)))
-                        .unwrap_or(0);
-                    let summary = format!(
-                        "the client answered with model {:?}, {text} characters of text",
-                        r.model
-                    );
-                    (summary, serde_json::to_value(&r))
+                    (sampling_answer(&r), serde_json::to_value(&r))
                 }
                 other => {
                     return Err(format!(
@@ -191,6 +171,36 @@ impl Asked {
         }
         Ok(((!answers.is_empty()).then_some(answers), lines))
     }
+}
+
+/// How a client answered an elicitation, for a record: the action and
+/// the form's field names, never their values (a form may ask for a
+/// secret).
+pub(crate) fn elicitation_answer(r: &ElicitResult) -> String {
+    let fields = r
+        .content
+        .as_ref()
+        .and_then(|c| c.as_object())
+        .map(|c| c.keys().cloned().collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    let action = serde_json::to_value(&r.action)
+        .ok()
+        .and_then(|a| a.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!("the client answered {action} with fields [{fields}]")
+}
+
+/// How a client answered a sampling request, for a record: the model and
+/// the length of the text, never the text.
+pub(crate) fn sampling_answer(r: &CreateMessageResult) -> String {
+    let text = serde_json::to_value(&r.message.content)
+        .ok()
+        .and_then(|c| c.get("text").and_then(|t| t.as_str().map(str::len)))
+        .unwrap_or(0);
+    format!(
+        "the client answered with model {:?}, {text} characters of text",
+        r.model
+    )
 }
 
 /// A digest of arguments as admitted: what a later round must match.
