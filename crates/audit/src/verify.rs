@@ -18,7 +18,7 @@ use crate::tree::{Frontier, Hash, leaf_hash};
 use std::collections::BTreeMap;
 
 /// One stored record, as read from the store.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecord {
     /// Its position (the row's key).
     pub seq: u64,
@@ -29,7 +29,7 @@ pub struct StoredRecord {
 }
 
 /// One stored signed checkpoint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCheckpoint {
     /// The tree size it claims (the row's key).
     pub size: u64,

@@ -130,6 +130,39 @@ pub enum Command {
     /// The tamper-evident audit log: keys, offline verification, proofs.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Work on a whole store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a whole state, audit log included, into a new, empty store
+    /// (SQLite to PostgreSQL or back); then check the copy's audit log
+    /// against the original's. Stop the gateways on the source first.
+    Copy(StoreCopyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreCopyArgs {
+    /// The store to copy: sqlite://PATH or postgres://USER@HOST:PORT/DB.
+    #[arg(long)]
+    pub from: String,
+    /// The new store: sqlite://PATH or postgres://USER@HOST:PORT/DB.
+    #[arg(long)]
+    pub to: String,
+    /// Environment variable with the source PostgreSQL password.
+    #[arg(long, value_name = "VAR")]
+    pub from_password_env: Option<String>,
+    /// Environment variable with the target PostgreSQL password.
+    #[arg(long, value_name = "VAR")]
+    pub to_password_env: Option<String>,
+    /// CA certificate (PEM) to verify the source PostgreSQL server with.
+    #[arg(long, value_name = "FILE")]
+    pub from_ca_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the target PostgreSQL server with.
+    #[arg(long, value_name = "FILE")]
+    pub to_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

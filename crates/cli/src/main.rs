@@ -8,7 +8,7 @@ mod out;
 mod quickstart;
 
 use clap::Parser;
-use flags::{AgentCommand, AuditCommand, Cli, Command, PolicyCommand, TokenCommand};
+use flags::{AgentCommand, AuditCommand, Cli, Command, PolicyCommand, StoreCommand, TokenCommand};
 use std::process::ExitCode;
 
 /// Exit codes, so scripts can tell failure kinds apart.
@@ -136,6 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Explain(args)) => {
             admin::policy_explain(config, args, json).await
         }
+        Command::Store(StoreCommand::Copy(args)) => admin::store_copy(args, json).await,
         Command::Audit(AuditCommand::Key) => audit::key(config),
         Command::Audit(AuditCommand::Verify { checkpoint, pubkey }) => {
             audit::verify(config, checkpoint, pubkey, json).await

@@ -98,8 +98,17 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// `sqlite://PATH`; defaults to `sqlite://{data_dir}/gavel.db`.
+    /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DATABASE` (never with
+    /// a password in it); defaults to `sqlite://{data_dir}/gavel.db`.
     pub url: Option<String>,
+    /// The environment variable holding the PostgreSQL password.
+    pub password_env: Option<String>,
+    /// A file holding the PostgreSQL password (a mounted secret).
+    pub password_file: Option<PathBuf>,
+    /// The CA certificate (PEM) the PostgreSQL server's certificate must
+    /// chain to; set, gavel connects with TLS and verifies the server's
+    /// certificate and host name (`verify-full`).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[identity]`
@@ -1102,19 +1111,37 @@ fn validate(c: &Config, file: &Path) -> Result<(), ConfigError> {
             }
         }
     }
-    if let Some(url) = c
-        .storage
+    let storage = &c.storage;
+    let postgres = storage
         .url
         .as_deref()
-        .filter(|u| !u.starts_with("sqlite:"))
+        .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+    if let Some(url) = storage.url.as_deref()
+        && !postgres
+        && !url.starts_with("sqlite:")
     {
-        let reason = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            "PostgreSQL storage is not available in this build yet; use sqlite://PATH".to_owned()
-        } else {
-            // Not echoed: a URL may carry a password.
-            "unsupported storage URL scheme; expected sqlite://PATH".to_owned()
-        };
-        return Err(fail("storage.url".into(), reason));
+        // Not echoed: a URL may carry a password.
+        return Err(fail(
+            "storage.url".into(),
+            "unsupported storage URL scheme; expected sqlite://PATH or postgres://USER@HOST/DATABASE"
+                .into(),
+        ));
+    }
+    if storage.password_env.is_some() && storage.password_file.is_some() {
+        return Err(fail(
+            "storage.password_env".into(),
+            "set storage.password_env or storage.password_file, not both".into(),
+        ));
+    }
+    if !postgres
+        && (storage.password_env.is_some()
+            || storage.password_file.is_some()
+            || storage.ca_file.is_some())
+    {
+        return Err(fail(
+            "storage.url".into(),
+            "storage.password_env, password_file and ca_file are for a postgres:// URL".into(),
+        ));
     }
     Ok(())
 }
@@ -1173,6 +1200,12 @@ mod tests {
         assert!(e.contains("approvals.timeout") && e.contains("365"), "{e}");
         let e = err("[storage]\nurl = \"mysql://root:s3cret@db/x\"\n");
         assert!(e.contains("storage.url") && !e.contains("s3cret"), "{e}");
+        let e = err(
+            "[storage]\nurl = \"postgres://g@db/x\"\npassword_env = \"A\"\npassword_file = \"/f\"\n",
+        );
+        assert!(e.contains("not both"), "{e}");
+        let e = err("[storage]\npassword_env = \"A\"\n");
+        assert!(e.contains("postgres://"), "{e}");
         let e = err("data_dir = [\n");
         assert!(e.starts_with("gavel.toml:"), "{e}");
     }

@@ -225,7 +225,7 @@ pub(crate) async fn metrics(State(gw): State<Gateway>) -> Response {
         }
         Err(e) => tracing::error!(error = %e, "metrics: cannot count requests"),
     }
-    match gw.sqlite.audit_size().await {
+    match gw.storage.audit_size().await {
         Ok(n) => metrics::gauge!("gavel_audit_records").set(n as f64),
         Err(e) => tracing::error!(error = %e, "metrics: cannot count audit records"),
     }

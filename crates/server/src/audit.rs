@@ -13,7 +13,7 @@ use gavel_audit::{
     Checkpoint, Frontier, NoteSigner, NoteVerifier, consistency_proof, inclusion_proof,
 };
 use gavel_core::{AuditRecord, Clock, Principal, SystemClock};
-use gavel_store::SqliteStore;
+use gavel_store::Storage;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,7 +27,15 @@ use utoipa::{IntoParams, ToSchema};
 /// last checkpoint it signed, outside the database) must both verify with
 /// its key and match the records, or it refuses and says why in `/readyz`.
 pub struct Checkpointer {
-    store: SqliteStore,
+    store: Storage,
+    /// This process's name in the signer lease: the gateway id and a
+    /// random tail, so two processes given the same id are still two.
+    holder: String,
+    /// How long a taken lease lasts; renewed at every attempt, so a
+    /// signer that dies is replaced within this and one attempt interval.
+    lease_ttl: std::time::Duration,
+    /// Whether this process held the signer lease at its last attempt.
+    holds_lease: std::sync::atomic::AtomicBool,
     signer: NoteSigner,
     verifier: NoteVerifier,
     witness: PathBuf,
@@ -37,18 +45,26 @@ pub struct Checkpointer {
     refusal: std::sync::Mutex<Option<String>>,
 }
 
+/// The lease that makes one gateway of those sharing a store the signer.
+const SIGNER_LEASE: &str = "audit-signer";
+
 fn audit_error(message: String) -> gavel_core::Error {
     gavel_core::Error::Audit(message)
 }
 
 impl Checkpointer {
     pub(crate) fn new(
-        store: SqliteStore,
+        store: Storage,
         signer: NoteSigner,
         witness: PathBuf,
+        gateway_id: String,
+        lease_ttl: std::time::Duration,
     ) -> Arc<Checkpointer> {
         Arc::new(Checkpointer {
             store,
+            holder: format!("{gateway_id}/{}", uuid::Uuid::now_v7().simple()),
+            lease_ttl,
+            holds_lease: std::sync::atomic::AtomicBool::new(false),
             verifier: signer.verifier(),
             signer,
             witness,
@@ -70,10 +86,54 @@ impl Checkpointer {
             .clone()
     }
 
-    /// Signs and stores a checkpoint if records arrived since the last one.
-    /// Returns the new checkpoint's size.
+    /// Whether this process was the log's checkpoint signer at its last
+    /// attempt (of several gateways on one store, exactly one signs).
+    pub fn is_signer(&self) -> bool {
+        self.holds_lease.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes or renews the signer lease; false when another live gateway
+    /// holds it.
+    async fn hold_lease(&self) -> Result<bool, gavel_core::Error> {
+        let now = SystemClock.now();
+        let until = gavel_core::Timestamp(now.0 + self.lease_ttl.as_millis() as i64);
+        let held = self
+            .store
+            .try_lease(SIGNER_LEASE, &self.holder, now, until)
+            .await?;
+        let was = self
+            .holds_lease
+            .swap(held, std::sync::atomic::Ordering::Relaxed);
+        if held != was {
+            if held {
+                tracing::info!(holder = %self.holder, "this gateway now signs the audit log's checkpoints");
+            } else {
+                tracing::info!("another gateway signs the audit log's checkpoints");
+            }
+        }
+        metrics::gauge!("gavel_audit_checkpoint_signer").set(if held { 1.0 } else { 0.0 });
+        Ok(held)
+    }
+
+    /// Gives the signer lease up (at shutdown), so another gateway takes
+    /// over at its next attempt instead of after the lease runs out.
+    pub async fn release(&self) {
+        if self.is_signer()
+            && let Err(e) = self.store.release_lease(SIGNER_LEASE, &self.holder).await
+        {
+            tracing::warn!(error = %e, "releasing the checkpoint signer lease failed");
+        }
+    }
+
+    /// Signs and stores a checkpoint if records arrived since the last one
+    /// and this process holds the signer lease. Returns the new
+    /// checkpoint's size.
     pub async fn checkpoint_now(&self) -> Result<Option<u64>, gavel_core::Error> {
-        let result = self.try_checkpoint().await;
+        let result = match self.hold_lease().await {
+            Ok(true) => self.try_checkpoint().await,
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        };
         metrics::gauge!("gavel_audit_checkpoint_refused").set(if result.is_err() {
             1.0
         } else {
@@ -192,8 +252,8 @@ fn humans_only(p: &Principal) -> Result<(), ApiError> {
     }
 }
 
-fn store(gw: &Gateway) -> &SqliteStore {
-    &gw.sqlite
+fn store(gw: &Gateway) -> &Storage {
+    &gw.storage
 }
 
 /// The latest signed checkpoint, as a C2SP signed note.

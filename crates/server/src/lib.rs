@@ -25,7 +25,7 @@ use gavel_config::Loaded;
 use gavel_core::{Gate, GateConfig, Store, SystemClock};
 use gavel_identity::Authenticator;
 use gavel_policy::{CedarEngine, Reload};
-use gavel_store::{SqliteStore, StorageUrl};
+use gavel_store::{PostgresAccess, Storage, StorageUrl};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,7 +42,7 @@ pub struct Gateway {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) config: Arc<Loaded>,
     pub(crate) metrics: PrometheusHandle,
-    pub(crate) sqlite: SqliteStore,
+    pub(crate) storage: Storage,
     pub(crate) checkpointer: Arc<Checkpointer>,
     pub(crate) postgres: Vec<Arc<gavel_postgres::PostgresSurface>>,
     pub(crate) mcp: gavel_mcp::McpGateway,
@@ -52,19 +52,43 @@ pub struct Gateway {
     pub(crate) teams: Vec<Arc<gavel_teams::Teams>>,
 }
 
-/// Opens the configured store (SQLite only in this build).
-pub async fn open_store(loaded: &Loaded) -> anyhow::Result<SqliteStore> {
-    let url = loaded.storage_url();
+/// Opens the configured store: SQLite, or PostgreSQL with its password
+/// from `storage.password_env` or `storage.password_file`.
+pub async fn open_store(loaded: &Loaded) -> anyhow::Result<Storage> {
     let file = loaded
         .file
         .as_deref()
         .map(|f| f.display().to_string())
         .unwrap_or_else(|| "<defaults>".into());
-    let StorageUrl::Sqlite(path) = StorageUrl::parse(&url)
+    let url = StorageUrl::parse(&loaded.storage_url())
         .map_err(|reason| anyhow::anyhow!("{file}: key `storage.url`: {reason}"))?;
-    SqliteStore::open(&path)
+    let storage = &loaded.config.storage;
+    let password = match (&storage.password_env, &storage.password_file) {
+        (Some(var), _) => Some(std::env::var(var).map_err(|_| {
+            anyhow::anyhow!(
+                "{file}: key `storage.password_env`: the environment variable {var} is not set"
+            )
+        })?),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{file}: key `storage.password_file`: cannot read {}: {e}",
+                        path.display()
+                    )
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let access = PostgresAccess {
+        password,
+        ca_file: storage.ca_file.clone(),
+    };
+    Storage::open(&url, &access)
         .await
-        .with_context(|| format!("opening storage {}", path.display()))
+        .with_context(|| format!("opening storage {}", url.redacted()))
 }
 
 fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
@@ -101,8 +125,8 @@ impl Gateway {
     /// Opens storage, loads policies and builds the gate. Fails (naming
     /// file, line and reason) on a broken policy set.
     pub async fn build(loaded: Loaded) -> anyhow::Result<Gateway> {
-        let sqlite = open_store(&loaded).await?;
-        let store = Arc::new(sqlite.clone());
+        let storage = open_store(&loaded).await?;
+        let store = Arc::new(storage.clone());
         let signer = gavel_audit::NoteSigner::load_or_create(
             &loaded.audit_key_file(),
             &loaded.config.audit.origin,
@@ -116,7 +140,13 @@ impl Gateway {
                 loaded.config.audit.origin
             );
         }
-        let checkpointer = Checkpointer::new(sqlite.clone(), signer, loaded.audit_witness_file());
+        let checkpointer = Checkpointer::new(
+            storage.clone(),
+            signer,
+            loaded.audit_witness_file(),
+            gateway_id(&loaded),
+            loaded.config.audit.checkpoint_interval,
+        );
         let policy = Arc::new(
             CedarEngine::load(&loaded.config.policy.dir)
                 .map_err(|e| anyhow::anyhow!("policies are invalid:\n{e}"))?,
@@ -217,7 +247,7 @@ impl Gateway {
             store,
             config: Arc::new(loaded),
             metrics: metrics_handle()?,
-            sqlite,
+            storage,
             checkpointer,
             postgres,
             mcp,
@@ -279,7 +309,7 @@ impl Gateway {
         }
         tracing::info!(
             listen = %bound,
-            storage = %self.config.storage_url(),
+            storage = %StorageUrl::parse(&self.config.storage_url()).map(|u| u.redacted()).unwrap_or_default(),
             policies = bundle.policies.len(),
             policy_version = %bundle.version,
             policy_dir = %self.config.config.policy.dir.display(),
@@ -290,6 +320,19 @@ impl Gateway {
         let standing = tokio::spawn(watch_standing(self.clone()));
         let reloader = tokio::spawn(reload(self.clone()));
         let checkpoints = tokio::spawn(checkpoint(self.clone()));
+        // Decisions made by other gateways on the same store wake the
+        // actions held here at once.
+        let changes = match &self.storage {
+            Storage::Postgres(pg) => {
+                let pg = pg.clone();
+                let approvals = self.gate.approvals().clone();
+                Some(tokio::spawn(async move {
+                    pg.watch_requests(|id, state| approvals.wake(id, state))
+                        .await
+                }))
+            }
+            Storage::Sqlite(_) => None,
+        };
         let checkpointer = self.checkpointer.clone();
         let mcp = self
             .mcp
@@ -310,11 +353,15 @@ impl Gateway {
         standing.abort();
         reloader.abort();
         checkpoints.abort();
+        if let Some(changes) = changes {
+            changes.abort();
+        }
         match checkpointer.checkpoint_now().await {
             Ok(Some(size)) => tracing::info!(size, "signed the final checkpoint"),
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "final checkpoint failed"),
         }
+        checkpointer.release().await;
         tracing::info!("gavel stopped");
         result
     }
@@ -392,9 +439,12 @@ async fn watch_standing(gw: Gateway) {
     }
 }
 
-/// Signs a checkpoint every `audit.checkpoint_interval` while records arrive.
+/// Signs a checkpoint every half `audit.checkpoint_interval` while records
+/// arrive, if this gateway holds the signer lease (which lasts one
+/// interval and is renewed at every attempt): when the signer dies,
+/// another gateway signs within one and a half intervals.
 async fn checkpoint(gw: Gateway) {
-    let mut tick = tokio::time::interval(gw.config.config.audit.checkpoint_interval);
+    let mut tick = tokio::time::interval(gw.config.config.audit.checkpoint_interval / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -1,12 +1,12 @@
-use crate::{AuditFilter, db_err};
+use crate::audit_queue::{AuditQueue, BatchAppender};
+use crate::{AuditFilter, RequestBody, db_err};
 use async_trait::async_trait;
 use gavel_audit::{Hash, StoredCheckpoint, StoredRecord};
 use gavel_core::{
-    Action, AdmissionId, AgentRecord, AgentRegistry, ApprovalRequest, ApprovalRoute, AuditReceipt,
-    AuditRecord, AuditSink, Decision, Error, Fingerprint, HumanId, ParkedAdmission, RequestFilter,
-    RequestId, RequestState, Review, Store, Timestamp,
+    AdmissionId, AgentRecord, AgentRegistry, ApprovalRequest, AuditReceipt, AuditRecord, AuditSink,
+    Decision, Error, Fingerprint, HumanId, ParkedAdmission, RequestFilter, RequestId, RequestState,
+    Review, Store, Timestamp,
 };
-use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -17,78 +17,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The parts of a request fixed at creation, kept as one JSON column.
-#[derive(Serialize, Deserialize)]
-struct RequestBody {
-    action: Action,
-    policies: Vec<String>,
-    policy_version: String,
-    route: ApprovalRoute,
-}
-
 /// gavel's embedded store.
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
     /// Group commit for standalone audit appends (the allow/deny hot path).
-    appends: tokio::sync::mpsc::Sender<PendingAppend>,
-}
-
-/// A record to write, and whom to tell when it is durable (nobody, for a
-/// record nobody waits on).
-type PendingAppend = (
-    AuditRecord,
-    Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
-);
-
-/// How long the writer holds a batch that nobody waits on, to gather more
-/// records into one commit.
-const LINGER: Duration = Duration::from_millis(2);
-
-/// Most records written in one transaction.
-const MAX_BATCH: usize = 2_048;
-
-/// Writes queued audit records in batches: every record that arrives while
-/// a batch is being committed joins the next one, so one fsync covers many
-/// records. Each caller is answered only after its batch's commit (and so
-/// its fsync) returned: group commit, no weaker durability.
-async fn group_commit(pool: SqlitePool, mut queue: tokio::sync::mpsc::Receiver<PendingAppend>) {
-    let mut writer = BatchWriter {
-        pool,
-        conn: None,
-        next: None,
-    };
-    let mut batch: Vec<PendingAppend> = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // Only records nobody waits on (outcomes): gather more for a moment,
-        // unless a waited-on record arrives.
-        if batch.iter().all(|(_, reply)| reply.is_none()) {
-            let deadline = tokio::time::Instant::now() + LINGER;
-            while batch.len() < MAX_BATCH {
-                let room = MAX_BATCH - batch.len();
-                match tokio::time::timeout_at(deadline, queue.recv_many(&mut batch, room)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) if batch.iter().any(|(_, reply)| reply.is_some()) => break,
-                    Ok(_) => {}
-                }
-            }
-        }
-        let records: Vec<&AuditRecord> = batch.iter().map(|(r, _)| r).collect();
-        let result = writer.write(&records).await;
-        for (i, (_, reply)) in batch.drain(..).enumerate() {
-            let Some(reply) = reply else {
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "writing an audit record nobody waited for failed");
-                }
-                continue;
-            };
-            // A caller that gave up waiting has dropped its receiver.
-            let _ = reply.send(match &result {
-                Ok(first) => Ok(first + i as u64),
-                Err(e) => Err(e.to_string()),
-            });
-        }
-    }
+    audit: AuditQueue,
 }
 
 /// The group-commit writer's own connection and its idea of the next
@@ -105,11 +39,11 @@ struct BatchWriter {
     next: Option<u64>,
 }
 
-impl BatchWriter {
+impl BatchAppender for BatchWriter {
     /// Appends `records` at consecutive positions in one statement (one
     /// implicit transaction, one commit): a single round trip to SQLite in
     /// the common case.
-    async fn write(&mut self, records: &[&AuditRecord]) -> Result<u64, Error> {
+    async fn append_batch(&mut self, records: &[&AuditRecord]) -> Result<u64, Error> {
         let audit_err = |e: &dyn std::fmt::Display| Error::Audit(e.to_string());
         if self.conn.is_none() {
             let conn = self.pool.acquire().await.map_err(|e| audit_err(&e))?;
@@ -201,9 +135,12 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| db_err(format!("migrating {}: {e}", path.display())))?;
-        let (appends, queue) = tokio::sync::mpsc::channel(16 * MAX_BATCH);
-        tokio::spawn(group_commit(pool.clone(), queue));
-        Ok(SqliteStore { pool, appends })
+        let audit = AuditQueue::start(BatchWriter {
+            pool: pool.clone(),
+            conn: None,
+            next: None,
+        });
+        Ok(SqliteStore { pool, audit })
     }
 
     /// A write transaction that takes SQLite's write lock at once
@@ -215,6 +152,11 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)
+    }
+
+    /// The pool, for copying a whole store.
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     /// Every audit record with its sequence number, in order.
@@ -369,6 +311,41 @@ impl SqliteStore {
         Ok(self.checkpoints().await?.pop())
     }
 
+    /// Takes or renews the lease `name` for `holder` until `until`, if it
+    /// is free, expired at `now`, or already `holder`'s.
+    pub async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, Error> {
+        let taken = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at <= ?",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(until.0)
+        .bind(now.0)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(taken.rows_affected() == 1)
+    }
+
+    /// Gives the lease `name` up, if `holder` has it.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), Error> {
+        sqlx::query("DELETE FROM leases WHERE name = ? AND holder = ?")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     async fn reviews(conn: &mut SqliteConnection, id: &str) -> Result<Vec<Review>, Error> {
         let rows = sqlx::query(
             "SELECT reviewer, decision, comment, at FROM reviews WHERE request_id = ? ORDER BY seq",
@@ -450,13 +427,7 @@ impl Store for SqliteStore {
         r: &ApprovalRequest,
         record: &AuditRecord,
     ) -> Result<bool, Error> {
-        let body = serde_json::to_string(&RequestBody {
-            action: r.action.clone(),
-            policies: r.policies.clone(),
-            policy_version: r.policy_version.clone(),
-            route: r.route.clone(),
-        })
-        .map_err(db_err)?;
+        let body = RequestBody::of(r)?;
         let mut tx = self.begin_write().await?;
         let result = sqlx::query(
             "INSERT INTO requests (id, fingerprint, state, initiator, resource, class, created_at, \
@@ -750,10 +721,7 @@ impl AgentRegistry for SqliteStore {
         match result {
             Ok(_) => Ok(()),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(Error::Invalid(format!(
-                    "an agent named {:?} already exists (names are never reused, so audit records stay unambiguous)",
-                    a.name
-                )))
+                Err(crate::agent_exists(&a.name))
             }
             Err(e) => Err(db_err(e)),
         }
@@ -834,60 +802,23 @@ async fn append_audit(conn: &mut SqliteConnection, record: &AuditRecord) -> Resu
     Ok(seq)
 }
 
+impl SqliteStore {
+    pub(crate) fn audit_queue(&self) -> &AuditQueue {
+        &self.audit
+    }
+}
+
 #[async_trait]
 impl AuditSink for SqliteStore {
     async fn append(&self, record: AuditRecord) -> Result<u64, Error> {
-        let (reply, done) = tokio::sync::oneshot::channel();
-        self.appends
-            .send((record, Some(reply)))
-            .await
-            .map_err(|_| Error::Audit("the audit writer has stopped".into()))?;
-        done.await
-            .map_err(|_| Error::Audit("the audit writer has stopped".into()))?
-            .map_err(Error::Audit)
+        self.audit.append(record).await
     }
 
     fn submit(self: Arc<Self>, record: AuditRecord) -> AuditReceipt {
-        let (reply, done) = tokio::sync::oneshot::channel();
-        let stopped = || Error::Audit("the audit writer has stopped".into());
-        match self.appends.try_send((record, Some(reply))) {
-            Ok(()) => {
-                Box::pin(async move { done.await.map_err(|_| stopped())?.map_err(Error::Audit) })
-            }
-            // Queue full: wait for room in a task of its own, so the write
-            // still happens if the receipt is dropped.
-            Err(tokio::sync::mpsc::error::TrySendError::Full(item)) => {
-                let appends = self.appends.clone();
-                let task = tokio::spawn(async move { appends.send(item).await.is_ok() });
-                Box::pin(async move {
-                    if !task.await.unwrap_or(false) {
-                        return Err(stopped());
-                    }
-                    done.await.map_err(|_| stopped())?.map_err(Error::Audit)
-                })
-            }
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
-                Box::pin(async move { Err(stopped()) })
-            }
-        }
+        self.audit.submit(record)
     }
 
     fn enqueue(self: Arc<Self>, record: AuditRecord) {
-        match self.appends.try_send((record, None)) {
-            Ok(()) => {}
-            Err(tokio::sync::mpsc::error::TrySendError::Full(item)) => {
-                // The writer is behind: wait for room without holding up the
-                // caller (it may then land after records queued later).
-                let appends = self.appends.clone();
-                tokio::spawn(async move {
-                    if appends.send(item).await.is_err() {
-                        tracing::error!("the audit writer has stopped; an outcome record is lost");
-                    }
-                });
-            }
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
-                tracing::error!("the audit writer has stopped; an outcome record is lost");
-            }
-        }
+        self.audit.enqueue(record)
     }
 }

@@ -1,9 +1,10 @@
-//! The gate and approvals over the real SQLite store and real Cedar
-//! policies: concurrency, restarts, expiry, append-only audit.
+//! The gate and approvals over both real stores (SQLite and the machine's
+//! PostgreSQL) and real Cedar policies: concurrency, restarts, expiry,
+//! append-only audit. One suite: every test runs against each backend.
 
 use gavel_core::*;
 use gavel_policy::CedarEngine;
-use gavel_store::SqliteStore;
+use gavel_store::{PostgresAccess, Storage, StorageUrl};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -29,29 +30,130 @@ const POLICY: &str = r#"
 permit(principal, action == Action::"sql.ddl", resource);
 "#;
 
+/// A PostgreSQL database of its own for one test, dropped afterwards.
+/// The server is `GAVEL_TEST_PG_HOST` (default 127.0.0.1:5432), reached as
+/// the OS user with trust auth, as on the CI machine.
+struct TestDatabase {
+    name: String,
+}
+
+impl TestDatabase {
+    fn create() -> TestDatabase {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "gavel_test_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        psql(&format!("CREATE DATABASE {name}"));
+        TestDatabase { name }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://{}@{}/{}", pg_user(), pg_host(), self.name)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// The OS user, whom trust auth lets in (sqlx does not default to it).
+fn pg_user() -> String {
+    let out = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .expect("id runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn pg_host() -> String {
+    std::env::var("GAVEL_TEST_PG_HOST").unwrap_or_else(|_| "127.0.0.1:5432".into())
+}
+
+fn psql(sql: &str) {
+    let (host, port) = pg_host()
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_owned(), p.to_owned()))
+        .unwrap_or_else(|| (pg_host(), "5432".into()));
+    let out = std::process::Command::new("psql")
+        .args([
+            "-h",
+            &host,
+            "-p",
+            &port,
+            "-d",
+            "test",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            sql,
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 struct Env {
     _dir: tempfile::TempDir,
-    db: std::path::PathBuf,
+    url: StorageUrl,
+    db: Option<TestDatabase>,
     policies: std::path::PathBuf,
     clock: Arc<ManualClock>,
 }
 
 impl Env {
-    fn new() -> Env {
+    fn sqlite() -> Env {
         let dir = tempfile::tempdir().unwrap();
+        let url = StorageUrl::Sqlite(dir.path().join("gavel.db"));
+        Env::with(dir, url, None)
+    }
+
+    fn postgres() -> Env {
+        let db = TestDatabase::create();
+        let url = StorageUrl::parse(&db.url()).unwrap();
+        Env::with(tempfile::tempdir().unwrap(), url, Some(db))
+    }
+
+    fn with(dir: tempfile::TempDir, url: StorageUrl, db: Option<TestDatabase>) -> Env {
         let policies = dir.path().join("policies");
         std::fs::create_dir(&policies).unwrap();
         std::fs::write(policies.join("p.cedar"), POLICY).unwrap();
         Env {
-            db: dir.path().join("gavel.db"),
+            url,
+            db,
             policies,
             _dir: dir,
             clock: Arc::new(ManualClock(AtomicI64::new(1_000_000))),
         }
     }
 
-    async fn gate(&self) -> (Gate, SqliteStore) {
-        let store = SqliteStore::open(&self.db).await.unwrap();
+    /// A new connection to the store: another gateway, or this one after
+    /// a restart.
+    async fn open(&self) -> Storage {
+        Storage::open(&self.url, &PostgresAccess::default())
+            .await
+            .unwrap()
+    }
+
+    async fn gate(&self) -> (Gate, Storage) {
+        self.gateway("test-gw").await
+    }
+
+    /// A gate on its own connection to the store, named `gateway_id` in
+    /// the records it writes.
+    async fn gateway(&self, gateway_id: &str) -> (Gate, Storage) {
+        let store = self.open().await;
         let gate = Gate::new(
             Arc::new(CedarEngine::load(&self.policies).unwrap()),
             Arc::new(store.clone()),
@@ -60,13 +162,59 @@ impl Env {
             GateConfig {
                 default_timeout: Duration::from_secs(900),
                 grant_ttl: Duration::from_secs(600),
-                gateway_id: "test-gw".into(),
+                gateway_id: gateway_id.into(),
                 public_url: "http://127.0.0.1:8470".into(),
             },
             Vec::new(),
         );
         (gate, store)
     }
+
+    /// Runs raw SQL on the store's database, bypassing gavel (as an
+    /// attacker or a failing disk would): `sqlite` or `postgres`, whichever
+    /// this backend speaks.
+    async fn raw(&self, sqlite: &str, postgres: &str) -> Result<(), String> {
+        match &self.url {
+            StorageUrl::Sqlite(path) => {
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sqlite.to_owned()))
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            StorageUrl::Postgres(_) => {
+                let url = self.db.as_ref().unwrap().url();
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(postgres.to_owned()))
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// Runs each named test (an `async fn(Env)`) once on SQLite and once on
+/// PostgreSQL.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name(super::Env::sqlite()).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(super::Env::postgres()).await
+                }
+            }
+        )*
+    };
 }
 
 fn agent() -> Principal {
@@ -111,9 +259,7 @@ fn pending_id(v: Verdict) -> RequestId {
     }
 }
 
-#[tokio::test]
-async fn a_grant_is_spent_exactly_once_under_concurrent_retries() {
-    let env = Env::new();
+async fn a_grant_is_spent_exactly_once_under_concurrent_retries(env: Env) {
     let (gate, _) = env.gate().await;
     let id = pending_id(gate.check(ddl("DROP TABLE t")).await.unwrap());
     gate.approvals()
@@ -159,9 +305,7 @@ async fn a_grant_is_spent_exactly_once_under_concurrent_retries() {
     assert_eq!(spent.state, RequestState::Executed);
 }
 
-#[tokio::test]
-async fn racing_reviewers_are_all_counted_once() {
-    let env = Env::new();
+async fn racing_reviewers_are_all_counted_once(env: Env) {
     let (gate, _) = env.gate().await;
     let id = pending_id(gate.check(ddl("ALTER TABLE t ADD c int")).await.unwrap());
     let mut tasks = Vec::new();
@@ -184,7 +328,7 @@ async fn racing_reviewers_are_all_counted_once() {
     assert_eq!(r.state, RequestState::Approved);
     assert_eq!(r.reviews.len(), 2);
     // Losing writers leave no record of a change that did not happen.
-    let store = SqliteStore::open(&env.db).await.unwrap();
+    let store = env.open().await;
     let landed = store
         .audit_records()
         .await
@@ -195,9 +339,7 @@ async fn racing_reviewers_are_all_counted_once() {
     assert_eq!(landed, 2);
 }
 
-#[tokio::test]
-async fn a_state_change_is_never_durable_without_its_audit_record() {
-    let env = Env::new();
+async fn a_state_change_is_never_durable_without_its_audit_record(env: Env) {
     let (gate, store) = env.gate().await;
     let id = pending_id(gate.check(ddl("DROP TABLE atomic")).await.unwrap());
     gate.approvals()
@@ -206,15 +348,16 @@ async fn a_state_change_is_never_durable_without_its_audit_record() {
         .unwrap();
     // Make the audit append of the quorum-completing approval fail, as a
     // full disk or an I/O error would.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", env.db.display()))
-        .await
-        .unwrap();
-    sqlx::query(
+    env.raw(
         "CREATE TRIGGER inject_failure BEFORE INSERT ON audit_log \
          WHEN json_extract(NEW.record, '$.event') = 'approved' \
          BEGIN SELECT RAISE(ABORT, 'injected audit failure'); END",
+        "CREATE FUNCTION inject_failure() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF convert_from(NEW.record, 'UTF8')::jsonb ->> 'event' = 'approved' THEN \
+         RAISE EXCEPTION 'injected audit failure'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER inject_failure BEFORE INSERT ON audit_log \
+         FOR EACH ROW EXECUTE FUNCTION inject_failure();",
     )
-    .execute(&pool)
     .await
     .unwrap();
     let err = gate
@@ -234,10 +377,12 @@ async fn a_state_change_is_never_durable_without_its_audit_record() {
         gate.check(ddl("DROP TABLE atomic")).await.unwrap(),
         Verdict::Pending(_)
     ));
-    sqlx::query("DROP TRIGGER inject_failure")
-        .execute(&pool)
-        .await
-        .unwrap();
+    env.raw(
+        "DROP TRIGGER inject_failure",
+        "DROP TRIGGER inject_failure ON audit_log",
+    )
+    .await
+    .unwrap();
     let r = gate
         .approvals()
         .decide(&id, &dba("b@x"), Decision::Approve, "")
@@ -269,9 +414,7 @@ async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     out
 }
 
-#[tokio::test]
-async fn pending_requests_reviews_and_grants_survive_reopening() {
-    let env = Env::new();
+async fn pending_requests_reviews_and_grants_survive_reopening(env: Env) {
     let (pending, approved) = {
         let (gate, _) = env.gate().await;
         let p = pending_id(gate.check(ddl("DROP TABLE a")).await.unwrap());
@@ -310,9 +453,7 @@ async fn pending_requests_reviews_and_grants_survive_reopening() {
     assert_eq!(again.state, RequestState::Executed);
 }
 
-#[tokio::test]
-async fn sweeper_expires_requests_and_unused_grants() {
-    let env = Env::new();
+async fn sweeper_expires_requests_and_unused_grants(env: Env) {
     let (gate, _) = env.gate().await;
     let stale = pending_id(gate.check(ddl("DROP TABLE x")).await.unwrap());
     let granted = pending_id(gate.check(ddl("DROP TABLE y")).await.unwrap());
@@ -355,9 +496,7 @@ async fn sweeper_expires_requests_and_unused_grants() {
     assert_ne!(fresh, granted);
 }
 
-#[tokio::test]
-async fn waiters_wake_when_a_decision_lands() {
-    let env = Env::new();
+async fn waiters_wake_when_a_decision_lands(env: Env) {
     let (gate, _) = env.gate().await;
     let id = pending_id(gate.check(ddl("DROP TABLE w")).await.unwrap());
     let waiter = {
@@ -379,9 +518,7 @@ async fn waiters_wake_when_a_decision_lands() {
     assert_eq!(woke.state, RequestState::Denied);
 }
 
-#[tokio::test]
-async fn every_step_is_audited_and_the_log_refuses_changes() {
-    let env = Env::new();
+async fn every_step_is_audited_and_the_log_refuses_changes(env: Env) {
     let (gate, store) = env.gate().await;
     let mut read = ddl("SELECT 1");
     read.class = ActionClass::SqlRead;
@@ -452,20 +589,20 @@ async fn every_step_is_audited_and_the_log_refuses_changes() {
     assert_eq!(records[3].1.comment.as_deref(), Some("too risky"));
     assert_eq!(records[3].1.gateway_id, "test-gw");
 
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", env.db.display()))
-        .await
-        .unwrap();
-    let update = sqlx::query("UPDATE audit_log SET time = 0 WHERE seq = 1")
-        .execute(&pool)
-        .await;
-    assert!(update.unwrap_err().to_string().contains("append-only"));
-    let delete = sqlx::query("DELETE FROM audit_log").execute(&pool).await;
-    assert!(delete.unwrap_err().to_string().contains("append-only"));
+    for (sqlite, postgres) in [
+        (
+            "UPDATE audit_log SET time = 0 WHERE seq = 1",
+            "UPDATE audit_log SET time = 0 WHERE seq = 1",
+        ),
+        ("DELETE FROM audit_log", "DELETE FROM audit_log"),
+        ("DELETE FROM audit_log", "TRUNCATE audit_log"),
+    ] {
+        let refused = env.raw(sqlite, postgres).await.unwrap_err();
+        assert!(refused.contains("append-only"), "{refused}");
+    }
 }
 
-#[tokio::test]
-async fn agents_are_stored_by_token_hash_and_revocable() {
-    let env = Env::new();
+async fn agents_are_stored_by_token_hash_and_revocable(env: Env) {
     let (_, store) = env.gate().await;
     let record = AgentRecord {
         name: "bot".into(),
@@ -487,13 +624,13 @@ async fn agents_are_stored_by_token_hash_and_revocable() {
     assert!(!store.revoke_agent("bot", Timestamp(6)).await.unwrap());
     let revoked = store.agent_by_token("aa11").await.unwrap().unwrap();
     assert!(!revoked.is_active(Timestamp(7)));
-    let raw = std::fs::read(&env.db).unwrap();
-    assert!(!String::from_utf8_lossy(&raw).contains("plaintext-token"));
+    if let StorageUrl::Sqlite(path) = &env.url {
+        let raw = std::fs::read(path).unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains("plaintext-token"));
+    }
 }
 
-#[tokio::test]
-async fn waiters_see_decisions_made_by_another_process_on_the_same_store() {
-    let env = Env::new();
+async fn waiters_see_decisions_made_by_another_process_on_the_same_store(env: Env) {
     let (here, _) = env.gate().await;
     let (elsewhere, _) = env.gate().await; // its own pool and its own wake-ups
     let id = pending_id(here.check(ddl("DROP TABLE shared")).await.unwrap());
@@ -520,9 +657,7 @@ async fn waiters_see_decisions_made_by_another_process_on_the_same_store() {
 /// A one-time key (a chat request's signature) is good once, for every
 /// gate on the store and after a restart, until it expires; concurrent
 /// uses of the same key let exactly one through.
-#[tokio::test]
-async fn a_one_time_key_is_good_once_across_restarts_until_it_expires() {
-    let env = Env::new();
+async fn a_one_time_key_is_good_once_across_restarts_until_it_expires(env: Env) {
     let (gate, _) = env.gate().await;
     let keep = Duration::from_secs(600);
     let approvals = gate.approvals().clone();
@@ -579,3 +714,265 @@ async fn a_one_time_key_is_good_once_across_restarts_until_it_expires() {
             .unwrap()
     );
 }
+
+/// Three gateways on one store, each allowing reads (their decision
+/// records go through that gateway's group commit) and filing requests
+/// (appended inside the request's transaction), all at once: one log,
+/// positions 0..n without a gap, every leaf hash right, every gateway's
+/// records there and named.
+async fn several_gateways_write_one_gap_free_log(env: Env) {
+    let mut gates = Vec::new();
+    for name in ["gw-a", "gw-b", "gw-c"] {
+        gates.push((name, env.gateway(name).await.0));
+    }
+    let mut tasks = Vec::new();
+    for (name, gate) in &gates {
+        for i in 0..40 {
+            let gate = gate.clone();
+            let name = *name;
+            tasks.push(tokio::spawn(async move {
+                let mut read = ddl(&format!("SELECT {i} -- {name}"));
+                read.class = ActionClass::SqlRead;
+                let Verdict::Allow(p) = gate.check(read).await.unwrap() else {
+                    panic!("reads are allowed")
+                };
+                p.finish(Outcome::Succeeded {
+                    detail: "SELECT 1".into(),
+                });
+                if i % 8 == 0 {
+                    pending_id(
+                        gate.check(ddl(&format!("DROP TABLE t{i}_{name}")))
+                            .await
+                            .unwrap(),
+                    );
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // 120 decisions, 120 outcomes (queued, not awaited), 15 requests.
+    let store = env.open().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let stored = loop {
+        let stored = store.audit_stored(0, u64::MAX).await.unwrap();
+        let outcomes = stored
+            .iter()
+            .filter(|r| gavel_audit::parse_leaf(&r.data).unwrap().1.event == AuditEvent::Outcome)
+            .count();
+        if outcomes >= 120 || std::time::Instant::now() > deadline {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for (i, r) in stored.iter().enumerate() {
+        assert_eq!(r.seq, i as u64, "positions are gap-free");
+        assert_eq!(gavel_audit::leaf_hash(&r.data), r.leaf_hash);
+        assert_eq!(gavel_audit::leaf_seq(&r.data), Some(r.seq));
+    }
+    let records: Vec<AuditRecord> = stored
+        .iter()
+        .map(|r| gavel_audit::parse_leaf(&r.data).unwrap().1)
+        .collect();
+    for name in ["gw-a", "gw-b", "gw-c"] {
+        let mine = |event: AuditEvent| {
+            records
+                .iter()
+                .filter(|r| r.gateway_id == name && r.event == event)
+                .count()
+        };
+        assert_eq!(mine(AuditEvent::Outcome), 40, "{name}");
+        assert_eq!(mine(AuditEvent::RequestCreated), 5, "{name}");
+    }
+    assert_eq!(store.audit_size().await.unwrap(), stored.len() as u64);
+}
+
+/// Of the gateways sharing a store, one holds a lease at a time; it
+/// renews it, and another takes it once it runs out or is given up.
+async fn one_gateway_holds_a_lease_at_a_time(env: Env) {
+    let a = env.open().await;
+    let b = env.open().await;
+    let t = |ms: i64| Timestamp(1_000_000 + ms);
+    assert!(
+        a.try_lease("audit-signer", "gw-a/1", t(0), t(5_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.try_lease("audit-signer", "gw-b/1", t(1), t(5_001))
+            .await
+            .unwrap()
+    );
+    // Renewed by its holder, so still not free at the first expiry.
+    assert!(
+        a.try_lease("audit-signer", "gw-a/1", t(2_000), t(7_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.try_lease("audit-signer", "gw-b/1", t(5_500), t(10_500))
+            .await
+            .unwrap()
+    );
+    // The holder died: taken over once its lease ran out.
+    assert!(
+        b.try_lease("audit-signer", "gw-b/1", t(7_000), t(12_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !a.try_lease("audit-signer", "gw-a/1", t(7_001), t(12_001))
+            .await
+            .unwrap()
+    );
+    // Given up: free at once.
+    b.release_lease("audit-signer", "gw-b/1").await.unwrap();
+    let racers: Vec<_> = (0..6)
+        .map(|i| {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                s.try_lease("audit-signer", &format!("racer/{i}"), t(8_000), t(13_000))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for r in racers {
+        won += usize::from(r.await.unwrap());
+    }
+    assert_eq!(won, 1, "exactly one racer takes a free lease");
+}
+
+/// A whole state moves from SQLite to PostgreSQL and back, audit log
+/// byte for byte; a copy into a store that holds data is refused.
+#[tokio::test]
+async fn a_store_copies_to_postgres_and_back_byte_for_byte() {
+    let sqlite = Env::sqlite();
+    let (gate, original) = sqlite.gate().await;
+    let id = pending_id(gate.check(ddl("DROP TABLE copied")).await.unwrap());
+    gate.approvals()
+        .decide(&id, &dba("a@x"), Decision::Approve, "looks fine")
+        .await
+        .unwrap();
+    original
+        .create_agent(
+            &AgentRecord {
+                name: "bot".into(),
+                owner: "owner@x".into(),
+                groups: vec!["agents".into()],
+                created_at: Timestamp(1),
+                expires_at: None,
+                revoked_at: None,
+            },
+            "aa11",
+        )
+        .await
+        .unwrap();
+    let root = [7u8; 32];
+    original
+        .insert_checkpoint(3, &root, "a signed note\n", Timestamp(5))
+        .await
+        .unwrap();
+    let postgres = Env::postgres();
+    let pg = postgres.open().await;
+    let report = gavel_store::copy_store(&original, &pg).await.unwrap();
+    assert_eq!(report.rows("requests"), 1);
+    assert_eq!(report.rows("reviews"), 1);
+    assert_eq!(report.rows("agents"), 1);
+    assert_eq!(report.rows("audit_checkpoints"), 1);
+    let log = original.audit_stored(0, u64::MAX).await.unwrap();
+    let moved = pg.audit_stored(0, u64::MAX).await.unwrap();
+    assert_eq!(log, moved);
+    assert_eq!(report.rows("audit_log"), log.len() as u64);
+    let r = pg.get_request(&id).await.unwrap().unwrap();
+    assert_eq!(r.reviews.len(), 1);
+    assert_eq!(r.reviews[0].comment, "looks fine");
+    assert!(pg.agent_by_token("aa11").await.unwrap().is_some());
+    // The copy takes over: its next record goes right after the copied log.
+    let (pg_gate, _) = postgres.gate().await;
+    pending_id(pg_gate.check(ddl("DROP TABLE after_copy")).await.unwrap());
+    let grown = pg.audit_stored(0, u64::MAX).await.unwrap();
+    assert_eq!(grown.len(), log.len() + 1);
+    assert_eq!(grown.last().unwrap().seq, log.len() as u64);
+    // And back, into a fresh SQLite file.
+    let back = Env::sqlite();
+    let back_store = back.open().await;
+    gavel_store::copy_store(&pg, &back_store).await.unwrap();
+    assert_eq!(back_store.audit_stored(0, u64::MAX).await.unwrap(), grown);
+    assert_eq!(
+        back_store.checkpoints().await.unwrap(),
+        original.checkpoints().await.unwrap()
+    );
+    // Never into a store with data in it.
+    let refused = gavel_store::copy_store(&original, &pg).await.unwrap_err();
+    assert!(refused.to_string().contains("not empty"), "{refused}");
+}
+
+/// A decision committed through one gateway's connection is announced to
+/// every gateway listening on the store (LISTEN/NOTIFY), with its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_on_one_gateway_is_announced_to_the_others() {
+    let env = Env::postgres();
+    let (deciding, _) = env.gateway("gw-a").await;
+    let Storage::Postgres(listening) = env.open().await else {
+        panic!("a PostgreSQL store")
+    };
+    let (heard, mut hear) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::spawn(async move {
+        listening
+            .watch_requests(move |id, state| {
+                let _ = heard.send((id, state));
+            })
+            .await
+    });
+    // The listener must be listening before the change: retry until the
+    // first announcement (a request being filed) arrives.
+    let mut n = 0;
+    let id = loop {
+        let id = pending_id(
+            deciding
+                .check(ddl(&format!("DROP TABLE heard{n}")))
+                .await
+                .unwrap(),
+        );
+        match tokio::time::timeout(Duration::from_secs(2), hear.recv()).await {
+            Ok(Some((got, RequestState::Pending))) if got == id => break id,
+            _ => n += 1,
+        }
+        assert!(n < 10, "no announcement of a new request");
+    };
+    deciding
+        .approvals()
+        .decide(&id, &dba("a@x"), Decision::Deny, "no")
+        .await
+        .unwrap();
+    let (got, state) = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (got, state) = hear.recv().await.unwrap();
+            if got == id {
+                return (got, state);
+            }
+        }
+    })
+    .await
+    .expect("the denial is announced");
+    assert_eq!((got, state), (id, RequestState::Denied));
+    listener.abort();
+}
+
+on_both_backends!(
+    a_grant_is_spent_exactly_once_under_concurrent_retries,
+    racing_reviewers_are_all_counted_once,
+    a_state_change_is_never_durable_without_its_audit_record,
+    pending_requests_reviews_and_grants_survive_reopening,
+    sweeper_expires_requests_and_unused_grants,
+    waiters_wake_when_a_decision_lands,
+    every_step_is_audited_and_the_log_refuses_changes,
+    agents_are_stored_by_token_hash_and_revocable,
+    waiters_see_decisions_made_by_another_process_on_the_same_store,
+    a_one_time_key_is_good_once_across_restarts_until_it_expires,
+    several_gateways_write_one_gap_free_log,
+    one_gateway_holds_a_lease_at_a_time
+);
