@@ -99,7 +99,7 @@ impl FromRequestParts<Gateway> for Caller {
             })?;
         match gw.auth.authenticate(token).await {
             Ok(p) => Ok(Caller(p)),
-            Err(AuthError::Internal(e)) => Err(ApiError::internal(e)),
+            Err(AuthError::Internal(e)) => Err(ApiError::from(e)),
             Err(e) => Err(ApiError::unauthorized(e.to_string())),
         }
     }
@@ -131,6 +131,9 @@ pub(crate) async fn healthz() -> Json<Health> {
         policy: None,
         storage_error: None,
         audit_error: None,
+        gateway_id: None,
+        storage: None,
+        checkpoint_signer: None,
         mcp_upstreams: Vec::new(),
     })
 }
@@ -186,6 +189,7 @@ pub(crate) async fn readyz(State(gw): State<Gateway>) -> Response {
     let upstream_down = mcp_upstreams
         .iter()
         .any(|u| !u.up || !u.colliding_names.is_empty());
+    let gateway_id = gw.gate.approvals().config().gateway_id.clone();
     match gw.store.count_by_state().await {
         Ok(_) => Json(Health {
             status: if reload_error.is_some() || audit_error.is_some() || upstream_down {
@@ -196,6 +200,9 @@ pub(crate) async fn readyz(State(gw): State<Gateway>) -> Response {
             policy: Some(policy),
             storage_error: None,
             audit_error,
+            gateway_id: Some(gateway_id),
+            storage: Some(gw.storage.backend()),
+            checkpoint_signer: Some(gw.checkpointer.is_signer()),
             mcp_upstreams,
         })
         .into_response(),
@@ -206,8 +213,15 @@ pub(crate) async fn readyz(State(gw): State<Gateway>) -> Response {
                 Json(Health {
                     status: "unavailable",
                     policy: Some(policy),
-                    storage_error: Some("storage does not answer; see the gateway log".into()),
+                    storage_error: Some(format!(
+                        "the {} store does not answer ({}); actions are refused until it does",
+                        gw.storage.backend(),
+                        storage_failure(&e)
+                    )),
                     audit_error,
+                    gateway_id: Some(gateway_id),
+                    storage: Some(gw.storage.backend()),
+                    checkpoint_signer: Some(false),
                     mcp_upstreams,
                 }),
             )
@@ -558,7 +572,7 @@ pub(crate) async fn post_action(
                 ..view
             }))
         }
-        Err(Refusal::Internal(e)) => Err(ApiError::internal(e)),
+        Err(Refusal::Internal(e)) => Err(ApiError::unavailable(e)),
         Err(refusal) => Ok(Json(refusal_view(&public_url, refusal))),
     }
 }
@@ -914,4 +928,19 @@ pub(crate) async fn wait(
         &r,
         &gw.config.config.server.public_url,
     )))
+}
+
+/// What kind of storage failure `e` is, in words safe to show anyone who
+/// can reach `/readyz`: no addresses, names or SQL.
+fn storage_failure(e: &gavel_core::Error) -> &'static str {
+    let text = e.to_string().to_ascii_lowercase();
+    if text.contains("timed out") || text.contains("pool timed out") {
+        "timed out waiting for a connection"
+    } else if text.contains("refused") || text.contains("connect") {
+        "cannot connect"
+    } else if text.contains("shutting down") || text.contains("terminat") {
+        "the database is shutting down"
+    } else {
+        "queries fail"
+    }
 }

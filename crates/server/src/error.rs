@@ -61,6 +61,19 @@ impl ApiError {
         )
     }
 
+    /// The gate's own machinery (the store, the audit log) failed, so it
+    /// refused: nothing was done and the caller may retry (the database
+    /// restarting, a failover). The detail (addresses, SQL) stays in the
+    /// log.
+    pub fn unavailable(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "storage failed; refused");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "gavel cannot record decisions right now (its store does not answer); nothing was done; retry shortly",
+        )
+    }
+
     /// An error for `status`, with the stable code that status maps to.
     pub fn from_status(status: StatusCode, message: impl Into<String>) -> Self {
         let code = match status.as_u16() {
@@ -91,7 +104,10 @@ impl From<gavel_core::Error> for ApiError {
     fn from(e: gavel_core::Error) -> Self {
         match e.source_kind() {
             gavel_core::ErrorSource::Caller => ApiError::bad_request(e.to_string()),
-            gavel_core::ErrorSource::Internal => ApiError::internal(e),
+            // The store or the audit log failed: the gate refused, nothing
+            // was done, and the caller may retry (the database restarting,
+            // a failover). The detail (addresses, SQL) stays in the log.
+            gavel_core::ErrorSource::Internal => ApiError::unavailable(e),
         }
     }
 }

@@ -398,6 +398,16 @@ pub(crate) struct Health {
     /// Why the audit checkpointer refuses to sign, if it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_error: Option<String>,
+    /// This gateway's id, as its audit records name it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_id: Option<String>,
+    /// `sqlite` or `postgres`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<&'static str>,
+    /// Whether this gateway signs the audit log's checkpoints (of several
+    /// gateways on one store, exactly one does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_signer: Option<bool>,
     /// The MCP upstreams: connected or not, restarts, last error.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mcp_upstreams: Vec<McpUpstreamHealth>,

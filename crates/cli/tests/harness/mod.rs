@@ -98,6 +98,21 @@ impl Gavel {
         extra: &str,
         env: &[(&str, &str)],
     ) -> Gavel {
+        let mut g = Gavel::prepare("gw-test", hold, policies, extra, env);
+        g.agent_token = g.create_agent("bot", "owner@x", &[]);
+        g.launch().await;
+        g
+    }
+
+    /// A gateway's directory and configuration (`gateway_id`, the four
+    /// humans, `policies`, `extra`), not yet started and without agents.
+    pub fn prepare(
+        gateway_id: &str,
+        hold: &str,
+        policies: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Gavel {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = format!(
@@ -107,7 +122,7 @@ data_dir = "state"
 [server]
 listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}"
-gateway_id = "gw-test"
+gateway_id = "{gateway_id}"
 
 [policy]
 dir = "policies"
@@ -151,7 +166,7 @@ tags = {{ env = "prod" }}
         std::fs::write(dir.path().join("gavel.toml"), config).unwrap();
         std::fs::create_dir(dir.path().join("policies")).unwrap();
         std::fs::write(dir.path().join("policies/main.cedar"), policies).unwrap();
-        let mut g = Gavel {
+        Gavel {
             dir,
             base: format!("http://127.0.0.1:{port}"),
             child: None,
@@ -161,10 +176,7 @@ tags = {{ env = "prod" }}
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
-        g.agent_token = g.create_agent("bot", "owner@x", &[]);
-        g.launch().await;
-        g
+        }
     }
 
     /// Runs `gavel agent create` and returns the token from its last line.

@@ -294,3 +294,44 @@ pub fn bind(out: &mut bytes::BytesMut, portal: &str, statement: &str) {
     .map_err(|_| "bind")
     .unwrap();
 }
+
+/// A PostgreSQL database for gavel's own store, of one test: created on
+/// the machine's server and dropped afterwards (or one that exists, on a
+/// server of the test's own).
+pub struct StoreDb {
+    url: String,
+    name: Option<String>,
+}
+
+impl StoreDb {
+    pub fn create() -> StoreDb {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "gavel_store_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        admin(&format!("CREATE DATABASE {name}"));
+        StoreDb {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name: Some(name),
+        }
+    }
+
+    pub fn at(url: String) -> StoreDb {
+        StoreDb { url, name: None }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for StoreDb {
+    fn drop(&mut self) {
+        if let Some(name) = &self.name {
+            admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
