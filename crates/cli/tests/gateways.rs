@@ -111,7 +111,11 @@ upstream = "postgres://postgres@127.0.0.1:5432/test"
 impl Gateways {
     /// psql through gateway `i`'s PostgreSQL listener as agent `bot`, in a
     /// thread; answers with its output and when it ended.
-    fn psql(&self, i: usize, sql: &str) -> std::thread::JoinHandle<(std::process::Output, Instant)> {
+    fn psql(
+        &self,
+        i: usize,
+        sql: &str,
+    ) -> std::thread::JoinHandle<(std::process::Output, Instant)> {
         let mut cmd = Command::new("psql");
         cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
             .arg(format!(
@@ -142,12 +146,18 @@ impl Gateways {
                 .get("/api/v1/requests?state=pending", ALICE)
                 .await;
             if let Some(r) = page["requests"].as_array().and_then(|rs| {
-                rs.iter()
-                    .find(|r| r["operation"].as_str().is_some_and(|o| o.contains(operation)))
+                rs.iter().find(|r| {
+                    r["operation"]
+                        .as_str()
+                        .is_some_and(|o| o.contains(operation))
+                })
             }) {
                 return r.clone();
             }
-            assert!(Instant::now() < deadline, "no pending request for {operation}");
+            assert!(
+                Instant::now() < deadline,
+                "no pending request for {operation}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -214,6 +224,7 @@ async fn a_decision_on_one_gateway_releases_a_statement_held_on_another() {
     let g = start(StoreDb::create(), 3, Some(slack.port)).await;
     let table = harness::pg::table("gateways");
     let mut latencies = Vec::new();
+    let mut answered = Vec::new();
     for round in 0..20 {
         let sql = format!("CREATE TABLE {table}_{round} (id int)");
         let held = g.psql(1, &sql);
@@ -222,6 +233,7 @@ async fn a_decision_on_one_gateway_releases_a_statement_held_on_another() {
         let approved = Instant::now();
         let (status, body) = g.gateways[0].approve(ALICE, &id).await;
         assert_eq!(status, 200, "{body}");
+        answered.push(approved.elapsed());
         let (out, released) = tokio::task::spawn_blocking(move || held.join().unwrap())
             .await
             .unwrap();
@@ -230,6 +242,12 @@ async fn a_decision_on_one_gateway_releases_a_statement_held_on_another() {
         harness::pg::admin(&format!("DROP TABLE {table}_{round}"));
     }
     latencies.sort();
+    answered.sort();
+    println!(
+        "approve call on gw-a answered: p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&answered, 0.5).as_secs_f64() * 1e3,
+        percentile(&answered, 0.99).as_secs_f64() * 1e3,
+    );
     println!(
         "approval on gw-a -> statement released on gw-b: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} rounds",
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
@@ -253,7 +271,9 @@ async fn a_decision_on_one_gateway_releases_a_statement_held_on_another() {
         .await;
     let message = posted
         .iter()
-        .find(|c| c["method"] == "chat.postMessage" && c["body"]["blocks"].to_string().contains(&id))
+        .find(|c| {
+            c["method"] == "chat.postMessage" && c["body"]["blocks"].to_string().contains(&id)
+        })
         .unwrap();
     let ts = message["body"]["_ts"].as_str().unwrap().to_owned();
     let click = json!({
@@ -291,14 +311,16 @@ async fn a_decision_on_one_gateway_releases_a_statement_held_on_another() {
     // decided, through the message reference in the store.
     let updated = slack
         .wait_until(|calls| {
-            calls.iter().any(|c| {
-                c["method"] == "chat.update" && c["body"]["ts"] == ts.as_str()
-            })
+            calls
+                .iter()
+                .any(|c| c["method"] == "chat.update" && c["body"]["ts"] == ts.as_str())
         })
         .await;
     let posts = updated
         .iter()
-        .filter(|c| c["method"] == "chat.postMessage" && c["body"]["blocks"].to_string().contains(&id))
+        .filter(|c| {
+            c["method"] == "chat.postMessage" && c["body"]["blocks"].to_string().contains(&id)
+        })
         .count();
     assert_eq!(posts, 1, "one message per request, not one per gateway");
 
@@ -308,7 +330,10 @@ async fn a_decision_on_one_gateway_releases_a_statement_held_on_another() {
         .iter()
         .filter_map(|r| r["gateway_id"].as_str())
         .collect();
-    assert!(writers.contains("gw-a") && writers.contains("gw-b"), "{writers:?}");
+    assert!(
+        writers.contains("gw-a") && writers.contains("gw-b"),
+        "{writers:?}"
+    );
     let approved_on_a = records
         .iter()
         .filter(|r| r["request_id"] == id.as_str() && r["event"] == "approved")
@@ -322,7 +347,9 @@ async fn a_decision_on_one_gateway_releases_a_statement_held_on_another() {
     assert_eq!(executed["gateway_id"], "gw-b");
     // Sign what is there, then verify it offline.
     let signer = g.signer(&[0, 1, 2]).await;
-    g.gateways[signer].get("/api/v1/audit/checkpoint", ALICE).await;
+    g.gateways[signer]
+        .get("/api/v1/audit/checkpoint", ALICE)
+        .await;
     let verified = g.verify(1);
     assert!(verified.contains("audit log verified"), "{verified}");
 }
@@ -394,7 +421,10 @@ async fn a_killed_gateway_loses_no_acknowledged_action_and_the_signer_fails_over
         takeover.as_secs_f64(),
         (b'a' + victim as u8) as char,
     );
-    assert!(acknowledged.len() > before_kill, "the survivors kept serving");
+    assert!(
+        acknowledged.len() > before_kill,
+        "the survivors kept serving"
+    );
     // Every acknowledged action has its decision record.
     let records = g.records(survivors[0]);
     let recorded: HashSet<&str> = records
@@ -406,7 +436,10 @@ async fn a_killed_gateway_loses_no_acknowledged_action_and_the_signer_fails_over
         .iter()
         .filter(|op| !recorded.contains(op.as_str()))
         .collect();
-    assert!(missing.is_empty(), "acknowledged without a record: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "acknowledged without a record: {missing:?}"
+    );
     // The new signer signs past what the victim signed, and the whole log
     // verifies against every checkpoint.
     let (status, note) = g.gateways[new_signer]
@@ -440,8 +473,16 @@ impl PrivatePostgres {
         let bin = version.join("bin");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        Command::new("chmod").arg("755").arg(dir.path()).status().unwrap();
-        Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap();
+        Command::new("chmod")
+            .arg("755")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        Command::new("chown")
+            .arg("postgres")
+            .arg(dir.path())
+            .status()
+            .unwrap();
         let pg = PrivatePostgres { dir, port, bin };
         pg.as_postgres(&[
             pg.bin.join("initdb").to_str().unwrap(),
@@ -519,7 +560,12 @@ async fn gateways_refuse_while_their_database_is_down_and_recover_by_themselves(
     let server = PrivatePostgres::start();
     let g = start(StoreDb::at(server.url()), 2, None).await;
     // A held action, waiting on gateway B.
-    let held = g.gateways[1].act_waiting(&g.agent_token, "sql.ddl", "prod-db", "DROP TABLE during_outage");
+    let held = g.gateways[1].act_waiting(
+        &g.agent_token,
+        "sql.ddl",
+        "prod-db",
+        "DROP TABLE during_outage",
+    );
     g.pending(0, "during_outage").await;
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -570,7 +616,10 @@ async fn gateways_refuse_while_their_database_is_down_and_recover_by_themselves(
             assert!(health["storage_error"].is_string(), "{health}");
             break;
         }
-        assert!(Instant::now() < deadline, "still ready without its database: {health}");
+        assert!(
+            Instant::now() < deadline,
+            "still ready without its database: {health}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let during = acknowledged.lock().unwrap().len();
@@ -596,7 +645,10 @@ async fn gateways_refuse_while_their_database_is_down_and_recover_by_themselves(
         refusals += a.await.unwrap();
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
-    assert!(acknowledged.len() > during, "serving again after the restart");
+    assert!(
+        acknowledged.len() > during,
+        "serving again after the restart"
+    );
     // The held action: still waiting (then approved here) or refused
     // cleanly by the outage, never let through unapproved.
     let request = g.pending(0, "during_outage").await;
@@ -611,7 +663,10 @@ async fn gateways_refuse_while_their_database_is_down_and_recover_by_themselves(
     println!(
         "store restart under load: {} actions allowed, {refusals} refused while PostgreSQL was down; held action: {}",
         acknowledged.len(),
-        held["verdict"].as_str().or(held["error"]["code"].as_str()).unwrap_or("?")
+        held["verdict"]
+            .as_str()
+            .or(held["error"]["code"].as_str())
+            .unwrap_or("?")
     );
     let records = g.records(0);
     let recorded: HashSet<&str> = records
@@ -625,7 +680,9 @@ async fn gateways_refuse_while_their_database_is_down_and_recover_by_themselves(
         .collect();
     assert!(missing.is_empty(), "allowed without a record: {missing:?}");
     let signer = g.signer(&[0, 1]).await;
-    g.gateways[signer].get("/api/v1/audit/checkpoint", ALICE).await;
+    g.gateways[signer]
+        .get("/api/v1/audit/checkpoint", ALICE)
+        .await;
     let verified = g.verify(0);
     assert!(verified.contains("audit log verified"), "{verified}");
 }

@@ -106,20 +106,41 @@ struct Kept {
     next_seq: u64,
 }
 
+/// Where delivery status goes beyond this process (the store), so that
+/// every gateway sharing it shows how each channel delivery went. Must not
+/// block: queue the write.
+pub trait DeliveryRecorder: Send + Sync {
+    /// `delivery` of request `request_id`, begun at `began_at`, stands as
+    /// given (replacing what was recorded for its `seq` before).
+    fn record(&self, request_id: &str, began_at: Timestamp, delivery: &Delivery);
+}
+
 /// Delivery status by request id, shared by every channel of a gateway.
 #[derive(Default)]
-pub struct Deliveries(Mutex<Kept>);
+pub struct Deliveries {
+    kept: Mutex<Kept>,
+    recorder: Option<std::sync::Arc<dyn DeliveryRecorder>>,
+}
 
 /// One delivery's place in [`Deliveries`].
 #[derive(Debug, Clone)]
 pub struct DeliverySlot {
     request_id: String,
     seq: u64,
+    began_at: Timestamp,
 }
 
 impl Deliveries {
+    /// Delivery status kept here and also passed to `recorder`.
+    pub fn recorded(recorder: std::sync::Arc<dyn DeliveryRecorder>) -> Deliveries {
+        Deliveries {
+            kept: Mutex::default(),
+            recorder: Some(recorder),
+        }
+    }
+
     fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The deliveries of request `id` so far, in the order they began.
@@ -140,19 +161,25 @@ impl Deliveries {
         }
         kept.next_seq += 1;
         let seq = kept.next_seq;
-        let list = kept.by_request.entry(request_id.to_owned()).or_default();
-        list.push(Delivery {
+        let began_at = SystemClock.now();
+        let delivery = Delivery {
             channel: channel.to_owned(),
             event: event.to_owned(),
             status: DeliveryStatus::Pending,
             attempts: 0,
             last_error: None,
-            at: SystemClock.now(),
+            at: began_at,
             seq,
-        });
+        };
+        if let Some(recorder) = &self.recorder {
+            recorder.record(request_id, began_at, &delivery);
+        }
+        let list = kept.by_request.entry(request_id.to_owned()).or_default();
+        list.push(delivery);
         DeliverySlot {
             request_id: request_id.to_owned(),
             seq,
+            began_at,
         }
     }
 
@@ -166,6 +193,9 @@ impl Deliveries {
         {
             change(d);
             d.at = SystemClock.now();
+            if let Some(recorder) = &self.recorder {
+                recorder.record(&slot.request_id, slot.began_at, d);
+            }
         }
     }
 

@@ -42,8 +42,8 @@ pub use approval::{
 };
 pub use audit::{AuditEvent, AuditReceipt, AuditRecord, AuditSink};
 pub use delivery::{
-    AttemptError, ChannelMessages, Deliveries, Delivery, DeliverySlot, DeliveryStatus,
-    MAX_ATTEMPTS, retry_after_seconds,
+    AttemptError, ChannelMessages, Deliveries, Delivery, DeliveryRecorder, DeliverySlot,
+    DeliveryStatus, MAX_ATTEMPTS, retry_after_seconds,
 };
 pub use error::{Error, ErrorSource};
 pub use fingerprint::{Fingerprint, canonical_json};

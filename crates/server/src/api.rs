@@ -830,7 +830,7 @@ pub(crate) async fn with_history(
         initiator_recent: items(&related.by_initiator),
         resource_recent: items(&related.on_resource),
     });
-    view.deliveries = gw.deliveries.of(&r.id.0);
+    view.deliveries = gw.deliveries_of(&r.id.0).await;
     Ok(view)
 }
 

@@ -28,8 +28,9 @@ use utoipa::{IntoParams, ToSchema};
 /// its key and match the records, or it refuses and says why in `/readyz`.
 pub struct Checkpointer {
     store: Storage,
-    /// This process's name in the signer lease: the gateway id and a
-    /// random tail, so two processes given the same id are still two.
+    /// This gateway's name in the signer lease: its gateway id, so that
+    /// a gateway restarted after a crash takes its own lease back at once
+    /// (gateway ids are unique among the gateways sharing a store).
     holder: String,
     /// How long a taken lease lasts; renewed at every attempt, so a
     /// signer that dies is replaced within this and one attempt interval.
@@ -62,7 +63,7 @@ impl Checkpointer {
     ) -> Arc<Checkpointer> {
         Arc::new(Checkpointer {
             store,
-            holder: format!("{gateway_id}/{}", uuid::Uuid::now_v7().simple()),
+            holder: gateway_id,
             lease_ttl,
             holds_lease: std::sync::atomic::AtomicBool::new(false),
             verifier: signer.verifier(),
@@ -266,7 +267,10 @@ pub(crate) async fn checkpoint(
 ) -> Result<Response, ApiError> {
     humans_only(&p)?;
     // Sign whatever has arrived, so the answer covers every record so far.
-    gw.checkpointer.checkpoint_now().await?;
+    gw.checkpointer
+        .checkpoint_now()
+        .await
+        .map_err(ApiError::internal)?;
     match store(&gw).latest_checkpoint().await? {
         Some(cp) => Ok((
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -308,7 +312,10 @@ async fn proof_size(gw: &Gateway, requested: Option<u64>) -> Result<u64, ApiErro
     match requested {
         Some(s) => Ok(s),
         None => {
-            gw.checkpointer.checkpoint_now().await?;
+            gw.checkpointer
+                .checkpoint_now()
+                .await
+                .map_err(ApiError::internal)?;
             Ok(store(gw).latest_checkpoint().await?.map_or(0, |c| c.size))
         }
     }

@@ -152,7 +152,9 @@ impl Gateway {
                 .map_err(|e| anyhow::anyhow!("policies are invalid:\n{e}"))?,
         );
         let clock = Arc::new(SystemClock);
-        let deliveries = Arc::new(gavel_core::Deliveries::default());
+        let deliveries = Arc::new(gavel_core::Deliveries::recorded(Arc::new(
+            StoredDeliveries::start(storage.clone()),
+        )));
         let mut notifiers: Vec<Arc<dyn gavel_core::Notifier>> = Vec::new();
         for (i, w) in loaded.config.channels.webhook.iter().enumerate() {
             let hook = gavel_webhook::Webhook::start(
@@ -247,15 +249,28 @@ impl Gateway {
             store,
             config: Arc::new(loaded),
             metrics: metrics_handle()?,
+            web: Arc::new(web::WebState::new(storage.clone())),
             storage,
             checkpointer,
             postgres,
             mcp,
-            web: Arc::new(web::WebState::default()),
             deliveries,
             slack,
             teams,
         })
+    }
+
+    /// How request `id`'s channel deliveries went, as every gateway on the
+    /// store recorded them (this process's own view if the store cannot
+    /// say).
+    pub(crate) async fn deliveries_of(&self, id: &str) -> Vec<gavel_core::Delivery> {
+        match self.storage.deliveries_of(id).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading delivery status failed; showing this gateway's own");
+                self.deliveries.of(id)
+            }
+        }
     }
 
     /// The gate every surface asks.
@@ -541,4 +556,50 @@ impl ConfigWatch {
 
 fn modified(file: &std::path::Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(file).and_then(|m| m.modified()).ok()
+}
+
+/// Delivery status on its way to the store, in order, by one writer task:
+/// [`gavel_core::Deliveries`] hands changes over without waiting.
+struct StoredDeliveries {
+    queue: tokio::sync::mpsc::Sender<(String, gavel_core::Timestamp, gavel_core::Delivery)>,
+}
+
+impl StoredDeliveries {
+    fn start(storage: Storage) -> StoredDeliveries {
+        // Deliveries of this process are told apart from other gateways'
+        // (and from its own before a restart) by a random id.
+        let process = uuid::Uuid::now_v7().simple().to_string();
+        let (queue, mut changes) =
+            tokio::sync::mpsc::channel::<(String, gavel_core::Timestamp, gavel_core::Delivery)>(
+                10_000,
+            );
+        tokio::spawn(async move {
+            while let Some((request_id, began_at, delivery)) = changes.recv().await {
+                if let Err(e) = storage
+                    .record_delivery(&request_id, &process, began_at, &delivery)
+                    .await
+                {
+                    tracing::warn!(error = %e, request = %request_id, "recording delivery status failed");
+                }
+            }
+        });
+        StoredDeliveries { queue }
+    }
+}
+
+impl gavel_core::DeliveryRecorder for StoredDeliveries {
+    fn record(
+        &self,
+        request_id: &str,
+        began_at: gavel_core::Timestamp,
+        delivery: &gavel_core::Delivery,
+    ) {
+        if self
+            .queue
+            .try_send((request_id.to_owned(), began_at, delivery.clone()))
+            .is_err()
+        {
+            tracing::warn!(request = %request_id, "delivery status queue full; this change stays in this gateway only");
+        }
+    }
 }

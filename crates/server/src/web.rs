@@ -4,9 +4,11 @@
 //! at `/requests/{id}` with Approve and Deny. Deciding goes through
 //! `Approvals::decide`, the same rules as every channel.
 //!
-//! Sessions live in memory: an HttpOnly cookie (`Secure` when
-//! `server.public_url` is https, `SameSite=Lax`) names a session holding
-//! the human and a CSRF token that every form must echo.
+//! Sessions live in the store, so every gateway behind a load balancer
+//! knows them: an HttpOnly cookie (`Secure` when `server.public_url` is
+//! https, `SameSite=Lax`) names a session holding the human and a CSRF
+//! token that every form must echo. The store keeps only the SHA-256 of
+//! the cookie, so reading the database signs nobody in.
 
 use crate::Gateway;
 use crate::views::RequestView;
@@ -23,11 +25,9 @@ use gavel_core::{
 use gavel_identity::Authenticator;
 use maud::{DOCTYPE, Markup, html};
 use rand::RngCore;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 const COOKIE: &str = "gavel_session";
@@ -36,14 +36,15 @@ const LOGIN_FORM_COOKIE: &str = "gavel_login";
 /// Ties a sign-in to the browser that started it.
 const SIGN_IN_COOKIE: &str = "gavel_signin";
 /// Most signed-in sessions; the oldest go first past this.
-const MAX_SESSIONS: usize = 100_000;
+const MAX_SESSIONS: u64 = 100_000;
 /// How long a signed-in session lasts.
 const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// How long a sign-in may take at the identity provider.
 const FLOW_TTL: Duration = Duration::from_secs(600);
 /// Most sign-ins in flight; older ones are dropped past this.
-const MAX_FLOWS: usize = 10_000;
+const MAX_FLOWS: u64 = 10_000;
 
+#[derive(Serialize, Deserialize)]
 struct WebSession {
     human: Human,
     /// What the human signed in with: looked at again on every page and
@@ -51,9 +52,9 @@ struct WebSession {
     /// given other groups is treated as they are now.
     with: SignedInWith,
     csrf: String,
-    expires: Instant,
 }
 
+#[derive(Serialize, Deserialize)]
 enum SignedInWith {
     /// A static token from `[[identity.humans]]`, by its SHA-256.
     Token { sha256: String },
@@ -62,6 +63,7 @@ enum SignedInWith {
     IdentityProvider { groups: Vec<String> },
 }
 
+#[derive(Serialize, Deserialize)]
 struct Flow {
     /// The value of the browser's sign-in cookie.
     browser: String,
@@ -69,40 +71,73 @@ struct Flow {
     verifier: String,
     nonce: String,
     next: String,
-    created: Instant,
 }
 
-/// Browser sessions and sign-ins in flight.
+/// Kinds of entries in the store's `web_state`.
+const SESSION: &str = "session";
+const SIGN_IN: &str = "sign_in";
+const SECRET: &str = "secret";
+
+/// Browser sessions and sign-ins in flight, kept in the store.
 pub(crate) struct WebState {
-    sessions: Mutex<HashMap<String, WebSession>>,
-    flows: Mutex<HashMap<String, Flow>>,
+    storage: gavel_store::Storage,
     /// Signs the sign-in form's key: the login cookie holds a nonce and
     /// the form its MAC, so a cookie planted from another port of the
     /// same host (same-site) cannot be paired with a key of the planter's
-    /// choosing.
-    login_key: [u8; 32],
+    /// choosing. One key for every gateway on the store (a form shown by
+    /// one may be posted to another), made by the first that needs it.
+    login_key: tokio::sync::OnceCell<Vec<u8>>,
 }
 
-impl Default for WebState {
-    fn default() -> WebState {
-        let mut login_key = [0u8; 32];
-        rand::rng().fill_bytes(&mut login_key);
-        WebState {
-            sessions: Mutex::default(),
-            flows: Mutex::default(),
-            login_key,
-        }
-    }
+/// The store's key for a cookie or `state` value: its SHA-256.
+fn stored_key(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
+}
+
+fn now() -> gavel_core::Timestamp {
+    gavel_core::Clock::now(&gavel_core::SystemClock)
+}
+
+fn later(ttl: Duration) -> gavel_core::Timestamp {
+    gavel_core::Timestamp(now().0 + ttl.as_millis() as i64)
 }
 
 impl WebState {
-    /// The form key that goes with a login cookie's nonce.
-    fn login_form_key(&self, nonce: &str) -> String {
+    pub(crate) fn new(storage: gavel_store::Storage) -> WebState {
+        WebState {
+            storage,
+            login_key: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The form key that goes with a login cookie's nonce; None when the
+    /// store cannot give the shared key.
+    async fn login_form_key(&self, nonce: &str) -> Option<String> {
         use hmac::{KeyInit, Mac};
-        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&self.login_key)
+        let key = self
+            .login_key
+            .get_or_try_init(|| async {
+                let mut fresh = [0u8; 32];
+                rand::rng().fill_bytes(&mut fresh);
+                let stored = self
+                    .storage
+                    .shared_web_state(
+                        SECRET,
+                        "login-form-key",
+                        &hex::encode(fresh),
+                        gavel_core::Timestamp(i64::MAX),
+                    )
+                    .await?;
+                hex::decode(stored)
+                    .map_err(|e| gavel_core::Error::store(format!("login form key: {e}")))
+            })
+            .await
+            .map_err(|e| tracing::error!(error = %e, "reading the sign-in form key failed"))
+            .ok()?;
+        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key)
             .expect("HMAC takes a key of any length");
         mac.update(nonce.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        Some(hex::encode(mac.finalize().into_bytes()))
     }
 }
 
@@ -226,24 +261,28 @@ impl WebState {
     /// The signed-in human as the configuration says now, and the
     /// session's CSRF key; None (and the session ends) when the session
     /// expired or its static token no longer authenticates.
-    fn session(&self, auth: &Authenticator, headers: &HeaderMap) -> Option<(Human, String)> {
-        let id = cookie_value(headers)?;
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let s = sessions.get(&id)?;
-        let current = if s.expires <= Instant::now() {
-            None
-        } else {
-            match &s.with {
-                SignedInWith::Token { sha256 } => auth.human_by_token_sha256(sha256),
-                SignedInWith::IdentityProvider { groups } => {
-                    Some(auth.human_from_sign_in(s.human.id.0.clone(), groups.clone()))
-                }
+    async fn session(&self, auth: &Authenticator, headers: &HeaderMap) -> Option<(Human, String)> {
+        let key = stored_key(&cookie_value(headers)?);
+        let stored = match self.storage.web_state(SESSION, &key, now()).await {
+            Ok(s) => s?,
+            Err(e) => {
+                tracing::error!(error = %e, "reading a browser session failed");
+                return None;
+            }
+        };
+        let s: WebSession = serde_json::from_str(&stored).ok()?;
+        let current = match &s.with {
+            SignedInWith::Token { sha256 } => auth.human_by_token_sha256(sha256),
+            SignedInWith::IdentityProvider { groups } => {
+                Some(auth.human_from_sign_in(s.human.id.0.clone(), groups.clone()))
             }
         };
         match current {
-            Some(human) => Some((human, s.csrf.clone())),
+            Some(human) => Some((human, s.csrf)),
             None => {
-                sessions.remove(&id);
+                if let Err(e) = self.storage.drop_web_state(SESSION, &key).await {
+                    tracing::warn!(error = %e, "ending a browser session failed");
+                }
                 None
             }
         }
@@ -296,10 +335,10 @@ async fn login(State(gw): State<Gateway>, Query(q): Query<LoginQuery>) -> Respon
     if has_oidc && !has_static_humans {
         return oidc_sign_in(State(gw), Query(LoginQuery { next: Some(next) })).await;
     }
-    sign_in_form(&gw, &next, has_oidc, None, StatusCode::OK)
+    sign_in_form(&gw, &next, has_oidc, None, StatusCode::OK).await
 }
 
-fn sign_in_form(
+async fn sign_in_form(
     gw: &Gateway,
     next: &str,
     has_oidc: bool,
@@ -307,7 +346,12 @@ fn sign_in_form(
     status: StatusCode,
 ) -> Response {
     let nonce = random_token();
-    let form_key = gw.web.login_form_key(&nonce);
+    let Some(form_key) = gw.web.login_form_key(&nonce).await else {
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in is unavailable: gavel cannot reach its store. Try again shortly.",
+        );
+    };
     let body = html! {
         h1 { "Sign in to review" }
         @if let Some(e) = error { p.error { (e) } }
@@ -361,8 +405,11 @@ async fn token_sign_in(
     let has_oidc = gw.auth.browser_issuers().next().is_some();
     // The form must come from a page this browser was shown: no other
     // site can sign a browser in as someone else.
-    let same_browser = cookie_named(&headers, LOGIN_FORM_COOKIE)
-        .is_some_and(|nonce| csrf_ok(&gw.web.login_form_key(&nonce), &f.form_key));
+    let expected = match cookie_named(&headers, LOGIN_FORM_COOKIE) {
+        Some(nonce) => gw.web.login_form_key(&nonce).await,
+        None => None,
+    };
+    let same_browser = expected.is_some_and(|key| csrf_ok(&key, &f.form_key));
     if !same_browser {
         return sign_in_form(
             &gw,
@@ -370,7 +417,8 @@ async fn token_sign_in(
             has_oidc,
             Some("The form is stale; sign in again."),
             StatusCode::FORBIDDEN,
-        );
+        )
+        .await;
     }
     // A pasted JWT's expiry ends the session too.
     let (human, until) = match gw.auth.authenticate_until(&f.token).await {
@@ -384,7 +432,7 @@ async fn token_sign_in(
                     "That is an agent's token. Agents never review; sign in with a reviewer's token.",
                 ),
                 StatusCode::FORBIDDEN,
-            );
+            ).await;
         }
         Err(e) => {
             tracing::info!(error = %e, "web token sign-in refused");
@@ -394,7 +442,8 @@ async fn token_sign_in(
                 has_oidc,
                 Some("That token is not accepted. Check it, or ask your gavel operator for one."),
                 StatusCode::UNAUTHORIZED,
-            );
+            )
+            .await;
         }
     };
     let with = if gavel_identity::oidc::looks_like_jwt(f.token.trim())
@@ -425,10 +474,11 @@ async fn token_sign_in(
             has_oidc,
             Some("That token has expired; get a fresh one."),
             StatusCode::UNAUTHORIZED,
-        );
+        )
+        .await;
     }
     let mut response = Redirect::to(&next).into_response();
-    start_session(&gw, human, with, ttl, &mut response);
+    start_session(&gw, human, with, ttl, &mut response).await;
     response.headers_mut().append(
         header::SET_COOKIE,
         HeaderValue::from_static("gavel_login=; HttpOnly; SameSite=Strict; Path=/login; Max-Age=0"),
@@ -438,7 +488,7 @@ async fn token_sign_in(
 
 /// Starts a browser session for `human`, for `ttl` at most, and sets its
 /// cookie on `response`.
-fn start_session(
+async fn start_session(
     gw: &Gateway,
     human: Human,
     with: SignedInWith,
@@ -446,26 +496,31 @@ fn start_session(
     response: &mut Response,
 ) {
     let session = random_token();
+    let stored = serde_json::to_string(&WebSession {
+        human,
+        with,
+        csrf: random_token(),
+    })
+    .unwrap_or_default();
+    if let Err(e) = gw
+        .web
+        .storage
+        .put_web_state(
+            SESSION,
+            &stored_key(&session),
+            &stored,
+            later(ttl),
+            now(),
+            MAX_SESSIONS,
+        )
+        .await
     {
-        let mut sessions = gw.web.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.retain(|_, s| s.expires > Instant::now());
-        if sessions.len() >= MAX_SESSIONS
-            && let Some(oldest) = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| k.clone())
-        {
-            sessions.remove(&oldest);
-        }
-        sessions.insert(
-            session.clone(),
-            WebSession {
-                human,
-                with,
-                csrf: random_token(),
-                expires: Instant::now() + ttl,
-            },
+        tracing::error!(error = %e, "storing a browser session failed");
+        *response = error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in is unavailable: gavel cannot reach its store. Try again shortly.",
         );
+        return;
     }
     let cookie = format!(
         "{COOKIE}={session}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{}",
@@ -501,29 +556,32 @@ async fn oidc_sign_in(State(gw): State<Gateway>, Query(q): Query<LoginQuery>) ->
     let nonce = random_token();
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(Sha256::digest(verifier.as_bytes()));
+    let flow = serde_json::to_string(&Flow {
+        browser: browser.clone(),
+        issuer: index,
+        verifier,
+        nonce: nonce.clone(),
+        next: safe_next(q.next.as_deref()),
+    })
+    .unwrap_or_default();
+    // Past MAX_FLOWS the oldest go, not everyone's.
+    if let Err(e) = gw
+        .web
+        .storage
+        .put_web_state(
+            SIGN_IN,
+            &stored_key(&state),
+            &flow,
+            later(FLOW_TTL),
+            now(),
+            MAX_FLOWS,
+        )
+        .await
     {
-        let mut flows = gw.web.flows.lock().unwrap_or_else(|p| p.into_inner());
-        flows.retain(|_, f| f.created.elapsed() < FLOW_TTL);
-        if flows.len() >= MAX_FLOWS {
-            // The oldest go, not everyone's.
-            if let Some(oldest) = flows
-                .iter()
-                .min_by_key(|(_, f)| f.created)
-                .map(|(k, _)| k.clone())
-            {
-                flows.remove(&oldest);
-            }
-        }
-        flows.insert(
-            state.clone(),
-            Flow {
-                browser: browser.clone(),
-                issuer: index,
-                verifier,
-                nonce: nonce.clone(),
-                next: safe_next(q.next.as_deref()),
-                created: Instant::now(),
-            },
+        tracing::error!(error = %e, "storing a sign-in failed");
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in is unavailable: gavel cannot reach its store. Try again shortly.",
         );
     }
     let client_id = issuer.client_id().unwrap_or_default();
@@ -594,13 +652,21 @@ async fn callback(
         );
     };
     // A state is good for one callback, within FLOW_TTL.
-    let flow = gw
+    let flow = match gw
         .web
-        .flows
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&state)
-        .filter(|f| f.created.elapsed() < FLOW_TTL);
+        .storage
+        .take_web_state(SIGN_IN, &stored_key(&state), now())
+        .await
+    {
+        Ok(flow) => flow.and_then(|f| serde_json::from_str::<Flow>(&f).ok()),
+        Err(e) => {
+            tracing::error!(error = %e, "reading a sign-in failed");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in is unavailable: gavel cannot reach its store. Try again shortly.",
+            );
+        }
+    };
     let Some(flow) = flow else {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -638,7 +704,8 @@ async fn callback(
         SignedInWith::IdentityProvider { groups },
         SESSION_TTL,
         &mut response,
-    );
+    )
+    .await;
     response.headers_mut().append(
         header::SET_COOKIE,
         HeaderValue::from_static(
@@ -664,16 +731,18 @@ async fn logout(
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Some((_, csrf)) = gw.web.session(&gw.auth, &headers) {
+    if let Some((_, csrf)) = gw.web.session(&gw.auth, &headers).await {
         if !csrf_ok(&csrf, &f.csrf) {
             return error_page(StatusCode::FORBIDDEN, "The form is stale; reload the page.");
         }
-        if let Some(id) = cookie_value(&headers) {
-            gw.web
-                .sessions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+        if let Some(id) = cookie_value(&headers)
+            && let Err(e) = gw
+                .web
+                .storage
+                .drop_web_state(SESSION, &stored_key(&id))
+                .await
+        {
+            tracing::error!(error = %e, "ending a browser session failed");
         }
     }
     let mut response = Redirect::to("/requests").into_response();
@@ -685,7 +754,7 @@ async fn logout(
 }
 
 async fn list(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
-    let Some(who) = gw.web.session(&gw.auth, &headers) else {
+    let Some(who) = gw.web.session(&gw.auth, &headers).await else {
         return sign_in_redirect("/requests");
     };
     let filter = RequestFilter {
@@ -745,7 +814,7 @@ async fn page(
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    let Some(who) = gw.web.session(&gw.auth, &headers) else {
+    let Some(who) = gw.web.session(&gw.auth, &headers).await else {
         return sign_in_redirect(&format!("/requests/{id}"));
     };
     let principal = Principal::Human(who.0.clone());
@@ -909,7 +978,7 @@ async fn decide(
     Path(id): Path<String>,
     Form(f): Form<DecisionForm>,
 ) -> Response {
-    let Some((human, csrf)) = gw.web.session(&gw.auth, &headers) else {
+    let Some((human, csrf)) = gw.web.session(&gw.auth, &headers).await else {
         return error_page(StatusCode::UNAUTHORIZED, "Sign in first.");
     };
     if !csrf_ok(&csrf, &f.csrf) {

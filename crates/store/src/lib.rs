@@ -14,6 +14,7 @@
 mod audit_queue;
 mod copy;
 mod postgres;
+mod shared_state;
 mod sqlite;
 
 pub use copy::{CopyReport, copy_store};

@@ -1,5 +1,5 @@
 -- The PostgreSQL schema: the same tables, guards and invariants as the
--- SQLite migrations 0001-0006, written at once. Several gateways share it.
+-- SQLite migrations 0001-0007, written at once. Several gateways share it.
 
 -- Approval requests. `body` holds what never changes after creation (the
 -- action, the policies and route); the columns hold what queries filter on
@@ -128,4 +128,34 @@ CREATE TABLE leases (
     name       TEXT PRIMARY KEY,
     holder     TEXT NOT NULL,
     expires_at BIGINT NOT NULL
+);
+
+-- Browser sign-in state shared by every gateway: sessions, sign-ins in
+-- flight at the identity provider, and the key that signs the sign-in
+-- form. Keyed by the SHA-256 of the cookie or state value (never the
+-- value itself), so whoever reads the database cannot sign in.
+CREATE TABLE web_state (
+    kind       TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE INDEX web_state_expiry ON web_state (kind, expires_at);
+
+-- How each channel delivery of each request went, whichever gateway made
+-- it (`process`: the delivering process's random id; `seq`: its order
+-- there).
+CREATE TABLE deliveries (
+    request_id TEXT NOT NULL,
+    process    TEXT NOT NULL,
+    seq        BIGINT NOT NULL,
+    channel    TEXT NOT NULL,
+    event      TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    attempts   BIGINT NOT NULL,
+    last_error TEXT,
+    began_at   BIGINT NOT NULL,
+    at         BIGINT NOT NULL,
+    PRIMARY KEY (request_id, process, seq)
 );
