@@ -686,3 +686,115 @@ async fn gateways_refuse_while_their_database_is_down_and_recover_by_themselves(
     let verified = g.verify(0);
     assert!(verified.contains("audit log verified"), "{verified}");
 }
+
+/// Behind a load balancer without sticky sessions a browser meets a
+/// different gateway at every step: the sign-in form shown by A is posted
+/// to B, the session B starts works on C, and signing out on C ends it
+/// everywhere. A request filed through B shows its Slack delivery on A.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_and_a_delivery_are_known_to_every_gateway() {
+    let slack = FakeServer::start("slack/fake_slack.py", &[BOT_TOKEN]);
+    let g = start(StoreDb::create(), 3, Some(slack.port)).await;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cookie = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{name}=")))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_owned)
+    };
+    let page = browser
+        .get(format!("{}/login", g.gateways[0].base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let form_cookie = cookie(&page, "gavel_login").unwrap();
+    let html = page.text().await.unwrap();
+    let key = html
+        .split("name=\"form_key\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let signed_in = browser
+        .post(format!("{}/login", g.gateways[1].base))
+        .header("cookie", &form_cookie)
+        .form(&[("token", ALICE), ("next", "/requests"), ("form_key", &key)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        signed_in.status(),
+        303,
+        "{}",
+        signed_in.text().await.unwrap()
+    );
+    let session = cookie(&signed_in, "gavel_session").unwrap();
+    let requests = |i: usize| {
+        browser
+            .get(format!("{}/requests", g.gateways[i].base))
+            .header("cookie", &session)
+            .send()
+    };
+    let page = requests(2).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Signed in as alice@x"), "{html}");
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    // The store keeps a digest of the session, never the cookie itself.
+    let cookie_value = &session["gavel_session=".len()..];
+    let raw = g._db.query(&format!(
+        "SELECT count(*) FROM web_state WHERE value LIKE '%{cookie_value}%' OR key = '{cookie_value}'"
+    ));
+    let sessions = g
+        ._db
+        .query("SELECT count(*) FROM web_state WHERE kind = 'session'");
+    assert_eq!(sessions, "1");
+    assert_eq!(raw, "0");
+    let out = browser
+        .post(format!("{}/logout", g.gateways[2].base))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    for i in 0..3 {
+        let page = requests(i).await.unwrap();
+        assert_eq!(page.status(), 303, "signed out on every gateway");
+    }
+
+    // A request filed through B: B delivers it to Slack, A shows how.
+    let v = g.gateways[1]
+        .act(&g.agent_token, "sql.ddl", "app-db", "DROP TABLE delivered")
+        .await;
+    let id = harness::request_id(&v);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, view) = g.gateways[0]
+            .get(&format!("/api/v1/requests/{id}"), ALICE)
+            .await;
+        if view["deliveries"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|d| d["channel"] == "slack-C0123" && d["status"] == "delivered")
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A never showed B's delivery: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -326,6 +326,32 @@ impl StoreDb {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// Runs `sql` in this database (on the machine's server), bypassing
+    /// gavel: what whoever reads the database sees.
+    pub fn query(&self, sql: &str) -> String {
+        let name = self
+            .name
+            .as_deref()
+            .expect("a database on the machine's server");
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-tA",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                name,
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sql}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
 }
 
 impl Drop for StoreDb {
