@@ -219,48 +219,117 @@ fn benches(c: &mut Criterion) {
     }
     group.finish();
 
-    let mut group = c.benchmark_group("gate_check_sqlite");
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = |rt: &tokio::runtime::Runtime, name: &str| {
+        let url = gavel_store::StorageUrl::Sqlite(dir.path().join(format!("{name}.db")));
+        rt.block_on(gavel_store::Storage::open(&url, &Default::default()))
+            .unwrap()
+    };
+    durable(c, &rt, "sqlite", dir.path(), &a, &sqlite);
+    // The same on the machine's PostgreSQL, in a database of its own.
+    match BenchDatabase::create() {
+        Some(db) => {
+            let postgres = |rt: &tokio::runtime::Runtime, name: &str| {
+                db.recreate(name);
+                let url = gavel_store::StorageUrl::parse(&db.url(name)).unwrap();
+                rt.block_on(gavel_store::Storage::open(&url, &Default::default()))
+                    .unwrap()
+            };
+            durable(c, &rt, "postgres", dir.path(), &a, &postgres);
+        }
+        None => {
+            eprintln!("no PostgreSQL at 127.0.0.1:5432 (psql failed): skipping gate_check_postgres")
+        }
+    }
+}
+
+/// Databases on the machine's PostgreSQL for the `postgres` groups,
+/// dropped when the bench ends.
+struct BenchDatabase {
+    names: std::sync::Mutex<Vec<String>>,
+}
+
+fn bench_psql(sql: &str) -> bool {
+    std::process::Command::new("psql")
+        .args(["-X", "-q", "-h", "127.0.0.1", "-d", "test", "-c", sql])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+impl BenchDatabase {
+    fn create() -> Option<BenchDatabase> {
+        bench_psql("SELECT 1").then(|| BenchDatabase {
+            names: std::sync::Mutex::default(),
+        })
+    }
+
+    fn name(name: &str) -> String {
+        format!("gavel_bench_{}_{name}", std::process::id())
+    }
+
+    fn recreate(&self, name: &str) {
+        let db = Self::name(name);
+        assert!(bench_psql(&format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+        )));
+        assert!(bench_psql(&format!("CREATE DATABASE {db}")));
+        self.names.lock().unwrap().push(db);
+    }
+
+    fn url(&self, name: &str) -> String {
+        let user = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        format!("postgres://{user}@127.0.0.1:5432/{}", Self::name(name))
+    }
+}
+
+impl Drop for BenchDatabase {
+    fn drop(&mut self) {
+        for db in self.names.lock().unwrap().iter() {
+            bench_psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        }
+    }
+}
+
+/// `Gate::check` with a durable store (`backend`): one agent at a time,
+/// then 64 at once on two workers.
+fn durable(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    backend: &str,
+    dir: &Path,
+    a: &Action,
+    open: &dyn Fn(&tokio::runtime::Runtime, &str) -> gavel_store::Storage,
+) {
+    let mut group = c.benchmark_group(format!("gate_check_{backend}"));
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(10));
-    let dir = tempfile::tempdir().unwrap();
-    let store = rt
-        .block_on(gavel_store::SqliteStore::open(&dir.path().join("gavel.db")))
-        .unwrap();
-    let store = Arc::new(store);
-    let g = gate(
-        engine(dir.path(), &pinned_policies(100)),
-        store.clone(),
-        store,
-    );
+    let store = Arc::new(open(rt, "single"));
+    let g = gate(engine(dir, &pinned_policies(100)), store.clone(), store);
     group.bench_function("pinned/100", |b| {
         b.iter(|| rt.block_on(g.check(a.clone())).unwrap())
     });
     group.finish();
 
     // Durable appends per second through the gate: 64 agents at once on a
-    // two-worker runtime, every allow waiting for its audit record's fsync
-    // (group commit batches whatever arrives during one fsync).
+    // two-worker runtime, every allow waiting for its audit record's
+    // commit (group commit batches whatever arrives during one commit).
     let mt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let mut group = c.benchmark_group("gate_check_sqlite_concurrent");
+    let mut group = c.benchmark_group(format!("gate_check_{backend}_concurrent"));
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(15));
     group.throughput(criterion::Throughput::Elements(1));
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        mt.block_on(gavel_store::SqliteStore::open(&dir.path().join("gavel.db")))
-            .unwrap(),
-    );
-    let g = gate(
-        engine(dir.path(), &pinned_policies(100)),
-        store.clone(),
-        store,
-    );
+    let store = Arc::new(open(&mt, "concurrent"));
+    let g = gate(engine(dir, &pinned_policies(100)), store.clone(), store);
     const AGENTS: u64 = 64;
     group.bench_function("pinned/100/64-agents", |b| {
         b.iter_custom(|iters| {
