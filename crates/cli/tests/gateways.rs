@@ -892,3 +892,97 @@ async fn a_whole_state_moves_from_sqlite_to_postgres_and_back() {
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
 }
+
+/// `storage.ca_file` makes gavel reach its store over TLS and verify the
+/// server's certificate and name: the machine's PostgreSQL serves TLS with
+/// Debian's snakeoil certificate (CN=localhost). Another CA, or a name the
+/// certificate does not carry, and gavel does not connect. The password
+/// comes from `storage.password_file` and shows nowhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_is_reached_over_verified_tls() {
+    let ca = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    assert!(
+        std::path::Path::new(ca).exists(),
+        "the machine's PostgreSQL certificate"
+    );
+    let db = StoreDb::create();
+    let name = db.url().rsplit('/').next().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("db-password");
+    std::fs::write(&password, "store-secret-never-shown\n").unwrap();
+    let other_ca = dir.path().join("other-ca.pem");
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("other-key.pem"))
+        .arg("-out")
+        .arg(&other_ca)
+        .args(["-days", "2", "-subj", "/CN=localhost"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let storage = |host: &str, ca: &std::path::Path| {
+        format!(
+            "[storage]\nurl = \"postgres://postgres@{host}:5432/{name}\"\npassword_file = \"{}\"\nca_file = \"{}\"\n",
+            password.display(),
+            ca.display()
+        )
+    };
+    // Verified: the gateway starts and its connections are encrypted.
+    let mut g = Gavel::prepare(
+        "gw-tls",
+        "1s",
+        POLICIES,
+        &storage("localhost", ca.as_ref()),
+        &[],
+    );
+    g.agent_token = g.create_agent("bot", "owner@x", &[]);
+    g.launch().await;
+    g.act(&g.agent_token, "sql.read", "prod-db", "SELECT 1")
+        .await;
+    let encrypted = harness::pg::admin(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s \
+         JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'gavel' \
+         AND a.datname LIKE 'gavel_store_%'",
+    );
+    let (tls, all) = encrypted.split_once('|').unwrap();
+    assert!(
+        all != "0" && tls == all,
+        "every store connection uses TLS: {encrypted}"
+    );
+    g.stop();
+    assert!(!g.log().contains("store-secret-never-shown"));
+    // Another CA, or a name the certificate does not carry: no connection.
+    for (host, ca) in [
+        ("localhost", other_ca.as_path()),
+        ("127.0.0.1", ca.as_ref()),
+    ] {
+        let config = std::fs::read_to_string(g.config_path()).unwrap();
+        let start = config.find("[storage]").unwrap();
+        std::fs::write(
+            g.config_path(),
+            format!("{}{}", &config[..start], storage(host, ca)),
+        )
+        .unwrap();
+        let out = g.cli(&["agent", "list"], None);
+        assert!(
+            !out.status.success(),
+            "{host} with {}: {}",
+            ca.display(),
+            text(&out)
+        );
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("postgres://postgres@") && !said.contains("store-secret-never-shown"),
+            "{said}"
+        );
+    }
+}
