@@ -163,6 +163,15 @@ pub trait AuditSink: Send + Sync {
         })
     }
 
+    /// Whether the sink's last write succeeded. A read whose record would
+    /// be written after it is released (`ReadAudit::Deferred`) is released
+    /// only while this holds: while the store fails, every read waits for
+    /// its own record, and so is refused, instead of running unrecorded for
+    /// as long as the outage lasts.
+    fn healthy(&self) -> bool {
+        true
+    }
+
     /// Queues `record` with nobody waiting for it (an outcome): the sink may
     /// hold it briefly to write it with others. Written in order with every
     /// other record. The default is [`AuditSink::submit`], receipt dropped.

@@ -473,7 +473,13 @@ impl Gate {
                         (None, None)
                     }
                     ReadAudit::BeforeRelease => (Some(shared.audit.clone().submit(record)), None),
-                    ReadAudit::Deferred => (None, Some(Box::new(record))),
+                    ReadAudit::Deferred if shared.audit.healthy() => (None, Some(Box::new(record))),
+                    // The sink is failing: this read is recorded before it
+                    // is released, or refused.
+                    ReadAudit::Deferred => {
+                        shared.audit.append(record).await?;
+                        (None, None)
+                    }
                 };
                 let mut permitted = self.permitted(action, decision.policies, None);
                 permitted.receipt = receipt;

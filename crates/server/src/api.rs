@@ -190,7 +190,15 @@ pub(crate) async fn readyz(State(gw): State<Gateway>) -> Response {
         .iter()
         .any(|u| !u.up || !u.colliding_names.is_empty());
     let gateway_id = gw.gate.approvals().config().gateway_id.clone();
-    match gw.store.count_by_state().await {
+    // The store answers a query but the audit writer's last batch failed
+    // (a lock held elsewhere, a full disk): not ready either.
+    let answered = match gw.store.count_by_state().await {
+        Ok(_) if !gavel_core::AuditSink::healthy(&gw.storage) => Err(gavel_core::Error::Audit(
+            "the audit writer's last write failed".into(),
+        )),
+        other => other,
+    };
+    match answered {
         Ok(_) => Json(Health {
             status: if reload_error.is_some() || audit_error.is_some() || upstream_down {
                 "degraded"
@@ -934,7 +942,9 @@ pub(crate) async fn wait(
 /// can reach `/readyz`: no addresses, names or SQL.
 fn storage_failure(e: &gavel_core::Error) -> &'static str {
     let text = e.to_string().to_ascii_lowercase();
-    if text.contains("timed out") || text.contains("pool timed out") {
+    if text.contains("audit writer") {
+        "the audit log cannot be written"
+    } else if text.contains("timed out") || text.contains("pool timed out") {
         "timed out waiting for a connection"
     } else if text.contains("refused") || text.contains("connect") {
         "cannot connect"

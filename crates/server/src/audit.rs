@@ -126,15 +126,29 @@ impl Checkpointer {
         }
     }
 
-    /// Signs and stores a checkpoint if records arrived since the last one
-    /// and this process holds the signer lease. Returns the new
+    /// Verifies the log against every checkpoint this gateway and the
+    /// store have seen signed (moving this gateway's witness up to the
+    /// latest stored one), then, if it holds the signer lease, signs and
+    /// stores a checkpoint of what arrived since. Returns the new
     /// checkpoint's size.
+    ///
+    /// The lease is taken only after the log verified here, and given up
+    /// when signing fails: a gateway that cannot sign (another key, an
+    /// altered log) never keeps the others from signing.
     pub async fn checkpoint_now(&self) -> Result<Option<u64>, gavel_core::Error> {
-        let result = match self.hold_lease().await {
-            Ok(true) => self.try_checkpoint().await,
-            Ok(false) => Ok(None),
-            Err(e) => Err(e),
-        };
+        let result = async {
+            self.try_checkpoint(false).await?;
+            if !self.hold_lease().await? {
+                return Ok(None);
+            }
+            self.try_checkpoint(true).await
+        }
+        .await;
+        if result.is_err() {
+            self.release().await;
+            self.holds_lease
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         metrics::gauge!("gavel_audit_checkpoint_refused").set(if result.is_err() {
             1.0
         } else {
@@ -144,14 +158,25 @@ impl Checkpointer {
             metrics::gauge!("gavel_audit_signed_records").set(size as f64);
         }
         let mut refusal = self.refusal.lock().unwrap_or_else(|e| e.into_inner());
-        *refusal = result.as_ref().err().map(|e| e.to_string());
+        // `/readyz` shows this to anyone: a store failure in words, its
+        // detail (addresses, names) only in the log.
+        *refusal = result.as_ref().err().map(|e| match e {
+            gavel_core::Error::Store(_) => {
+                tracing::warn!(error = %e, "audit checkpoint: the store failed");
+                "the store does not answer; no checkpoint was signed (see the gateway log)"
+                    .to_owned()
+            }
+            other => other.to_string(),
+        });
         result
     }
 
-    /// The checkpoints this log must extend: the latest stored one and the
-    /// witness file, each verified with this gateway's key.
-    async fn anchors(&self) -> Result<Vec<Checkpoint>, gavel_core::Error> {
+    /// The checkpoints this log must extend: the latest stored one (with
+    /// its note) and the witness file, each verified with this gateway's
+    /// key.
+    async fn anchors(&self) -> Result<(Vec<Checkpoint>, Option<(u64, String)>), gavel_core::Error> {
         let mut anchors = Vec::new();
+        let mut latest = None;
         if let Some(stored) = self.store.latest_checkpoint().await? {
             let cp = Checkpoint::open(&stored.note, &self.verifier).map_err(|e| {
                 audit_error(format!(
@@ -160,6 +185,7 @@ impl Checkpointer {
                 ))
             })?;
             anchors.push(cp);
+            latest = Some((stored.size, stored.note));
         }
         match std::fs::read_to_string(&self.witness) {
             Ok(note) => anchors.push(Checkpoint::open(&note, &self.verifier).map_err(|e| {
@@ -177,10 +203,13 @@ impl Checkpointer {
             }
         }
         anchors.sort_by_key(|a| a.size);
-        Ok(anchors)
+        Ok((anchors, latest))
     }
 
-    async fn try_checkpoint(&self) -> Result<Option<u64>, gavel_core::Error> {
+    /// Verifies the stored log against the anchors; with `sign`, signs
+    /// what is new, else moves the witness up to the latest stored
+    /// checkpoint once the records under it verified.
+    async fn try_checkpoint(&self, sign: bool) -> Result<Option<u64>, gavel_core::Error> {
         let mut frontier = self.frontier.lock().await;
         let size = self.store.audit_size().await?;
         if size < frontier.size() {
@@ -189,7 +218,7 @@ impl Checkpointer {
                 frontier.size()
             )));
         }
-        let anchors = self.anchors().await?;
+        let (anchors, latest) = self.anchors().await?;
         if let Some(a) = anchors.iter().find(|a| a.size > size) {
             return Err(audit_error(format!(
                 "the log holds {size} records but a signed checkpoint covers {}: records were removed; refusing to sign",
@@ -224,6 +253,19 @@ impl Checkpointer {
         }
         *frontier = next;
         let signed = anchors.last().map_or(0, |a| a.size);
+        if !sign {
+            // Every gateway keeps its own copy of the latest checkpoint it
+            // verified, outside the database: if the store later loses or
+            // rewrites what that checkpoint covers, this gateway refuses to
+            // sign the result, whoever signed before.
+            if let Some((stored, note)) = latest
+                && stored == signed
+                && stored <= size
+            {
+                self.write_witness(&note)?;
+            }
+            return Ok(None);
+        }
         if size == 0 || size <= signed {
             return Ok(None);
         }
@@ -236,11 +278,20 @@ impl Checkpointer {
         self.store
             .insert_checkpoint(size, &cp.root, &note, SystemClock.now())
             .await?;
-        let tmp = self.witness.with_extension("tmp");
-        std::fs::write(&tmp, &note)
-            .and_then(|_| std::fs::rename(&tmp, &self.witness))
-            .map_err(|e| audit_error(format!("writing {}: {e}", self.witness.display())))?;
+        self.write_witness(&note)?;
         Ok(Some(size))
+    }
+
+    /// Replaces the witness file with `note` (write, then rename), unless
+    /// it already holds exactly that.
+    fn write_witness(&self, note: &str) -> Result<(), gavel_core::Error> {
+        if std::fs::read_to_string(&self.witness).is_ok_and(|held| held == note) {
+            return Ok(());
+        }
+        let tmp = self.witness.with_extension("tmp");
+        std::fs::write(&tmp, note)
+            .and_then(|_| std::fs::rename(&tmp, &self.witness))
+            .map_err(|e| audit_error(format!("writing {}: {e}", self.witness.display())))
     }
 }
 

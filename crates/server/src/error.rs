@@ -70,7 +70,7 @@ impl ApiError {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            "gavel cannot record decisions right now (its store does not answer); nothing was done; retry shortly",
+            "gavel's store does not answer, so nothing was let through; retry shortly (a decision on a request may or may not have been saved: check the request before deciding again)",
         )
     }
 

@@ -65,7 +65,7 @@ enum SignedInWith {
 
 #[derive(Serialize, Deserialize)]
 struct Flow {
-    /// The value of the browser's sign-in cookie.
+    /// The SHA-256 of the browser's sign-in cookie (never the cookie).
     browser: String,
     issuer: usize,
     verifier: String,
@@ -557,7 +557,7 @@ async fn oidc_sign_in(State(gw): State<Gateway>, Query(q): Query<LoginQuery>) ->
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(Sha256::digest(verifier.as_bytes()));
     let flow = serde_json::to_string(&Flow {
-        browser: browser.clone(),
+        browser: stored_key(&browser),
         issuer: index,
         verifier,
         nonce: nonce.clone(),
@@ -675,8 +675,8 @@ async fn callback(
     };
     // Only the browser that started the sign-in may finish it: a callback
     // URL sent to someone else signs nobody in.
-    let same_browser =
-        cookie_named(&headers, SIGN_IN_COOKIE).is_some_and(|v| csrf_ok(&flow.browser, &v));
+    let same_browser = cookie_named(&headers, SIGN_IN_COOKIE)
+        .is_some_and(|v| csrf_ok(&flow.browser, &stored_key(&v)));
     if !same_browser {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -742,7 +742,12 @@ async fn logout(
                 .drop_web_state(SESSION, &stored_key(&id))
                 .await
         {
+            // Saying "signed out" while the session lives on would be a lie.
             tracing::error!(error = %e, "ending a browser session failed");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Signing out failed: gavel cannot reach its store, so the session is still valid. Try again shortly.",
+            );
         }
     }
     let mut response = Redirect::to("/requests").into_response();

@@ -4,6 +4,8 @@
 //! transaction committed.
 
 use gavel_core::{AuditReceipt, AuditRecord, Error};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,6 +33,8 @@ const MAX_BATCH: usize = 2_048;
 #[derive(Clone)]
 pub(crate) struct AuditQueue {
     appends: mpsc::Sender<PendingAppend>,
+    /// Whether the writer's last batch committed.
+    healthy: Arc<AtomicBool>,
 }
 
 fn stopped() -> Error {
@@ -41,8 +45,14 @@ impl AuditQueue {
     /// Starts the writer task around `writer`.
     pub(crate) fn start(writer: impl BatchAppender) -> AuditQueue {
         let (appends, queue) = mpsc::channel(16 * MAX_BATCH);
-        tokio::spawn(group_commit(writer, queue));
-        AuditQueue { appends }
+        let healthy = Arc::new(AtomicBool::new(true));
+        tokio::spawn(group_commit(writer, queue, healthy.clone()));
+        AuditQueue { appends, healthy }
+    }
+
+    /// Whether the writer's last batch committed.
+    pub(crate) fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 
     /// Appends `record` and waits until it is durable.
@@ -103,7 +113,11 @@ impl AuditQueue {
 /// a batch is being committed joins the next one, so one commit (one fsync)
 /// covers many records. Each caller is answered only after its batch's
 /// commit returned: group commit, no weaker durability.
-async fn group_commit(mut writer: impl BatchAppender, mut queue: mpsc::Receiver<PendingAppend>) {
+async fn group_commit(
+    mut writer: impl BatchAppender,
+    mut queue: mpsc::Receiver<PendingAppend>,
+    healthy: Arc<AtomicBool>,
+) {
     let mut batch: Vec<PendingAppend> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Only records nobody waits on (outcomes): gather more for a moment,
@@ -121,6 +135,7 @@ async fn group_commit(mut writer: impl BatchAppender, mut queue: mpsc::Receiver<
         }
         let records: Vec<&AuditRecord> = batch.iter().map(|(r, _)| r).collect();
         let result = writer.append_batch(&records).await;
+        healthy.store(result.is_ok(), Ordering::Relaxed);
         for (i, (_, reply)) in batch.drain(..).enumerate() {
             let Some(reply) = reply else {
                 if let Err(e) = &result {

@@ -112,7 +112,8 @@ impl StorageUrl {
             }
             let query = url.split_once('?').map_or("", |(_, q)| q);
             if query.split('&').any(|pair| {
-                let key = pair.split('=').next().unwrap_or("");
+                // As the driver reads it: `pass%77ord` is `password`.
+                let key = percent_decoded(pair.split('=').next().unwrap_or(""));
                 key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword")
             }) {
                 return Err("the PostgreSQL URL carries a password parameter; put it in storage.password_env or storage.password_file, never in the URL".into());
@@ -135,6 +136,31 @@ impl StorageUrl {
             StorageUrl::Postgres(url) => url.redacted(),
         }
     }
+}
+
+/// `s` with `%XX` escapes decoded (and `+` as a space, as in forms);
+/// invalid escapes are kept as written.
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// How to reach a PostgreSQL store beyond its URL.
@@ -371,6 +397,10 @@ impl AuditSink for Storage {
     fn enqueue(self: Arc<Self>, record: AuditRecord) {
         on_backend!(&*self, s => s.audit_queue().enqueue(record))
     }
+
+    fn healthy(&self) -> bool {
+        on_backend!(self, s => s.audit_queue().healthy())
+    }
 }
 
 /// The parts of a request fixed at creation, kept as one JSON column.
@@ -417,6 +447,11 @@ mod tests {
         );
         let err = StorageUrl::parse("postgres://gavel@db/gavel?password=hunter2").unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
+        for sneaky in ["pass%77ord", "PASS%57ORD", "sslpass%77ord", "%70assword"] {
+            let err = StorageUrl::parse(&format!("postgres://gavel@db/gavel?{sneaky}=hunter2"))
+                .unwrap_err();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
         let url = StorageUrl::parse("postgresql://gavel@db:5432/gavel?sslmode=require").unwrap();
         assert_eq!(url.redacted(), "postgresql://gavel@db:5432/gavel");
         assert!(matches!(

@@ -107,7 +107,19 @@ impl PgStore {
             // A gateway whose database is gone answers (and refuses) within
             // seconds instead of holding every caller for sqlx's 30 s.
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.application_name("gavel"))
+            .connect_with(options.application_name("gavel").options([
+                // A commit returns once it is on disk, whatever the
+                // role's or database's defaults say.
+                ("synchronous_commit", "on"),
+                // Nothing waits long for a lock (the audit head held by
+                // a stalled gateway) or a statement: the caller is
+                // refused (503) instead of hanging with it.
+                ("lock_timeout", "5s"),
+                ("statement_timeout", "30s"),
+                // A gateway stopped mid-transaction (SIGSTOP, a paused
+                // VM) loses its transaction, and its locks, after 10 s.
+                ("idle_in_transaction_session_timeout", "10s"),
+            ]))
             .await
             .map_err(|e| db_err(format!("cannot connect to PostgreSQL: {e}")))?;
         sqlx::migrate!("./migrations/postgres")
@@ -868,5 +880,9 @@ impl AuditSink for PgStore {
 
     fn enqueue(self: Arc<Self>, record: AuditRecord) {
         self.audit.enqueue(record)
+    }
+
+    fn healthy(&self) -> bool {
+        self.audit.healthy()
     }
 }

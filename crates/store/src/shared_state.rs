@@ -42,6 +42,16 @@ impl Storage {
     ) -> Result<(), Error> {
         on_pool!(self, pool, Db => {
             let mut tx = pool.begin().await.map_err(db_err)?;
+            if matches!(self, Storage::Postgres(_)) {
+                // One writer per kind at a time, so concurrent writers (on
+                // several gateways) cannot each see room under the cap.
+                // SQLite's write lock does the same there.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('gavel.web_state.' || $1))")
+                    .bind(kind)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            }
             QueryBuilder::<Db>::new("DELETE FROM web_state WHERE kind = ")
                 .push_bind(kind)
                 .push(" AND expires_at <= ")
@@ -50,26 +60,20 @@ impl Storage {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            let count: i64 = QueryBuilder::<Db>::new("SELECT count(*) FROM web_state WHERE kind = ")
+            // Room for one more: everything past the newest max - 1 goes.
+            QueryBuilder::<Db>::new("DELETE FROM web_state WHERE kind = ")
                 .push_bind(kind)
-                .build()
-                .fetch_one(&mut *tx)
-                .await
-                .and_then(|row| row.try_get(0))
-                .map_err(db_err)?;
-            if count as u64 >= max_entries {
-                QueryBuilder::<Db>::new(
-                    "DELETE FROM web_state WHERE kind = ",
-                )
+                .push(" AND key IN (SELECT key FROM web_state WHERE kind = ")
                 .push_bind(kind)
-                .push(" AND key = (SELECT key FROM web_state WHERE kind = ")
-                .push_bind(kind)
-                .push(" ORDER BY expires_at LIMIT 1)")
+                .push(" ORDER BY expires_at DESC LIMIT ")
+                .push_bind(i64::MAX)
+                .push(" OFFSET ")
+                .push_bind(max_entries.saturating_sub(1).min(i64::MAX as u64) as i64)
+                .push(")")
                 .build()
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            }
             QueryBuilder::<Db>::new("INSERT INTO web_state (kind, key, value, expires_at) VALUES (")
                 .push_bind(kind)
                 .push(", ")

@@ -821,4 +821,8 @@ impl AuditSink for SqliteStore {
     fn enqueue(self: Arc<Self>, record: AuditRecord) {
         self.audit.enqueue(record)
     }
+
+    fn healthy(&self) -> bool {
+        self.audit.healthy()
+    }
 }

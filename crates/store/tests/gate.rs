@@ -845,6 +845,95 @@ async fn one_gateway_holds_a_lease_at_a_time(env: Env) {
     assert_eq!(won, 1, "exactly one racer takes a free lease");
 }
 
+/// Sign-ins in flight are capped however many gateways add them at once:
+/// a flood of unauthenticated sign-in starts cannot grow the table without
+/// bound.
+async fn the_sign_in_cap_holds_under_concurrent_writers(env: Env) {
+    let stores = vec![
+        env.open().await,
+        env.open().await,
+        env.open().await,
+        env.open().await,
+    ];
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = stores[i % stores.len()].clone();
+            tokio::spawn(async move {
+                store
+                    .put_web_state(
+                        "sign_in",
+                        &format!("k{i}"),
+                        "{}",
+                        Timestamp(10_000 + i as i64),
+                        Timestamp(1),
+                        10,
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for t in tasks {
+        // SQLite may refuse a writer that waited past its busy timeout;
+        // that refuses one sign-in, it never overfills the table.
+        failed += usize::from(t.await.unwrap().is_err());
+    }
+    assert!(failed < 200);
+    let mut kept = 0;
+    for i in 0..200 {
+        if stores[0]
+            .web_state("sign_in", &format!("k{i}"), Timestamp(2))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            kept += 1;
+        }
+    }
+    assert!(kept <= 10, "{kept} sign-ins kept past the cap of 10");
+    assert!(kept > 0);
+    // A sign-in is taken once, by whichever gateway its callback reaches
+    // first; expired ones are not taken at all.
+    stores[0]
+        .put_web_state(
+            "sign_in",
+            "once",
+            "{\"n\":1}",
+            Timestamp(5_000),
+            Timestamp(2),
+            10,
+        )
+        .await
+        .unwrap();
+    let takes: Vec<_> = stores
+        .iter()
+        .cloned()
+        .map(|s| {
+            tokio::spawn(async move {
+                s.take_web_state("sign_in", "once", Timestamp(3))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut taken = 0;
+    for t in takes {
+        taken += usize::from(t.await.unwrap().is_some());
+    }
+    assert_eq!(taken, 1);
+    stores[1]
+        .put_web_state("sign_in", "late", "{}", Timestamp(5_000), Timestamp(2), 10)
+        .await
+        .unwrap();
+    assert!(
+        stores[2]
+            .take_web_state("sign_in", "late", Timestamp(5_000))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 /// A whole state moves from SQLite to PostgreSQL and back, audit log
 /// byte for byte; a copy into a store that holds data is refused.
 #[tokio::test]
@@ -974,5 +1063,6 @@ on_both_backends!(
     waiters_see_decisions_made_by_another_process_on_the_same_store,
     a_one_time_key_is_good_once_across_restarts_until_it_expires,
     several_gateways_write_one_gap_free_log,
-    one_gateway_holds_a_lease_at_a_time
+    one_gateway_holds_a_lease_at_a_time,
+    the_sign_in_cap_holds_under_concurrent_writers
 );
