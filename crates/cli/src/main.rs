@@ -6,6 +6,7 @@ mod client;
 mod flags;
 mod out;
 mod quickstart;
+mod store;
 
 use clap::Parser;
 use flags::{AgentCommand, AuditCommand, Cli, Command, PolicyCommand, StoreCommand, TokenCommand};
@@ -136,7 +137,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Explain(args)) => {
             admin::policy_explain(config, args, json).await
         }
-        Command::Store(StoreCommand::Copy(args)) => admin::store_copy(args, json).await,
+        Command::Store(StoreCommand::Copy(args)) => store::copy(args, json).await,
         Command::Audit(AuditCommand::Key) => audit::key(config),
         Command::Audit(AuditCommand::Verify { checkpoint, pubkey }) => {
             audit::verify(config, checkpoint, pubkey, json).await

@@ -22,7 +22,11 @@ enum Cell {
 
 /// Each table that is state (leases are not: they name live processes),
 /// parents before children, with its columns and the order to read it in.
-const TABLES: &[(&str, &[(&str, Kind)], &str)] = &[
+/// A table: its name, its columns with their kinds, and the order it is
+/// read in.
+type Table = (&'static str, &'static [(&'static str, Kind)], &'static str);
+
+const TABLES: &[Table] = &[
     (
         "requests",
         &[

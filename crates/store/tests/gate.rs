@@ -849,7 +849,7 @@ async fn one_gateway_holds_a_lease_at_a_time(env: Env) {
 /// a flood of unauthenticated sign-in starts cannot grow the table without
 /// bound.
 async fn the_sign_in_cap_holds_under_concurrent_writers(env: Env) {
-    let stores = vec![
+    let stores = [
         env.open().await,
         env.open().await,
         env.open().await,
