@@ -15,6 +15,6 @@ pub mod tree;
 pub mod verify;
 
 pub use note::{Checkpoint, NoteError, NoteSigner, NoteVerifier};
-pub use record::{RECORD_VERSION, leaf_data, leaf_seq, parse_leaf};
+pub use record::{RECORD_VERSION, leaf_data, leaf_members, leaf_seq, parse_leaf};
 pub use tree::{Frontier, Hash, consistency_proof, inclusion_proof, leaf_hash, root_of};
 pub use verify::{StoredCheckpoint, StoredRecord, VerifyError, VerifyReport, verify_log};

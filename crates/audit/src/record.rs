@@ -16,15 +16,24 @@ pub const RECORD_VERSION: u64 = 1;
 
 /// The canonical bytes of `record` at position `seq`.
 pub fn leaf_data(seq: u64, record: &AuditRecord) -> Vec<u8> {
+    let members = leaf_members(record);
+    let mut out = format!("{{\"seq\":{seq},\"v\":{RECORD_VERSION},").into_bytes();
+    out.extend_from_slice(&members);
+    out
+}
+
+/// What follows `{"seq":N,"v":1,` in the record's bytes: its members as
+/// canonical JSON and the closing brace. For a store that assigns the
+/// position itself and writes the prefix in the same statement.
+pub fn leaf_members(record: &AuditRecord) -> Vec<u8> {
     let value = serde_json::to_value(record).unwrap_or_else(|e| {
         // AuditRecord is plain data; serializing it cannot fail.
         panic!("audit record does not serialize: {e}")
     });
-    let members = canonical_json(&value);
-    let mut out = format!("{{\"seq\":{seq},\"v\":{RECORD_VERSION},").into_bytes();
+    let mut members = canonical_json(&value);
     // `members` is `{…}` with at least one member: drop its opening brace.
-    out.extend_from_slice(&members[1..]);
-    out
+    members.remove(0);
+    members
 }
 
 /// Reads the position and version from the front of leaf bytes without

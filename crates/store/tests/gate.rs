@@ -770,6 +770,10 @@ async fn several_gateways_write_one_gap_free_log(env: Env) {
         assert_eq!(r.seq, i as u64, "positions are gap-free");
         assert_eq!(gavel_audit::leaf_hash(&r.data), r.leaf_hash);
         assert_eq!(gavel_audit::leaf_seq(&r.data), Some(r.seq));
+        // Exactly the bytes gavel's own serializer makes for this record
+        // at this position (PostgreSQL writes the position prefix itself).
+        let (_, record) = gavel_audit::parse_leaf(&r.data).unwrap();
+        assert_eq!(r.data, gavel_audit::leaf_data(r.seq, &record));
     }
     let records: Vec<AuditRecord> = stored
         .iter()
