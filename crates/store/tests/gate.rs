@@ -792,6 +792,45 @@ async fn several_gateways_write_one_gap_free_log(env: Env) {
     assert_eq!(store.audit_size().await.unwrap(), stored.len() as u64);
 }
 
+/// Records too large to send in one statement together (a long SQL text
+/// each) are still one batch: contiguous positions, exact bytes.
+async fn a_batch_of_large_records_keeps_its_positions(env: Env) {
+    let (gate, store) = env.gate().await;
+    let tasks: Vec<_> = (0..48)
+        .map(|i| {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let mut read = ddl(&format!("SELECT '{}' -- {i}", "x".repeat(3_000)));
+                read.class = ActionClass::SqlRead;
+                let Verdict::Allow(p) = gate.check(read).await.unwrap() else {
+                    panic!("reads are allowed")
+                };
+                p.finish(Outcome::Succeeded {
+                    detail: "SELECT 1".into(),
+                });
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let stored = loop {
+        let stored = store.audit_stored(0, u64::MAX).await.unwrap();
+        if stored.len() >= 96 || std::time::Instant::now() > deadline {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(stored.len(), 96);
+    for (i, r) in stored.iter().enumerate() {
+        assert_eq!(r.seq, i as u64);
+        let (_, record) = gavel_audit::parse_leaf(&r.data).unwrap();
+        assert_eq!(r.data, gavel_audit::leaf_data(r.seq, &record));
+        assert_eq!(gavel_audit::leaf_hash(&r.data), r.leaf_hash);
+    }
+}
+
 /// Of the gateways sharing a store, one holds a lease at a time; it
 /// renews it, and another takes it once it runs out or is given up.
 async fn one_gateway_holds_a_lease_at_a_time(env: Env) {
@@ -1068,5 +1107,6 @@ on_both_backends!(
     a_one_time_key_is_good_once_across_restarts_until_it_expires,
     several_gateways_write_one_gap_free_log,
     one_gateway_holds_a_lease_at_a_time,
-    the_sign_in_cap_holds_under_concurrent_writers
+    the_sign_in_cap_holds_under_concurrent_writers,
+    a_batch_of_large_records_keeps_its_positions
 );
