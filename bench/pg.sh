@@ -6,6 +6,9 @@
 #
 #   bench/pg.sh                 # 30 s per run, 8 clients, 2 threads
 #   DURATION=10 bench/pg.sh     # shorter
+#   STORE=postgres bench/pg.sh  # gavel's own store on PostgreSQL (a fresh
+#                               # database on the same server) instead of
+#                               # the embedded SQLite
 #
 # Needs the machine's PostgreSQL at 127.0.0.1:5432 (trust auth, database
 # `test`); installs pgbouncer (Debian) if missing. Prints TPS, average
@@ -21,6 +24,8 @@ GAVEL_PORT=${GAVEL_PORT:-26432}
 BOUNCER_PORT=${BOUNCER_PORT:-26433}
 API_PORT=${API_PORT:-28470}
 BUFFERED_PORT=${BUFFERED_PORT:-26434}
+STORE=${STORE:-sqlite}
+STORE_DB=gavel_bench_store_$$
 
 scripts/setup
 if ! command -v pgbouncer >/dev/null 2>&1; then
@@ -38,6 +43,9 @@ cleanup() {
   [ -n "${GAVEL_PID:-}" ] && kill "$GAVEL_PID" 2>/dev/null || true
   [ -n "${BUFFERED_PID:-}" ] && kill "$BUFFERED_PID" 2>/dev/null || true
   [ -f "$work/pgbouncer.pid" ] && kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
+  if [ "$STORE" = postgres ]; then
+    psql -X -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $STORE_DB WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -59,6 +67,14 @@ name = "bench-db"
 listen = "127.0.0.1:$GAVEL_PORT"
 upstream = "postgres://postgres@127.0.0.1:5432/test"
 TOML
+case $STORE in
+  sqlite) ;;
+  postgres)
+    psql -X -q -h 127.0.0.1 -U postgres -d test -c "CREATE DATABASE $STORE_DB" >/dev/null
+    printf '[storage]\nurl = "postgres://postgres@127.0.0.1:5432/%s"\n' "$STORE_DB" >> "$work/gavel.toml"
+    ;;
+  *) echo "bench: STORE is sqlite or postgres" >&2; exit 2 ;;
+esac
 TOKEN=$($BIN agent create bench --owner bench-owner@example.com --config "$work/gavel.toml" | tail -1)
 RUST_LOG=warn $BIN serve --config "$work/gavel.toml" >"$work/gavel.log" 2>&1 &
 GAVEL_PID=$!
@@ -118,7 +134,7 @@ run() { # target mode -> "tps latency_ms"
 }
 
 echo
-echo "pgbench -S, $CLIENTS clients, $THREADS threads, ${DURATION}s per run, scale $SCALE ($(nproc) cores)"
+echo "pgbench -S, $CLIENTS clients, $THREADS threads, ${DURATION}s per run, scale $SCALE ($(nproc) cores), gavel's store: $STORE"
 printf '%-9s %-10s %12s %12s %14s %14s\n' mode target tps latency_ms vs_direct vs_pgbouncer
 for mode in simple prepared; do
   result=$(run direct "$mode") || exit 1; read -r d_tps d_lat <<<"$result"
