@@ -59,4 +59,28 @@ echo "gavel, pgbench -S -M $MODE, one client, read_durability = $DURABILITY"
 echo "instructions per transaction: $per  (($full - $base) / $TX)"
 echo
 echo "inclusive, the $((TX + 1))-transaction run (share of all instructions, startup included):"
-callgrind_annotate --inclusive=yes "$work/cg.$((TX + 1))" 2>/dev/null | sed -n '/^Ir/,$p' | head -45
+callgrind_annotate --inclusive=yes "$work/cg.$((TX + 1))" 2>/dev/null | sed -n '/^Ir/,$p' | head -45 || true
+# Stages: inclusive instructions of the functions that are one stage
+# each, per transaction (startup is outside them).
+echo
+echo "per transaction, by stage (inclusive; stages nest where noted):"
+annotated=$(callgrind_annotate --inclusive=yes --threshold=100 "$work/cg.$((TX + 1))" 2>/dev/null)
+stage() { # label pattern
+  local ir
+  ir=$(echo "$annotated" | grep -E "$2" | head -1 | awk '{print $1}' | tr -d , || true)
+  printf '  %-58s %9s\n' "$1" "$(( ${ir:-0} / (TX + 1) ))"
+}
+stage "session: a client message, end to end" 'gavel_postgres::session::Session::on_client::\{\{closure'
+stage "  admission: Session::admit (gate, policy, decision)" 'gavel_postgres::hold::<impl gavel_postgres::session::Session>::admit::\{\{closure'
+stage "    policy: gavel_policy::decide" 'gavel_policy::decide \['
+stage "  classification: classify_fresh / shape cache" 'gavel_postgres::session::Session::classify_fresh'
+stage "relay: upstream rows back to the client" 'gavel_postgres::session::Session::relay::\{\{closure'
+stage "audit writer: group commit (serialise, hash, insert, commit)" 'gavel_store::audit_queue::group_commit::\{\{closure'
+stage "  record bytes: leaf_members (serde_json + canonical JSON)" 'gavel_audit::record::leaf_members'
+stage "  leaf hash: SHA-256 of the record (software SHA-256 here)" 'gavel_audit::tree::leaf_hash'
+stage "  SQLite: executing the insert" 'sqlx_sqlite::connection::execute::ExecuteIter as'
+stage "canonical JSON, every use (record and fingerprint)" 'gavel_core::fingerprint::canonical_json \['
+stage "SHA-256, every use" 'sha2::sha256::compress256 \['
+stage "malloc (every caller)" 'malloc.c:malloc \['
+stage "free (every caller)" 'malloc.c:free \['
+if [ -n "${KEEP:-}" ]; then cp "$work/cg.$((TX + 1))" "$KEEP"; fi

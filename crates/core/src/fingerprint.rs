@@ -132,7 +132,10 @@ fn write_canonical_json(v: &serde_json::Value, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(Value::String(k.clone()).to_string().as_bytes());
+                // Straight into `out` with serde_json's own serializer:
+                // the same bytes as `Value::String(k).to_string()`,
+                // without two allocations per key.
+                write_json(k, out);
                 out.push(b':');
                 write_canonical_json(&map[k], out);
             }
@@ -148,13 +151,73 @@ fn write_canonical_json(v: &serde_json::Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+        scalar => write_json(scalar, out),
     }
+}
+
+/// `value` as serde_json writes it (compact), appended to `out`.
+fn write_json<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    // Writing a string or scalar into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The writer before it serialized straight into the buffer: every
+    /// key and scalar through `to_string`. The hashed bytes of records
+    /// and fingerprints must not change.
+    fn reference_canonical_json(v: &serde_json::Value) -> Vec<u8> {
+        use serde_json::Value;
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                let mut out = b"{".to_vec();
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(Value::String(k.clone()).to_string().as_bytes());
+                    out.push(b':');
+                    out.extend(reference_canonical_json(&map[k]));
+                }
+                out.push(b'}');
+                out
+            }
+            Value::Array(items) => {
+                let mut out = b"[".to_vec();
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend(reference_canonical_json(item));
+                }
+                out.push(b']');
+                out
+            }
+            scalar => scalar.to_string().into_bytes(),
+        }
+    }
+
+    #[test]
+    fn canonical_bytes_are_unchanged_by_the_direct_writer() {
+        let tricky = serde_json::json!({
+            "z": [1, -0.0, 1.5, 1e300, u64::MAX, i64::MIN, true, false, null],
+            "a\"quote\\back\u{1}ctl\n": "caf\u{e9} \u{1F600} \u{2028} </script>",
+            "": {"nested": {"b": "x", "a": [{"y": 1, "x": 2}]}, "empty": {}, "list": []},
+            "\u{7f}del": "\t\r\u{0}",
+        });
+        for v in [
+            tricky.clone(),
+            tricky["z"].clone(),
+            serde_json::json!("s"),
+            serde_json::json!(3),
+        ] {
+            assert_eq!(canonical_json(&v), reference_canonical_json(&v), "{v}");
+        }
+    }
     use crate::{ActionClass, Approver, Human, HumanId, Principal, Resource};
     use serde_json::json;
     use std::time::Duration;
