@@ -25,15 +25,80 @@ pub fn leaf_data(seq: u64, record: &AuditRecord) -> Vec<u8> {
 /// What follows `{"seq":N,"v":1,` in the record's bytes: its members as
 /// canonical JSON and the closing brace. For a store that assigns the
 /// position itself and writes the prefix in the same statement.
+///
+/// Written member by member in canonical (byte) order, each value by
+/// serde_json's own serializer, `details` by [`canonical_json`]: the bytes
+/// of `canonical_json(serde_json::to_value(record))` without building the
+/// value tree. A test holds the two to the same bytes, and fails if a new
+/// member of `AuditRecord` is not written here.
 pub fn leaf_members(record: &AuditRecord) -> Vec<u8> {
-    let value = serde_json::to_value(record).unwrap_or_else(|e| {
+    let r = record;
+    let mut out = Vec::with_capacity(512 + r.operation.len());
+    let mut first = true;
+    let mut member = |out: &mut Vec<u8>, key: &str| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+    };
+    // Keys are plain ASCII names, so their byte order is this order.
+    member(&mut out, "class");
+    json(&mut out, &r.class);
+    member(&mut out, "comment");
+    json(&mut out, &r.comment);
+    member(&mut out, "decision");
+    json(&mut out, &r.decision);
+    if !r.details.is_null() {
+        member(&mut out, "details");
+        out.extend_from_slice(&canonical_json(&r.details));
+    }
+    member(&mut out, "event");
+    json(&mut out, &r.event);
+    member(&mut out, "gateway_id");
+    json(&mut out, &r.gateway_id);
+    member(&mut out, "initiator");
+    json(&mut out, &r.initiator);
+    member(&mut out, "intent");
+    json(&mut out, &r.intent);
+    if r.on_behalf_of.is_some() {
+        member(&mut out, "on_behalf_of");
+        json(&mut out, &r.on_behalf_of);
+    }
+    member(&mut out, "operation");
+    json(&mut out, &r.operation);
+    member(&mut out, "outcome");
+    json(&mut out, &r.outcome);
+    member(&mut out, "owner");
+    json(&mut out, &r.owner);
+    member(&mut out, "policies");
+    json(&mut out, &r.policies);
+    member(&mut out, "request_id");
+    json(&mut out, &r.request_id);
+    member(&mut out, "resource");
+    json(&mut out, &r.resource);
+    member(&mut out, "reviewers");
+    json(&mut out, &r.reviewers);
+    member(&mut out, "source");
+    json(&mut out, &r.source);
+    member(&mut out, "surface");
+    json(&mut out, &r.surface);
+    member(&mut out, "time");
+    json(&mut out, &r.time);
+    out.push(b'}');
+    out
+}
+
+/// `value` as serde_json writes it, appended to `out`. Every member but
+/// `details` is a string, a number, null or a list of strings, whose
+/// serde_json form is already canonical.
+fn json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(&mut *out, value).unwrap_or_else(|e| {
         // AuditRecord is plain data; serializing it cannot fail.
         panic!("audit record does not serialize: {e}")
     });
-    let mut members = canonical_json(&value);
-    // `members` is `{…}` with at least one member: drop its opening brace.
-    members.remove(0);
-    members
 }
 
 /// Reads the position and version from the front of leaf bytes without
@@ -88,6 +153,62 @@ pub fn parse_leaf(data: &[u8]) -> Result<(u64, AuditRecord), LeafError> {
 mod tests {
     use super::*;
     use gavel_core::{ActionClass, AuditEvent, Timestamp};
+
+    /// The members as canonical JSON of the whole serialized record: what
+    /// `leaf_members` wrote before it skipped the value tree.
+    fn reference_members(r: &AuditRecord) -> Vec<u8> {
+        let mut members = canonical_json(&serde_json::to_value(r).unwrap());
+        members.remove(0);
+        members
+    }
+
+    #[test]
+    fn members_are_the_canonical_json_of_the_whole_record() {
+        let plain = AuditRecord {
+            time: Timestamp(1_764_547_200_123),
+            event: AuditEvent::Decision,
+            initiator: "agent:a".into(),
+            owner: None,
+            on_behalf_of: None,
+            reviewers: vec![],
+            comment: None,
+            resource: "db".into(),
+            class: ActionClass::SqlRead,
+            operation: "SELECT 1".into(),
+            details: serde_json::Value::Null,
+            intent: String::new(),
+            policies: vec![],
+            decision: None,
+            outcome: None,
+            source: None,
+            surface: "postgres".into(),
+            request_id: None,
+            gateway_id: "gw".into(),
+        };
+        let full = AuditRecord {
+            event: AuditEvent::Approved,
+            owner: Some("owner@x".into()),
+            on_behalf_of: Some("h\u{e9}l\u{e8}ne@x".into()),
+            reviewers: vec!["a@x".into(), "b\"q\\@x".into()],
+            comment: Some("line\nbreak \u{1} \u{1F600} </script>".into()),
+            class: ActionClass::SqlDdl,
+            operation: "DROP TABLE \"t\"; -- \u{2028}".into(),
+            details: serde_json::json!({"z": [1, 2.5, null], "a": {"y": true, "b": "x"}}),
+            intent: "because".into(),
+            policies: vec!["p1".into(), "p0".into()],
+            decision: Some("allow".into()),
+            outcome: Some("executed".into()),
+            source: Some("127.0.0.1:5".into()),
+            request_id: Some(gavel_core::RequestId("0190-abc".into())),
+            ..plain.clone()
+        };
+        for r in [plain, full] {
+            assert_eq!(
+                String::from_utf8(leaf_members(&r)).unwrap(),
+                String::from_utf8(reference_members(&r)).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn position_and_version_lead_and_round_trip() {
