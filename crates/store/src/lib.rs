@@ -278,24 +278,6 @@ impl Storage {
     pub async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, Error> {
         on_backend!(self, s => s.latest_checkpoint().await)
     }
-
-    /// Takes or renews the lease `name` for `holder` until `until`, if it
-    /// is free, expired at `now`, or already `holder`'s. Clocks of the
-    /// gateways sharing a store are assumed synchronised (NTP).
-    pub async fn try_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: Timestamp,
-        until: Timestamp,
-    ) -> Result<bool, Error> {
-        on_backend!(self, s => s.try_lease(name, holder, now, until).await)
-    }
-
-    /// Gives the lease `name` up, if `holder` has it.
-    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), Error> {
-        on_backend!(self, s => s.release_lease(name, holder).await)
-    }
 }
 
 #[async_trait]

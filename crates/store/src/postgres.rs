@@ -429,41 +429,6 @@ impl PgStore {
         .transpose()
     }
 
-    /// Takes or renews the lease `name` for `holder` until `until`, if it
-    /// is free, expired at `now`, or already `holder`'s.
-    pub async fn try_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: Timestamp,
-        until: Timestamp,
-    ) -> Result<bool, Error> {
-        let taken = sqlx::query(
-            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-             WHERE leases.holder = excluded.holder OR leases.expires_at <= $4",
-        )
-        .bind(name)
-        .bind(holder)
-        .bind(until.0)
-        .bind(now.0)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(taken.rows_affected() == 1)
-    }
-
-    /// Gives the lease `name` up, if `holder` has it.
-    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), Error> {
-        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
-            .bind(name)
-            .bind(holder)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(())
-    }
-
     async fn reviews(conn: &mut PgConnection, id: &str) -> Result<Vec<Review>, Error> {
         let rows = sqlx::query(
             "SELECT reviewer, decision, comment, at FROM reviews WHERE request_id = $1 ORDER BY seq",

@@ -26,6 +26,52 @@ macro_rules! on_pool {
 }
 
 impl Storage {
+    /// Takes or renews the lease `name` for `holder` until `until`, if it
+    /// is free, expired at `now`, or already `holder`'s. Clocks of the
+    /// gateways sharing a store are assumed synchronised (NTP).
+    pub async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, Error> {
+        on_pool!(self, pool, Db => {
+            QueryBuilder::<Db>::new("INSERT INTO leases (name, holder, expires_at) VALUES (")
+                .push_bind(name)
+                .push(", ")
+                .push_bind(holder)
+                .push(", ")
+                .push_bind(until.0)
+                .push(
+                    ") ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                     expires_at = excluded.expires_at \
+                     WHERE leases.holder = excluded.holder OR leases.expires_at <= ",
+                )
+                .push_bind(now.0)
+                .build()
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected() == 1)
+                .map_err(db_err)
+        })
+    }
+
+    /// Gives the lease `name` up, if `holder` has it.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), Error> {
+        on_pool!(self, pool, Db => {
+            QueryBuilder::<Db>::new("DELETE FROM leases WHERE name = ")
+                .push_bind(name)
+                .push(" AND holder = ")
+                .push_bind(holder)
+                .build()
+                .execute(pool)
+                .await
+                .map(|_| ())
+                .map_err(db_err)
+        })
+    }
+
     /// Keeps `value` under (`kind`, `key`) until `expires_at`, replacing
     /// what was there. Expired entries of `kind` go first, and past
     /// `max_entries` the one that expires soonest: a flood of sign-ins

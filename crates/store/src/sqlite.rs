@@ -311,41 +311,6 @@ impl SqliteStore {
         Ok(self.checkpoints().await?.pop())
     }
 
-    /// Takes or renews the lease `name` for `holder` until `until`, if it
-    /// is free, expired at `now`, or already `holder`'s.
-    pub async fn try_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: Timestamp,
-        until: Timestamp,
-    ) -> Result<bool, Error> {
-        let taken = sqlx::query(
-            "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-             WHERE leases.holder = excluded.holder OR leases.expires_at <= ?",
-        )
-        .bind(name)
-        .bind(holder)
-        .bind(until.0)
-        .bind(now.0)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(taken.rows_affected() == 1)
-    }
-
-    /// Gives the lease `name` up, if `holder` has it.
-    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), Error> {
-        sqlx::query("DELETE FROM leases WHERE name = ? AND holder = ?")
-            .bind(name)
-            .bind(holder)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(())
-    }
-
     async fn reviews(conn: &mut SqliteConnection, id: &str) -> Result<Vec<Review>, Error> {
         let rows = sqlx::query(
             "SELECT reviewer, decision, comment, at FROM reviews WHERE request_id = ? ORDER BY seq",
